@@ -1,0 +1,424 @@
+//! The `Connector` trait: one platform account, read page by page, written back, pushed to.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::stream::{self, BoxStream, StreamExt};
+
+use crate::cursor::CursorToken;
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{Op, Page, Record, StreamId};
+use crate::webhook::{VerifiedWebhook, WebhookVerifier};
+
+/// What a connector can do. The conformance suite runs only the behaviours claimed here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// The streams the connector reads.
+    pub streams: Vec<StreamInfo>,
+    /// Whether [`Connector::write`] is implemented for at least one stream.
+    pub write_back: bool,
+    /// Whether the connector verifies and parses webhooks.
+    pub webhooks: bool,
+    /// Whether the connector authenticates with refreshable OAuth tokens.
+    pub oauth_refresh: bool,
+}
+
+impl Capabilities {
+    /// Capabilities with these streams and nothing else.
+    pub fn new(streams: Vec<StreamInfo>) -> Self {
+        Capabilities {
+            streams,
+            ..Default::default()
+        }
+    }
+
+    /// Claims write-back.
+    pub fn with_write_back(mut self) -> Self {
+        self.write_back = true;
+        self
+    }
+
+    /// Claims webhooks.
+    pub fn with_webhooks(mut self) -> Self {
+        self.webhooks = true;
+        self
+    }
+
+    /// Claims refreshable OAuth tokens.
+    pub fn with_oauth_refresh(mut self) -> Self {
+        self.oauth_refresh = true;
+        self
+    }
+}
+
+/// One stream a connector offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamInfo {
+    /// Its name.
+    pub id: StreamId,
+    /// Whether reading from a stored cursor returns only what changed since (otherwise every
+    /// sync is a full read).
+    pub incremental: bool,
+    /// Whether deletions are reported as [`Op::Delete`] records.
+    pub deletes: bool,
+    /// The JSON field names that form the record's primary key (for Singer, SQL sinks).
+    pub key: Vec<Cow<'static, str>>,
+}
+
+impl StreamInfo {
+    /// A stream keyed by `id`.
+    pub fn new(id: impl Into<StreamId>, incremental: bool) -> Self {
+        StreamInfo {
+            id: id.into(),
+            incremental,
+            deletes: false,
+            key: vec![Cow::Borrowed("id")],
+        }
+    }
+
+    /// Marks the stream as reporting deletes.
+    pub fn with_deletes(mut self) -> Self {
+        self.deletes = true;
+        self
+    }
+}
+
+/// Describes a connector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectorInfo {
+    /// The platform name, e.g. `"frontapp"`; also the crate's `NAME` constant.
+    pub name: Cow<'static, str>,
+    /// The platform API version the connector speaks.
+    pub api_version: Cow<'static, str>,
+    /// What it can do.
+    pub capabilities: Capabilities,
+}
+
+impl ConnectorInfo {
+    /// Info for `name` speaking `api_version` with `capabilities`.
+    pub fn new(
+        name: impl Into<Cow<'static, str>>,
+        api_version: impl Into<Cow<'static, str>>,
+        capabilities: Capabilities,
+    ) -> Self {
+        ConnectorInfo {
+            name: name.into(),
+            api_version: api_version.into(),
+            capabilities,
+        }
+    }
+
+    /// The stream named `id`, if the connector has it.
+    pub fn stream(&self, id: &StreamId) -> Option<&StreamInfo> {
+        self.capabilities.streams.iter().find(|s| &s.id == id)
+    }
+}
+
+/// A change pushed by the platform (a webhook event), in terms of records.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Change {
+    /// The stream the changed object belongs to.
+    pub stream: StreamId,
+    /// The object's id.
+    pub id: String,
+    /// Upsert or delete.
+    pub op: Op,
+    /// The platform's event type (`"tag_added"`, `"contact.propertyChange"`).
+    pub event_type: String,
+    /// When the change happened at the source, in Unix milliseconds, when the platform says.
+    /// Workers apply changes of one object in this order.
+    pub occurred_at: Option<i64>,
+    /// The full object when the event carried it or the connector fetched it; `None` for a
+    /// thin event the connector could not resolve (the worker then re-reads the object).
+    pub record: Option<Record>,
+}
+
+impl Change {
+    /// A change to `id` in `stream`.
+    pub fn new(
+        stream: StreamId,
+        id: impl Into<String>,
+        op: Op,
+        event_type: impl Into<String>,
+    ) -> Self {
+        Change {
+            stream,
+            id: id.into(),
+            op,
+            event_type: event_type.into(),
+            occurred_at: None,
+            record: None,
+        }
+    }
+
+    /// Sets when the change happened.
+    pub fn at(mut self, occurred_at_ms: i64) -> Self {
+        self.occurred_at = Some(occurred_at_ms);
+        self
+    }
+
+    /// Attaches the full object.
+    pub fn with_record(mut self, record: Record) -> Self {
+        self.record = Some(record);
+        self
+    }
+}
+
+/// What a write-back operation does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WriteAction {
+    /// Create a new object.
+    Create,
+    /// Update an existing object (by [`WriteOp::id`]).
+    Update,
+    /// Create or update, matched by the platform's unique property.
+    Upsert,
+    /// Delete the object.
+    Delete,
+    /// A platform-specific action (`"tag"`, `"untag"`, `"comment"`), documented by the connector.
+    Custom(Cow<'static, str>),
+}
+
+/// One change the host wants written to the platform.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct WriteOp {
+    /// The host's key for this operation; results come back under it.
+    pub key: String,
+    /// The platform id of the object, for anything but `Create`.
+    pub id: Option<String>,
+    /// What to do.
+    pub action: WriteAction,
+    /// The fields / payload of the operation.
+    pub fields: serde_json::Value,
+    /// Optimistic concurrency: refuse with `Conflict` if the object changed after this time
+    /// (Unix milliseconds), unless `force` is set.
+    pub if_unmodified_since: Option<i64>,
+    /// Write even when the object changed since `if_unmodified_since`.
+    pub force: bool,
+}
+
+impl WriteOp {
+    /// An operation `action` on `id` with `fields`; `key` defaults to the id.
+    pub fn new(action: WriteAction, id: Option<String>, fields: serde_json::Value) -> Self {
+        WriteOp {
+            key: id.clone().unwrap_or_default(),
+            id,
+            action,
+            fields,
+            if_unmodified_since: None,
+            force: false,
+        }
+    }
+
+    /// Sets the host's key.
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = key.into();
+        self
+    }
+
+    /// Refuses the write if the object changed after `ms`.
+    pub fn if_unmodified_since(mut self, ms: i64) -> Self {
+        self.if_unmodified_since = Some(ms);
+        self
+    }
+
+    /// Writes even on conflict.
+    pub fn force(mut self) -> Self {
+        self.force = true;
+        self
+    }
+}
+
+/// The result of one [`WriteOp`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct WriteResult {
+    /// The operation's key.
+    pub key: String,
+    /// The platform id of the written object, or the error (`Conflict`, `InvalidInput`, ...).
+    pub outcome: Result<String>,
+}
+
+impl WriteResult {
+    /// A success for `key` that wrote object `id`.
+    pub fn ok(key: impl Into<String>, id: impl Into<String>) -> Self {
+        WriteResult {
+            key: key.into(),
+            outcome: Ok(id.into()),
+        }
+    }
+
+    /// A failure for `key`.
+    pub fn err(key: impl Into<String>, error: Error) -> Self {
+        WriteResult {
+            key: key.into(),
+            outcome: Err(error),
+        }
+    }
+}
+
+/// Per-operation results of [`Connector::write`]; partial success is normal.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct WriteReport {
+    /// One result per operation, in the order given.
+    pub results: Vec<WriteResult>,
+}
+
+impl WriteReport {
+    /// Number of successful operations.
+    pub fn succeeded(&self) -> usize {
+        self.results.iter().filter(|r| r.outcome.is_ok()).count()
+    }
+
+    /// The failed operations.
+    pub fn failures(&self) -> impl Iterator<Item = &WriteResult> {
+        self.results.iter().filter(|r| r.outcome.is_err())
+    }
+}
+
+/// One platform account, ready to read, write and take webhooks.
+///
+/// Dyn-compatible: hosts hold connectors as `Arc<dyn Connector>` and choose them at run time.
+/// Conveniences live in [`ConnectorExt`].
+///
+/// # Behavior
+/// - `read(stream, None)` starts a full read; `read(stream, Some(page.next))` continues after
+///   `page`. Reading the same cursor twice returns the same records (or newer versions).
+/// - Following the pages from `None` until `has_more == false` yields every object of the
+///   stream at least once; resuming from any page's `next` loses nothing.
+/// - A page with `has_more == true` always carries a `next` different from the cursor it was
+///   read with (no loops).
+/// - An unknown stream is `ErrorKind::NotFound`; a cursor of another stream, connector or
+///   version is `ErrorKind::InvalidInput`.
+/// - `Debug` output never shows a credential.
+#[async_trait]
+pub trait Connector: Send + Sync + fmt::Debug + 'static {
+    /// The connector's name, API version and capabilities.
+    fn info(&self) -> &ConnectorInfo;
+
+    /// A cheap probe that the credentials work (e.g. `GET /me`).
+    ///
+    /// # Errors
+    /// `Unauthenticated` or `PermissionDenied` when they do not; network kinds otherwise.
+    async fn check(&self) -> Result<()>;
+
+    /// Reads one page of `stream` after `cursor` (`None`: from the beginning).
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown stream, `InvalidInput` for a foreign cursor, the HTTP
+    /// stack's kinds otherwise.
+    async fn read(&self, stream: &StreamId, cursor: Option<&CursorToken>) -> Result<Page>;
+
+    /// Writes changes back to the platform. Default: `Unsupported`.
+    ///
+    /// # Errors
+    /// A whole-call error (auth, network); per-operation errors are in the report.
+    async fn write(&self, stream: &StreamId, ops: Vec<WriteOp>) -> Result<WriteReport> {
+        let _ = ops;
+        Err(
+            Error::new(ErrorKind::Unsupported, "this connector does not write back")
+                .with_context("stream", stream),
+        )
+    }
+
+    /// The verifier for this connection's webhooks, if the platform pushes any.
+    fn webhook_verifier(&self) -> Option<Arc<dyn WebhookVerifier>> {
+        None
+    }
+
+    /// Turns a verified webhook delivery into changes, fetching full objects for thin events.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a body that is not the platform's event shape; `Unsupported` by default.
+    async fn parse_webhook(&self, webhook: &VerifiedWebhook) -> Result<Vec<Change>> {
+        let _ = webhook;
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "this connector takes no webhooks",
+        ))
+    }
+}
+
+#[async_trait]
+impl<T: Connector + ?Sized> Connector for Arc<T> {
+    fn info(&self) -> &ConnectorInfo {
+        (**self).info()
+    }
+    async fn check(&self) -> Result<()> {
+        (**self).check().await
+    }
+    async fn read(&self, stream: &StreamId, cursor: Option<&CursorToken>) -> Result<Page> {
+        (**self).read(stream, cursor).await
+    }
+    async fn write(&self, stream: &StreamId, ops: Vec<WriteOp>) -> Result<WriteReport> {
+        (**self).write(stream, ops).await
+    }
+    fn webhook_verifier(&self) -> Option<Arc<dyn WebhookVerifier>> {
+        (**self).webhook_verifier()
+    }
+    async fn parse_webhook(&self, webhook: &VerifiedWebhook) -> Result<Vec<Change>> {
+        (**self).parse_webhook(webhook).await
+    }
+}
+
+/// Conveniences over any [`Connector`] (blanket-implemented, so wrappers cannot lose them).
+pub trait ConnectorExt: Connector {
+    /// Every record of `stream` after `cursor`, page by page, as a stream of
+    /// `(record, cursor_after_its_page)`; ends when a page says `has_more == false`.
+    ///
+    /// Holds one page in memory at a time. A page that claims more but repeats the cursor it
+    /// was read from ends the stream with `InvalidResponse` instead of looping.
+    fn read_all<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        cursor: Option<CursorToken>,
+    ) -> BoxStream<'a, Result<Page>>
+    where
+        Self: Sized,
+    {
+        read_pages(self, stream, cursor)
+    }
+}
+
+impl<T: Connector + ?Sized> ConnectorExt for T {}
+
+/// The pages of `stream` from `cursor` until the connector says it is caught up.
+/// Works on `&dyn Connector` too.
+pub fn read_pages<'a, C: Connector + ?Sized>(
+    connector: &'a C,
+    stream: &'a StreamId,
+    cursor: Option<CursorToken>,
+) -> BoxStream<'a, Result<Page>> {
+    stream::unfold(Some(cursor), move |state| async move {
+        let cursor = state?;
+        match connector.read(stream, cursor.as_ref()).await {
+            Err(e) => Some((Err(e), None)),
+            Ok(page) => {
+                let next_state = if page.has_more {
+                    if page.next.is_none() || page.next == cursor {
+                        let err = Error::new(
+                            ErrorKind::InvalidResponse,
+                            "connector reported more pages without advancing its cursor",
+                        )
+                        .with_context("stream", stream);
+                        return Some((Err(err), None));
+                    }
+                    Some(page.next.clone())
+                } else {
+                    None
+                };
+                Some((Ok(page), next_state))
+            }
+        }
+    })
+    .boxed()
+}
