@@ -11,6 +11,7 @@ pub mod http;
 pub mod model;
 pub mod oauth;
 pub mod sink;
+pub mod sinks;
 pub mod store;
 pub mod token;
 pub mod webhook;
