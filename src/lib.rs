@@ -1,1 +1,10 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations, unreachable_pub)]
+
+pub use apex_connect_core::*;
+
+/// The FrontApp connector (feature `frontapp`).
+#[cfg(feature = "frontapp")]
+pub use apex_connect_frontapp as frontapp;

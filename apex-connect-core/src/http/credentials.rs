@@ -68,7 +68,10 @@ impl fmt::Debug for StaticToken {
 impl Credentials for StaticToken {
     async fn authorization(&self) -> Result<HeaderValue> {
         let mut v = HeaderValue::from_str(self.header.expose_secret()).map_err(|_| {
-            Error::new(ErrorKind::Config, "token contains characters not allowed in a header")
+            Error::new(
+                ErrorKind::Config,
+                "token contains characters not allowed in a header",
+            )
         })?;
         v.set_sensitive(true);
         Ok(v)

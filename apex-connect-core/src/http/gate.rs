@@ -1,0 +1,511 @@
+//! The proactive rate gate: a shared token bucket plus a "paused until" fed by the platform.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use governor::clock::Clock as GovernorClock;
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use http::{Extensions, StatusCode};
+use reqwest::{Request, Response};
+use reqwest_middleware::{Middleware, Next};
+use tokio::time::Instant;
+
+use super::clock::{Clock, TokioClock};
+use super::policy::{PlatformPolicy, retry_after};
+use super::stats::HttpStats;
+use crate::error::{Error, ErrorKind, Result};
+
+/// Governor's clock, driven by our [`Clock`] so paused tokio time and [`super::RecordingClock`]
+/// both work. (Governor's own `until_ready` sleeps on its quanta clock with `futures-timer`,
+/// which ignores tokio's paused time: a paused test would wait in real time, so we do not
+/// use it: we ask `check()` and sleep on our clock.)
+#[derive(Debug, Clone)]
+struct GateClock {
+    clock: Arc<dyn Clock>,
+    origin: Instant,
+}
+
+impl GovernorClock for GateClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::from(self.clock.now().saturating_duration_since(self.origin))
+    }
+}
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, GateClock, NoOpMiddleware<Nanos>>;
+
+/// A rate gate shared by every client of one account.
+///
+/// Two mechanisms, both shared by all clones (they live behind one `Arc`):
+/// - a token bucket ([`governor`], GCRA) that spaces requests to a [`Quota`];
+/// - a "paused until" instant, set from the platform's own signals: when
+///   [`PlatformPolicy::rate_state`] reports that `remaining` has reached the reserve (the
+///   configured reserve, or the number of other requests in flight if larger), every request
+///   waits until the reported reset; a 429, or a 503 with `Retry-After`, closes the gate until
+///   the hint.
+///
+/// # Behavior
+/// - Every attempt (retries included) passes the gate before it reaches the transport.
+/// - Waits use the gate's [`Clock`] (tokio time by default).
+/// - A wait longer than `max_wait` (default 15 minutes) fails at once with `RateLimited` and
+///   `retry_after` set, instead of holding the task.
+#[derive(Clone)]
+pub struct RateGate {
+    inner: Arc<GateInner>,
+}
+
+struct GateInner {
+    quota: Option<Quota>,
+    limiter: Option<Limiter>,
+    gov_clock: GateClock,
+    clock: Arc<dyn Clock>,
+    paused_until: Mutex<Option<Instant>>,
+    reserve: u64,
+    reset_margin: Duration,
+    max_wait: Duration,
+    in_flight: AtomicUsize,
+}
+
+impl RateGate {
+    /// A gate allowing `requests` per `per`, with bursts of up to `burst` requests.
+    ///
+    /// # Errors
+    /// `Config` if `requests` or `burst` is zero or `per` is zero.
+    pub fn new(requests: u32, per: Duration, burst: u32) -> Result<RateGate> {
+        let n = NonZeroU32::new(requests)
+            .ok_or_else(|| Error::config("rate gate: requests must be at least 1"))?;
+        let b = NonZeroU32::new(burst)
+            .ok_or_else(|| Error::config("rate gate: burst must be at least 1"))?;
+        if per.is_zero() {
+            return Err(Error::config("rate gate: period must not be zero"));
+        }
+        let quota = Quota::with_period(per / n.get())
+            .ok_or_else(|| Error::config("rate gate: period too short for that many requests"))?
+            .allow_burst(b);
+        Ok(RateGate::from_quota(quota))
+    }
+
+    /// `n` requests per minute, all of them allowed as a burst.
+    ///
+    /// # Errors
+    /// `Config` if `n` is zero.
+    pub fn per_minute(n: u32) -> Result<RateGate> {
+        RateGate::new(n, Duration::from_secs(60), n)
+    }
+
+    /// `n` requests per second, all of them allowed as a burst.
+    ///
+    /// # Errors
+    /// `Config` if `n` is zero.
+    pub fn per_second(n: u32) -> Result<RateGate> {
+        RateGate::new(n, Duration::from_secs(1), n)
+    }
+
+    /// A gate from a governor [`Quota`].
+    pub fn from_quota(quota: Quota) -> RateGate {
+        RateGate::build(
+            Some(quota),
+            Arc::new(TokioClock),
+            0,
+            Duration::ZERO,
+            DEFAULT_MAX_WAIT,
+        )
+    }
+
+    /// A gate with no local quota: it only follows the platform's headers and 429s.
+    pub fn unlimited() -> RateGate {
+        RateGate::build(
+            None,
+            Arc::new(TokioClock),
+            0,
+            Duration::ZERO,
+            DEFAULT_MAX_WAIT,
+        )
+    }
+
+    /// Uses `clock` for waiting (tests). Call before cloning: it starts a fresh budget.
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> RateGate {
+        let i = &self.inner;
+        RateGate::build(i.quota, clock, i.reserve, i.reset_margin, i.max_wait)
+    }
+
+    /// Pauses when the platform reports `remaining <= reserve` (default 0; the number of
+    /// other requests in flight is used when larger). Call before cloning.
+    pub fn with_reserve(self, reserve: u64) -> RateGate {
+        let i = &self.inner;
+        RateGate::build(
+            i.quota,
+            i.clock.clone(),
+            reserve,
+            i.reset_margin,
+            i.max_wait,
+        )
+    }
+
+    /// Adds `margin` to every reset the platform reports (for platforms that round the reset
+    /// down). Default zero. Call before cloning.
+    pub fn with_reset_margin(self, margin: Duration) -> RateGate {
+        let i = &self.inner;
+        RateGate::build(i.quota, i.clock.clone(), i.reserve, margin, i.max_wait)
+    }
+
+    /// The longest a request waits at the gate before failing with `RateLimited`. Call
+    /// before cloning.
+    pub fn with_max_wait(self, max_wait: Duration) -> RateGate {
+        let i = &self.inner;
+        RateGate::build(
+            i.quota,
+            i.clock.clone(),
+            i.reserve,
+            i.reset_margin,
+            max_wait,
+        )
+    }
+
+    fn build(
+        quota: Option<Quota>,
+        clock: Arc<dyn Clock>,
+        reserve: u64,
+        reset_margin: Duration,
+        max_wait: Duration,
+    ) -> RateGate {
+        let gov_clock = GateClock {
+            origin: clock.now(),
+            clock: clock.clone(),
+        };
+        let limiter = quota.map(|q| RateLimiter::direct_with_clock(q, gov_clock.clone()));
+        RateGate {
+            inner: Arc::new(GateInner {
+                quota,
+                limiter,
+                gov_clock,
+                clock,
+                paused_until: Mutex::new(None),
+                reserve,
+                reset_margin,
+                max_wait,
+                in_flight: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// The instant until which the gate is closed, if it is.
+    pub fn paused_until(&self) -> Option<Instant> {
+        let until = *self.lock_paused();
+        until.filter(|u| *u > self.inner.clock.now())
+    }
+
+    /// Closes the gate for `duration` from now (extends, never shortens, a pause).
+    pub fn pause_for(&self, duration: Duration) {
+        let until = self.inner.clock.now() + duration;
+        let mut p = self.lock_paused();
+        if p.is_none_or(|cur| cur < until) {
+            *p = Some(until);
+        }
+    }
+
+    fn lock_paused(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.inner
+            .paused_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until a request may be sent, and returns how long it waited.
+    ///
+    /// # Errors
+    /// `RateLimited` (temporary, with `retry_after`) if the wait would exceed `max_wait`.
+    pub async fn acquire(&self) -> Result<Duration> {
+        let i = &self.inner;
+        let start = i.clock.now();
+        loop {
+            let now = i.clock.now();
+            let waited = now.saturating_duration_since(start);
+            let paused = *self.lock_paused();
+            if let Some(until) = paused
+                && until > now
+            {
+                let wait = until - now;
+                if waited + wait > i.max_wait {
+                    return Err(Error::new(
+                        ErrorKind::RateLimited,
+                        "rate gate closed for longer than the allowed wait",
+                    )
+                    .temporary()
+                    .with_retry_after(wait));
+                }
+                i.clock.sleep(wait).await;
+                continue;
+            }
+            let Some(limiter) = &i.limiter else {
+                return Ok(waited);
+            };
+            match limiter.check() {
+                Ok(()) => return Ok(waited),
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(i.gov_clock.now());
+                    if waited + wait > i.max_wait {
+                        return Err(Error::new(
+                            ErrorKind::RateLimited,
+                            "rate gate quota would need a longer wait than allowed",
+                        )
+                        .temporary()
+                        .with_retry_after(wait));
+                    }
+                    // A zero wait would spin; governor's resolution is nanoseconds.
+                    i.clock.sleep(wait.max(Duration::from_millis(1))).await;
+                }
+            }
+        }
+    }
+
+    /// Feeds a response's status and headers to the gate.
+    fn observe(&self, status: StatusCode, headers: &http::HeaderMap, policy: &dyn PlatformPolicy) {
+        let i = &self.inner;
+        let code = status.as_u16();
+        if code == 429 || code == 503 {
+            let hint = retry_after(headers, SystemTime::now())
+                .or_else(|| policy.retry_hint(status, headers));
+            if let Some(h) = hint {
+                self.pause_for(h);
+            }
+        }
+        if let Some(state) = policy.rate_state(headers) {
+            let others = i.in_flight.load(Ordering::Relaxed).saturating_sub(1) as u64;
+            if state.remaining <= i.reserve.max(others) {
+                self.pause_for(state.reset_after + i.reset_margin);
+            }
+        }
+    }
+}
+
+const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(15 * 60);
+
+impl fmt::Debug for RateGate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        f.debug_struct("RateGate")
+            .field("quota", &i.quota)
+            .field("reserve", &i.reserve)
+            .field("reset_margin", &i.reset_margin)
+            .field("max_wait", &i.max_wait)
+            .field("paused_until", &self.paused_until())
+            .field("in_flight", &i.in_flight.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// Decrements the in-flight count even if the request future is dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The innermost middleware: waits on the gate (if any), counts the attempt, sends it, and
+/// feeds the response to the gate and the stats.
+pub(crate) struct GateMiddleware {
+    pub(crate) gate: Option<RateGate>,
+    pub(crate) policy: Arc<dyn PlatformPolicy>,
+    pub(crate) stats: HttpStats,
+}
+
+#[async_trait::async_trait]
+impl Middleware for GateMiddleware {
+    async fn handle(
+        &self,
+        req: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let _guard = match &self.gate {
+            Some(gate) => {
+                let waited = gate
+                    .acquire()
+                    .await
+                    .map_err(reqwest_middleware::Error::middleware)?;
+                self.stats.record_gate_wait(waited);
+                gate.inner.in_flight.fetch_add(1, Ordering::Relaxed);
+                Some(InFlight(&gate.inner.in_flight))
+            }
+            None => None,
+        };
+        self.stats.record_sent();
+        let result = next.run(req, extensions).await;
+        match &result {
+            Ok(resp) => {
+                self.stats.record_status(resp.status().as_u16());
+                if let Some(gate) = &self.gate {
+                    gate.observe(resp.status(), resp.headers(), self.policy.as_ref());
+                }
+            }
+            Err(_) => self.stats.record_transport_error(),
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::DefaultPolicy;
+    use crate::http::clock::RecordingClock;
+    use http::{HeaderMap, HeaderValue};
+
+    #[tokio::test(start_paused = true)]
+    async fn quota_spaces_requests_under_paused_tokio_time() {
+        let gate = RateGate::new(10, Duration::from_secs(1), 1).unwrap();
+        let t0 = Instant::now();
+        for _ in 0..21 {
+            gate.acquire().await.unwrap();
+        }
+        let elapsed = t0.elapsed();
+        assert!(
+            elapsed >= Duration::from_secs(2) && elapsed < Duration::from_millis(2100),
+            "{elapsed:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn clones_share_one_budget() {
+        let clock = Arc::new(RecordingClock::new());
+        let a = RateGate::per_minute(2).unwrap().with_clock(clock.clone());
+        let b = a.clone();
+        a.acquire().await.unwrap();
+        b.acquire().await.unwrap();
+        assert!(clock.sleeps().is_empty());
+        let waited = b.acquire().await.unwrap();
+        assert!(waited >= Duration::from_secs(29), "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn headers_close_the_gate_until_reset() {
+        let clock = Arc::new(RecordingClock::new());
+        let gate = RateGate::unlimited().with_clock(clock.clone());
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-remaining", HeaderValue::from_static("5"));
+        h.insert("x-ratelimit-reset", HeaderValue::from_static("3"));
+        gate.observe(StatusCode::OK, &h, &DefaultPolicy);
+        assert!(gate.paused_until().is_none());
+        h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+        gate.observe(StatusCode::OK, &h, &DefaultPolicy);
+        assert!(gate.paused_until().is_some());
+        let waited = gate.acquire().await.unwrap();
+        assert_eq!(waited, Duration::from_secs(3));
+        assert!(gate.paused_until().is_none());
+    }
+
+    #[tokio::test]
+    async fn too_long_a_wait_fails_with_retry_after() {
+        let clock = Arc::new(RecordingClock::new());
+        let gate = RateGate::unlimited()
+            .with_clock(clock.clone())
+            .with_max_wait(Duration::from_secs(10));
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("3600"));
+        gate.observe(StatusCode::TOO_MANY_REQUESTS, &h, &DefaultPolicy);
+        let e = gate.acquire().await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::RateLimited);
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(3600)));
+        assert!(clock.sleeps().is_empty());
+    }
+
+    /// A fixed-window server: `limit` requests per `window`, reset in whole seconds (ceil).
+    struct FixedWindow {
+        limit: u64,
+        window: f64,
+        current: i64,
+        used: u64,
+    }
+
+    impl FixedWindow {
+        fn handle(&mut self, t: f64) -> (StatusCode, HeaderMap) {
+            let idx = (t / self.window).floor() as i64;
+            if idx != self.current {
+                self.current = idx;
+                self.used = 0;
+            }
+            let reset = ((idx + 1) as f64 * self.window - t).ceil() as u64;
+            let mut h = HeaderMap::new();
+            h.insert("x-ratelimit-limit", HeaderValue::from(self.limit));
+            h.insert("x-ratelimit-reset", HeaderValue::from(reset));
+            if self.used >= self.limit {
+                h.insert("x-ratelimit-remaining", HeaderValue::from(0u64));
+                h.insert("retry-after", HeaderValue::from(reset));
+                return (StatusCode::TOO_MANY_REQUESTS, h);
+            }
+            self.used += 1;
+            h.insert(
+                "x-ratelimit-remaining",
+                HeaderValue::from(self.limit - self.used),
+            );
+            (StatusCode::OK, h)
+        }
+    }
+
+    async fn run_against_fixed_window(gate: RateGate, clock: &RecordingClock) -> (u64, u64) {
+        let mut sim = FixedWindow {
+            limit: 100,
+            window: 10.0,
+            current: 0,
+            used: 0,
+        };
+        let t0 = clock.now();
+        let (mut ok, mut late_429) = (0, 0);
+        loop {
+            gate.acquire().await.unwrap();
+            let t = (clock.now() - t0).as_secs_f64();
+            if t >= 120.0 {
+                break;
+            }
+            clock.advance(Duration::from_millis(20)); // network latency
+            let (status, headers) = sim.handle(t);
+            if status == StatusCode::OK {
+                ok += 1;
+            } else if t >= 10.0 {
+                late_429 += 1;
+            }
+            gate.observe(status, &headers, &DefaultPolicy);
+        }
+        (ok, late_429)
+    }
+
+    #[tokio::test]
+    async fn long_sync_uses_the_window_without_late_429s() {
+        // Local quota equal to the platform's, and header-only.
+        for with_quota in [true, false] {
+            let clock = Arc::new(RecordingClock::new());
+            let gate = if with_quota {
+                RateGate::new(100, Duration::from_secs(10), 100).unwrap()
+            } else {
+                RateGate::unlimited()
+            }
+            .with_clock(clock.clone());
+            let (ok, late_429) = run_against_fixed_window(gate, &clock).await;
+            eprintln!("quota={with_quota}: {ok} of 1200 requests in 120 s, {late_429} late 429s");
+            assert_eq!(late_429, 0, "quota={with_quota}");
+            assert!(ok >= 1080, "quota={with_quota}: only {ok} of 1200 allowed");
+        }
+    }
+
+    #[test]
+    fn bad_quotas_are_config_errors() {
+        assert_eq!(
+            RateGate::per_minute(0).unwrap_err().kind(),
+            ErrorKind::Config
+        );
+        assert_eq!(
+            RateGate::new(1, Duration::ZERO, 1).unwrap_err().kind(),
+            ErrorKind::Config
+        );
+    }
+}

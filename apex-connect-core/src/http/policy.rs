@@ -1,0 +1,423 @@
+//! Per-platform knowledge: rate headers, reset hints, error classification, API hosts.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, Method, StatusCode, header};
+use url::Url;
+
+use crate::error::{Error, ErrorKind, redact_url};
+
+/// The platform's view of the rate budget, read from a response's headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateState {
+    /// Requests allowed in the current window, if the platform says.
+    pub limit: Option<u64>,
+    /// Requests left in the current window.
+    pub remaining: u64,
+    /// Time until the window resets (relative to when the response was received).
+    pub reset_after: Duration,
+}
+
+/// What a platform crate teaches the HTTP stack about its API.
+///
+/// Every method has a default that fits most JSON APIs; [`DefaultPolicy`] uses them all.
+/// Platform crates override what differs (HubSpot's daily quota headers, Salesforce's error
+/// arrays, Front's per-company hosts).
+///
+/// # Behavior
+/// - `rate_state` reads the remaining budget and reset time; the rate gate pauses every
+///   request through it when the budget reaches its reserve, until the reset.
+/// - `retry_hint` returns how long to wait before retrying `status`, from the platform's own
+///   reset headers; `Retry-After` is read by the stack itself and takes precedence.
+/// - `classify` turns a non-2xx response into an [`Error`]: never includes headers, and the
+///   body only when it is short text or JSON.
+/// - `api_hosts` lists host patterns (exact, or `*.suffix`) on which links may be followed.
+pub trait PlatformPolicy: fmt::Debug + Send + Sync {
+    /// The rate budget the platform reports in `headers`. Default: [`x_ratelimit_state`].
+    fn rate_state(&self, headers: &HeaderMap) -> Option<RateState> {
+        x_ratelimit_state(headers, SystemTime::now())
+    }
+
+    /// How long to wait before retrying a response with `status`, from platform headers.
+    /// Default: for 429, the reset time of [`PlatformPolicy::rate_state`] when the budget is
+    /// exhausted.
+    fn retry_hint(&self, status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            self.rate_state(headers)
+                .filter(|s| s.remaining == 0)
+                .map(|s| s.reset_after)
+        } else {
+            None
+        }
+    }
+
+    /// The error for a non-2xx response. Default: [`classify_status`], with the retry hint
+    /// taken from `Retry-After` or [`PlatformPolicy::retry_hint`].
+    fn classify(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+        method: &Method,
+        url: &Url,
+    ) -> Error {
+        let hint =
+            retry_after(headers, SystemTime::now()).or_else(|| self.retry_hint(status, headers));
+        classify_status(status, headers, body, method, url, hint)
+    }
+
+    /// Host patterns the platform documents for its API, besides the base URL's host:
+    /// exact hosts (`api.hubapi.com`) or wildcards (`*.api.frontapp.com`). Default: none.
+    fn api_hosts(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// The policy for a platform with no special needs: `x-ratelimit-*` headers, standard
+/// status mapping, no extra hosts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultPolicy;
+
+impl PlatformPolicy for DefaultPolicy {}
+
+/// Parses `Retry-After` (delta seconds or an HTTP-date, relative to `now`).
+///
+/// A date in the past gives `Duration::ZERO`; an unparsable value gives `None`.
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let v = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(1e9)));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Reads `x-ratelimit-limit`, `x-ratelimit-remaining` and `x-ratelimit-reset`.
+///
+/// The reset is accepted as seconds from now or as a Unix timestamp (in seconds, or in
+/// milliseconds), decided by magnitude: values above 10^9 are timestamps. Returns `None`
+/// unless both `remaining` and `reset` are present and parse.
+pub fn x_ratelimit_state(headers: &HeaderMap, now: SystemTime) -> Option<RateState> {
+    let remaining = header_f64(headers, "x-ratelimit-remaining")?;
+    let reset = header_f64(headers, "x-ratelimit-reset")?;
+    let limit = header_f64(headers, "x-ratelimit-limit").map(|l| l.max(0.0) as u64);
+    Some(RateState {
+        limit,
+        remaining: remaining.max(0.0) as u64,
+        reset_after: reset_to_duration(reset, now),
+    })
+}
+
+/// Turns a reset value into a duration from `now`: seconds from now, or a Unix timestamp in
+/// seconds (above 10^9) or milliseconds (above 10^12).
+pub fn reset_to_duration(value: f64, now: SystemTime) -> Duration {
+    if !value.is_finite() || value <= 0.0 {
+        return Duration::ZERO;
+    }
+    let now_secs = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let secs = if value > 1e12 {
+        value / 1000.0 - now_secs
+    } else if value > 1e9 {
+        value - now_secs
+    } else {
+        value
+    };
+    if secs <= 0.0 {
+        Duration::ZERO
+    } else {
+        // Cap at a day: a larger value is a misreading, not a plan.
+        Duration::from_secs_f64(secs.min(86_400.0))
+    }
+}
+
+fn header_f64(headers: &HeaderMap, name: &str) -> Option<f64> {
+    let v = headers.get(name)?.to_str().ok()?.trim();
+    // Some platforms send a list ("100, 100;w=10"): take the first figure.
+    let first = v.split([',', ';']).next()?.trim();
+    first.parse::<f64>().ok().filter(|f| f.is_finite())
+}
+
+/// The longest message taken from an error body.
+const MAX_MESSAGE: usize = 300;
+
+/// The standard mapping of a non-2xx status to an [`Error`], with `method`, `status` and the
+/// URL without its query as context.
+///
+/// 401 `Unauthenticated`, 403 `PermissionDenied`, 404/410 `NotFound`, 409/412 `Conflict`,
+/// 400/422 `InvalidInput`, 429 `RateLimited` (with `hint` as retry-after), 408 and 5xx
+/// `Upstream` temporary, other statuses `Upstream` permanent. The message comes from the
+/// body when it is short text or JSON with a `message`/`error`/`detail`-like field.
+pub fn classify_status(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    method: &Method,
+    url: &Url,
+    hint: Option<Duration>,
+) -> Error {
+    let kind = match status.as_u16() {
+        401 => ErrorKind::Unauthenticated,
+        403 => ErrorKind::PermissionDenied,
+        404 | 410 => ErrorKind::NotFound,
+        409 | 412 => ErrorKind::Conflict,
+        400 | 422 => ErrorKind::InvalidInput,
+        429 => ErrorKind::RateLimited,
+        _ => ErrorKind::Upstream,
+    };
+    let detail = body_message(headers, body);
+    let reason = status.canonical_reason().unwrap_or("unexpected status");
+    let message = match detail {
+        Some(d) => format!("HTTP {} {reason}: {d}", status.as_u16()),
+        None => format!("HTTP {} {reason}", status.as_u16()),
+    };
+    let mut err = Error::new(kind, message);
+    err = if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
+        err.temporary()
+    } else {
+        err.permanent()
+    };
+    if let Some(h) = hint {
+        err = err.with_retry_after(h);
+    }
+    with_request_context(err, method, Some(status), url)
+}
+
+/// Adds `method`, `status` (if any) and the redacted `url` to `err`, unless already there.
+pub fn with_request_context(
+    mut err: Error,
+    method: &Method,
+    status: Option<StatusCode>,
+    url: &Url,
+) -> Error {
+    if err.context_value("method").is_none() {
+        err = err.with_context("method", method.as_str());
+    }
+    if let Some(s) = status
+        && err.context_value("status").is_none()
+    {
+        err = err.with_context("status", s.as_u16());
+    }
+    if err.context_value("url").is_none() {
+        err = err.with_context("url", redact_url(url.as_str()));
+    }
+    err
+}
+
+/// A short message from an error body: a JSON `message`-like field, or short plain text.
+fn body_message(headers: &HeaderMap, body: &[u8]) -> Option<String> {
+    if body.is_empty() {
+        return None;
+    }
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let looks_json = ctype.contains("json") || body.first().is_some_and(|b| *b == b'{');
+    if looks_json {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+            return json_message(&v).map(|m| truncate(&m));
+        }
+        return None;
+    }
+    if (ctype.is_empty() || ctype.starts_with("text/plain")) && body.len() <= MAX_MESSAGE {
+        let text = std::str::from_utf8(body).ok()?.trim();
+        if !text.is_empty() && !text.contains('<') {
+            return Some(truncate(text));
+        }
+    }
+    None
+}
+
+fn json_message(v: &serde_json::Value) -> Option<String> {
+    const KEYS: [&str; 6] = [
+        "message",
+        "error_description",
+        "detail",
+        "title",
+        "error",
+        "errors",
+    ];
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(map) => KEYS
+            .iter()
+            .filter_map(|k| map.get(*k))
+            .find_map(json_message),
+        serde_json::Value::Array(items) => items.iter().find_map(json_message),
+        _ => None,
+    }
+}
+
+fn truncate(s: &str) -> String {
+    if s.chars().count() <= MAX_MESSAGE {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(MAX_MESSAGE).collect();
+        t.push('…');
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn retry_after_delta_and_date() {
+        let now = SystemTime::now();
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "7")]), now),
+            Some(Duration::from_secs(7))
+        );
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        let d = retry_after(&headers(&[("retry-after", &date)]), now).unwrap();
+        assert!(
+            d <= Duration::from_secs(30) && d >= Duration::from_secs(29),
+            "{d:?}"
+        );
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", &past)]), now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after(&headers(&[("retry-after", "soon")]), now), None);
+    }
+
+    #[test]
+    fn x_ratelimit_reset_by_magnitude() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let s = x_ratelimit_state(
+            &headers(&[
+                ("x-ratelimit-limit", "100"),
+                ("x-ratelimit-remaining", "3"),
+                ("x-ratelimit-reset", "12"),
+            ]),
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            RateState {
+                limit: Some(100),
+                remaining: 3,
+                reset_after: Duration::from_secs(12)
+            }
+        );
+        let s = x_ratelimit_state(
+            &headers(&[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "1700000042"),
+            ]),
+            now,
+        )
+        .unwrap();
+        assert_eq!(s.reset_after, Duration::from_secs(42));
+        let s = x_ratelimit_state(
+            &headers(&[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "1700000002500"),
+            ]),
+            now,
+        )
+        .unwrap();
+        assert_eq!(s.reset_after, Duration::from_millis(2500));
+        assert!(x_ratelimit_state(&headers(&[("x-ratelimit-remaining", "0")]), now).is_none());
+    }
+
+    #[test]
+    fn classify_maps_statuses_and_keeps_headers_out() {
+        let url = Url::parse("https://api.example.com/v1/x?api_key=SECRET").unwrap();
+        let h = headers(&[
+            ("content-type", "application/json"),
+            ("x-secret", "HEADER-SECRET"),
+        ]);
+        let p = DefaultPolicy;
+        let cases = [
+            (401, ErrorKind::Unauthenticated, false),
+            (403, ErrorKind::PermissionDenied, false),
+            (404, ErrorKind::NotFound, false),
+            (409, ErrorKind::Conflict, false),
+            (412, ErrorKind::Conflict, false),
+            (400, ErrorKind::InvalidInput, false),
+            (422, ErrorKind::InvalidInput, false),
+            (429, ErrorKind::RateLimited, true),
+            (500, ErrorKind::Upstream, true),
+            (503, ErrorKind::Upstream, true),
+        ];
+        for (code, kind, temp) in cases {
+            let e = p.classify(
+                StatusCode::from_u16(code).unwrap(),
+                &h,
+                br#"{"message":"bad thing"}"#,
+                &Method::GET,
+                &url,
+            );
+            assert_eq!(e.kind(), kind, "{code}");
+            assert_eq!(e.is_temporary(), temp, "{code}");
+            let s = format!("{e} {e:?}");
+            assert!(s.contains("bad thing"), "{s}");
+            assert!(!s.contains("SECRET"), "{s}");
+            assert_eq!(e.context_value("status"), Some(code.to_string().as_str()));
+            assert_eq!(e.context_value("method"), Some("GET"));
+        }
+    }
+
+    #[test]
+    fn classify_429_takes_retry_after_or_reset() {
+        let url = Url::parse("https://api.example.com/v1/x").unwrap();
+        let e = DefaultPolicy.classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers(&[("retry-after", "9")]),
+            b"",
+            &Method::GET,
+            &url,
+        );
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(9)));
+        let e = DefaultPolicy.classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "4")]),
+            b"",
+            &Method::GET,
+            &url,
+        );
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(4)));
+    }
+
+    #[test]
+    fn body_message_only_for_short_text_or_json() {
+        let h = headers(&[("content-type", "text/html")]);
+        assert_eq!(body_message(&h, b"<html>oops</html>"), None);
+        let h = headers(&[("content-type", "text/plain")]);
+        assert_eq!(
+            body_message(&h, b"  quota exceeded \n"),
+            Some("quota exceeded".into())
+        );
+        assert_eq!(body_message(&h, &[b'x'; 1000]), None);
+        let h = headers(&[("content-type", "application/json")]);
+        assert_eq!(
+            body_message(&h, br#"[{"errorCode":"X","message":"field missing"}]"#),
+            Some("field missing".into())
+        );
+        assert_eq!(
+            body_message(&h, br#"{"error":{"message":"nested"}}"#),
+            Some("nested".into())
+        );
+    }
+}
