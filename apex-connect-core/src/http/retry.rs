@@ -120,8 +120,9 @@ fn retryable_error(err: &reqwest_middleware::Error, idempotent: bool) -> Option<
                 None
             } else if e.is_request() {
                 // The connection failed while sending or before the response head (reset,
-                // closed): the request may or may not have reached the server.
-                Some(Duration::ZERO)
+                // closed): the request may or may not have reached the server, so only an
+                // idempotent request may be sent again (a POST could be applied twice).
+                idempotent.then_some(Duration::ZERO)
             } else {
                 None
             }
