@@ -23,9 +23,23 @@ pub use connector::{
 };
 pub use cursor::{CursorToken, SyncCursor};
 pub use error::{Error, ErrorKind, Result};
+pub use http::{
+    Credentials, HttpClient, HttpStats, PlatformPolicy, RateGate, RetryConfig, StaticToken,
+};
 pub use model::{
     ConnectionId, Entity, EntityKind, Identity, Op, Page, Record, Relation, SourceRef, StreamId,
 };
+pub use engine::{Progress, SyncEngine, SyncOptions, SyncReport};
 pub use sink::{Ack, Batch, Sink};
-pub use token::{MemoryTokenStore, TokenSet, TokenStore, Versioned};
+#[cfg(feature = "sqlite")]
+pub use sinks::SqliteSink;
+pub use sinks::{ChannelSink, JsonlSink, MemorySink, NullSink};
+#[cfg(feature = "sqlite")]
+pub use store::SqliteStore;
+pub use store::{
+    Connection, ConnectionStatus, EncryptionKey, MemoryStore, RunId, RunKind, RunOutcome,
+    RunStatus, StateStore,
+};
+pub use oauth::{OAuthClient, OAuthConfig, TokenManager};
+pub use token::{MemoryTokenStore, RefreshLease, TokenSet, TokenStore, Versioned};
 pub use webhook::{VerifiedWebhook, WebhookError, WebhookVerifier};

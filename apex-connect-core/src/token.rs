@@ -38,6 +38,31 @@ pub struct TokenSet {
     /// `instance_url`). Connectors add it to the connection's API hosts.
     #[serde(default)]
     pub instance_url: Option<String>,
+    /// A refresh in progress: written (compare-and-swap) by the token manager that is about
+    /// to spend the refresh token, so other processes sharing the store wait for its result
+    /// instead of spending the same (rotating) refresh token. `None` normally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_lease: Option<RefreshLease>,
+}
+
+/// A claim on the next refresh of a stored token set (see [`TokenSet::refresh_lease`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RefreshLease {
+    /// Who holds it: the random id of one token manager instance.
+    pub holder: String,
+    /// Until when, Unix milliseconds; after that another manager may take over.
+    pub until_ms: i64,
+}
+
+impl RefreshLease {
+    /// A lease held by `holder` until `until_ms`.
+    pub fn new(holder: impl Into<String>, until_ms: i64) -> Self {
+        RefreshLease {
+            holder: holder.into(),
+            until_ms,
+        }
+    }
 }
 
 impl TokenSet {
@@ -50,6 +75,7 @@ impl TokenSet {
             token_type: "Bearer".into(),
             scopes: Vec::new(),
             instance_url: None,
+            refresh_lease: None,
         }
     }
 
@@ -103,6 +129,7 @@ impl fmt::Debug for TokenSet {
             .field("token_type", &self.token_type)
             .field("scopes", &self.scopes)
             .field("instance_url", &self.instance_url)
+            .field("refresh_lease", &self.refresh_lease)
             .finish()
     }
 }

@@ -3,6 +3,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, unreachable_pub)]
 
+pub mod conformance;
 pub mod memory;
+pub mod oauth_server;
+pub mod sim;
 
 pub use memory::{MemoryConnector, MemoryCursor};

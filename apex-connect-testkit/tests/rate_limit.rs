@@ -49,14 +49,9 @@ async fn sync_of_2000_requests_stays_under_the_limit_and_uses_90_percent_of_it()
 
 /// The same 2,000 requests as 4 streams read concurrently through one shared client.
 ///
-/// Ignored: about one run in three it sees a single 429 in a middle window (seen in window 2).
-/// The likely cause is in the core `RateGate`: it pauses when `remaining <= requests in
-/// flight - 1`, but a task that has just seen a permissive `remaining` and is about to send
-/// again is not in flight at that moment, so two tasks can both spend the last unit of
-/// budget. Run it with `--ignored` once the gate tracks the budget it hands out (a local
-/// `remaining` decremented per request sent).
+/// The gate counts the platform's budget down locally per request sent, so concurrent tasks
+/// cannot overspend the last units of a window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "RateGate in-flight race in apex-connect-core: see the doc comment"]
 async fn concurrent_sync_of_2000_requests_stays_under_the_limit() {
     sync_through_the_limiter(4).await;
 }

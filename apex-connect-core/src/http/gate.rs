@@ -45,11 +45,12 @@ type Limiter = RateLimiter<NotKeyed, InMemoryState, GateClock, NoOpMiddleware<Na
 ///
 /// Two mechanisms, both shared by all clones (they live behind one `Arc`):
 /// - a token bucket ([`governor`], GCRA) that spaces requests to a [`Quota`];
-/// - a "paused until" instant, set from the platform's own signals: when
-///   [`PlatformPolicy::rate_state`] reports that `remaining` has reached the reserve (the
-///   configured reserve, or the number of other requests in flight if larger), every request
-///   waits until the reported reset; a 429, or a 503 with `Retry-After`, closes the gate until
-///   the hint.
+/// - the platform's budget: the `remaining` / reset of the last [`PlatformPolicy::rate_state`],
+///   counted down locally by every request sent (so concurrent tasks cannot all spend the last
+///   unit; out-of-order answers within one window keep the lowest count). When it reaches the
+///   reserve, requests wait for the reported reset;
+/// - a "paused until" instant: a 429, or a 503 with `Retry-After`, closes the gate for every
+///   request until the hint.
 ///
 /// # Behavior
 /// - Every attempt (retries included) passes the gate before it reaches the transport.
@@ -71,6 +72,15 @@ struct GateInner {
     reset_margin: Duration,
     max_wait: Duration,
     in_flight: AtomicUsize,
+    /// What the platform last said is left in its current window, counted down locally by
+    /// every request we send, so concurrent tasks cannot all spend the last unit.
+    budget: Mutex<Option<Budget>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    remaining: u64,
+    reset_at: Instant,
 }
 
 impl RateGate {
@@ -192,6 +202,7 @@ impl RateGate {
                 reset_margin,
                 max_wait,
                 in_flight: AtomicUsize::new(0),
+                budget: Mutex::new(None),
             }),
         }
     }
@@ -244,6 +255,18 @@ impl RateGate {
                 i.clock.sleep(wait).await;
                 continue;
             }
+            if let Some(wait) = self.take_budget(now) {
+                if waited + wait > i.max_wait {
+                    return Err(Error::new(
+                        ErrorKind::RateLimited,
+                        "platform rate budget exhausted for longer than the allowed wait",
+                    )
+                    .temporary()
+                    .with_retry_after(wait));
+                }
+                i.clock.sleep(wait).await;
+                continue;
+            }
             let Some(limiter) = &i.limiter else {
                 return Ok(waited);
             };
@@ -278,15 +301,59 @@ impl RateGate {
             }
         }
         if let Some(state) = policy.rate_state(headers) {
-            let others = i.in_flight.load(Ordering::Relaxed).saturating_sub(1) as u64;
-            if state.remaining <= i.reserve.max(others) {
+            let now = i.clock.now();
+            let reset_at = now + state.reset_after;
+            let mut b = self.lock_budget();
+            match b.as_mut() {
+                // The same window (answers arrive out of order): the lowest count is the truth.
+                Some(bud) if reset_at <= bud.reset_at + SAME_WINDOW => {
+                    bud.remaining = bud.remaining.min(state.remaining);
+                }
+                // A new window (or the first answer): start from what the platform says.
+                _ => {
+                    *b = Some(Budget {
+                        remaining: state.remaining,
+                        reset_at,
+                    })
+                }
+            }
+            drop(b);
+            if state.remaining <= i.reserve {
                 self.pause_for(state.reset_after + i.reset_margin);
             }
         }
     }
+
+    /// Spends one unit of the platform budget, or says how long to wait for its reset.
+    fn take_budget(&self, now: Instant) -> Option<Duration> {
+        let i = &self.inner;
+        let mut b = self.lock_budget();
+        match b.as_mut() {
+            Some(bud) if now < bud.reset_at => {
+                if bud.remaining <= i.reserve {
+                    Some(bud.reset_at - now + i.reset_margin)
+                } else {
+                    bud.remaining -= 1;
+                    None
+                }
+            }
+            Some(_) => {
+                // The window reset: unknown until the next answer says.
+                *b = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn lock_budget(&self) -> std::sync::MutexGuard<'_, Option<Budget>> {
+        self.inner.budget.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(15 * 60);
+/// Two resets closer than this belong to the same window (reset headers have 1 s resolution).
+const SAME_WINDOW: Duration = Duration::from_millis(500);
 
 impl fmt::Debug for RateGate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
