@@ -180,7 +180,9 @@ pub struct Versioned<T> {
 /// # Behavior
 /// - `load` of a connection never saved is `Ok(None)`.
 /// - `save(key, tokens, expected)` succeeds only if the stored version equals `expected`
-///   (`None`: nothing stored yet), and returns the new version (`expected + 1`, or 1).
+///   (`None`: nothing stored yet), and returns the new version, which is greater than any
+///   version the connection had before (stores may keep counting across a `delete`, so that
+///   a process holding a version from before the delete can never win).
 /// - A `save` that loses the race fails with `ErrorKind::Conflict` and changes nothing, so a
 ///   process holding an older token set can never overwrite a newer one.
 /// - Implementations that persist keep secrets encrypted at rest.

@@ -1,1 +1,622 @@
-//! (being written)
+//! Durable state: connections, encrypted tokens, cursors, sync runs and the webhook inbox.
+//!
+//! [`StateStore`] is the one trait the engine, the webhook workers and the server use; it
+//! extends [`TokenStore`] so one store also keeps the OAuth tokens. Two implementations ship:
+//! [`MemoryStore`] (tests, single-process hosts) and `SqliteStore` (feature `sqlite`, the
+//! embedded default). The schema (`migrations/sqlite/`) is written so that PostgreSQL can follow
+//! with the same tables: timestamps are Unix milliseconds, compare-and-swap is an
+//! `UPDATE ... SET version = version + 1 WHERE ... AND version = ?`, and inbox claims are one
+//! `UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING ...` statement, so several processes
+//! sharing one database each claim an event, or win a cursor commit, exactly once.
+//!
+//! # Versions
+//! Versions start at 1 and grow by one with every successful save. Deleting tokens or
+//! resetting a cursor keeps the version counter (the row stays as a tombstone), so a process
+//! that loaded a version before the delete can never win a compare-and-swap after it; the
+//! next save with `expected = None` returns the tombstone's version plus one.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::cursor::CursorToken;
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{ConnectionId, StreamId};
+use crate::token::{TokenStore, Versioned};
+use crate::webhook::unix_ms;
+
+mod crypto;
+mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+pub use crypto::{ENCRYPTION_KEY_ENV, EncryptionKey};
+pub use memory::MemoryStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
+
+/// A source of the current time, injectable for tests (lease expiry, retry times).
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> SystemTime + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Clock(Arc::new(SystemTime::now))
+    }
+
+    /// A clock that calls `f`.
+    pub fn from_fn(f: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        Clock(Arc::new(f))
+    }
+
+    /// The current time.
+    pub fn now(&self) -> SystemTime {
+        (self.0)()
+    }
+
+    /// The current time in Unix milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        unix_ms(self.now())
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::system()
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
+/// The state of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionStatus {
+    /// Working.
+    Active,
+    /// The credentials were revoked or expired beyond refresh: a user must reconnect.
+    NeedsReauth,
+    /// Switched off by an operator.
+    Disabled,
+    /// Syncs fail repeatedly for another reason (see `status_detail`).
+    Failing,
+}
+
+impl ConnectionStatus {
+    /// The stored name: `active`, `needs_reauth`, `disabled`, `failing`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionStatus::Active => "active",
+            ConnectionStatus::NeedsReauth => "needs_reauth",
+            ConnectionStatus::Disabled => "disabled",
+            ConnectionStatus::Failing => "failing",
+        }
+    }
+
+    /// Parses a stored name.
+    ///
+    /// # Errors
+    /// `Storage` for an unknown name (a newer schema, or a corrupted row).
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "active" => ConnectionStatus::Active,
+            "needs_reauth" => ConnectionStatus::NeedsReauth,
+            "disabled" => ConnectionStatus::Disabled,
+            "failing" => ConnectionStatus::Failing,
+            other => return Err(unknown_value("connection status", other)),
+        })
+    }
+}
+
+/// One connection: an account of one platform, as the host configured it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Connection {
+    /// The host's id for the connection.
+    pub id: ConnectionId,
+    /// The platform name (`"frontapp"`, `"hubspot"`, ...).
+    pub platform: String,
+    /// The connector's configuration as JSON. Never put secrets here: tokens go to the
+    /// [`TokenStore`] side of the store, encrypted.
+    pub config: serde_json::Value,
+    /// Its status.
+    pub status: ConnectionStatus,
+    /// Why it has that status (the last error, "revoked by user", ...).
+    pub status_detail: Option<String>,
+    /// When it was first stored, Unix milliseconds (set by the store on first upsert).
+    pub created_at: i64,
+    /// When it was last changed, Unix milliseconds (set by the store).
+    pub updated_at: i64,
+}
+
+impl Connection {
+    /// An active connection of `platform` with `config`; timestamps are set by the store.
+    pub fn new(
+        id: impl Into<ConnectionId>,
+        platform: impl Into<String>,
+        config: serde_json::Value,
+    ) -> Self {
+        Connection {
+            id: id.into(),
+            platform: platform.into(),
+            config,
+            status: ConnectionStatus::Active,
+            status_detail: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    /// Sets the status and its detail.
+    pub fn with_status(mut self, status: ConnectionStatus, detail: Option<String>) -> Self {
+        self.status = status;
+        self.status_detail = detail;
+        self
+    }
+}
+
+/// The id of a sync run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(pub i64);
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Whether a run read from the beginning or from the stored cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunKind {
+    /// Read from the beginning, ignoring the stored cursor.
+    Full,
+    /// Read from the stored cursor (from the beginning when there is none).
+    Incremental,
+}
+
+impl RunKind {
+    /// `full` or `incremental`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Full => "full",
+            RunKind::Incremental => "incremental",
+        }
+    }
+
+    /// Parses a stored name.
+    ///
+    /// # Errors
+    /// `Storage` for an unknown name.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "full" => Ok(RunKind::Full),
+            "incremental" => Ok(RunKind::Incremental),
+            other => Err(unknown_value("run kind", other)),
+        }
+    }
+}
+
+/// The state of a sync run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Started and not finished (or its process died; see `started_at`).
+    Running,
+    /// Caught up (or stopped at `max_pages`) without error.
+    Succeeded,
+    /// Stopped by an error.
+    Failed,
+    /// Stopped by cancellation.
+    Cancelled,
+}
+
+impl RunStatus {
+    /// `running`, `succeeded`, `failed` or `cancelled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a stored name.
+    ///
+    /// # Errors
+    /// `Storage` for an unknown name.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "running" => Ok(RunStatus::Running),
+            "succeeded" => Ok(RunStatus::Succeeded),
+            "failed" => Ok(RunStatus::Failed),
+            "cancelled" => Ok(RunStatus::Cancelled),
+            other => Err(unknown_value("run status", other)),
+        }
+    }
+}
+
+/// How a run ended, recorded by [`StateStore::finish_run`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunOutcome {
+    /// `Succeeded`, `Failed` or `Cancelled` (`Running` is refused).
+    pub status: RunStatus,
+    /// Records read from the connector.
+    pub records_read: u64,
+    /// Records the sink inserted or updated.
+    pub records_applied: u64,
+    /// Records the sink already held (replays).
+    pub records_unchanged: u64,
+    /// Pages read.
+    pub pages: u64,
+    /// The error text when the run failed or was cancelled.
+    pub error: Option<String>,
+}
+
+impl RunOutcome {
+    /// An outcome with `status` and zero counts.
+    pub fn new(status: RunStatus) -> Self {
+        RunOutcome {
+            status,
+            records_read: 0,
+            records_applied: 0,
+            records_unchanged: 0,
+            pages: 0,
+            error: None,
+        }
+    }
+
+    /// Sets the counts.
+    pub fn with_counts(mut self, read: u64, applied: u64, unchanged: u64, pages: u64) -> Self {
+        self.records_read = read;
+        self.records_applied = applied;
+        self.records_unchanged = unchanged;
+        self.pages = pages;
+        self
+    }
+
+    /// Sets the error text.
+    pub fn with_error(mut self, error: impl Into<String>) -> Self {
+        self.error = Some(error.into());
+        self
+    }
+}
+
+/// A recorded sync run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SyncRun {
+    /// Its id (grows with each run).
+    pub id: RunId,
+    /// The connection synced.
+    pub connection: ConnectionId,
+    /// The stream synced.
+    pub stream: StreamId,
+    /// Full or incremental.
+    pub kind: RunKind,
+    /// Its state.
+    pub status: RunStatus,
+    /// When it started, Unix milliseconds.
+    pub started_at: i64,
+    /// When it finished, Unix milliseconds.
+    pub finished_at: Option<i64>,
+    /// Records read.
+    pub records_read: u64,
+    /// Records applied by the sink.
+    pub records_applied: u64,
+    /// Records the sink already held.
+    pub records_unchanged: u64,
+    /// Pages read.
+    pub pages: u64,
+    /// The error text of a failed or cancelled run.
+    pub error: Option<String>,
+}
+
+/// The id of an event in the webhook inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventId(pub i64);
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A verified webhook delivery, as appended to the inbox.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct InboxEvent {
+    /// The platform that sent it.
+    pub platform: String,
+    /// The connection it is for.
+    pub connection: ConnectionId,
+    /// The platform's event (or delivery) id; the inbox is unique on
+    /// (platform, connection, event_id), so a redelivery is dropped.
+    pub event_id: String,
+    /// When it was received, Unix milliseconds.
+    pub received_at: i64,
+    /// The request headers worth keeping, as a JSON object (no `Authorization`).
+    pub headers_json: serde_json::Value,
+    /// The raw body.
+    pub body: bytes::Bytes,
+}
+
+impl InboxEvent {
+    /// An event with empty headers.
+    pub fn new(
+        platform: impl Into<String>,
+        connection: impl Into<ConnectionId>,
+        event_id: impl Into<String>,
+        received_at: i64,
+        body: impl Into<bytes::Bytes>,
+    ) -> Self {
+        InboxEvent {
+            platform: platform.into(),
+            connection: connection.into(),
+            event_id: event_id.into(),
+            received_at,
+            headers_json: serde_json::Value::Object(Default::default()),
+            body: body.into(),
+        }
+    }
+
+    /// Sets the headers (a JSON object).
+    pub fn with_headers(mut self, headers: serde_json::Value) -> Self {
+        self.headers_json = headers;
+        self
+    }
+}
+
+/// What [`StateStore::inbox_append`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored as a new pending event.
+    Inserted(EventId),
+    /// An event with the same (platform, connection, event_id) was already stored; nothing changed.
+    Duplicate,
+}
+
+/// An inbox event handed to a worker by [`StateStore::inbox_claim`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ClaimedEvent {
+    /// The inbox id (pass it to `inbox_complete` / `inbox_fail`).
+    pub id: EventId,
+    /// The event.
+    pub event: InboxEvent,
+    /// Attempts so far, including this one.
+    pub attempts: u32,
+    /// Until when the lease holds, Unix milliseconds; after it another worker may claim the event.
+    pub lease_until: i64,
+    /// The error of the previous attempt.
+    pub last_error: Option<String>,
+}
+
+/// A dead-lettered inbox event.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The inbox id (pass it to `inbox_requeue`).
+    pub id: EventId,
+    /// The event.
+    pub event: InboxEvent,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// When it was dead-lettered, Unix milliseconds.
+    pub failed_at: i64,
+}
+
+/// What to do with an event whose processing failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailAction {
+    /// Make it claimable again at this time (Unix milliseconds).
+    RetryAt(i64),
+    /// Give up: move it to the dead letters.
+    DeadLetter,
+}
+
+/// How many inbox events are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct InboxCounts {
+    /// Waiting to be claimed (now or at their retry time).
+    pub pending: u64,
+    /// Claimed under a lease that has not expired.
+    pub in_flight: u64,
+    /// Processed.
+    pub done: u64,
+    /// Dead-lettered.
+    pub dead: u64,
+}
+
+/// The durable state of apex-connect. Held as `Arc<dyn StateStore>`; it is also a
+/// [`TokenStore`] (tokens encrypted at rest in persistent stores).
+///
+/// # Behavior
+/// - Connections: `upsert_connection` inserts or replaces (keeping `created_at`), and returns
+///   the stored row; `get_connection` of an unknown id is `Ok(None)`; `set_connection_status`
+///   and `delete_connection` of an unknown id are `NotFound`. Deleting a connection deletes
+///   its tokens and cursors; runs and inbox events stay as history.
+/// - Cursors: `load_cursor` is `Ok(None)` until saved; `save_cursor(expected)` succeeds only if
+///   the stored version is `expected` (`None`: nothing stored) and returns the new version;
+///   otherwise `Conflict` and nothing changes. `reset_cursor` makes the next sync start over.
+/// - Runs: `start_run` records a `Running` run; `finish_run` records the outcome once
+///   (finishing twice, or an unknown run, is `Conflict`); `list_runs` is newest first.
+/// - Inbox: `inbox_append` is unique on (platform, connection, event_id); `inbox_claim` hands
+///   out due pending events and events whose lease expired, oldest first, each to one worker,
+///   setting its lease and counting the attempt, atomically; `inbox_complete` and `inbox_fail`
+///   succeed only for the worker holding an unexpired lease (`Conflict` otherwise: the lease
+///   expired and the event may be with another worker); `inbox_requeue` makes a dead letter
+///   pending again with a fresh attempt count (`NotFound` if it is not dead).
+///
+/// # Errors
+/// `Storage` (temporary) for I/O and database failures; `Config` when stored tokens cannot be
+/// decrypted with the store's key.
+#[async_trait]
+pub trait StateStore: TokenStore + Send + Sync + fmt::Debug {
+    // ---- connections ----
+
+    /// Inserts or replaces a connection; returns it as stored (with timestamps).
+    async fn upsert_connection(&self, connection: &Connection) -> Result<Connection>;
+
+    /// The connection `id`.
+    async fn get_connection(&self, id: &ConnectionId) -> Result<Option<Connection>>;
+
+    /// Every connection, ordered by id.
+    async fn list_connections(&self) -> Result<Vec<Connection>>;
+
+    /// Sets a connection's status and detail.
+    async fn set_connection_status(
+        &self,
+        id: &ConnectionId,
+        status: ConnectionStatus,
+        detail: Option<&str>,
+    ) -> Result<()>;
+
+    /// Deletes a connection with its tokens and cursors.
+    async fn delete_connection(&self, id: &ConnectionId) -> Result<()>;
+
+    // ---- cursors ----
+
+    /// The stored cursor of (connection, stream) with its version.
+    async fn load_cursor(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+    ) -> Result<Option<Versioned<CursorToken>>>;
+
+    /// Stores `cursor` if the stored version is `expected`; returns the new version.
+    async fn save_cursor(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+        cursor: &CursorToken,
+        expected: Option<u64>,
+    ) -> Result<u64>;
+
+    /// Forgets the cursor, so the next sync reads from the beginning.
+    async fn reset_cursor(&self, connection: &ConnectionId, stream: &StreamId) -> Result<()>;
+
+    // ---- sync runs ----
+
+    /// Records the start of a run.
+    async fn start_run(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+        kind: RunKind,
+    ) -> Result<RunId>;
+
+    /// Records how a run ended.
+    async fn finish_run(&self, run: RunId, outcome: &RunOutcome) -> Result<()>;
+
+    /// The most recent runs, newest first, optionally of one connection.
+    async fn list_runs(
+        &self,
+        connection: Option<&ConnectionId>,
+        limit: usize,
+    ) -> Result<Vec<SyncRun>>;
+
+    /// The latest run of (connection, stream).
+    async fn last_run(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+    ) -> Result<Option<SyncRun>>;
+
+    // ---- webhook inbox ----
+
+    /// Appends a verified webhook delivery, due at once, unless it is a duplicate.
+    async fn inbox_append(&self, event: &InboxEvent) -> Result<AppendOutcome>;
+
+    /// Claims up to `limit` events for `worker` under a lease of `lease`.
+    async fn inbox_claim(
+        &self,
+        worker: &str,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<ClaimedEvent>>;
+
+    /// Marks a claimed event done.
+    async fn inbox_complete(&self, id: EventId, worker: &str) -> Result<()>;
+
+    /// Records a failed attempt: retry at a time, or dead-letter.
+    async fn inbox_fail(
+        &self,
+        id: EventId,
+        worker: &str,
+        error: &str,
+        action: FailAction,
+    ) -> Result<()>;
+
+    /// Dead-lettered events, oldest first.
+    async fn inbox_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>>;
+
+    /// Makes a dead-lettered event pending again, due now.
+    async fn inbox_requeue(&self, id: EventId) -> Result<()>;
+
+    /// Counts of events per state.
+    async fn inbox_counts(&self) -> Result<InboxCounts>;
+}
+
+fn unknown_value(what: &'static str, value: &str) -> Error {
+    Error::new(
+        ErrorKind::Storage,
+        "stored value is not one this version knows",
+    )
+    .with_context("field", what)
+    .with_context("value", value)
+}
+
+fn cursor_conflict(
+    connection: &ConnectionId,
+    stream: &StreamId,
+    expected: Option<u64>,
+    actual: Option<u64>,
+) -> Error {
+    crate::token::conflict(connection, expected, actual).with_context("stream", stream)
+}
+
+fn lease_lost(id: EventId, worker: &str) -> Error {
+    Error::new(
+        ErrorKind::Conflict,
+        "inbox event is not leased to this worker (lease expired or event finished)",
+    )
+    .with_context("event", id)
+    .with_context("worker", worker)
+}
+
+fn run_finished(run: RunId) -> Error {
+    Error::new(ErrorKind::Conflict, "run is unknown or already finished").with_context("run", run)
+}
+
+fn not_found(what: &'static str, id: impl fmt::Display) -> Error {
+    Error::new(ErrorKind::NotFound, what).with_context("id", id)
+}
+
+fn lease_ms(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+fn validate_outcome(outcome: &RunOutcome) -> Result<()> {
+    if outcome.status == RunStatus::Running {
+        return Err(Error::invalid_input(
+            "a run cannot finish with status running",
+        ));
+    }
+    Ok(())
+}

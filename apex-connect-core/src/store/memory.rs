@@ -1,0 +1,492 @@
+//! `MemoryStore`: the whole [`StateStore`] in memory, with the same semantics as SQLite.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{
+    AppendOutcome, ClaimedEvent, Clock, Connection, ConnectionStatus, DeadLetter, EventId,
+    FailAction, InboxCounts, InboxEvent, RunId, RunKind, RunOutcome, RunStatus, StateStore,
+    SyncRun, cursor_conflict, lease_lost, lease_ms, not_found, run_finished, validate_outcome,
+};
+use crate::cursor::CursorToken;
+use crate::error::{Error, Result};
+use crate::model::{ConnectionId, StreamId};
+use crate::token::{TokenSet, TokenStore, Versioned, conflict};
+
+/// A [`StateStore`] in memory: for tests and hosts that keep nothing across restarts.
+/// Tokens are held as they are (not encrypted: nothing is at rest).
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    clock: Clock,
+}
+
+#[derive(Default)]
+struct Inner {
+    connections: BTreeMap<ConnectionId, Connection>,
+    /// `None` value: deleted, version kept (see the module docs of `store`).
+    tokens: BTreeMap<ConnectionId, (Option<TokenSet>, u64)>,
+    cursors: BTreeMap<(ConnectionId, StreamId), (Option<CursorToken>, u64)>,
+    runs: BTreeMap<i64, SyncRun>,
+    next_run: i64,
+    inbox: BTreeMap<i64, Entry>,
+    next_event: i64,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum State {
+    Pending,
+    Done,
+    Dead,
+}
+
+struct Entry {
+    event: InboxEvent,
+    state: State,
+    attempts: u32,
+    next_attempt_at: i64,
+    lease_owner: Option<String>,
+    lease_until: Option<i64>,
+    last_error: Option<String>,
+    finished_at: Option<i64>,
+}
+
+impl Entry {
+    fn leased(&self, now: i64) -> bool {
+        self.lease_until.is_some_and(|t| t > now)
+    }
+
+    fn held_by(&self, worker: &str, now: i64) -> bool {
+        self.state == State::Pending
+            && self.leased(now)
+            && self.lease_owner.as_deref() == Some(worker)
+    }
+}
+
+impl MemoryStore {
+    /// An empty store on the system clock.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Uses `clock` for timestamps, leases and retry times.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
+        self.inner
+            .lock()
+            .map_err(|_| Error::storage("memory store lock poisoned by a panic"))
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("MemoryStore");
+        if let Ok(inner) = self.inner.lock() {
+            d.field("connections", &inner.connections.len())
+                .field("cursors", &inner.cursors.len())
+                .field("runs", &inner.runs.len())
+                .field("inbox", &inner.inbox.len());
+        }
+        d.finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl TokenStore for MemoryStore {
+    async fn load(&self, connection: &ConnectionId) -> Result<Option<Versioned<TokenSet>>> {
+        let inner = self.lock()?;
+        Ok(match inner.tokens.get(connection) {
+            Some((Some(t), v)) => Some(Versioned {
+                value: t.clone(),
+                version: *v,
+            }),
+            _ => None,
+        })
+    }
+
+    async fn save(
+        &self,
+        connection: &ConnectionId,
+        tokens: &TokenSet,
+        expected: Option<u64>,
+    ) -> Result<u64> {
+        let mut inner = self.lock()?;
+        let slot = inner.tokens.get(connection);
+        let current = slot.and_then(|(t, v)| t.as_ref().map(|_| *v));
+        let base = match (slot, expected) {
+            (None, None) => 0,
+            (Some((None, v)), None) => *v,
+            (Some((Some(_), v)), Some(e)) if *v == e => e,
+            _ => return Err(conflict(connection, expected, current)),
+        };
+        inner
+            .tokens
+            .insert(connection.clone(), (Some(tokens.clone()), base + 1));
+        Ok(base + 1)
+    }
+
+    async fn delete(&self, connection: &ConnectionId) -> Result<()> {
+        let mut inner = self.lock()?;
+        if let Some(slot) = inner.tokens.get_mut(connection)
+            && slot.0.is_some()
+        {
+            *slot = (None, slot.1 + 1);
+        }
+        Ok(())
+    }
+}
+
+fn dead_letter(id: i64, e: &Entry) -> DeadLetter {
+    DeadLetter {
+        id: EventId(id),
+        event: e.event.clone(),
+        attempts: e.attempts,
+        last_error: e.last_error.clone(),
+        failed_at: e.finished_at.unwrap_or(0),
+    }
+}
+
+#[async_trait]
+impl StateStore for MemoryStore {
+    async fn upsert_connection(&self, connection: &Connection) -> Result<Connection> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock()?;
+        let mut stored = connection.clone();
+        stored.created_at = inner
+            .connections
+            .get(&connection.id)
+            .map_or(now, |c| c.created_at);
+        stored.updated_at = now;
+        inner
+            .connections
+            .insert(connection.id.clone(), stored.clone());
+        Ok(stored)
+    }
+
+    async fn get_connection(&self, id: &ConnectionId) -> Result<Option<Connection>> {
+        Ok(self.lock()?.connections.get(id).cloned())
+    }
+
+    async fn list_connections(&self) -> Result<Vec<Connection>> {
+        Ok(self.lock()?.connections.values().cloned().collect())
+    }
+
+    async fn set_connection_status(
+        &self,
+        id: &ConnectionId,
+        status: ConnectionStatus,
+        detail: Option<&str>,
+    ) -> Result<()> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock()?;
+        let c = inner
+            .connections
+            .get_mut(id)
+            .ok_or_else(|| not_found("no such connection", id))?;
+        c.status = status;
+        c.status_detail = detail.map(str::to_string);
+        c.updated_at = now;
+        Ok(())
+    }
+
+    async fn delete_connection(&self, id: &ConnectionId) -> Result<()> {
+        let mut inner = self.lock()?;
+        if inner.connections.remove(id).is_none() {
+            return Err(not_found("no such connection", id));
+        }
+        if let Some(slot) = inner.tokens.get_mut(id)
+            && slot.0.is_some()
+        {
+            *slot = (None, slot.1 + 1);
+        }
+        for ((c, _), slot) in inner.cursors.iter_mut() {
+            if c == id && slot.0.is_some() {
+                *slot = (None, slot.1 + 1);
+            }
+        }
+        Ok(())
+    }
+
+    async fn load_cursor(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+    ) -> Result<Option<Versioned<CursorToken>>> {
+        let inner = self.lock()?;
+        Ok(
+            match inner.cursors.get(&(connection.clone(), stream.clone())) {
+                Some((Some(t), v)) => Some(Versioned {
+                    value: t.clone(),
+                    version: *v,
+                }),
+                _ => None,
+            },
+        )
+    }
+
+    async fn save_cursor(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+        cursor: &CursorToken,
+        expected: Option<u64>,
+    ) -> Result<u64> {
+        let mut inner = self.lock()?;
+        let key = (connection.clone(), stream.clone());
+        let slot = inner.cursors.get(&key);
+        let current = slot.and_then(|(t, v)| t.as_ref().map(|_| *v));
+        let base = match (slot, expected) {
+            (None, None) => 0,
+            (Some((None, v)), None) => *v,
+            (Some((Some(_), v)), Some(e)) if *v == e => e,
+            _ => return Err(cursor_conflict(connection, stream, expected, current)),
+        };
+        inner.cursors.insert(key, (Some(cursor.clone()), base + 1));
+        Ok(base + 1)
+    }
+
+    async fn reset_cursor(&self, connection: &ConnectionId, stream: &StreamId) -> Result<()> {
+        let mut inner = self.lock()?;
+        if let Some(slot) = inner.cursors.get_mut(&(connection.clone(), stream.clone()))
+            && slot.0.is_some()
+        {
+            *slot = (None, slot.1 + 1);
+        }
+        Ok(())
+    }
+
+    async fn start_run(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+        kind: RunKind,
+    ) -> Result<RunId> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock()?;
+        inner.next_run += 1;
+        let id = inner.next_run;
+        inner.runs.insert(
+            id,
+            SyncRun {
+                id: RunId(id),
+                connection: connection.clone(),
+                stream: stream.clone(),
+                kind,
+                status: RunStatus::Running,
+                started_at: now,
+                finished_at: None,
+                records_read: 0,
+                records_applied: 0,
+                records_unchanged: 0,
+                pages: 0,
+                error: None,
+            },
+        );
+        Ok(RunId(id))
+    }
+
+    async fn finish_run(&self, run: RunId, outcome: &RunOutcome) -> Result<()> {
+        validate_outcome(outcome)?;
+        let now = self.clock.now_ms();
+        let mut inner = self.lock()?;
+        let r = inner
+            .runs
+            .get_mut(&run.0)
+            .filter(|r| r.status == RunStatus::Running)
+            .ok_or_else(|| run_finished(run))?;
+        r.status = outcome.status;
+        r.finished_at = Some(now);
+        r.records_read = outcome.records_read;
+        r.records_applied = outcome.records_applied;
+        r.records_unchanged = outcome.records_unchanged;
+        r.pages = outcome.pages;
+        r.error = outcome.error.clone();
+        Ok(())
+    }
+
+    async fn list_runs(
+        &self,
+        connection: Option<&ConnectionId>,
+        limit: usize,
+    ) -> Result<Vec<SyncRun>> {
+        let inner = self.lock()?;
+        Ok(inner
+            .runs
+            .values()
+            .rev()
+            .filter(|r| connection.is_none_or(|c| &r.connection == c))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn last_run(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+    ) -> Result<Option<SyncRun>> {
+        let inner = self.lock()?;
+        Ok(inner
+            .runs
+            .values()
+            .rev()
+            .find(|r| &r.connection == connection && &r.stream == stream)
+            .cloned())
+    }
+
+    async fn inbox_append(&self, event: &InboxEvent) -> Result<AppendOutcome> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock()?;
+        let dup = inner.inbox.values().any(|e| {
+            e.event.platform == event.platform
+                && e.event.connection == event.connection
+                && e.event.event_id == event.event_id
+        });
+        if dup {
+            return Ok(AppendOutcome::Duplicate);
+        }
+        inner.next_event += 1;
+        let id = inner.next_event;
+        inner.inbox.insert(
+            id,
+            Entry {
+                event: event.clone(),
+                state: State::Pending,
+                attempts: 0,
+                next_attempt_at: now,
+                lease_owner: None,
+                lease_until: None,
+                last_error: None,
+                finished_at: None,
+            },
+        );
+        Ok(AppendOutcome::Inserted(EventId(id)))
+    }
+
+    async fn inbox_claim(
+        &self,
+        worker: &str,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<ClaimedEvent>> {
+        let now = self.clock.now_ms();
+        let until = now.saturating_add(lease_ms(lease));
+        let mut inner = self.lock()?;
+        let mut due: Vec<(i64, i64)> = inner
+            .inbox
+            .iter()
+            .filter(|(_, e)| {
+                e.state == State::Pending && e.next_attempt_at <= now && !e.leased(now)
+            })
+            .map(|(id, e)| (e.event.received_at, *id))
+            .collect();
+        due.sort_unstable();
+        let mut out = Vec::new();
+        for (_, id) in due.into_iter().take(limit) {
+            if let Some(e) = inner.inbox.get_mut(&id) {
+                e.lease_owner = Some(worker.to_string());
+                e.lease_until = Some(until);
+                e.attempts = e.attempts.saturating_add(1);
+                out.push(ClaimedEvent {
+                    id: EventId(id),
+                    event: e.event.clone(),
+                    attempts: e.attempts,
+                    lease_until: until,
+                    last_error: e.last_error.clone(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn inbox_complete(&self, id: EventId, worker: &str) -> Result<()> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock()?;
+        let e = inner
+            .inbox
+            .get_mut(&id.0)
+            .filter(|e| e.held_by(worker, now))
+            .ok_or_else(|| lease_lost(id, worker))?;
+        e.state = State::Done;
+        e.lease_owner = None;
+        e.lease_until = None;
+        e.finished_at = Some(now);
+        Ok(())
+    }
+
+    async fn inbox_fail(
+        &self,
+        id: EventId,
+        worker: &str,
+        error: &str,
+        action: FailAction,
+    ) -> Result<()> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock()?;
+        let e = inner
+            .inbox
+            .get_mut(&id.0)
+            .filter(|e| e.held_by(worker, now))
+            .ok_or_else(|| lease_lost(id, worker))?;
+        e.lease_owner = None;
+        e.lease_until = None;
+        e.last_error = Some(error.to_string());
+        match action {
+            FailAction::RetryAt(at) => e.next_attempt_at = at,
+            FailAction::DeadLetter => {
+                e.state = State::Dead;
+                e.finished_at = Some(now);
+            }
+        }
+        Ok(())
+    }
+
+    async fn inbox_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        let inner = self.lock()?;
+        Ok(inner
+            .inbox
+            .iter()
+            .filter(|(_, e)| e.state == State::Dead)
+            .take(limit)
+            .map(|(id, e)| dead_letter(*id, e))
+            .collect())
+    }
+
+    async fn inbox_requeue(&self, id: EventId) -> Result<()> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock()?;
+        let e = inner
+            .inbox
+            .get_mut(&id.0)
+            .filter(|e| e.state == State::Dead)
+            .ok_or_else(|| not_found("no dead-lettered inbox event with this id", id))?;
+        e.state = State::Pending;
+        e.attempts = 0;
+        e.next_attempt_at = now;
+        e.finished_at = None;
+        Ok(())
+    }
+
+    async fn inbox_counts(&self) -> Result<InboxCounts> {
+        let now = self.clock.now_ms();
+        let inner = self.lock()?;
+        let mut c = InboxCounts::default();
+        for e in inner.inbox.values() {
+            match e.state {
+                State::Pending if e.leased(now) => c.in_flight += 1,
+                State::Pending => c.pending += 1,
+                State::Done => c.done += 1,
+                State::Dead => c.dead += 1,
+            }
+        }
+        Ok(c)
+    }
+}

@@ -1,0 +1,830 @@
+//! `SqliteStore`: the embedded default [`StateStore`], one SQLite file in WAL mode.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+
+use super::{
+    AppendOutcome, ClaimedEvent, Clock, Connection, ConnectionStatus, DeadLetter, EncryptionKey,
+    EventId, FailAction, InboxCounts, InboxEvent, RunId, RunKind, RunOutcome, RunStatus,
+    StateStore, SyncRun, cursor_conflict, lease_lost, lease_ms, not_found, run_finished,
+    validate_outcome,
+};
+use crate::cursor::CursorToken;
+use crate::error::{Error, Result};
+use crate::model::{ConnectionId, StreamId};
+use crate::token::{TokenSet, TokenStore, Versioned, conflict};
+
+/// The versioned migrations in `migrations/sqlite/`, shared by the store and the SQLite sink.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long a connection waits for another writer before failing with `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pool size: SQLite has one writer at a time; a few connections let reads overlap it (WAL).
+const POOL_SIZE: u32 = 4;
+
+/// A [`StateStore`] in one SQLite file: WAL journal, `synchronous=NORMAL`, a busy timeout,
+/// foreign keys on, a small pool, and the versioned migrations run at open (idempotent:
+/// reopening an existing file is fine). Token sets are encrypted with the [`EncryptionKey`].
+///
+/// Several `SqliteStore`s (in one or several processes) may share a file: every
+/// compare-and-swap and inbox claim is a single statement, so each is won by one of them.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    key: EncryptionKey,
+    clock: Clock,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("pool_size", &self.pool.size())
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn db_err(what: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+    move |e| Error::storage(what).set_source(e)
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path` and runs the migrations.
+    ///
+    /// # Errors
+    /// `Storage` when the file cannot be opened or migrated.
+    pub async fn open(path: impl AsRef<Path>, key: EncryptionKey) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true);
+        Self::with_options(options, false, key).await
+    }
+
+    /// Opens the database at a `sqlite:` URL (e.g. `sqlite://state.db?mode=rwc`, or
+    /// `sqlite::memory:` for a private in-memory database) and runs the migrations.
+    ///
+    /// # Errors
+    /// `Config` for a malformed URL; `Storage` when it cannot be opened or migrated.
+    pub async fn connect(url: &str, key: EncryptionKey) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| Error::config("not a valid sqlite: URL").set_source(e))?;
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        Self::with_options(options, in_memory, key).await
+    }
+
+    async fn with_options(
+        options: SqliteConnectOptions,
+        in_memory: bool,
+        key: EncryptionKey,
+    ) -> Result<Self> {
+        let options = options
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        // An in-memory database lives in one connection: a pool of one keeps it whole.
+        let size = if in_memory { 1 } else { POOL_SIZE };
+        let pool = SqlitePoolOptions::new()
+            .max_connections(size)
+            .min_connections(if in_memory { 1 } else { 0 })
+            .idle_timeout(if in_memory {
+                None
+            } else {
+                Some(Duration::from_secs(600))
+            })
+            .max_lifetime(if in_memory {
+                None
+            } else {
+                Some(Duration::from_secs(3600))
+            })
+            .connect_with(options)
+            .await
+            .map_err(db_err("cannot open the SQLite database"))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| Error::storage("cannot migrate the SQLite database").set_source(e))?;
+        Ok(SqliteStore {
+            pool,
+            key,
+            clock: Clock::system(),
+        })
+    }
+
+    /// Uses `clock` for timestamps, leases and retry times.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The connection pool (for the SQLite sink, the server's admin queries).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Closes the pool, waiting for connections to finish (checkpointing the WAL).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn token_version(&self, connection: &ConnectionId) -> Result<Option<u64>> {
+        let row = sqlx::query(
+            "SELECT version FROM tokens WHERE connection = ?1 AND ciphertext IS NOT NULL",
+        )
+        .bind(connection.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err("cannot read tokens"))?;
+        row.map(|r| r.try_get::<i64, _>(0).map(to_u64))
+            .transpose()
+            .map_err(db_err("cannot read tokens"))
+    }
+
+    async fn cursor_version(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+    ) -> Result<Option<u64>> {
+        let row = sqlx::query(
+            "SELECT version FROM cursors WHERE connection = ?1 AND stream = ?2 AND token IS NOT NULL",
+        )
+        .bind(connection.as_str())
+        .bind(stream.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err("cannot read cursor"))?;
+        row.map(|r| r.try_get::<i64, _>(0).map(to_u64))
+            .transpose()
+            .map_err(db_err("cannot read cursor"))
+    }
+}
+
+fn connection_from_row(r: &SqliteRow) -> Result<Connection> {
+    let e = db_err("cannot decode a connection row");
+    let get = || -> std::result::Result<_, sqlx::Error> {
+        Ok((
+            r.try_get::<String, _>("id")?,
+            r.try_get::<String, _>("platform")?,
+            r.try_get::<String, _>("config")?,
+            r.try_get::<String, _>("status")?,
+            r.try_get::<Option<String>, _>("status_detail")?,
+            r.try_get::<i64, _>("created_at")?,
+            r.try_get::<i64, _>("updated_at")?,
+        ))
+    };
+    let (id, platform, config, status, status_detail, created_at, updated_at) = get().map_err(e)?;
+    Ok(Connection {
+        id: ConnectionId::from(id),
+        platform,
+        config: serde_json::from_str(&config)
+            .map_err(|e| Error::storage("stored connection config is not JSON").set_source(e))?,
+        status: ConnectionStatus::parse(&status)?,
+        status_detail,
+        created_at,
+        updated_at,
+    })
+}
+
+fn run_from_row(r: &SqliteRow) -> Result<SyncRun> {
+    let get = || -> std::result::Result<_, sqlx::Error> {
+        Ok((
+            r.try_get::<i64, _>("id")?,
+            r.try_get::<String, _>("connection")?,
+            r.try_get::<String, _>("stream")?,
+            r.try_get::<String, _>("kind")?,
+            r.try_get::<String, _>("status")?,
+            r.try_get::<i64, _>("started_at")?,
+            r.try_get::<Option<i64>, _>("finished_at")?,
+            [
+                r.try_get::<i64, _>("records_read")?,
+                r.try_get::<i64, _>("records_applied")?,
+                r.try_get::<i64, _>("records_unchanged")?,
+                r.try_get::<i64, _>("pages")?,
+            ],
+            r.try_get::<Option<String>, _>("error")?,
+        ))
+    };
+    let (id, connection, stream, kind, status, started_at, finished_at, counts, error) =
+        get().map_err(db_err("cannot decode a run row"))?;
+    Ok(SyncRun {
+        id: RunId(id),
+        connection: ConnectionId::from(connection),
+        stream: StreamId::from(stream),
+        kind: RunKind::parse(&kind)?,
+        status: RunStatus::parse(&status)?,
+        started_at,
+        finished_at,
+        records_read: to_u64(counts[0]),
+        records_applied: to_u64(counts[1]),
+        records_unchanged: to_u64(counts[2]),
+        pages: to_u64(counts[3]),
+        error,
+    })
+}
+
+fn event_from_row(r: &SqliteRow) -> std::result::Result<(i64, InboxEvent, u32), sqlx::Error> {
+    let headers: String = r.try_get("headers")?;
+    let body: Vec<u8> = r.try_get("body")?;
+    Ok((
+        r.try_get("id")?,
+        InboxEvent {
+            platform: r.try_get("platform")?,
+            connection: ConnectionId::from(r.try_get::<String, _>("connection")?),
+            event_id: r.try_get("event_id")?,
+            received_at: r.try_get("received_at")?,
+            headers_json: serde_json::from_str(&headers)
+                .unwrap_or(serde_json::Value::Object(Default::default())),
+            body: body.into(),
+        },
+        u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+    ))
+}
+
+const RUN_COLUMNS: &str = "id, connection, stream, kind, status, started_at, finished_at, \
+     records_read, records_applied, records_unchanged, pages, error";
+
+#[async_trait]
+impl TokenStore for SqliteStore {
+    async fn load(&self, connection: &ConnectionId) -> Result<Option<Versioned<TokenSet>>> {
+        let row = sqlx::query(
+            "SELECT ciphertext, version FROM tokens WHERE connection = ?1 AND ciphertext IS NOT NULL",
+        )
+        .bind(connection.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err("cannot read tokens"))?;
+        let Some(row) = row else { return Ok(None) };
+        let sealed: Vec<u8> = row.try_get(0).map_err(db_err("cannot read tokens"))?;
+        let version: i64 = row.try_get(1).map_err(db_err("cannot read tokens"))?;
+        Ok(Some(Versioned {
+            value: self.key.open(connection, &sealed)?,
+            version: to_u64(version),
+        }))
+    }
+
+    async fn save(
+        &self,
+        connection: &ConnectionId,
+        tokens: &TokenSet,
+        expected: Option<u64>,
+    ) -> Result<u64> {
+        let sealed = self.key.seal(connection, tokens)?;
+        let now = self.clock.now_ms();
+        let row = match expected {
+            None => {
+                sqlx::query(
+                    "INSERT INTO tokens (connection, ciphertext, version, updated_at) \
+                     VALUES (?1, ?2, 1, ?3) \
+                     ON CONFLICT (connection) DO UPDATE SET ciphertext = excluded.ciphertext, \
+                         version = tokens.version + 1, updated_at = excluded.updated_at \
+                     WHERE tokens.ciphertext IS NULL \
+                     RETURNING version",
+                )
+                .bind(connection.as_str())
+                .bind(sealed)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await
+            }
+            Some(v) => {
+                sqlx::query(
+                    "UPDATE tokens SET ciphertext = ?2, version = version + 1, updated_at = ?3 \
+                     WHERE connection = ?1 AND version = ?4 AND ciphertext IS NOT NULL \
+                     RETURNING version",
+                )
+                .bind(connection.as_str())
+                .bind(sealed)
+                .bind(now)
+                .bind(to_i64(v))
+                .fetch_optional(&self.pool)
+                .await
+            }
+        }
+        .map_err(db_err("cannot save tokens"))?;
+        match row {
+            Some(r) => Ok(to_u64(
+                r.try_get::<i64, _>(0)
+                    .map_err(db_err("cannot save tokens"))?,
+            )),
+            None => Err(conflict(
+                connection,
+                expected,
+                self.token_version(connection).await?,
+            )),
+        }
+    }
+
+    async fn delete(&self, connection: &ConnectionId) -> Result<()> {
+        sqlx::query(
+            "UPDATE tokens SET ciphertext = NULL, version = version + 1, updated_at = ?2 \
+             WHERE connection = ?1 AND ciphertext IS NOT NULL",
+        )
+        .bind(connection.as_str())
+        .bind(self.clock.now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("cannot delete tokens"))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StateStore for SqliteStore {
+    async fn upsert_connection(&self, connection: &Connection) -> Result<Connection> {
+        let now = self.clock.now_ms();
+        let config = serde_json::to_string(&connection.config).map_err(|e| {
+            Error::invalid_input("connection config cannot be serialized").set_source(e)
+        })?;
+        let row = sqlx::query(
+            "INSERT INTO connections (id, platform, config, status, status_detail, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) \
+             ON CONFLICT (id) DO UPDATE SET platform = excluded.platform, config = excluded.config, \
+                 status = excluded.status, status_detail = excluded.status_detail, \
+                 updated_at = excluded.updated_at \
+             RETURNING *",
+        )
+        .bind(connection.id.as_str())
+        .bind(&connection.platform)
+        .bind(config)
+        .bind(connection.status.as_str())
+        .bind(connection.status_detail.as_deref())
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err("cannot save connection"))?;
+        connection_from_row(&row)
+    }
+
+    async fn get_connection(&self, id: &ConnectionId) -> Result<Option<Connection>> {
+        let row = sqlx::query("SELECT * FROM connections WHERE id = ?1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err("cannot read connection"))?;
+        row.as_ref().map(connection_from_row).transpose()
+    }
+
+    async fn list_connections(&self) -> Result<Vec<Connection>> {
+        let rows = sqlx::query("SELECT * FROM connections ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("cannot list connections"))?;
+        rows.iter().map(connection_from_row).collect()
+    }
+
+    async fn set_connection_status(
+        &self,
+        id: &ConnectionId,
+        status: ConnectionStatus,
+        detail: Option<&str>,
+    ) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE connections SET status = ?2, status_detail = ?3, updated_at = ?4 WHERE id = ?1",
+        )
+        .bind(id.as_str())
+        .bind(status.as_str())
+        .bind(detail)
+        .bind(self.clock.now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("cannot update connection"))?;
+        if done.rows_affected() == 0 {
+            return Err(not_found("no such connection", id));
+        }
+        Ok(())
+    }
+
+    async fn delete_connection(&self, id: &ConnectionId) -> Result<()> {
+        let now = self.clock.now_ms();
+        let err = db_err("cannot delete connection");
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db_err("cannot delete connection"))?;
+        let done = sqlx::query("DELETE FROM connections WHERE id = ?1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("cannot delete connection"))?;
+        if done.rows_affected() == 0 {
+            return Err(not_found("no such connection", id));
+        }
+        sqlx::query(
+            "UPDATE tokens SET ciphertext = NULL, version = version + 1, updated_at = ?2 \
+             WHERE connection = ?1 AND ciphertext IS NOT NULL",
+        )
+        .bind(id.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("cannot delete connection"))?;
+        sqlx::query(
+            "UPDATE cursors SET token = NULL, version = version + 1, updated_at = ?2 \
+             WHERE connection = ?1 AND token IS NOT NULL",
+        )
+        .bind(id.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("cannot delete connection"))?;
+        tx.commit().await.map_err(err)
+    }
+
+    async fn load_cursor(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+    ) -> Result<Option<Versioned<CursorToken>>> {
+        let row = sqlx::query(
+            "SELECT token, version FROM cursors \
+             WHERE connection = ?1 AND stream = ?2 AND token IS NOT NULL",
+        )
+        .bind(connection.as_str())
+        .bind(stream.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err("cannot read cursor"))?;
+        let Some(row) = row else { return Ok(None) };
+        let token: String = row.try_get(0).map_err(db_err("cannot read cursor"))?;
+        let version: i64 = row.try_get(1).map_err(db_err("cannot read cursor"))?;
+        Ok(Some(Versioned {
+            value: CursorToken::from_string(token),
+            version: to_u64(version),
+        }))
+    }
+
+    async fn save_cursor(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+        cursor: &CursorToken,
+        expected: Option<u64>,
+    ) -> Result<u64> {
+        let now = self.clock.now_ms();
+        let row = match expected {
+            None => {
+                sqlx::query(
+                    "INSERT INTO cursors (connection, stream, token, version, updated_at) \
+                     VALUES (?1, ?2, ?3, 1, ?4) \
+                     ON CONFLICT (connection, stream) DO UPDATE SET token = excluded.token, \
+                         version = cursors.version + 1, updated_at = excluded.updated_at \
+                     WHERE cursors.token IS NULL \
+                     RETURNING version",
+                )
+                .bind(connection.as_str())
+                .bind(stream.as_str())
+                .bind(cursor.as_str())
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await
+            }
+            Some(v) => {
+                sqlx::query(
+                    "UPDATE cursors SET token = ?3, version = version + 1, updated_at = ?4 \
+                     WHERE connection = ?1 AND stream = ?2 AND version = ?5 AND token IS NOT NULL \
+                     RETURNING version",
+                )
+                .bind(connection.as_str())
+                .bind(stream.as_str())
+                .bind(cursor.as_str())
+                .bind(now)
+                .bind(to_i64(v))
+                .fetch_optional(&self.pool)
+                .await
+            }
+        }
+        .map_err(db_err("cannot save cursor"))?;
+        match row {
+            Some(r) => Ok(to_u64(
+                r.try_get::<i64, _>(0)
+                    .map_err(db_err("cannot save cursor"))?,
+            )),
+            None => Err(cursor_conflict(
+                connection,
+                stream,
+                expected,
+                self.cursor_version(connection, stream).await?,
+            )),
+        }
+    }
+
+    async fn reset_cursor(&self, connection: &ConnectionId, stream: &StreamId) -> Result<()> {
+        sqlx::query(
+            "UPDATE cursors SET token = NULL, version = version + 1, updated_at = ?3 \
+             WHERE connection = ?1 AND stream = ?2 AND token IS NOT NULL",
+        )
+        .bind(connection.as_str())
+        .bind(stream.as_str())
+        .bind(self.clock.now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("cannot reset cursor"))?;
+        Ok(())
+    }
+
+    async fn start_run(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+        kind: RunKind,
+    ) -> Result<RunId> {
+        let row = sqlx::query(
+            "INSERT INTO sync_runs (connection, stream, kind, status, started_at) \
+             VALUES (?1, ?2, ?3, 'running', ?4) RETURNING id",
+        )
+        .bind(connection.as_str())
+        .bind(stream.as_str())
+        .bind(kind.as_str())
+        .bind(self.clock.now_ms())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err("cannot record run start"))?;
+        Ok(RunId(
+            row.try_get(0).map_err(db_err("cannot record run start"))?,
+        ))
+    }
+
+    async fn finish_run(&self, run: RunId, outcome: &RunOutcome) -> Result<()> {
+        validate_outcome(outcome)?;
+        let done = sqlx::query(
+            "UPDATE sync_runs SET status = ?2, finished_at = ?3, records_read = ?4, \
+                 records_applied = ?5, records_unchanged = ?6, pages = ?7, error = ?8 \
+             WHERE id = ?1 AND status = 'running'",
+        )
+        .bind(run.0)
+        .bind(outcome.status.as_str())
+        .bind(self.clock.now_ms())
+        .bind(to_i64(outcome.records_read))
+        .bind(to_i64(outcome.records_applied))
+        .bind(to_i64(outcome.records_unchanged))
+        .bind(to_i64(outcome.pages))
+        .bind(outcome.error.as_deref())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("cannot record run end"))?;
+        if done.rows_affected() == 0 {
+            return Err(run_finished(run));
+        }
+        Ok(())
+    }
+
+    async fn list_runs(
+        &self,
+        connection: Option<&ConnectionId>,
+        limit: usize,
+    ) -> Result<Vec<SyncRun>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = match connection {
+            Some(c) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {RUN_COLUMNS} FROM sync_runs WHERE connection = ?1 ORDER BY id DESC LIMIT ?2"
+                )))
+                .bind(c.as_str())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {RUN_COLUMNS} FROM sync_runs ORDER BY id DESC LIMIT ?1"
+                )))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+            }
+        }
+        .map_err(db_err("cannot list runs"))?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn last_run(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+    ) -> Result<Option<SyncRun>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM sync_runs WHERE connection = ?1 AND stream = ?2 \
+             ORDER BY id DESC LIMIT 1"
+        )))
+        .bind(connection.as_str())
+        .bind(stream.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err("cannot read last run"))?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    async fn inbox_append(&self, event: &InboxEvent) -> Result<AppendOutcome> {
+        let headers = serde_json::to_string(&event.headers_json).map_err(|e| {
+            Error::invalid_input("webhook headers cannot be serialized").set_source(e)
+        })?;
+        let row = sqlx::query(
+            "INSERT INTO inbox (platform, connection, event_id, received_at, headers, body, \
+                 status, attempts, next_attempt_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7) \
+             ON CONFLICT (platform, connection, event_id) DO NOTHING \
+             RETURNING id",
+        )
+        .bind(&event.platform)
+        .bind(event.connection.as_str())
+        .bind(&event.event_id)
+        .bind(event.received_at)
+        .bind(headers)
+        .bind(event.body.as_ref())
+        .bind(self.clock.now_ms())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err("cannot append to the inbox"))?;
+        match row {
+            Some(r) => Ok(AppendOutcome::Inserted(EventId(
+                r.try_get(0).map_err(db_err("cannot append to the inbox"))?,
+            ))),
+            None => Ok(AppendOutcome::Duplicate),
+        }
+    }
+
+    async fn inbox_claim(
+        &self,
+        worker: &str,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<ClaimedEvent>> {
+        let now = self.clock.now_ms();
+        let until = now.saturating_add(lease_ms(lease));
+        // One statement: the selection and the lease are atomic (on PostgreSQL add
+        // `FOR UPDATE SKIP LOCKED` to the sub-select).
+        let rows = sqlx::query(
+            "UPDATE inbox SET lease_owner = ?1, lease_until = ?2, attempts = attempts + 1 \
+             WHERE id IN ( \
+                 SELECT id FROM inbox \
+                 WHERE status = 'pending' AND next_attempt_at <= ?3 \
+                   AND (lease_until IS NULL OR lease_until <= ?3) \
+                 ORDER BY received_at, id LIMIT ?4) \
+             RETURNING id, platform, connection, event_id, received_at, headers, body, \
+                 attempts, lease_until, last_error",
+        )
+        .bind(worker)
+        .bind(until)
+        .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("cannot claim inbox events"))?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                let (id, event, attempts) = event_from_row(r)?;
+                Ok(ClaimedEvent {
+                    id: EventId(id),
+                    event,
+                    attempts,
+                    lease_until: r.try_get("lease_until")?,
+                    last_error: r.try_get("last_error")?,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+            .map_err(db_err("cannot decode inbox events"))?;
+        // RETURNING has no defined order.
+        out.sort_by_key(|c| (c.event.received_at, c.id));
+        Ok(out)
+    }
+
+    async fn inbox_complete(&self, id: EventId, worker: &str) -> Result<()> {
+        let now = self.clock.now_ms();
+        let done = sqlx::query(
+            "UPDATE inbox SET status = 'done', lease_owner = NULL, lease_until = NULL, \
+                 finished_at = ?3 \
+             WHERE id = ?1 AND status = 'pending' AND lease_owner = ?2 AND lease_until > ?3",
+        )
+        .bind(id.0)
+        .bind(worker)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("cannot complete inbox event"))?;
+        if done.rows_affected() == 0 {
+            return Err(lease_lost(id, worker));
+        }
+        Ok(())
+    }
+
+    async fn inbox_fail(
+        &self,
+        id: EventId,
+        worker: &str,
+        error: &str,
+        action: FailAction,
+    ) -> Result<()> {
+        let now = self.clock.now_ms();
+        let (status, next, finished) = match action {
+            FailAction::RetryAt(at) => ("pending", Some(at), None),
+            FailAction::DeadLetter => ("dead", None, Some(now)),
+        };
+        let done = sqlx::query(
+            "UPDATE inbox SET status = ?4, lease_owner = NULL, lease_until = NULL, \
+                 last_error = ?5, next_attempt_at = COALESCE(?6, next_attempt_at), finished_at = ?7 \
+             WHERE id = ?1 AND status = 'pending' AND lease_owner = ?2 AND lease_until > ?3",
+        )
+        .bind(id.0)
+        .bind(worker)
+        .bind(now)
+        .bind(status)
+        .bind(error)
+        .bind(next)
+        .bind(finished)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("cannot record inbox failure"))?;
+        if done.rows_affected() == 0 {
+            return Err(lease_lost(id, worker));
+        }
+        Ok(())
+    }
+
+    async fn inbox_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        let rows = sqlx::query(
+            "SELECT id, platform, connection, event_id, received_at, headers, body, attempts, \
+                 last_error, finished_at \
+             FROM inbox WHERE status = 'dead' ORDER BY id LIMIT ?1",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("cannot list dead letters"))?;
+        rows.iter()
+            .map(|r| {
+                let (id, event, attempts) = event_from_row(r)?;
+                Ok(DeadLetter {
+                    id: EventId(id),
+                    event,
+                    attempts,
+                    last_error: r.try_get("last_error")?,
+                    failed_at: r.try_get::<Option<i64>, _>("finished_at")?.unwrap_or(0),
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+            .map_err(db_err("cannot decode dead letters"))
+    }
+
+    async fn inbox_requeue(&self, id: EventId) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE inbox SET status = 'pending', attempts = 0, next_attempt_at = ?2, \
+                 finished_at = NULL \
+             WHERE id = ?1 AND status = 'dead'",
+        )
+        .bind(id.0)
+        .bind(self.clock.now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("cannot requeue inbox event"))?;
+        if done.rows_affected() == 0 {
+            return Err(not_found("no dead-lettered inbox event with this id", id));
+        }
+        Ok(())
+    }
+
+    async fn inbox_counts(&self) -> Result<InboxCounts> {
+        let row = sqlx::query(
+            "SELECT \
+               COALESCE(SUM(CASE WHEN status = 'pending' AND (lease_until IS NULL OR lease_until <= ?1) THEN 1 ELSE 0 END), 0), \
+               COALESCE(SUM(CASE WHEN status = 'pending' AND lease_until > ?1 THEN 1 ELSE 0 END), 0), \
+               COALESCE(SUM(CASE WHEN status = 'done' THEN 1 ELSE 0 END), 0), \
+               COALESCE(SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END), 0) \
+             FROM inbox",
+        )
+        .bind(self.clock.now_ms())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err("cannot count inbox events"))?;
+        let get = |i: usize| -> Result<u64> {
+            Ok(to_u64(
+                row.try_get::<i64, _>(i)
+                    .map_err(db_err("cannot count inbox events"))?,
+            ))
+        };
+        Ok(InboxCounts {
+            pending: get(0)?,
+            in_flight: get(1)?,
+            done: get(2)?,
+            dead: get(3)?,
+        })
+    }
+}

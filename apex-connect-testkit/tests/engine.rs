@@ -1,0 +1,694 @@
+//! The sync engine under interruption: a sink that fails on its k-th write (before or after
+//! applying), cancellation at every step, a store whose k-th cursor commit fails; each time a
+//! fresh run resumes and the sink must hold exactly the connector's records, each applied once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use apex_connect_core::engine::CancellationToken;
+use apex_connect_core::store::{
+    AppendOutcome, ClaimedEvent, Connection, ConnectionStatus, DeadLetter, EncryptionKey, EventId,
+    FailAction, InboxCounts, InboxEvent, MemoryStore, RunId, RunKind, RunOutcome, RunStatus,
+    SqliteStore, StateStore, SyncRun,
+};
+use apex_connect_core::{
+    Ack, Batch, ConnectionId, Connector, ConnectorInfo, CursorToken, Error, ErrorKind, MemorySink,
+    NullSink, Page, Result, Sink, SqliteSink, StreamId, SyncEngine, SyncOptions, TokenSet,
+    TokenStore, Versioned, async_trait,
+};
+use apex_connect_testkit::MemoryConnector;
+use serde_json::json;
+
+const PAGE: usize = 5;
+
+fn conn() -> ConnectionId {
+    ConnectionId::from("acme")
+}
+
+fn stream() -> StreamId {
+    StreamId::from("contacts")
+}
+
+/// 37 live records after some updates and deletes: 8 pages of 5.
+fn connector() -> MemoryConnector {
+    let c = MemoryConnector::new([stream()], PAGE, b"whsec");
+    let s = stream();
+    for i in 0..40 {
+        c.put(
+            &s,
+            &format!("c{i:03}"),
+            json!({"name": format!("contact {i}")}),
+        );
+    }
+    for i in [3, 17, 29] {
+        c.put(&s, &format!("c{i:03}"), json!({"name": "renamed"}));
+    }
+    for i in [5, 11, 33] {
+        c.remove(&s, &format!("c{i:03}"));
+    }
+    c
+}
+
+/// What can go wrong inside the sink.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SinkFault {
+    /// The k-th write fails before applying anything.
+    FailBefore,
+    /// The k-th write applies the batch, then fails (crash before the ack).
+    FailAfter,
+    /// The k-th write cancels the run before applying.
+    CancelBefore,
+    /// The k-th write applies, then cancels the run before returning the ack.
+    CancelAfter,
+}
+
+#[derive(Debug)]
+struct FaultySink {
+    inner: Arc<MemorySink>,
+    fault: SinkFault,
+    at: usize,
+    writes: AtomicUsize,
+    cancel: CancellationToken,
+}
+
+#[async_trait]
+impl Sink for FaultySink {
+    async fn write(&self, batch: Batch<'_>) -> Result<Ack> {
+        let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        if n != self.at {
+            return self.inner.write(batch).await;
+        }
+        match self.fault {
+            SinkFault::FailBefore => Err(Error::storage("disk full (injected)")),
+            SinkFault::FailAfter => {
+                self.inner.write(batch).await?;
+                Err(Error::storage("crashed before ack (injected)"))
+            }
+            SinkFault::CancelBefore => {
+                self.cancel.cancel();
+                tokio::task::yield_now().await;
+                self.inner.write(batch).await
+            }
+            SinkFault::CancelAfter => {
+                let ack = self.inner.write(batch).await?;
+                self.cancel.cancel();
+                Ok(ack)
+            }
+        }
+    }
+}
+
+/// A connector that cancels the run when its k-th read starts, or fails it.
+#[derive(Debug)]
+struct FaultyConnector {
+    inner: MemoryConnector,
+    at: usize,
+    reads: AtomicUsize,
+    cancel: Option<CancellationToken>,
+}
+
+#[async_trait]
+impl Connector for FaultyConnector {
+    fn info(&self) -> &ConnectorInfo {
+        self.inner.info()
+    }
+    async fn check(&self) -> Result<()> {
+        Ok(())
+    }
+    async fn read(&self, stream: &StreamId, cursor: Option<&CursorToken>) -> Result<Page> {
+        let n = self.reads.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == self.at {
+            match &self.cancel {
+                Some(token) => {
+                    token.cancel();
+                    tokio::task::yield_now().await;
+                }
+                None => return Err(Error::new(ErrorKind::Upstream, "502 (injected)")),
+            }
+        }
+        // let concurrent runs interleave
+        tokio::task::yield_now().await;
+        self.inner.read(stream, cursor).await
+    }
+}
+
+/// A store whose k-th cursor commit fails, before or after committing.
+#[derive(Debug)]
+struct FaultyStore {
+    inner: Arc<MemoryStore>,
+    at: usize,
+    committed_then_fail: bool,
+    saves: AtomicUsize,
+}
+
+#[async_trait]
+impl TokenStore for FaultyStore {
+    async fn load(&self, c: &ConnectionId) -> Result<Option<Versioned<TokenSet>>> {
+        TokenStore::load(&*self.inner, c).await
+    }
+    async fn save(&self, c: &ConnectionId, t: &TokenSet, e: Option<u64>) -> Result<u64> {
+        self.inner.save(c, t, e).await
+    }
+    async fn delete(&self, c: &ConnectionId) -> Result<()> {
+        TokenStore::delete(&*self.inner, c).await
+    }
+}
+
+#[async_trait]
+impl StateStore for FaultyStore {
+    async fn upsert_connection(&self, c: &Connection) -> Result<Connection> {
+        self.inner.upsert_connection(c).await
+    }
+    async fn get_connection(&self, id: &ConnectionId) -> Result<Option<Connection>> {
+        self.inner.get_connection(id).await
+    }
+    async fn list_connections(&self) -> Result<Vec<Connection>> {
+        self.inner.list_connections().await
+    }
+    async fn set_connection_status(
+        &self,
+        id: &ConnectionId,
+        s: ConnectionStatus,
+        d: Option<&str>,
+    ) -> Result<()> {
+        self.inner.set_connection_status(id, s, d).await
+    }
+    async fn delete_connection(&self, id: &ConnectionId) -> Result<()> {
+        self.inner.delete_connection(id).await
+    }
+    async fn load_cursor(
+        &self,
+        c: &ConnectionId,
+        s: &StreamId,
+    ) -> Result<Option<Versioned<CursorToken>>> {
+        self.inner.load_cursor(c, s).await
+    }
+    async fn save_cursor(
+        &self,
+        c: &ConnectionId,
+        s: &StreamId,
+        cursor: &CursorToken,
+        expected: Option<u64>,
+    ) -> Result<u64> {
+        let n = self.saves.fetch_add(1, Ordering::SeqCst) + 1;
+        if n != self.at {
+            return self.inner.save_cursor(c, s, cursor, expected).await;
+        }
+        if self.committed_then_fail {
+            self.inner.save_cursor(c, s, cursor, expected).await?;
+        }
+        Err(Error::storage("database is locked (injected)"))
+    }
+    async fn reset_cursor(&self, c: &ConnectionId, s: &StreamId) -> Result<()> {
+        self.inner.reset_cursor(c, s).await
+    }
+    async fn start_run(&self, c: &ConnectionId, s: &StreamId, k: RunKind) -> Result<RunId> {
+        self.inner.start_run(c, s, k).await
+    }
+    async fn finish_run(&self, run: RunId, o: &RunOutcome) -> Result<()> {
+        self.inner.finish_run(run, o).await
+    }
+    async fn list_runs(&self, c: Option<&ConnectionId>, limit: usize) -> Result<Vec<SyncRun>> {
+        self.inner.list_runs(c, limit).await
+    }
+    async fn last_run(&self, c: &ConnectionId, s: &StreamId) -> Result<Option<SyncRun>> {
+        self.inner.last_run(c, s).await
+    }
+    async fn inbox_append(&self, e: &InboxEvent) -> Result<AppendOutcome> {
+        self.inner.inbox_append(e).await
+    }
+    async fn inbox_claim(&self, w: &str, l: Duration, n: usize) -> Result<Vec<ClaimedEvent>> {
+        self.inner.inbox_claim(w, l, n).await
+    }
+    async fn inbox_complete(&self, id: EventId, w: &str) -> Result<()> {
+        self.inner.inbox_complete(id, w).await
+    }
+    async fn inbox_fail(&self, id: EventId, w: &str, e: &str, a: FailAction) -> Result<()> {
+        self.inner.inbox_fail(id, w, e, a).await
+    }
+    async fn inbox_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        self.inner.inbox_dead_letters(limit).await
+    }
+    async fn inbox_requeue(&self, id: EventId) -> Result<()> {
+        self.inner.inbox_requeue(id).await
+    }
+    async fn inbox_counts(&self) -> Result<InboxCounts> {
+        self.inner.inbox_counts().await
+    }
+}
+
+/// The sink holds exactly the connector's live records, and every (record, version) it holds
+/// was applied exactly once.
+fn assert_exact(source: &MemoryConnector, sink: &MemorySink) {
+    let want = source.snapshot(&stream());
+    let got = sink.live(&conn(), &stream());
+    assert_eq!(got, want, "sink differs from the connector's records");
+    assert!(
+        sink.duplicate_applies().is_empty(),
+        "duplicate upserts: {:?}",
+        sink.duplicate_applies()
+    );
+}
+
+async fn resume(
+    engine: &SyncEngine,
+    source: &MemoryConnector,
+    sink: &MemorySink,
+    read_ahead: bool,
+) -> u64 {
+    let report = engine
+        .run(
+            source,
+            &conn(),
+            &stream(),
+            sink,
+            SyncOptions::new().read_ahead(read_ahead),
+        )
+        .await
+        .expect("resumed run succeeds");
+    report.applied
+}
+
+/// Number of sink writes of a clean full sync (non-empty pages).
+const PAGES: usize = 8;
+
+#[tokio::test]
+async fn sink_faults_at_every_write_lose_and_duplicate_nothing() {
+    for read_ahead in [true, false] {
+        for fault in [
+            SinkFault::FailBefore,
+            SinkFault::FailAfter,
+            SinkFault::CancelBefore,
+            SinkFault::CancelAfter,
+        ] {
+            for k in 1..=PAGES + 1 {
+                let source = connector();
+                let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+                let engine = SyncEngine::new(store.clone());
+                let mem = Arc::new(MemorySink::new());
+                let cancel = CancellationToken::new();
+                let sink = FaultySink {
+                    inner: mem.clone(),
+                    fault,
+                    at: k,
+                    writes: AtomicUsize::new(0),
+                    cancel: cancel.clone(),
+                };
+                let first = engine
+                    .run(
+                        &source,
+                        &conn(),
+                        &stream(),
+                        &sink,
+                        SyncOptions::new().cancel(cancel).read_ahead(read_ahead),
+                    )
+                    .await;
+                let ctx = format!("{fault:?} at write {k}, read_ahead {read_ahead}");
+                let last = store.last_run(&conn(), &stream()).await.unwrap().unwrap();
+                // cancelled during the last write: that write is finished and committed, and
+                // nothing is left to cancel, so the run succeeds
+                let cancel_at_last =
+                    k == PAGES && matches!(fault, SinkFault::CancelBefore | SinkFault::CancelAfter);
+                if k > PAGES || cancel_at_last {
+                    let report = first.unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                    assert_eq!(report.applied, 40, "{ctx}: 37 live + 3 tombstones");
+                    assert_eq!(last.status, RunStatus::Succeeded, "{ctx}");
+                } else {
+                    let err = first.expect_err(&ctx);
+                    let (kind, status) = match fault {
+                        SinkFault::FailBefore | SinkFault::FailAfter => {
+                            (ErrorKind::Storage, RunStatus::Failed)
+                        }
+                        _ => (ErrorKind::Cancelled, RunStatus::Cancelled),
+                    };
+                    assert_eq!(err.kind(), kind, "{ctx}: {err}");
+                    assert_eq!(last.status, status, "{ctx}");
+                    assert!(last.error.is_some(), "{ctx}");
+                }
+                let applied_after = resume(&engine, &source, &mem, read_ahead).await;
+                assert_exact(&source, &mem);
+                assert_eq!(mem.total_applies(), 40, "{ctx}: 37 live + 3 tombstones");
+                if k > PAGES || cancel_at_last {
+                    assert_eq!(applied_after, 0, "{ctx}: nothing left");
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn cursor_commit_failures_at_every_page_lose_and_duplicate_nothing() {
+    for committed_then_fail in [false, true] {
+        for k in 1..=PAGES + 1 {
+            let source = connector();
+            let inner = Arc::new(MemoryStore::new());
+            let faulty = Arc::new(FaultyStore {
+                inner: inner.clone(),
+                at: k,
+                committed_then_fail,
+                saves: AtomicUsize::new(0),
+            });
+            let sink = MemorySink::new();
+            let ctx = format!("commit {k} fails (committed first: {committed_then_fail})");
+            let first = SyncEngine::new(faulty)
+                .run(&source, &conn(), &stream(), &sink, SyncOptions::new())
+                .await;
+            if k > PAGES {
+                first.unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            } else {
+                assert_eq!(first.expect_err(&ctx).kind(), ErrorKind::Storage, "{ctx}");
+            }
+            let engine = SyncEngine::new(inner.clone());
+            resume(&engine, &source, &sink, true).await;
+            assert_exact(&source, &sink);
+            assert_eq!(sink.total_applies(), 40, "{ctx}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn connector_faults_and_cancellation_at_every_read() {
+    for (cancel_it, read_ahead) in [(true, true), (true, false), (false, true), (false, false)] {
+        // reads of a clean sync: 8 pages (the last has has_more == false)
+        for k in 1..=PAGES {
+            let source = connector();
+            let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+            let engine = SyncEngine::new(store.clone());
+            let sink = MemorySink::new();
+            let token = CancellationToken::new();
+            let faulty = FaultyConnector {
+                inner: source.clone(),
+                at: k,
+                reads: AtomicUsize::new(0),
+                cancel: cancel_it.then(|| token.clone()),
+            };
+            let ctx = format!("read {k}, cancel {cancel_it}, read_ahead {read_ahead}");
+            let err = engine
+                .run(
+                    &faulty,
+                    &conn(),
+                    &stream(),
+                    &sink,
+                    SyncOptions::new().cancel(token).read_ahead(read_ahead),
+                )
+                .await
+                .expect_err(&ctx);
+            let want = if cancel_it {
+                ErrorKind::Cancelled
+            } else {
+                ErrorKind::Upstream
+            };
+            assert_eq!(err.kind(), want, "{ctx}: {err}");
+            let run = store.last_run(&conn(), &stream()).await.unwrap().unwrap();
+            assert_eq!(
+                run.status,
+                if cancel_it {
+                    RunStatus::Cancelled
+                } else {
+                    RunStatus::Failed
+                },
+                "{ctx}"
+            );
+            // every page written before read k failed is committed (with read-ahead, also the
+            // one written while read k was cancelled)
+            let committed = store.load_cursor(&conn(), &stream()).await.unwrap();
+            assert_eq!(committed.is_some(), k > 1, "{ctx}");
+            resume(&engine, &source, &sink, true).await;
+            assert_exact(&source, &sink);
+            assert_eq!(sink.total_applies(), 40, "{ctx}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn cancelled_before_start_reads_nothing() {
+    let source = connector();
+    let engine = SyncEngine::new(Arc::new(MemoryStore::new()));
+    let sink = MemorySink::new();
+    let token = CancellationToken::new();
+    token.cancel();
+    let err = engine
+        .run(
+            &source,
+            &conn(),
+            &stream(),
+            &sink,
+            SyncOptions::new().cancel(token),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled);
+    assert!(sink.is_empty());
+    assert_eq!(source.reads(), 0);
+}
+
+#[tokio::test]
+async fn incremental_picks_up_exactly_the_changes() {
+    let source = connector();
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+    let engine = SyncEngine::new(store.clone());
+    let sink = MemorySink::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let report = engine
+        .run(
+            &source,
+            &conn(),
+            &stream(),
+            &sink,
+            SyncOptions::new().progress(move |p| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(p.stream.as_str(), "contacts");
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.records_read, report.applied, report.unchanged),
+        (40, 40, 0)
+    );
+    assert_eq!(report.pages, 8);
+    assert_eq!(calls.load(Ordering::SeqCst), 8, "progress after each page");
+    assert!(report.cursor.is_some());
+    assert_exact(&source, &sink);
+
+    // nothing changed: an incremental run reads nothing new
+    let idle = engine
+        .run(&source, &conn(), &stream(), &sink, SyncOptions::new())
+        .await
+        .unwrap();
+    assert_eq!((idle.records_read, idle.applied), (0, 0));
+    assert_eq!(idle.cursor, report.cursor);
+
+    // change 3, add 2, delete 1
+    let s = stream();
+    for id in ["c001", "c020", "c039"] {
+        source.put(&s, id, json!({"name": "changed"}));
+    }
+    source.put(&s, "new-1", json!({"name": "new"}));
+    source.put(&s, "new-2", json!({"name": "new"}));
+    source.remove(&s, "c007");
+    let inc = engine
+        .run(&source, &conn(), &stream(), &sink, SyncOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        (inc.records_read, inc.applied, inc.unchanged),
+        (6, 6, 0),
+        "{inc:?}"
+    );
+    assert_exact(&source, &sink);
+    assert_eq!(sink.apply_count(&conn(), &s, "c001"), 2);
+    assert_eq!(sink.apply_count(&conn(), &s, "c002"), 1);
+    let run = store.last_run(&conn(), &s).await.unwrap().unwrap();
+    assert_eq!(run.kind, RunKind::Incremental);
+    assert_eq!((run.records_read, run.records_applied), (6, 6));
+
+    // a full run re-reads everything; the sink already holds it all
+    let full = engine
+        .run(
+            &source,
+            &conn(),
+            &stream(),
+            &sink,
+            SyncOptions::new().full(true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(full.applied, 0);
+    assert_eq!(full.unchanged, full.records_read);
+    assert_eq!(
+        store.last_run(&conn(), &s).await.unwrap().unwrap().kind,
+        RunKind::Full
+    );
+    assert_exact(&source, &sink);
+}
+
+#[tokio::test]
+async fn max_pages_stops_and_the_next_run_continues() {
+    let source = connector();
+    let engine = SyncEngine::new(Arc::new(MemoryStore::new()));
+    let sink = MemorySink::new();
+    let mut total = 0;
+    let mut runs = 0;
+    loop {
+        let r = engine
+            .run(
+                &source,
+                &conn(),
+                &stream(),
+                &sink,
+                SyncOptions::new().max_pages(3),
+            )
+            .await
+            .unwrap();
+        assert!(r.pages <= 3);
+        total += r.records_read;
+        runs += 1;
+        if r.pages < 3 || total >= 40 {
+            break;
+        }
+    }
+    assert_eq!(total, 40);
+    assert_eq!(runs, 3);
+    assert_exact(&source, &sink);
+}
+
+#[tokio::test]
+async fn two_concurrent_runs_one_conflicts_data_exact() {
+    for read_ahead in [true, false] {
+        let source = connector();
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+        let engine = SyncEngine::new(store.clone());
+        let sink = MemorySink::new();
+        let a = FaultyConnector {
+            inner: source.clone(),
+            at: 0,
+            reads: AtomicUsize::new(0),
+            cancel: None,
+        };
+        let b = FaultyConnector {
+            inner: source.clone(),
+            at: 0,
+            reads: AtomicUsize::new(0),
+            cancel: None,
+        };
+        let opts = SyncOptions::new().read_ahead(read_ahead);
+        let (c, s) = (conn(), stream());
+        let (ra, rb) = tokio::join!(
+            engine.run(&a, &c, &s, &sink, opts.clone()),
+            engine.run(&b, &c, &s, &sink, opts.clone()),
+        );
+        let conflicts = [&ra, &rb]
+            .iter()
+            .filter(|r| matches!(r, Err(e) if e.kind() == ErrorKind::Conflict))
+            .count();
+        let ok = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
+        assert_eq!((conflicts, ok), (1, 1), "{ra:?} {rb:?}");
+        // both wrote the first page; the loser's write was an idempotent replay
+        assert_exact(&source, &sink);
+        let runs = store.list_runs(Some(&conn()), 10).await.unwrap();
+        assert_eq!(
+            runs.iter()
+                .filter(|r| r.status == RunStatus::Failed)
+                .count(),
+            1
+        );
+        assert!(
+            runs.iter()
+                .any(|r| r.error.as_deref().is_some_and(|e| e.contains("version")))
+        );
+    }
+}
+
+#[derive(Debug)]
+struct StuckConnector(MemoryConnector);
+
+#[async_trait]
+impl Connector for StuckConnector {
+    fn info(&self) -> &ConnectorInfo {
+        self.0.info()
+    }
+    async fn check(&self) -> Result<()> {
+        Ok(())
+    }
+    async fn read(&self, _: &StreamId, cursor: Option<&CursorToken>) -> Result<Page> {
+        Ok(Page::new(Vec::new(), cursor.cloned(), true))
+    }
+}
+
+#[tokio::test]
+async fn more_pages_without_progress_is_an_error_not_a_loop() {
+    let engine = SyncEngine::new(Arc::new(MemoryStore::new()));
+    let err = engine
+        .run(
+            &StuckConnector(connector()),
+            &conn(),
+            &stream(),
+            &NullSink::new(),
+            SyncOptions::new(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidResponse);
+}
+
+/// The same interruption on the persistent pair: SqliteStore + SqliteSink in one file.
+#[tokio::test]
+async fn sqlite_store_and_sink_resume_exactly() {
+    #[derive(Debug)]
+    struct CrashAfterApply {
+        inner: SqliteSink,
+        at: usize,
+        writes: AtomicUsize,
+    }
+    #[async_trait]
+    impl Sink for CrashAfterApply {
+        async fn write(&self, batch: Batch<'_>) -> Result<Ack> {
+            let ack = self.inner.write(batch).await?;
+            if self.writes.fetch_add(1, Ordering::SeqCst) + 1 == self.at {
+                return Err(Error::storage("crash before ack (injected)"));
+            }
+            Ok(ack)
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("state.db"), EncryptionKey::generate())
+        .await
+        .unwrap();
+    let sink = CrashAfterApply {
+        inner: SqliteSink::for_store(&store),
+        at: 4,
+        writes: AtomicUsize::new(0),
+    };
+    let source = connector();
+    let engine = SyncEngine::new(Arc::new(store.clone()));
+    let err = engine
+        .run(&source, &conn(), &stream(), &sink, SyncOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Storage);
+    let r = engine
+        .run(&source, &conn(), &stream(), &sink, SyncOptions::new())
+        .await
+        .unwrap();
+    // the page applied before the crash is replayed as unchanged
+    assert_eq!(r.unchanged, PAGE as u64);
+    assert_eq!(r.applied, 40 - 3 * PAGE as u64 - PAGE as u64);
+    let held = SqliteSink::for_store(&store)
+        .records(&conn(), &stream())
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 40, "37 live + 3 tombstones");
+    let live: std::collections::BTreeMap<String, (i64, serde_json::Value)> = held
+        .into_iter()
+        .filter(|r| r.op == apex_connect_core::Op::Upsert)
+        .map(|r| (r.id, (r.version.unwrap_or(0), r.raw)))
+        .collect();
+    assert_eq!(live, source.snapshot(&stream()));
+    let runs = store.list_runs(Some(&conn()), 10).await.unwrap();
+    assert_eq!(runs[0].status, RunStatus::Succeeded);
+    assert_eq!(runs[1].status, RunStatus::Failed);
+}

@@ -1,0 +1,525 @@
+//! The same `StateStore` semantics against `MemoryStore` and `SqliteStore`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use apex_connect_core::store::{
+    AppendOutcome, Clock, Connection, ConnectionStatus, EncryptionKey, FailAction, InboxCounts,
+    InboxEvent, MemoryStore, RunKind, RunOutcome, RunStatus, SqliteStore, StateStore,
+};
+use apex_connect_core::{ConnectionId, CursorToken, ErrorKind, StreamId, TokenSet, TokenStore};
+use secrecy::ExposeSecret;
+use serde_json::json;
+
+/// A clock the test moves by hand.
+#[derive(Clone)]
+struct ManualClock(Arc<AtomicI64>);
+
+impl ManualClock {
+    fn new() -> Self {
+        ManualClock(Arc::new(AtomicI64::new(1_700_000_000_000)))
+    }
+    fn now(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+    fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+    fn clock(&self) -> Clock {
+        let t = self.0.clone();
+        Clock::from_fn(move || UNIX_EPOCH + Duration::from_millis(t.load(Ordering::SeqCst) as u64))
+    }
+}
+
+/// (pending, in_flight, done, dead)
+fn counts(c: InboxCounts) -> (u64, u64, u64, u64) {
+    (c.pending, c.in_flight, c.done, c.dead)
+}
+
+fn tokens(access: &str) -> TokenSet {
+    TokenSet::bearer(access).with_refresh_token(format!("refresh-{access}"))
+}
+
+async fn semantics(store: Arc<dyn StateStore>, clock: ManualClock) {
+    let c1 = ConnectionId::from("acme-front");
+    let c2 = ConnectionId::from("beta-hub");
+    let s = StreamId::from("contacts");
+
+    // ---- connections ----
+    assert!(store.get_connection(&c1).await.unwrap().is_none());
+    let stored = store
+        .upsert_connection(&Connection::new(
+            c1.clone(),
+            "frontapp",
+            json!({"region": "eu"}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stored.created_at, clock.now());
+    assert_eq!(stored.status, ConnectionStatus::Active);
+    clock.advance(1000);
+    let again = store
+        .upsert_connection(&Connection::new(
+            c1.clone(),
+            "frontapp",
+            json!({"region": "us"}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(again.created_at, stored.created_at, "created_at kept");
+    assert_eq!(again.updated_at, clock.now());
+    store
+        .upsert_connection(&Connection::new(c2.clone(), "hubspot", json!({})))
+        .await
+        .unwrap();
+    store
+        .set_connection_status(&c1, ConnectionStatus::NeedsReauth, Some("invalid_grant"))
+        .await
+        .unwrap();
+    let got = store.get_connection(&c1).await.unwrap().unwrap();
+    assert_eq!(got.status, ConnectionStatus::NeedsReauth);
+    assert_eq!(got.status_detail.as_deref(), Some("invalid_grant"));
+    assert_eq!(got.config, json!({"region": "us"}));
+    let all = store.list_connections().await.unwrap();
+    assert_eq!(
+        all.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["acme-front", "beta-hub"]
+    );
+    let e = store
+        .set_connection_status(&ConnectionId::from("nope"), ConnectionStatus::Active, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+
+    // ---- tokens: compare-and-swap ----
+    assert!(TokenStore::load(&*store, &c1).await.unwrap().is_none());
+    assert_eq!(store.save(&c1, &tokens("a1"), None).await.unwrap(), 1);
+    let e = store.save(&c1, &tokens("x"), None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict);
+    assert_eq!(store.save(&c1, &tokens("a2"), Some(1)).await.unwrap(), 2);
+    let e = store
+        .save(&c1, &tokens("stale"), Some(1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict);
+    assert!(
+        !format!("{e:?}{e}").contains("stale"),
+        "no secret in errors"
+    );
+    let t = TokenStore::load(&*store, &c1).await.unwrap().unwrap();
+    assert_eq!(t.version, 2);
+    assert_eq!(t.value.access_token.expose_secret(), "a2");
+    assert_eq!(
+        t.value.refresh_token.as_ref().unwrap().expose_secret(),
+        "refresh-a2"
+    );
+    // delete keeps the version counter: a holder of version 2 cannot write after it
+    TokenStore::delete(&*store, &c1).await.unwrap();
+    assert!(TokenStore::load(&*store, &c1).await.unwrap().is_none());
+    let e = store.save(&c1, &tokens("late"), Some(2)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict);
+    let v = store.save(&c1, &tokens("b1"), None).await.unwrap();
+    assert!(v > 2, "version keeps growing after delete: {v}");
+
+    // ---- cursors: compare-and-swap ----
+    assert!(store.load_cursor(&c1, &s).await.unwrap().is_none());
+    let k1 = CursorToken::from_string("memory.v1.AAA");
+    let k2 = CursorToken::from_string("memory.v1.BBB");
+    assert_eq!(store.save_cursor(&c1, &s, &k1, None).await.unwrap(), 1);
+    let e = store.save_cursor(&c1, &s, &k2, None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict);
+    assert_eq!(store.save_cursor(&c1, &s, &k2, Some(1)).await.unwrap(), 2);
+    let e = store.save_cursor(&c1, &s, &k1, Some(1)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict);
+    let cur = store.load_cursor(&c1, &s).await.unwrap().unwrap();
+    assert_eq!((cur.value, cur.version), (k2.clone(), 2));
+    // per (connection, stream)
+    assert!(
+        store
+            .load_cursor(&c1, &StreamId::from("other"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.load_cursor(&c2, &s).await.unwrap().is_none());
+    store.reset_cursor(&c1, &s).await.unwrap();
+    assert!(store.load_cursor(&c1, &s).await.unwrap().is_none());
+    let e = store.save_cursor(&c1, &s, &k1, Some(2)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict, "stale run after reset loses");
+    let v = store.save_cursor(&c1, &s, &k1, None).await.unwrap();
+    assert_eq!(v, 4);
+
+    // ---- runs ----
+    let r1 = store.start_run(&c1, &s, RunKind::Full).await.unwrap();
+    clock.advance(10);
+    let r2 = store
+        .start_run(&c2, &s, RunKind::Incremental)
+        .await
+        .unwrap();
+    let r3 = store
+        .start_run(&c1, &s, RunKind::Incremental)
+        .await
+        .unwrap();
+    assert!(r1 < r2 && r2 < r3);
+    store
+        .finish_run(
+            r1,
+            &RunOutcome::new(RunStatus::Succeeded).with_counts(10, 7, 3, 2),
+        )
+        .await
+        .unwrap();
+    let e = store
+        .finish_run(r1, &RunOutcome::new(RunStatus::Failed))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict, "finishing twice");
+    store
+        .finish_run(
+            r3,
+            &RunOutcome::new(RunStatus::Failed).with_error("upstream 502"),
+        )
+        .await
+        .unwrap();
+    let runs = store.list_runs(None, 10).await.unwrap();
+    assert_eq!(
+        runs.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [r3, r2, r1],
+        "newest first"
+    );
+    let mine = store.list_runs(Some(&c1), 10).await.unwrap();
+    assert_eq!(mine.iter().map(|r| r.id).collect::<Vec<_>>(), [r3, r1]);
+    assert_eq!(store.list_runs(None, 1).await.unwrap().len(), 1);
+    let first = &mine[1];
+    assert_eq!(first.status, RunStatus::Succeeded);
+    assert_eq!(first.kind, RunKind::Full);
+    assert_eq!(
+        (
+            first.records_read,
+            first.records_applied,
+            first.records_unchanged,
+            first.pages
+        ),
+        (10, 7, 3, 2)
+    );
+    assert!(first.finished_at.is_some());
+    let last = store.last_run(&c1, &s).await.unwrap().unwrap();
+    assert_eq!(last.id, r3);
+    assert_eq!(last.error.as_deref(), Some("upstream 502"));
+    assert_eq!(
+        store.last_run(&c2, &s).await.unwrap().unwrap().status,
+        RunStatus::Running
+    );
+    assert!(
+        store
+            .last_run(&c2, &StreamId::from("x"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // ---- inbox ----
+    let t0 = clock.now();
+    let ev = |id: &str, at: i64| {
+        InboxEvent::new(
+            "frontapp",
+            c1.clone(),
+            id,
+            at,
+            format!("body-{id}").into_bytes(),
+        )
+        .with_headers(json!({"x-front-signature": "sig"}))
+    };
+    let AppendOutcome::Inserted(e1) = store.inbox_append(&ev("evt-1", t0)).await.unwrap() else {
+        panic!("first append must insert")
+    };
+    assert_eq!(
+        store.inbox_append(&ev("evt-1", t0 + 5)).await.unwrap(),
+        AppendOutcome::Duplicate
+    );
+    // same event id on another connection is another event
+    let other = InboxEvent::new("frontapp", c2.clone(), "evt-1", t0, &b"x"[..]);
+    assert!(matches!(
+        store.inbox_append(&other).await.unwrap(),
+        AppendOutcome::Inserted(_)
+    ));
+    let AppendOutcome::Inserted(e2) = store.inbox_append(&ev("evt-2", t0 + 1)).await.unwrap()
+    else {
+        panic!("insert")
+    };
+    assert_eq!(counts(store.inbox_counts().await.unwrap()), (3, 0, 0, 0));
+
+    let lease = Duration::from_secs(30);
+    let claimed = store.inbox_claim("w1", lease, 2).await.unwrap();
+    assert_eq!(claimed.len(), 2, "limit");
+    assert_eq!(claimed[0].id, e1, "oldest first");
+    assert_eq!(claimed[0].attempts, 1);
+    assert_eq!(claimed[0].lease_until, clock.now() + 30_000);
+    assert_eq!(claimed[0].event.body.as_ref(), b"body-evt-1");
+    assert_eq!(
+        claimed[0].event.headers_json,
+        json!({"x-front-signature": "sig"})
+    );
+    let other_id = claimed[1].id;
+    // the rest goes to another worker; nothing is handed out twice
+    let w2 = store.inbox_claim("w2", lease, 10).await.unwrap();
+    assert_eq!(w2.iter().map(|c| c.id).collect::<Vec<_>>(), [e2]);
+    assert!(store.inbox_claim("w3", lease, 10).await.unwrap().is_empty());
+    assert_eq!(counts(store.inbox_counts().await.unwrap()), (0, 3, 0, 0));
+
+    // complete by the holder; not by someone else
+    let e = store.inbox_complete(e1, "w2").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict);
+    store.inbox_complete(e1, "w1").await.unwrap();
+    let e = store.inbox_complete(e1, "w1").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict, "already done");
+
+    // fail with retry: not claimable before the retry time
+    store
+        .inbox_fail(
+            e2,
+            "w2",
+            "connector timed out",
+            FailAction::RetryAt(clock.now() + 5_000),
+        )
+        .await
+        .unwrap();
+    assert!(store.inbox_claim("w3", lease, 10).await.unwrap().is_empty());
+    clock.advance(5_000);
+    let retry = store.inbox_claim("w3", lease, 10).await.unwrap();
+    assert_eq!(retry.len(), 1);
+    assert_eq!(retry[0].id, e2);
+    assert_eq!(retry[0].attempts, 2);
+    assert_eq!(retry[0].last_error.as_deref(), Some("connector timed out"));
+
+    // lease expiry: the event held by w1 goes to w4; w1 can no longer complete it
+    clock.advance(30_001);
+    let stolen = store.inbox_claim("w4", lease, 10).await.unwrap();
+    let stolen_ids: Vec<_> = stolen.iter().map(|c| c.id).collect();
+    assert!(
+        stolen_ids.contains(&other_id) && stolen_ids.contains(&e2),
+        "{stolen_ids:?}"
+    );
+    let e = store.inbox_complete(other_id, "w1").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict);
+    store.inbox_complete(other_id, "w4").await.unwrap();
+
+    // dead letter and requeue
+    store
+        .inbox_fail(e2, "w4", "gave up", FailAction::DeadLetter)
+        .await
+        .unwrap();
+    let dead = store.inbox_dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, e2);
+    assert_eq!(dead[0].attempts, 3);
+    assert_eq!(dead[0].last_error.as_deref(), Some("gave up"));
+    assert_eq!(dead[0].failed_at, clock.now());
+    assert_eq!(counts(store.inbox_counts().await.unwrap()), (0, 0, 2, 1));
+    assert!(store.inbox_claim("w5", lease, 10).await.unwrap().is_empty());
+    let e = store.inbox_requeue(e1).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "only dead letters requeue");
+    store.inbox_requeue(e2).await.unwrap();
+    let again = store.inbox_claim("w5", lease, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 1, "fresh attempt budget");
+    store.inbox_complete(e2, "w5").await.unwrap();
+    assert_eq!(store.inbox_counts().await.unwrap().done, 3);
+    assert!(store.inbox_dead_letters(10).await.unwrap().is_empty());
+
+    // ---- delete a connection: tokens and cursors go, history stays ----
+    store.delete_connection(&c1).await.unwrap();
+    assert!(store.get_connection(&c1).await.unwrap().is_none());
+    assert!(TokenStore::load(&*store, &c1).await.unwrap().is_none());
+    assert!(store.load_cursor(&c1, &s).await.unwrap().is_none());
+    assert_eq!(store.list_runs(Some(&c1), 10).await.unwrap().len(), 2);
+    assert_eq!(
+        store.delete_connection(&c1).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+}
+
+#[tokio::test]
+async fn memory_store_semantics() {
+    let clock = ManualClock::new();
+    let store = Arc::new(MemoryStore::new().with_clock(clock.clock()));
+    semantics(store, clock).await;
+}
+
+#[tokio::test]
+async fn sqlite_store_semantics() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let store = SqliteStore::open(dir.path().join("state.db"), EncryptionKey::generate())
+        .await
+        .unwrap()
+        .with_clock(clock.clock());
+    semantics(Arc::new(store), clock).await;
+}
+
+#[tokio::test]
+async fn sqlite_in_memory_url_semantics() {
+    let clock = ManualClock::new();
+    let store = SqliteStore::connect("sqlite::memory:", EncryptionKey::generate())
+        .await
+        .unwrap()
+        .with_clock(clock.clock());
+    semantics(Arc::new(store), clock).await;
+}
+
+#[tokio::test]
+async fn sqlite_reopen_keeps_data_and_wrong_key_is_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let key = EncryptionKey::generate();
+    let c = ConnectionId::from("acme");
+    let s = StreamId::from("contacts");
+    {
+        let store = SqliteStore::open(&path, key.clone()).await.unwrap();
+        store
+            .upsert_connection(&Connection::new(c.clone(), "hubspot", json!({"portal": 1})))
+            .await
+            .unwrap();
+        store
+            .save(&c, &tokens("secret-access"), None)
+            .await
+            .unwrap();
+        store
+            .save_cursor(&c, &s, &CursorToken::from_string("memory.v1.x"), None)
+            .await
+            .unwrap();
+        store.close().await;
+    }
+    // the file holds no plaintext token
+    let bytes = std::fs::read(&path).unwrap();
+    let wal = std::fs::read(path.with_extension("db-wal")).unwrap_or_default();
+    for b in [&bytes, &wal] {
+        assert!(
+            !b.windows(13).any(|w| w == b"secret-access"),
+            "token stored in clear"
+        );
+    }
+
+    // reopen (migrations run again: idempotent) with the same key: everything is there
+    let store = SqliteStore::open(&path, key.clone()).await.unwrap();
+    assert_eq!(
+        store.get_connection(&c).await.unwrap().unwrap().config,
+        json!({"portal": 1})
+    );
+    let t = TokenStore::load(&store, &c).await.unwrap().unwrap();
+    assert_eq!(t.value.access_token.expose_secret(), "secret-access");
+    assert_eq!(store.load_cursor(&c, &s).await.unwrap().unwrap().version, 1);
+    store.close().await;
+
+    // wrong key: a Config error with a clear message, never garbage or a panic
+    let wrong = SqliteStore::open(&path, EncryptionKey::generate())
+        .await
+        .unwrap();
+    let e = TokenStore::load(&wrong, &c).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert_eq!(
+        e.message(),
+        "stored tokens cannot be decrypted: wrong encryption key"
+    );
+    assert!(!format!("{e:?}").contains("secret"), "{e:?}");
+    // the rest of the store works without the key
+    assert!(wrong.load_cursor(&c, &s).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn two_sqlite_stores_on_one_file_see_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
+    let key = EncryptionKey::generate();
+    let a = SqliteStore::open(&path, key.clone()).await.unwrap();
+    let b = SqliteStore::open(&path, key.clone()).await.unwrap();
+    let c = ConnectionId::from("acme");
+    let s = StreamId::from("deals");
+
+    a.upsert_connection(&Connection::new(c.clone(), "salesforce", json!({})))
+        .await
+        .unwrap();
+    assert!(b.get_connection(&c).await.unwrap().is_some());
+
+    // token CAS across instances: b refreshed first, a's stale save loses
+    let v1 = a.save(&c, &tokens("t1"), None).await.unwrap();
+    let seen = TokenStore::load(&b, &c).await.unwrap().unwrap();
+    assert_eq!(seen.version, v1);
+    b.save(&c, &tokens("t2"), Some(v1)).await.unwrap();
+    let e = a.save(&c, &tokens("t2-stale"), Some(v1)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict);
+    assert_eq!(
+        TokenStore::load(&a, &c)
+            .await
+            .unwrap()
+            .unwrap()
+            .value
+            .access_token
+            .expose_secret(),
+        "t2"
+    );
+
+    // cursor CAS across instances
+    let k = CursorToken::from_string("memory.v1.k");
+    a.save_cursor(&c, &s, &k, None).await.unwrap();
+    assert_eq!(
+        b.save_cursor(&c, &s, &k, None).await.unwrap_err().kind(),
+        ErrorKind::Conflict
+    );
+
+    // concurrent claims from both instances: every event exactly once
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for i in 0..200 {
+        a.inbox_append(&InboxEvent::new(
+            "salesforce",
+            c.clone(),
+            format!("e{i}"),
+            now - 1000 + i,
+            &b"{}"[..],
+        ))
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        b.inbox_append(&InboxEvent::new(
+            "salesforce",
+            c.clone(),
+            "e7",
+            now,
+            &b"{}"[..]
+        ))
+        .await
+        .unwrap(),
+        AppendOutcome::Duplicate
+    );
+    let claim_all = |store: SqliteStore, worker: &'static str| async move {
+        let mut ids = Vec::new();
+        loop {
+            let got = store
+                .inbox_claim(worker, Duration::from_secs(60), 7)
+                .await
+                .unwrap();
+            if got.is_empty() {
+                break ids;
+            }
+            for ev in got {
+                store.inbox_complete(ev.id, worker).await.unwrap();
+                ids.push(ev.id);
+            }
+        }
+    };
+    let (x, y) = tokio::join!(
+        tokio::spawn(claim_all(a.clone(), "wa")),
+        tokio::spawn(claim_all(b.clone(), "wb"))
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    let mut all: Vec<_> = x.iter().chain(y.iter()).copied().collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(x.len() + y.len(), 200, "no event claimed twice");
+    assert_eq!(all.len(), 200);
+    assert_eq!(a.inbox_counts().await.unwrap().done, 200);
+}
