@@ -22,6 +22,7 @@ pub use connector::{
     WriteReport, WriteResult, read_pages,
 };
 pub use cursor::{CursorToken, SyncCursor};
+pub use engine::{Progress, SyncEngine, SyncOptions, SyncReport};
 pub use error::{Error, ErrorKind, Result};
 pub use http::{
     Credentials, HttpClient, HttpStats, PlatformPolicy, RateGate, RetryConfig, StaticToken,
@@ -29,7 +30,7 @@ pub use http::{
 pub use model::{
     ConnectionId, Entity, EntityKind, Identity, Op, Page, Record, Relation, SourceRef, StreamId,
 };
-pub use engine::{Progress, SyncEngine, SyncOptions, SyncReport};
+pub use oauth::{OAuthClient, OAuthConfig, TokenManager};
 pub use sink::{Ack, Batch, Sink};
 #[cfg(feature = "sqlite")]
 pub use sinks::SqliteSink;
@@ -40,6 +41,5 @@ pub use store::{
     Connection, ConnectionStatus, EncryptionKey, MemoryStore, RunId, RunKind, RunOutcome,
     RunStatus, StateStore,
 };
-pub use oauth::{OAuthClient, OAuthConfig, TokenManager};
 pub use token::{MemoryTokenStore, RefreshLease, TokenSet, TokenStore, Versioned};
 pub use webhook::{VerifiedWebhook, WebhookError, WebhookVerifier};
