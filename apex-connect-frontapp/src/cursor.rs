@@ -1,0 +1,241 @@
+//! Typed cursors, one per stream, each turned into an opaque [`CursorToken`] at the boundary.
+//!
+//! A cursor stores `next` links exactly as Front gave them; on resume the link's host is
+//! checked again against the connection's API hosts before anything is sent to it (a stored
+//! cursor is input like any other). Timestamps are Unix milliseconds.
+//!
+//! [`CursorToken`]: apex_connect_core::CursorToken
+
+use apex_connect_core::SyncCursor;
+use serde::{Deserialize, Serialize};
+
+/// A position in the company events feed, used by the incremental phase of conversations,
+/// messages and comments, and by the events stream itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct EventsPosition {
+    /// The walk in progress reads events emitted after this time (minus the lookback when
+    /// the walk started). `None`: from the beginning of the feed.
+    pub after_ms: Option<i64>,
+    /// The next page of the walk in progress (a Front `next` link); `None` when the walk has
+    /// not started.
+    pub next: Option<String>,
+    /// The newest `emitted_at` seen in the walk in progress; becomes `after_ms` when the walk
+    /// ends.
+    pub high_water_ms: Option<i64>,
+}
+
+impl EventsPosition {
+    /// A position that starts reading events after `after_ms`.
+    pub fn after(after_ms: Option<i64>) -> Self {
+        EventsPosition {
+            after_ms,
+            next: None,
+            high_water_ms: after_ms,
+        }
+    }
+}
+
+/// Cursor of a top-level list (`/conversations`, `/contacts`, `/tags`) during its backfill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ListPosition {
+    /// The next page link; `None` before the first page.
+    pub next: Option<String>,
+    /// When the backfill started (Unix ms): the incremental phase reads changes from then
+    /// (minus the lookback), so nothing that changed during a long backfill is missed.
+    pub started_at_ms: i64,
+}
+
+impl ListPosition {
+    /// A position at `next` (`None`: the first page) of a backfill started at `started_at_ms`.
+    pub fn new(next: Option<String>, started_at_ms: i64) -> Self {
+        ListPosition {
+            next,
+            started_at_ms,
+        }
+    }
+}
+
+/// Cursor of the nested walk used by messages and comments: conversations page by page, and
+/// in each conversation its messages (or comments) page by page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct NestedPosition {
+    /// The conversations page being walked (`None`: the first page).
+    pub conversations_page: Option<String>,
+    /// Index, in that page, of the conversation being read.
+    pub index: usize,
+    /// Id of that conversation: on resume, if the page now holds another conversation at
+    /// `index` (the list moved), the walk looks it up by id, or restarts the page.
+    pub conversation_id: Option<String>,
+    /// The next page of that conversation's children; `None`: its first page.
+    pub children_next: Option<String>,
+    /// When the backfill started (Unix ms).
+    pub started_at_ms: i64,
+}
+
+/// Cursor of the `conversations` stream (`KIND = "frontapp.conversations"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ConversationsCursor {
+    /// Walking `GET /conversations`.
+    Backfill(ListPosition),
+    /// Following `/events` and fetching the conversations they name.
+    Events(EventsPosition),
+}
+
+impl SyncCursor for ConversationsCursor {
+    const KIND: &'static str = "frontapp.conversations";
+    const VERSION: u32 = 1;
+}
+
+/// Cursor of the `messages` stream (`KIND = "frontapp.messages"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum MessagesCursor {
+    /// Walking conversations, then each one's messages.
+    Backfill(NestedPosition),
+    /// Following `/events` (`inbound`, `outbound`, ... ) and fetching the messages named.
+    Events(EventsPosition),
+}
+
+impl SyncCursor for MessagesCursor {
+    const KIND: &'static str = "frontapp.messages";
+    const VERSION: u32 = 1;
+}
+
+/// Cursor of the `comments` stream (`KIND = "frontapp.comments"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CommentsCursor {
+    /// Walking conversations, then each one's comments.
+    Backfill(NestedPosition),
+    /// Following `/events` (`comment`, `mention`) and fetching the comments named.
+    Events(EventsPosition),
+}
+
+impl SyncCursor for CommentsCursor {
+    const KIND: &'static str = "frontapp.comments";
+    const VERSION: u32 = 1;
+}
+
+/// Cursor of the `contacts` stream (`KIND = "frontapp.contacts"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ContactsCursor {
+    /// Walking `GET /contacts`.
+    Backfill(ListPosition),
+    /// Walking `GET /contacts?q[updated_after]=..` (the walk started at `started_at_ms`
+    /// reads contacts updated after `after_ms` minus the lookback).
+    Updated {
+        /// Lower bound of this walk, Unix ms.
+        after_ms: i64,
+        /// Next page of the walk; `None` before its first page.
+        next: Option<String>,
+        /// When this walk started: the next walk's lower bound.
+        started_at_ms: i64,
+    },
+}
+
+impl SyncCursor for ContactsCursor {
+    const KIND: &'static str = "frontapp.contacts";
+    const VERSION: u32 = 1;
+}
+
+/// Cursor of the `tags` stream (`KIND = "frontapp.tags"`). Tags are few, so each walk lists
+/// them all; after the first walk only tags updated since the previous walk (minus the
+/// lookback) are emitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TagsCursor {
+    /// Emit only tags updated after this time; `None` on the first walk (emit all).
+    pub since_ms: Option<i64>,
+    /// Next page of the walk in progress.
+    pub next: Option<String>,
+    /// When the walk in progress started.
+    pub started_at_ms: i64,
+}
+
+impl SyncCursor for TagsCursor {
+    const KIND: &'static str = "frontapp.tags";
+    const VERSION: u32 = 1;
+}
+
+/// Cursor of a full-refresh list (`teammates`, `inboxes`): the next link of the walk in
+/// progress, and whether a walk completed (then the next read starts a new one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RefreshPosition {
+    /// Next page of the walk in progress.
+    pub next: Option<String>,
+    /// When the last complete walk ended, Unix ms.
+    pub completed_at_ms: Option<i64>,
+}
+
+/// Cursor of the `teammates` stream (`KIND = "frontapp.teammates"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TeammatesCursor(pub RefreshPosition);
+
+impl SyncCursor for TeammatesCursor {
+    const KIND: &'static str = "frontapp.teammates";
+    const VERSION: u32 = 1;
+}
+
+/// Cursor of the `inboxes` stream (`KIND = "frontapp.inboxes"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct InboxesCursor(pub RefreshPosition);
+
+impl SyncCursor for InboxesCursor {
+    const KIND: &'static str = "frontapp.inboxes";
+    const VERSION: u32 = 1;
+}
+
+/// Cursor of the `events` stream (`KIND = "frontapp.events"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventsCursor(pub EventsPosition);
+
+impl SyncCursor for EventsCursor {
+    const KIND: &'static str = "frontapp.events";
+    const VERSION: u32 = 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apex_connect_core::{CursorToken, ErrorKind};
+
+    #[test]
+    fn roundtrip_and_foreign_tokens() {
+        let c = MessagesCursor::Backfill(NestedPosition {
+            conversations_page: Some(
+                "https://acme.api.frontapp.com/conversations?page_token=x".into(),
+            ),
+            index: 3,
+            conversation_id: Some("cnv_1".into()),
+            children_next: None,
+            started_at_ms: 5,
+        });
+        let t = c.to_token();
+        assert!(t.as_str().starts_with("frontapp.messages.v1."));
+        assert_eq!(MessagesCursor::from_token(&t).unwrap(), c);
+
+        let e = ConversationsCursor::from_token(&t).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+
+        let v2 = CursorToken::from_string(t.as_str().replace(".v1.", ".v2."));
+        let e = MessagesCursor::from_token(&v2).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("newer version"), "{e}");
+
+        let ev = EventsCursor(EventsPosition::after(Some(10))).to_token();
+        assert_eq!(EventsCursor::from_token(&ev).unwrap().0.after_ms, Some(10));
+    }
+}

@@ -1,0 +1,696 @@
+//! The shared conformance suite against `FrontSim`, plus end-to-end syncs (full and
+//! incremental) checked against the simulator's data set.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use apex_connect_core::oauth::{OAuthClient, TokenManager};
+use apex_connect_core::webhook::{WebhookRequest, unix_ms};
+use apex_connect_core::{
+    ConnectionId, Connector, ConnectorExt, CursorToken, MemoryTokenStore, Op, StreamId, SyncCursor,
+    TokenStore, VerifiedWebhook, WebhookVerifier, WriteAction, WriteOp,
+};
+use apex_connect_frontapp::{FrontConnector, FrontSim, FrontSimConfig, FrontSimHandle, streams};
+use apex_connect_testkit::conformance::{ConformanceFixture, SignedWebhook};
+use apex_connect_testkit::sim::FaultKind;
+use futures::StreamExt;
+use http::{HeaderMap, Method, Uri};
+use secrecy::SecretString;
+
+struct Fixture {
+    sim: FrontSimHandle,
+    store: Arc<dyn TokenStore>,
+}
+
+fn small() -> FrontSimConfig {
+    let mut c = FrontSimConfig::default().size(12, 3).contacts(9).tags(4);
+    c.max_page_size = 100;
+    c
+}
+
+impl Fixture {
+    async fn start(config: FrontSimConfig) -> Fixture {
+        let sim = FrontSim::start(config).await.expect("simulator starts");
+        let store: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::new());
+        let tokens = sim.oauth().issue_token_set(None);
+        let conn = ConnectionId::from("acme-front");
+        store.save(&conn, &tokens, None).await.expect("token saved");
+        Fixture { sim, store }
+    }
+
+    /// A connector on OAuth (refreshable), small pages so that every stream has several.
+    fn connector_with(&self, page_size: u32) -> FrontConnector {
+        let client = OAuthClient::new(
+            self.sim.oauth_config("http://127.0.0.1/callback"),
+            reqwest::Client::new(),
+        )
+        .expect("oauth client");
+        let manager = TokenManager::builder(
+            ConnectionId::from("acme-front"),
+            self.store.clone(),
+            Arc::new(client),
+        )
+        .build();
+        FrontConnector::builder()
+            .base_url(self.sim.base_url())
+            .oauth(manager)
+            .page_size(page_size)
+            .webhook_secret(self.sim.webhook_secret())
+            .build()
+            .expect("connector builds")
+    }
+}
+
+#[apex_connect_core::async_trait]
+impl ConformanceFixture for Fixture {
+    async fn connector(&self) -> Arc<dyn Connector> {
+        Arc::new(self.connector_with(5))
+    }
+
+    async fn expected(&self, stream: &StreamId) -> BTreeMap<String, Option<i64>> {
+        self.sim.expected(stream.as_str())
+    }
+
+    async fn inject_rate_limit(&self, retry_after: Duration) -> Option<()> {
+        self.sim
+            .faults()
+            .push_scheduled(FaultKind::TooManyRequests { retry_after });
+        Some(())
+    }
+
+    async fn rate_limited_seen(&self) -> Option<u64> {
+        Some(self.sim.stats().rate_limited)
+    }
+
+    async fn inject_unauthorized_once(&self) -> Option<()> {
+        self.sim.oauth().expire_access_tokens();
+        Some(())
+    }
+
+    async fn token_refreshes(&self) -> Option<u64> {
+        Some(self.sim.oauth().stats().refresh_token)
+    }
+
+    async fn signed_webhook(&self, now: SystemTime) -> Option<SignedWebhook> {
+        let id = self
+            .sim
+            .touch_conversation(&self.sim.conversation_id(1))
+            .ok()?;
+        let body = self.sim.webhook_body(&id).ok()?;
+        let (m, u) = (
+            Method::POST,
+            Uri::from_static("/webhooks/frontapp/acme-front"),
+        );
+        let headers = self
+            .sim
+            .webhook_verifier()
+            .sign(&WebhookRequest::new(&m, &u, &HeaderMap::new(), &body), now)
+            .ok()?;
+        Some((m, u, headers, body))
+    }
+
+    async fn secrets(&self) -> Option<Vec<String>> {
+        let c = self.sim.config();
+        let mut s = vec![
+            c.api_token.clone(),
+            c.oauth_client_secret.clone(),
+            c.webhook_secret.clone(),
+        ];
+        s.extend(self.sim.oauth().latest_refresh_token());
+        Some(s)
+    }
+
+    async fn write_ops(&self, stream: &StreamId) -> Option<Vec<WriteOp>> {
+        match stream.as_str() {
+            streams::CONVERSATIONS => Some(vec![
+                WriteOp::new(
+                    WriteAction::Custom("tag".into()),
+                    Some(self.sim.conversation_id(0)),
+                    serde_json::json!({"tag_ids": [self.sim.tag_id(1)]}),
+                ),
+                WriteOp::new(
+                    WriteAction::Custom("comment".into()),
+                    Some(self.sim.conversation_id(0)),
+                    serde_json::json!({"body": "Escalating to Michael"}),
+                ),
+            ]),
+            streams::CONTACTS => Some(vec![WriteOp::new(
+                WriteAction::Update,
+                Some(self.sim.contact_id(0)),
+                serde_json::json!({"custom_fields": {"Tier": "platinum"}}),
+            )]),
+            _ => None,
+        }
+    }
+}
+
+async fn fixture() -> Fixture {
+    Fixture::start(small()).await
+}
+
+apex_connect_testkit::conformance!(fixture);
+
+async fn read_all(
+    c: &FrontConnector,
+    stream: &str,
+    from: Option<CursorToken>,
+) -> (Vec<apex_connect_core::Record>, Option<CursorToken>) {
+    let stream = StreamId::from(stream.to_string());
+    let mut pages = c.read_all(&stream, from);
+    let mut records = Vec::new();
+    let mut last = None;
+    while let Some(page) = pages.next().await {
+        let page = page.expect("page reads");
+        records.extend(page.records);
+        last = page.next;
+    }
+    (records, last)
+}
+
+fn versions(records: &[apex_connect_core::Record]) -> BTreeMap<String, Option<i64>> {
+    let mut out = BTreeMap::new();
+    for r in records {
+        if r.op == Op::Upsert {
+            out.insert(r.id.clone(), r.version);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn full_sync_with_api_token_equals_data_set() {
+    let sim = FrontSim::start(
+        FrontSimConfig::default()
+            .size(130, 4)
+            .contacts(120)
+            .tags(12),
+    )
+    .await
+    .unwrap();
+    let front = FrontConnector::builder()
+        .base_url(sim.base_url())
+        .api_token(sim.api_token())
+        .build()
+        .unwrap();
+    front.check().await.unwrap();
+    for s in streams::ALL {
+        let (records, _) = read_all(&front, s, None).await;
+        let got = versions(&records);
+        assert_eq!(got, sim.expected(s), "stream {s}");
+        assert!(
+            records.iter().all(|r| r.entity.is_some()),
+            "stream {s} maps entities"
+        );
+    }
+    // Each message names its conversation.
+    let (messages, _) = read_all(&front, streams::MESSAGES, None).await;
+    let m = &messages[0];
+    let rel = &m.entity.as_ref().unwrap().relations;
+    assert!(rel.iter().any(|r| r.kind == "in_conversation"), "{rel:?}");
+    assert!(sim.stats().requests > 0);
+}
+
+#[tokio::test]
+async fn incremental_sync_picks_up_mutations_through_events() {
+    let sim = FrontSim::start(small()).await.unwrap();
+    let front = FrontConnector::builder()
+        .base_url(sim.base_url())
+        .api_token(sim.api_token())
+        .page_size(4)
+        .build()
+        .unwrap();
+    let mut cursors = BTreeMap::new();
+    for s in [
+        streams::CONVERSATIONS,
+        streams::MESSAGES,
+        streams::COMMENTS,
+        streams::CONTACTS,
+        streams::TAGS,
+        streams::EVENTS,
+    ] {
+        let (_, cursor) = read_all(&front, s, None).await;
+        cursors.insert(s, cursor);
+    }
+
+    let c3 = sim.conversation_id(3);
+    let c7 = sim.conversation_id(7);
+    let msg = sim.add_message(&c3, "Where is my paper?", true).unwrap();
+    sim.tag(&c7, &sim.tag_id(2)).unwrap();
+    let com = sim.add_comment(&c7, "@jim can you call them?").unwrap();
+    let crd = sim.contact_id(4);
+    let mut fields = serde_json::Map::new();
+    fields.insert("Tier".into(), serde_json::json!("platinum"));
+    sim.update_contact(&crd, fields).unwrap();
+
+    let (convs, _) = read_all(
+        &front,
+        streams::CONVERSATIONS,
+        cursors[streams::CONVERSATIONS].clone(),
+    )
+    .await;
+    let ids: Vec<&str> = convs.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec![c3.as_str(), c7.as_str()],
+        "changed conversations, each once"
+    );
+    let want = sim.expected(streams::CONVERSATIONS);
+    for r in &convs {
+        assert_eq!(r.version, want[&r.id], "{}", r.id);
+    }
+
+    let (msgs, _) = read_all(
+        &front,
+        streams::MESSAGES,
+        cursors[streams::MESSAGES].clone(),
+    )
+    .await;
+    assert_eq!(
+        msgs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        vec![msg.as_str()]
+    );
+    assert_eq!(msgs[0].raw["text"], "Where is my paper?");
+
+    let (coms, _) = read_all(
+        &front,
+        streams::COMMENTS,
+        cursors[streams::COMMENTS].clone(),
+    )
+    .await;
+    assert_eq!(
+        coms.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        vec![com.as_str()]
+    );
+
+    let (contacts, _) = read_all(
+        &front,
+        streams::CONTACTS,
+        cursors[streams::CONTACTS].clone(),
+    )
+    .await;
+    assert_eq!(
+        contacts.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        vec![crd.as_str()]
+    );
+    assert_eq!(contacts[0].raw["custom_fields"]["Tier"], "platinum");
+
+    let (tags, _) = read_all(&front, streams::TAGS, cursors[streams::TAGS].clone()).await;
+    assert!(tags.is_empty(), "no tag object changed: {tags:?}");
+
+    let (events, _) = read_all(&front, streams::EVENTS, cursors[streams::EVENTS].clone()).await;
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter_map(|r| r.raw["type"].as_str())
+        .collect();
+    // The walk re-reads the 60 s lookback before the previous walk's newest event (here the
+    // last generated one), then the three new events.
+    assert!(kinds.len() <= 4, "{kinds:?}");
+    assert_eq!(kinds[kinds.len() - 3..], ["inbound", "tag", "comment"]);
+    let known = sim.expected(streams::EVENTS);
+    let newest_before = known
+        .values()
+        .flatten()
+        .copied()
+        .filter(|v| *v < 1_700_000_000_000)
+        .max()
+        .unwrap();
+    for r in &events[..kinds.len() - 3] {
+        assert!(
+            r.version.unwrap() >= newest_before - 60_000,
+            "re-read only within the lookback"
+        );
+    }
+}
+
+#[tokio::test]
+async fn webhooks_verify_parse_and_handshake() {
+    let sim = FrontSim::start(small()).await.unwrap();
+    let front = FrontConnector::builder()
+        .base_url(sim.base_url())
+        .api_token(sim.api_token())
+        .webhook_secret(sim.webhook_secret())
+        .build()
+        .unwrap();
+    let verifier = front.webhook_verifier().unwrap();
+    let c2 = sim.conversation_id(2);
+    let mid = sim.add_message(&c2, "Need 500 reams", true).unwrap();
+    let evt = sim.latest_event_id().unwrap();
+    let body = sim.webhook_body(&evt).unwrap();
+    let now = SystemTime::now();
+    let (m, u) = (Method::POST, Uri::from_static("/webhooks/frontapp/acme"));
+    let headers = verifier
+        .sign(&WebhookRequest::new(&m, &u, &HeaderMap::new(), &body), now)
+        .unwrap();
+    let verified = verifier
+        .verify(&WebhookRequest::new(&m, &u, &headers, &body), now)
+        .unwrap();
+    assert_eq!(verified.event_id.as_deref(), Some(evt.as_str()));
+    let changes = front
+        .parse_webhook(&VerifiedWebhook::new(verified, headers, body.into(), now))
+        .await
+        .unwrap();
+    let got: Vec<(&str, &str, &str)> = changes
+        .iter()
+        .map(|c| (c.stream.as_str(), c.id.as_str(), c.event_type.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("messages", mid.as_str(), "inbound_received"),
+            ("conversations", c2.as_str(), "inbound_received")
+        ]
+    );
+    // The event carried a message preview: the full message (with its text) was fetched.
+    let msg = changes[0].record.as_ref().unwrap();
+    assert_eq!(msg.raw["text"], "Need 500 reams");
+    assert!(changes[0].occurred_at.unwrap() <= unix_ms(SystemTime::now()));
+
+    // Handshake: the verifier answers Front's challenge.
+    let mut h = verifier
+        .sign(
+            &WebhookRequest::new(
+                &m,
+                &u,
+                &HeaderMap::new(),
+                br#"{"type":"sync","authorization":{"id":"cmp_acme"}}"#,
+            ),
+            now,
+        )
+        .unwrap();
+    h.insert("x-front-challenge", "abc".parse().unwrap());
+    let ok = verifier
+        .verify(
+            &WebhookRequest::new(
+                &m,
+                &u,
+                &h,
+                br#"{"type":"sync","authorization":{"id":"cmp_acme"}}"#,
+            ),
+            now,
+        )
+        .unwrap();
+    assert_eq!(&ok.reply.unwrap().body[..], br#"{"challenge":"abc"}"#);
+    let sync = VerifiedWebhook::new(
+        Default::default(),
+        HeaderMap::new(),
+        br#"{"type":"sync","authorization":{"id":"cmp_acme"}}"#
+            .to_vec()
+            .into(),
+        now,
+    );
+    assert!(front.parse_webhook(&sync).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn write_back_against_simulator() {
+    let sim = FrontSim::start(small()).await.unwrap();
+    let front = FrontConnector::builder()
+        .base_url(sim.base_url())
+        .api_token(sim.api_token())
+        .build()
+        .unwrap();
+    let c0 = sim.conversation_id(0);
+    let report = front
+        .write(
+            &StreamId::from("conversations"),
+            vec![
+                WriteOp::new(
+                    WriteAction::Custom("tag".into()),
+                    Some(c0.clone()),
+                    serde_json::json!({"tag_ids": [sim.tag_id(3)]}),
+                ),
+                WriteOp::new(
+                    WriteAction::Custom("untag".into()),
+                    Some(c0.clone()),
+                    serde_json::json!({"tag_ids": [sim.tag_id(3)]}),
+                ),
+                WriteOp::new(
+                    WriteAction::Custom("comment".into()),
+                    Some(c0.clone()),
+                    serde_json::json!({"body": "hi"}),
+                ),
+                WriteOp::new(
+                    WriteAction::Custom("tag".into()),
+                    Some(c0.clone()),
+                    serde_json::json!({"tag_ids": ["tag_zzzz"]}),
+                ),
+                WriteOp::new(
+                    WriteAction::Custom("tag".into()),
+                    Some("cnv_zzzzzz".into()),
+                    serde_json::json!({"tag_ids": [sim.tag_id(1)]}),
+                ),
+                WriteOp::new(
+                    WriteAction::Custom("tag".into()),
+                    Some(c0.clone()),
+                    serde_json::json!({}),
+                ),
+                WriteOp::new(WriteAction::Delete, Some(c0.clone()), serde_json::json!({})),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.results.len(), 7);
+    assert!(report.results[0].outcome.is_ok());
+    assert!(report.results[1].outcome.is_ok());
+    assert!(
+        report.results[2]
+            .outcome
+            .as_ref()
+            .unwrap()
+            .starts_with("com_")
+    );
+    let kind = |i: usize| report.results[i].outcome.as_ref().unwrap_err().kind();
+    assert_eq!(kind(3), apex_connect_core::ErrorKind::NotFound);
+    assert_eq!(kind(4), apex_connect_core::ErrorKind::NotFound);
+    assert_eq!(kind(5), apex_connect_core::ErrorKind::InvalidInput);
+    assert_eq!(kind(6), apex_connect_core::ErrorKind::Unsupported);
+
+    let crd = sim.contact_id(2);
+    let report = front
+        .write(
+            &StreamId::from("contacts"),
+            vec![
+                WriteOp::new(
+                    WriteAction::Update,
+                    Some(crd.clone()),
+                    serde_json::json!({"custom_fields": {"Tier": "gold+"}}),
+                ),
+                WriteOp::new(
+                    WriteAction::Update,
+                    Some(crd.clone()),
+                    serde_json::json!({"custom_fields": 5}),
+                ),
+                WriteOp::new(
+                    WriteAction::Update,
+                    Some(crd.clone()),
+                    serde_json::json!({"custom_fields": {"x": 1}}),
+                )
+                .if_unmodified_since(1),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(report.results[0].outcome.is_ok());
+    assert_eq!(
+        report.results[1].outcome.as_ref().unwrap_err().kind(),
+        apex_connect_core::ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        report.results[2].outcome.as_ref().unwrap_err().kind(),
+        apex_connect_core::ErrorKind::Conflict
+    );
+    let (contacts, _) = read_all(&front, streams::CONTACTS, None).await;
+    let c = contacts.iter().find(|r| r.id == crd).unwrap();
+    assert_eq!(c.raw["custom_fields"]["Tier"], "gold+");
+}
+
+#[tokio::test]
+async fn bad_token_is_unauthenticated_and_secret_free() {
+    let sim = FrontSim::start(small()).await.unwrap();
+    let front = FrontConnector::builder()
+        .base_url(sim.base_url())
+        .api_token(SecretString::from("wrong-token-123"))
+        .build()
+        .unwrap();
+    let e = front.check().await.unwrap_err();
+    assert_eq!(e.kind(), apex_connect_core::ErrorKind::Unauthenticated);
+    let text = format!("{e} {e:?} {front:?}");
+    assert!(!text.contains("wrong-token-123"), "{text}");
+}
+
+#[tokio::test]
+async fn million_message_account_is_generated_on_the_fly() {
+    // 10,000 conversations x 100 messages: nothing is materialised, reads anywhere are cheap.
+    let sim = FrontSim::start(
+        FrontSimConfig::default()
+            .size(10_000, 100)
+            .contacts(100_000),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sim.count(streams::MESSAGES), 1_000_000);
+    assert_eq!(sim.count(streams::EVENTS), 1_000_000);
+    let front = FrontConnector::builder()
+        .base_url(sim.base_url())
+        .api_token(sim.api_token())
+        .build()
+        .unwrap();
+    let s = StreamId::from(streams::MESSAGES);
+    let page = front.read(&s, None).await.unwrap();
+    assert!(page.has_more);
+    assert_eq!(
+        page.records.len(),
+        100,
+        "the newest conversation's 100 messages"
+    );
+    assert_eq!(
+        page.records[0].id, "msg_lflr",
+        "newest first: message 999,999 (base 36)"
+    );
+    // The events feed from a recent point: a binary search, not a scan of a million events.
+    let c = sim.conversation_id(9_999);
+    sim.add_message(&c, "late", false).unwrap();
+    let last_generated = sim.event("evt_lflr").unwrap()["emitted_at"]
+        .as_f64()
+        .unwrap();
+    let ec = apex_connect_frontapp::cursor::EventsCursor(
+        apex_connect_frontapp::cursor::EventsPosition::after(Some(
+            apex_connect_frontapp::models::secs_to_ms(last_generated),
+        )),
+    )
+    .to_token();
+    let (events, _) = read_all(&front, streams::EVENTS, Some(ec)).await;
+    assert!(
+        events.len() <= 3,
+        "lookback re-reads at most a minute of events: {}",
+        events.len()
+    );
+    assert_eq!(events.last().unwrap().raw["type"], "outbound");
+}
+
+#[tokio::test]
+async fn oauth_connect_then_sync_within_the_rate_limit() {
+    let sim = FrontSim::start(small().rate_limit(25, Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let store: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::new());
+    let manager = sim
+        .oauth_connect(store.clone(), ConnectionId::from("acme"))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .load(&ConnectionId::from("acme"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(sim.oauth().stats().authorization_code, 1);
+    let front = FrontConnector::builder()
+        .base_url(sim.base_url())
+        .oauth(manager)
+        .page_size(3)
+        .build()
+        .unwrap();
+    let (messages, _) = read_all(&front, streams::MESSAGES, None).await;
+    assert_eq!(versions(&messages), sim.expected(streams::MESSAGES));
+    let windows = sim.limiter().stats();
+    let late_429s: u64 = windows
+        .rejected_by_window
+        .iter()
+        .filter(|(w, _)| **w > 0)
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(
+        late_429s, 0,
+        "the gate follows x-ratelimit-* headers: {windows:?}"
+    );
+}
+
+#[tokio::test]
+async fn realistic_account_full_sync_figures() {
+    let sim = FrontSim::start(FrontSimConfig::realistic()).await.unwrap();
+    let front = FrontConnector::builder()
+        .base_url(sim.base_url())
+        .api_token(sim.api_token())
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut total = 0usize;
+    for s in [
+        streams::CONVERSATIONS,
+        streams::MESSAGES,
+        streams::CONTACTS,
+        streams::TAGS,
+    ] {
+        let (records, _) = read_all(&front, s, None).await;
+        assert_eq!(versions(&records), sim.expected(s), "stream {s}");
+        total += records.len();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let http = front.http_stats();
+    println!(
+        "realistic account: {total} records in {secs:.2}s ({:.0} records/s), {} requests",
+        total as f64 / secs,
+        http.requests_sent
+    );
+    assert_eq!(total as u64, 1_000 + 5_000 + 800 + 40);
+}
+
+#[tokio::test]
+async fn rule_webhook_previews_are_completed_through_the_api() {
+    let sim = FrontSim::start(small()).await.unwrap();
+    let front = FrontConnector::builder()
+        .base_url(sim.base_url())
+        .api_token(sim.api_token())
+        .rule_webhook_secret(SecretString::from("rule-api-secret"))
+        .build()
+        .unwrap();
+    let verifier = front.webhook_verifier().unwrap();
+    let c5 = sim.conversation_id(5);
+    let body = serde_json::to_vec(&serde_json::json!({
+        "_links": {"self": format!("{}/events/evt_preview", sim.base_url())},
+        "id": "evt_preview", "type": "archive", "emitted_at": 1_703_102_616.5,
+        "conversation": {"_links": {"self": format!("{}/conversations/{c5}", sim.base_url())}, "id": c5},
+    }))
+    .unwrap();
+    let now = SystemTime::now();
+    let (m, u) = (Method::POST, Uri::from_static("/webhooks/frontapp/rule"));
+    let headers = verifier
+        .sign(&WebhookRequest::new(&m, &u, &HeaderMap::new(), &body), now)
+        .unwrap();
+    let verified = verifier
+        .verify(&WebhookRequest::new(&m, &u, &headers, &body), now)
+        .unwrap();
+    assert_eq!(verified.event_id.as_deref(), Some("evt_preview"));
+    let changes = front
+        .parse_webhook(&VerifiedWebhook::new(verified, headers, body.into(), now))
+        .await
+        .unwrap();
+    assert_eq!(changes.len(), 1);
+    let c = &changes[0];
+    assert_eq!(
+        (c.stream.as_str(), c.id.as_str(), c.event_type.as_str()),
+        ("conversations", c5.as_str(), "archive")
+    );
+    assert_eq!(c.occurred_at, Some(1_703_102_616_500));
+    let rec = c
+        .record
+        .as_ref()
+        .expect("the preview was completed with GET /conversations/{id}");
+    assert!(rec.raw["subject"].is_string());
+    assert_eq!(rec.version, sim.expected(streams::CONVERSATIONS)[&c5]);
+
+    // Not an event at all: InvalidInput.
+    let junk = VerifiedWebhook::new(
+        Default::default(),
+        HeaderMap::new(),
+        b"[1,2]".to_vec().into(),
+        now,
+    );
+    assert_eq!(
+        front.parse_webhook(&junk).await.unwrap_err().kind(),
+        apex_connect_core::ErrorKind::InvalidInput
+    );
+}
