@@ -8,3 +8,7 @@ pub use apex_connect_core::*;
 /// The FrontApp connector (feature `frontapp`).
 #[cfg(feature = "frontapp")]
 pub use apex_connect_frontapp as frontapp;
+
+/// The HubSpot connector (feature `hubspot`).
+#[cfg(feature = "hubspot")]
+pub use apex_connect_hubspot as hubspot;
