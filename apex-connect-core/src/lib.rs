@@ -10,6 +10,7 @@ pub mod error;
 pub mod http;
 pub mod model;
 pub mod oauth;
+pub mod serde_secret;
 pub mod sink;
 pub mod sinks;
 pub mod store;

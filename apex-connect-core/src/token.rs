@@ -21,10 +21,10 @@ use crate::webhook::unix_ms;
 #[non_exhaustive]
 pub struct TokenSet {
     /// The bearer token sent to the API.
-    #[serde(with = "secret_string")]
+    #[serde(with = "crate::serde_secret::string")]
     pub access_token: SecretString,
     /// The refresh token, when the grant has one.
-    #[serde(with = "opt_secret_string", default)]
+    #[serde(with = "crate::serde_secret::option", default)]
     pub refresh_token: Option<SecretString>,
     /// When the access token expires, Unix milliseconds. `None`: unknown (Salesforce), so it
     /// is refreshed when the API answers 401.
@@ -131,38 +131,6 @@ impl fmt::Debug for TokenSet {
             .field("instance_url", &self.instance_url)
             .field("refresh_lease", &self.refresh_lease)
             .finish()
-    }
-}
-
-mod secret_string {
-    use secrecy::{ExposeSecret, SecretString};
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(s: &SecretString, ser: S) -> Result<S::Ok, S::Error> {
-        ser.serialize_str(s.expose_secret())
-    }
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<SecretString, D::Error> {
-        Ok(SecretString::from(String::deserialize(de)?))
-    }
-}
-
-mod opt_secret_string {
-    use secrecy::{ExposeSecret, SecretString};
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(
-        s: &Option<SecretString>,
-        ser: S,
-    ) -> Result<S::Ok, S::Error> {
-        match s {
-            Some(s) => ser.serialize_some(s.expose_secret()),
-            None => ser.serialize_none(),
-        }
-    }
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        de: D,
-    ) -> Result<Option<SecretString>, D::Error> {
-        Ok(Option::<String>::deserialize(de)?.map(SecretString::from))
     }
 }
 

@@ -40,7 +40,7 @@ pub struct OAuthConfig {
     /// The application's client id.
     pub client_id: String,
     /// The application's client secret (absent for public clients and pure JWT-bearer clients).
-    #[serde(default, with = "opt_secret")]
+    #[serde(default, with = "crate::serde_secret::option")]
     pub client_secret: Option<SecretString>,
     /// The authorization endpoint (needed only for the authorization-code flow).
     #[serde(default)]
@@ -137,27 +137,6 @@ impl fmt::Debug for OAuthConfig {
             .field("client_auth", &self.client_auth)
             .field("extra_authorize_params", &self.extra_authorize_params)
             .finish()
-    }
-}
-
-mod opt_secret {
-    use secrecy::{ExposeSecret, SecretString};
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(
-        s: &Option<SecretString>,
-        ser: S,
-    ) -> Result<S::Ok, S::Error> {
-        match s {
-            Some(s) => ser.serialize_some(s.expose_secret()),
-            None => ser.serialize_none(),
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        de: D,
-    ) -> Result<Option<SecretString>, D::Error> {
-        Ok(Option::<String>::deserialize(de)?.map(SecretString::from))
     }
 }
 
