@@ -1,0 +1,221 @@
+//! `GET /admin/status`, `POST /admin/dead-letters/{id}/retry`, `GET /metrics`.
+
+use apex_connect_core::store::{EventId, InboxCounts};
+use apex_connect_core::{ErrorKind, Result};
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::{StatusCode, header};
+use serde::Serialize;
+
+use crate::metrics::MetricsSnapshot;
+use crate::scheduler::ScheduleRow;
+use crate::state::ServerState;
+
+/// The admin API. Mount it on a private listener (it names connections and shows errors):
+/// - `GET /admin/status`: [`Status`] as JSON;
+/// - `POST /admin/dead-letters/{id}/retry`: requeues a dead letter (`204`; `404` if it is not dead);
+/// - `GET /metrics`: Prometheus text (webhook outcomes, worker outcomes, inbox gauges).
+pub fn admin_router(state: ServerState) -> Router {
+    Router::new()
+        .route("/admin/status", get(status_handler))
+        .route("/admin/dead-letters/{id}/retry", post(retry_handler))
+        .route("/metrics", get(metrics_handler))
+        .with_state(state)
+}
+
+/// The state of the server, as `status` prints it.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct Status {
+    /// Each connection with its health and latest runs.
+    pub connections: Vec<ConnectionStatusView>,
+    /// Inbox events per state.
+    pub inbox: InboxCounts,
+    /// The oldest dead letters (up to 50).
+    pub dead_letters: Vec<DeadLetterView>,
+    /// Scheduled jobs.
+    pub schedules: Vec<ScheduleRow>,
+    /// The latest failed runs (up to 10).
+    pub recent_errors: Vec<RunView>,
+    /// Counters of this process.
+    pub metrics: MetricsSnapshot,
+}
+
+/// One connection in [`Status`].
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct ConnectionStatusView {
+    /// Its id.
+    pub id: String,
+    /// Its platform.
+    pub platform: String,
+    /// `active`, `needs_reauth`, `disabled`, `failing` (`active` if not stored yet).
+    pub status: String,
+    /// Why.
+    pub detail: Option<String>,
+    /// The latest run of each stream.
+    pub last_runs: Vec<RunView>,
+}
+
+/// A sync run in [`Status`].
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct RunView {
+    /// Run id.
+    pub id: i64,
+    /// Connection.
+    pub connection: String,
+    /// Stream.
+    pub stream: String,
+    /// `full` or `incremental`.
+    pub kind: &'static str,
+    /// `running`, `succeeded`, `failed`, `cancelled`.
+    pub status: &'static str,
+    /// Start, Unix ms.
+    pub started_at: i64,
+    /// End, Unix ms.
+    pub finished_at: Option<i64>,
+    /// Records read.
+    pub records_read: u64,
+    /// Records applied.
+    pub records_applied: u64,
+    /// The error.
+    pub error: Option<String>,
+}
+
+/// A dead letter in [`Status`] (without its body).
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct DeadLetterView {
+    /// Inbox id (for the retry endpoint).
+    pub id: i64,
+    /// Platform.
+    pub platform: String,
+    /// Connection.
+    pub connection: String,
+    /// The platform's event id.
+    pub event_id: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// When it was dead-lettered, Unix ms.
+    pub failed_at: i64,
+}
+
+fn run_view(r: &apex_connect_core::store::SyncRun) -> RunView {
+    RunView {
+        id: r.id.0,
+        connection: r.connection.to_string(),
+        stream: r.stream.to_string(),
+        kind: r.kind.as_str(),
+        status: r.status.as_str(),
+        started_at: r.started_at,
+        finished_at: r.finished_at,
+        records_read: r.records_read,
+        records_applied: r.records_applied,
+        error: r.error.clone(),
+    }
+}
+
+/// Collects the [`Status`].
+///
+/// # Errors
+/// `Storage`.
+pub async fn status(state: &ServerState) -> Result<Status> {
+    let store = state.store();
+    let stored: std::collections::BTreeMap<String, _> = store
+        .list_connections()
+        .await?
+        .into_iter()
+        .map(|c| (c.id.to_string(), c))
+        .collect();
+    let mut connections = Vec::new();
+    for h in state.connections() {
+        let mut last_runs = Vec::new();
+        for s in &h.streams {
+            if let Some(r) = store.last_run(&h.id, s).await? {
+                last_runs.push(run_view(&r));
+            }
+        }
+        let c = stored.get(h.id.as_str());
+        connections.push(ConnectionStatusView {
+            id: h.id.to_string(),
+            platform: h.platform.clone(),
+            status: c.map_or("active", |c| c.status.as_str()).to_string(),
+            detail: c.and_then(|c| c.status_detail.clone()),
+            last_runs,
+        });
+    }
+    let dead_letters = store
+        .inbox_dead_letters(50)
+        .await?
+        .into_iter()
+        .map(|d| DeadLetterView {
+            id: d.id.0,
+            platform: d.event.platform,
+            connection: d.event.connection.to_string(),
+            event_id: d.event.event_id,
+            attempts: d.attempts,
+            last_error: d.last_error,
+            failed_at: d.failed_at,
+        })
+        .collect();
+    let recent_errors = store
+        .list_runs(None, 200)
+        .await?
+        .iter()
+        .filter(|r| r.error.is_some())
+        .take(10)
+        .map(run_view)
+        .collect();
+    let schedules = match state.schedules() {
+        Some(s) => s.list().await?,
+        None => Vec::new(),
+    };
+    Ok(Status {
+        connections,
+        inbox: store.inbox_counts().await?,
+        dead_letters,
+        schedules,
+        recent_errors,
+        metrics: state.metrics().snapshot(),
+    })
+}
+
+async fn status_handler(State(state): State<ServerState>) -> Response {
+    match status(&state).await {
+        Ok(s) => axum::Json(s).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "status failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "status unavailable").into_response()
+        }
+    }
+}
+
+async fn retry_handler(State(state): State<ServerState>, Path(id): Path<i64>) -> Response {
+    match state.store().inbox_requeue(EventId(id)).await {
+        Ok(()) => {
+            state.wake().notify_one();
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            (StatusCode::NOT_FOUND, "no such dead letter").into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "requeue failed");
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
+}
+
+async fn metrics_handler(State(state): State<ServerState>) -> Response {
+    let inbox = state.store().inbox_counts().await.ok();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics().prometheus(inbox),
+    )
+        .into_response()
+}

@@ -1,0 +1,484 @@
+//! The TOML configuration of the `apex-connect` binary.
+//!
+//! Secrets never live in the file: a key named like `token`, `secret`, `password`, `key` (as in
+//! an API key) or `credential` is refused, except inside a connection's `env` table, whose values
+//! are the *names* of the environment variables holding the secrets.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use apex_connect_core::{Error, Result};
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// The SQLite state database (inbox, cursors, runs, schedules, tokens).
+    #[serde(default = "default_database")]
+    pub database: PathBuf,
+    /// Where `serve` listens for webhooks (and the admin API unless `admin_listen` is set).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// A separate address for `/admin` and `/metrics` (keep it private).
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Where records go.
+    #[serde(default)]
+    pub sink: SinkConfig,
+    /// Webhook ingress settings.
+    #[serde(default)]
+    pub webhooks: WebhookSettings,
+    /// Inbox worker settings.
+    #[serde(default)]
+    pub workers: WorkerSettings,
+    /// Scheduler settings.
+    #[serde(default)]
+    pub scheduler: SchedulerSettings,
+    /// The connections.
+    #[serde(default, rename = "connection")]
+    pub connections: Vec<ConnectionConfig>,
+}
+
+fn default_database() -> PathBuf {
+    PathBuf::from("apex-connect.db")
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+/// Where records go (`[sink]`, `kind = "sqlite" | "ledger" | "jsonl" | "null"`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum SinkConfig {
+    /// The `records` table of the state database (default).
+    #[default]
+    Sqlite,
+    /// The `records` table plus an apply counter per record (`sink_ledger`): every change the
+    /// sink actually applied is counted, so audits and tests can prove exactly-once application.
+    Ledger,
+    /// One JSON line per record, appended to `path`.
+    Jsonl {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Keep nothing (dry runs, benchmarks).
+    Null,
+}
+
+/// `[webhooks]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct WebhookSettings {
+    /// Largest accepted body in bytes (default 1 MiB); larger gets 413.
+    pub body_limit: usize,
+    /// Most events appended in one group-commit transaction (default 512).
+    pub max_batch: usize,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            body_limit: 1024 * 1024,
+            max_batch: 512,
+        }
+    }
+}
+
+/// `[workers]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct WorkerSettings {
+    /// Concurrent worker tasks (default 2).
+    pub concurrency: usize,
+    /// Events claimed per batch (default 64).
+    pub batch: usize,
+    /// Lease of a claim (default `"30s"`).
+    pub lease: String,
+    /// Attempts before an event is dead-lettered (default 5).
+    pub max_attempts: u32,
+    /// First retry delay, doubled per attempt with jitter (default `"1s"`).
+    pub backoff: String,
+    /// Longest retry delay (default `"5m"`).
+    pub max_backoff: String,
+    /// How often idle workers look for due events (default `"200ms"`; new webhooks wake them at once).
+    pub poll: String,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            concurrency: 2,
+            batch: 64,
+            lease: "30s".into(),
+            max_attempts: 5,
+            backoff: "1s".into(),
+            max_backoff: "5m".into(),
+            poll: "200ms".into(),
+        }
+    }
+}
+
+/// `[scheduler]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct SchedulerSettings {
+    /// Lease of a running job, renewed while it runs (default `"60s"`).
+    pub lease: String,
+    /// How often the scheduler looks for due jobs (default `"1s"`).
+    pub poll: String,
+    /// First retry delay of a failed run, doubled per failure (default `"30s"`).
+    pub backoff: String,
+    /// Longest retry delay (default `"30m"`).
+    pub max_backoff: String,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        SchedulerSettings {
+            lease: "60s".into(),
+            poll: "1s".into(),
+            backoff: "30s".into(),
+            max_backoff: "30m".into(),
+        }
+    }
+}
+
+/// One `[[connection]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ConnectionConfig {
+    /// The host's id for the connection (the `{connection}` of the webhook URL).
+    pub id: String,
+    /// The platform (`memory`, `frontapp`, `hubspot`, ...).
+    pub platform: String,
+    /// The platform API's base URL (simulators, sandboxes); the connector's default otherwise.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Streams to sync (default: every stream of the connector).
+    #[serde(default)]
+    pub streams: Vec<String>,
+    /// Scheduled syncs.
+    #[serde(default, rename = "schedule")]
+    pub schedules: Vec<ScheduleConfig>,
+    /// Secret name -> environment variable name, e.g. `api_token = "FRONT_API_TOKEN"`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Platform-specific settings (no secrets), passed to the connector factory.
+    #[serde(default)]
+    pub settings: toml::Table,
+}
+
+/// One `[[connection.schedule]]`: `every` (with `jitter`) or `cron`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ScheduleConfig {
+    /// The stream (default: every stream of the connection).
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// Interval, e.g. `"15m"`.
+    #[serde(default)]
+    pub every: Option<String>,
+    /// Random delay added to each interval, e.g. `"30s"`.
+    #[serde(default)]
+    pub jitter: Option<String>,
+    /// Cron expression in UTC: 5 fields (minute first) or 6-7 fields (second first).
+    #[serde(default)]
+    pub cron: Option<String>,
+    /// Full resyncs instead of incremental.
+    #[serde(default)]
+    pub full: bool,
+}
+
+impl ServerConfig {
+    /// Reads and checks a configuration file.
+    ///
+    /// # Errors
+    /// `Config` when it cannot be read, is not valid TOML, names a secret, or is inconsistent.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config("cannot read the configuration file")
+                .with_context("path", path.display())
+                .set_source(e)
+        })?;
+        Self::parse(&text).map_err(|e| e.with_context("path", path.display()))
+    }
+
+    /// Parses and checks configuration text.
+    ///
+    /// # Errors
+    /// As [`ServerConfig::load`].
+    pub fn parse(text: &str) -> Result<Self> {
+        let value: toml::Table = toml::from_str(text)
+            .map_err(|e| Error::config("configuration is not valid TOML").set_source(e))?;
+        refuse_secrets(&value, "")?;
+        let config: ServerConfig = value
+            .try_into()
+            .map_err(|e| Error::config("configuration is invalid").set_source(e))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let mut seen = std::collections::BTreeSet::new();
+        for c in &self.connections {
+            if c.id.is_empty()
+                || !c
+                    .id
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+            {
+                return Err(Error::config(
+                    "connection ids are non-empty and use only letters, digits, '-', '_' and '.'",
+                )
+                .with_context("connection", &c.id));
+            }
+            if !seen.insert(c.id.as_str()) {
+                return Err(
+                    Error::config("duplicate connection id").with_context("connection", &c.id)
+                );
+            }
+            for (name, var) in &c.env {
+                if var.is_empty()
+                    || !var
+                        .chars()
+                        .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_')
+                {
+                    // A value that is not an env-var name may be a pasted secret: never echo it.
+                    return Err(Error::config(
+                        "`env` values are environment variable names (A-Z, 0-9, _), not secrets",
+                    )
+                    .with_context("connection", &c.id)
+                    .with_context("key", name));
+                }
+            }
+            for s in &c.schedules {
+                s.validate()
+                    .map_err(|e| e.with_context("connection", &c.id))?;
+            }
+        }
+        parse_duration(&self.workers.lease)?;
+        parse_duration(&self.workers.backoff)?;
+        parse_duration(&self.workers.max_backoff)?;
+        parse_duration(&self.workers.poll)?;
+        parse_duration(&self.scheduler.lease)?;
+        parse_duration(&self.scheduler.poll)?;
+        parse_duration(&self.scheduler.backoff)?;
+        parse_duration(&self.scheduler.max_backoff)?;
+        Ok(())
+    }
+
+    /// The connection `id`.
+    pub fn connection(&self, id: &str) -> Option<&ConnectionConfig> {
+        self.connections.iter().find(|c| c.id == id)
+    }
+}
+
+impl ScheduleConfig {
+    fn validate(&self) -> Result<()> {
+        match (&self.every, &self.cron) {
+            (Some(every), None) => {
+                if parse_duration(every)?.is_zero() {
+                    return Err(Error::config("schedule `every` must be positive"));
+                }
+                if let Some(j) = &self.jitter {
+                    parse_duration(j)?;
+                }
+                Ok(())
+            }
+            (None, Some(cron)) => crate::scheduler::parse_cron(cron).map(|_| ()),
+            _ => Err(Error::config(
+                "a schedule has exactly one of `every` and `cron`",
+            )),
+        }
+    }
+}
+
+const SECRET_WORDS: [&str; 6] = ["token", "secret", "password", "passwd", "apikey", "api_key"];
+
+fn refuse_secrets(table: &toml::Table, path: &str) -> Result<()> {
+    for (key, value) in table {
+        let here = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
+        // `env` tables map secret names to variable names: their keys may say "token".
+        if key == "env" {
+            continue;
+        }
+        let lower = key.to_ascii_lowercase();
+        if SECRET_WORDS.iter().any(|w| lower.contains(w)) {
+            return Err(Error::config(
+                "secrets are not allowed in the configuration file: put the secret in an \
+                 environment variable and name it in the connection's `env` table",
+            )
+            .with_context("key", here));
+        }
+        match value {
+            toml::Value::Table(t) => refuse_secrets(t, &here)?,
+            toml::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let toml::Value::Table(t) = item {
+                        refuse_secrets(t, &format!("{here}[{i}]"))?;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Parses `"250ms"`, `"30s"`, `"15m"`, `"2h"`, `"1d"` (a bare number is seconds).
+///
+/// # Errors
+/// `Config` for anything else.
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        Error::config("not a duration (e.g. \"30s\", \"15m\")").with_context("value", text)
+    })?;
+    let ms = match unit.trim() {
+        "ms" => n,
+        "" | "s" => n.saturating_mul(1000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        "d" => n.saturating_mul(86_400_000),
+        _ => {
+            return Err(
+                Error::config("unknown duration unit (ms, s, m, h, d)").with_context("value", text)
+            );
+        }
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+/// Parses a `tap` configuration (JSON, as Singer taps take, or TOML): the fields of a
+/// `[[connection]]` without `platform` (given on the command line); `id` defaults to the
+/// platform. Secrets are refused as in the server configuration.
+///
+/// # Errors
+/// `Config` for invalid text, secrets, or unknown fields.
+pub fn parse_tap_config(platform: &str, text: &str) -> Result<ConnectionConfig> {
+    let mut table: toml::Table = match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(json) => strip_nulls(json)
+            .and_then(|v| toml::Table::try_from(v).ok())
+            .ok_or_else(|| Error::config("the tap configuration is not a JSON object"))?,
+        Err(_) => toml::from_str(text).map_err(|e| {
+            Error::config("the tap configuration is neither JSON nor TOML").set_source(e)
+        })?,
+    };
+    refuse_secrets(&table, "")?;
+    table.insert("platform".into(), toml::Value::String(platform.to_string()));
+    table
+        .entry("id")
+        .or_insert_with(|| toml::Value::String(platform.to_string()));
+    let c: ConnectionConfig = table
+        .try_into()
+        .map_err(|e| Error::config("the tap configuration is invalid").set_source(e))?;
+    Ok(c)
+}
+
+fn strip_nulls(v: serde_json::Value) -> Option<serde_json::Value> {
+    match v {
+        serde_json::Value::Null => None,
+        serde_json::Value::Object(m) => Some(serde_json::Value::Object(
+            m.into_iter()
+                .filter_map(|(k, v)| strip_nulls(v).map(|v| (k, v)))
+                .collect(),
+        )),
+        serde_json::Value::Array(a) => Some(serde_json::Value::Array(
+            a.into_iter().filter_map(strip_nulls).collect(),
+        )),
+        other => Some(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_file() {
+        let c = ServerConfig::parse(
+            r#"
+database = "state.db"
+listen = "127.0.0.1:9000"
+[sink]
+kind = "jsonl"
+path = "out.jsonl"
+[workers]
+max_attempts = 3
+[[connection]]
+id = "acme-front"
+platform = "frontapp"
+base_url = "http://127.0.0.1:1"
+streams = ["conversations"]
+env = { api_token = "FRONT_API_TOKEN", webhook_secret = "FRONT_WEBHOOK_SECRET" }
+[[connection.schedule]]
+stream = "conversations"
+every = "15m"
+jitter = "30s"
+[[connection.schedule]]
+cron = "*/5 * * * *"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.connections[0].schedules.len(), 2);
+        assert_eq!(c.workers.max_attempts, 3);
+        assert!(matches!(c.sink, SinkConfig::Jsonl { .. }));
+        assert_eq!(c.connections[0].env["api_token"], "FRONT_API_TOKEN");
+    }
+
+    #[test]
+    fn refuses_secrets_anywhere_but_env() {
+        for text in [
+            "[[connection]]\nid = \"a\"\nplatform = \"memory\"\n[connection.settings]\napi_token = \"x\"\n",
+            "webhook_secret = \"x\"\n",
+            "[[connection]]\nid = \"a\"\nplatform = \"memory\"\nclient_password = \"x\"\n",
+        ] {
+            let e = ServerConfig::parse(text).unwrap_err();
+            assert!(e.to_string().contains("secrets are not allowed"), "{e}");
+            assert!(!e.to_string().contains("\"x\""));
+        }
+        // A pasted secret as an env value is refused without echoing it.
+        let e = ServerConfig::parse(
+            "[[connection]]\nid = \"a\"\nplatform = \"memory\"\nenv = { api_token = \"sk-live-abc\" }\n",
+        )
+        .unwrap_err();
+        assert!(!format!("{e:?}").contains("sk-live-abc"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn schedules_need_exactly_one_kind() {
+        let base = "[[connection]]\nid = \"a\"\nplatform = \"memory\"\n[[connection.schedule]]\n";
+        assert!(
+            ServerConfig::parse(&format!("{base}every = \"1m\"\ncron = \"* * * * *\"\n")).is_err()
+        );
+        assert!(ServerConfig::parse(&format!("{base}full = true\n")).is_err());
+        assert!(ServerConfig::parse(&format!("{base}cron = \"not cron\"\n")).is_err());
+        assert!(ServerConfig::parse(&format!("{base}cron = \"0 * * * *\"\n")).is_ok());
+    }
+}

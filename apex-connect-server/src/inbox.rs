@@ -1,0 +1,396 @@
+//! Durable append to the inbox (with SQLite group commit), event ids per platform, and the
+//! round trip of a verified webhook through the inbox row.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use apex_connect_core::store::{AppendOutcome, EventId, InboxEvent, StateStore};
+use apex_connect_core::webhook::{Verified, VerifiedWebhook};
+use apex_connect_core::{Error, Result};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use sqlx::sqlite::SqlitePool;
+use tokio::sync::{mpsc, oneshot};
+
+/// Reserved key in the stored headers object carrying what the verifier learned
+/// (`event_id`, `timestamp_ms`); header names cannot contain `@`, so it never clashes.
+const VERIFIED_KEY: &str = "@verified";
+
+/// Headers never stored (credentials of the caller, cookies).
+const DROPPED_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+
+/// Appends verified events to the inbox.
+///
+/// Two modes: straight through [`StateStore::inbox_append`] (any store, one transaction per
+/// event), or **group commit** on a SQLite pool: one writer task takes every queued event,
+/// appends them in one transaction, and answers each request once that transaction committed.
+/// An answer therefore always means "durable" (WAL, `synchronous=NORMAL`: survives a process
+/// crash), and throughput is bounded by commits per second times the batch size, not by
+/// commits per second.
+#[derive(Clone)]
+pub struct InboxAppender {
+    mode: Mode,
+}
+
+#[derive(Clone)]
+enum Mode {
+    Direct(Arc<dyn StateStore>),
+    Batched(mpsc::Sender<Job>, SqlitePool),
+}
+
+struct Job {
+    events: Vec<InboxEvent>,
+    reply: oneshot::Sender<Result<Vec<AppendOutcome>>>,
+}
+
+impl fmt::Debug for InboxAppender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.mode {
+            Mode::Direct(_) => f.write_str("InboxAppender(direct)"),
+            Mode::Batched(..) => f.write_str("InboxAppender(group commit)"),
+        }
+    }
+}
+
+impl InboxAppender {
+    /// Appends through the store, one event per transaction.
+    pub fn direct(store: Arc<dyn StateStore>) -> Self {
+        InboxAppender {
+            mode: Mode::Direct(store),
+        }
+    }
+
+    /// Group commit into the `inbox` table of a SQLite database migrated by
+    /// `apex_connect_core::SqliteStore`: spawns the writer task (on the current Tokio runtime),
+    /// which ends when every clone of the appender is dropped. `max_batch` bounds the events
+    /// of one transaction.
+    pub fn group_commit(pool: SqlitePool, max_batch: usize) -> Self {
+        let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
+        tokio::spawn(writer(pool.clone(), rx, max_batch.max(1)));
+        InboxAppender {
+            mode: Mode::Batched(tx, pool),
+        }
+    }
+
+    /// The SQLite pool of a group-commit appender (workers then complete events in batches).
+    pub fn sqlite_pool(&self) -> Option<&SqlitePool> {
+        match &self.mode {
+            Mode::Batched(_, pool) => Some(pool),
+            Mode::Direct(_) => None,
+        }
+    }
+
+    /// Appends events (all of one request) durably; one outcome per event, in order.
+    ///
+    /// # Errors
+    /// `Storage` when the inbox cannot be written (nothing of this call is stored then).
+    pub async fn append(&self, events: Vec<InboxEvent>) -> Result<Vec<AppendOutcome>> {
+        match &self.mode {
+            Mode::Direct(store) => {
+                let mut out = Vec::with_capacity(events.len());
+                for e in &events {
+                    out.push(store.inbox_append(e).await?);
+                }
+                Ok(out)
+            }
+            Mode::Batched(tx, _) => {
+                let (reply, rx) = oneshot::channel();
+                tx.send(Job { events, reply })
+                    .await
+                    .map_err(|_| Error::storage("the inbox writer has stopped"))?;
+                rx.await
+                    .map_err(|_| Error::storage("the inbox writer has stopped"))?
+            }
+        }
+    }
+}
+
+async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+    let mut jobs: Vec<Job> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut n = first.events.len();
+        jobs.push(first);
+        while n < max_batch {
+            match rx.try_recv() {
+                Ok(job) => {
+                    n += job.events.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        match append_batch(&pool, &jobs).await {
+            Ok(mut outcomes) => {
+                // Answer in reverse so `pop` hands each job its own slice.
+                for job in jobs.drain(..).rev() {
+                    let k = outcomes.len() - job.events.len();
+                    let mine = outcomes.split_off(k);
+                    let _ = job.reply.send(Ok(mine));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, events = n, "inbox group commit failed");
+                for job in jobs.drain(..) {
+                    let _ = job
+                        .reply
+                        .send(Err(Error::storage("cannot append to the inbox")
+                            .with_context("cause", e.message())));
+                }
+            }
+        }
+    }
+}
+
+async fn append_batch(pool: &SqlitePool, jobs: &[Job]) -> Result<Vec<AppendOutcome>> {
+    let err = |what: &'static str| move |e: sqlx::Error| Error::storage(what).set_source(e);
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(err("cannot begin an inbox transaction"))?;
+    let mut out = Vec::new();
+    for job in jobs {
+        for event in &job.events {
+            let headers = serde_json::to_string(&event.headers_json).map_err(|e| {
+                Error::invalid_input("webhook headers cannot be serialized").set_source(e)
+            })?;
+            let row = sqlx::query(
+                "INSERT INTO inbox (platform, connection, event_id, received_at, headers, body, \
+                     status, attempts, next_attempt_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7) \
+                 ON CONFLICT (platform, connection, event_id) DO NOTHING \
+                 RETURNING id",
+            )
+            .bind(&event.platform)
+            .bind(event.connection.as_str())
+            .bind(&event.event_id)
+            .bind(event.received_at)
+            .bind(headers)
+            .bind(event.body.as_ref())
+            .bind(event.received_at)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(err("cannot append to the inbox"))?;
+            out.push(match row {
+                Some(r) => AppendOutcome::Inserted(EventId(
+                    r.try_get(0).map_err(err("cannot append to the inbox"))?,
+                )),
+                None => AppendOutcome::Duplicate,
+            });
+        }
+    }
+    tx.commit()
+        .await
+        .map_err(err("cannot commit the inbox transaction"))?;
+    Ok(out)
+}
+
+/// Marks the claimed events `ids` done in one statement, for those still leased to `worker`
+/// at `now`; returns the ids it completed (the others' leases were lost). The batch form of
+/// `StateStore::inbox_complete`, on the core schema.
+///
+/// # Errors
+/// `Storage`.
+pub async fn complete_many(
+    pool: &SqlitePool,
+    ids: &[EventId],
+    worker: &str,
+    now: i64,
+) -> Result<Vec<EventId>> {
+    let list = serde_json::to_string(&ids.iter().map(|i| i.0).collect::<Vec<_>>())
+        .map_err(|e| Error::storage("cannot encode ids").set_source(e))?;
+    let rows: Vec<(i64,)> = sqlx::query_as(
+        "UPDATE inbox SET status = 'done', lease_owner = NULL, lease_until = NULL, finished_at = ?3 \
+         WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'pending' \
+           AND lease_owner = ?2 AND lease_until > ?3 \
+         RETURNING id",
+    )
+    .bind(list)
+    .bind(worker)
+    .bind(now)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| Error::storage("cannot complete inbox events").set_source(e))?;
+    Ok(rows.into_iter().map(|(id,)| EventId(id)).collect())
+}
+
+/// The inbox rows for one verified delivery: `(event_id, body)` pairs.
+///
+/// - The verifier's `event_id` when the scheme has one (Standard Webhooks `webhook-id`,
+///   Front's `payload.id`);
+/// - `hubspot`: the body is an array of up to 100 events: one row per event, keyed by its
+///   `eventId`, with the one-element array as body (so a redelivery batched differently is
+///   still deduplicated per event);
+/// - `frontapp`: `payload.id`, else the body's `id`;
+/// - otherwise `sha256:<hex of the body>`.
+pub fn split_events(platform: &str, verified: &Verified, body: &Bytes) -> Vec<(String, Bytes)> {
+    if let Some(id) = &verified.event_id {
+        return vec![(id.clone(), body.clone())];
+    }
+    match platform {
+        "hubspot" => {
+            if let Ok(serde_json::Value::Array(events)) = serde_json::from_slice(body) {
+                let rows: Option<Vec<(String, Bytes)>> = events
+                    .iter()
+                    .map(|ev| {
+                        let id = match ev.get("eventId")? {
+                            serde_json::Value::Number(n) => n.to_string(),
+                            serde_json::Value::String(s) => s.clone(),
+                            _ => return None,
+                        };
+                        let one = serde_json::to_vec(&[ev]).ok()?;
+                        Some((id, Bytes::from(one)))
+                    })
+                    .collect();
+                if let Some(rows) = rows.filter(|r| !r.is_empty()) {
+                    return rows;
+                }
+            }
+        }
+        "frontapp" => {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+                let id = v
+                    .get("payload")
+                    .and_then(|p| p.get("id"))
+                    .or_else(|| v.get("id"))
+                    .and_then(|i| i.as_str());
+                if let Some(id) = id {
+                    return vec![(id.to_string(), body.clone())];
+                }
+            }
+        }
+        _ => {}
+    }
+    vec![(body_hash(body), body.clone())]
+}
+
+/// `sha256:<hex>` of a body: the event id of last resort.
+pub fn body_hash(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
+    let mut s = String::with_capacity(7 + 64);
+    s.push_str("sha256:");
+    for b in digest {
+        use std::fmt::Write as _;
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// The headers object stored with an event: every header but credentials and cookies (values
+/// that are not text are dropped), plus what the verifier learned under `@verified`.
+pub fn headers_json(headers: &HeaderMap, verified: &Verified) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for (name, value) in headers {
+        if DROPPED_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        if let Ok(v) = value.to_str() {
+            map.insert(
+                name.as_str().to_string(),
+                serde_json::Value::String(v.to_string()),
+            );
+        }
+    }
+    map.insert(
+        VERIFIED_KEY.to_string(),
+        serde_json::json!({
+            "event_id": verified.event_id,
+            "timestamp_ms": verified.timestamp_ms,
+            "secret_index": verified.secret_index,
+        }),
+    );
+    serde_json::Value::Object(map)
+}
+
+/// Rebuilds the [`VerifiedWebhook`] handed to `Connector::parse_webhook` from an inbox event.
+pub fn to_verified_webhook(event: &InboxEvent) -> VerifiedWebhook {
+    let mut headers = HeaderMap::new();
+    let mut verified = Verified::default();
+    if let serde_json::Value::Object(map) = &event.headers_json {
+        for (k, v) in map {
+            if k == VERIFIED_KEY {
+                verified.event_id = v
+                    .get("event_id")
+                    .and_then(|x| x.as_str())
+                    .map(str::to_string);
+                verified.timestamp_ms = v.get("timestamp_ms").and_then(|x| x.as_i64());
+                verified.secret_index = v
+                    .get("secret_index")
+                    .and_then(|x| x.as_u64())
+                    .and_then(|x| usize::try_from(x).ok())
+                    .unwrap_or(0);
+                continue;
+            }
+            if let (Ok(name), Some(Ok(value))) = (
+                HeaderName::from_bytes(k.as_bytes()),
+                v.as_str().map(HeaderValue::from_str),
+            ) {
+                headers.append(name, value);
+            }
+        }
+    }
+    if verified.event_id.is_none() {
+        verified.event_id = Some(event.event_id.clone());
+    }
+    let received =
+        UNIX_EPOCH + Duration::from_millis(u64::try_from(event.received_at).unwrap_or(0));
+    VerifiedWebhook::new(verified, headers, event.body.clone(), received)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hubspot_deliveries_split_per_event() {
+        let body = Bytes::from_static(
+            br#"[{"eventId":11,"subscriptionType":"contact.creation","objectId":1},{"eventId":"12","objectId":2}]"#,
+        );
+        let rows = split_events("hubspot", &Verified::default(), &body);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].0, "11");
+        assert_eq!(rows[1].0, "12");
+        let one: serde_json::Value = serde_json::from_slice(&rows[0].1).unwrap();
+        assert_eq!(one[0]["objectId"], 1);
+        // no ids: one row keyed by the body hash
+        let rows = split_events(
+            "hubspot",
+            &Verified::default(),
+            &Bytes::from_static(b"[{}]"),
+        );
+        assert_eq!(rows.len(), 1);
+        assert!(rows[0].0.starts_with("sha256:"));
+    }
+
+    #[test]
+    fn verifier_id_wins_then_front_payload_then_hash() {
+        let mut v = Verified::default();
+        let body = Bytes::from_static(br#"{"payload":{"id":"evt_9"}}"#);
+        assert_eq!(split_events("frontapp", &v, &body)[0].0, "evt_9");
+        v.event_id = Some("msg_1".into());
+        assert_eq!(split_events("frontapp", &v, &body)[0].0, "msg_1");
+        let h = split_events("other", &Verified::default(), &body);
+        assert_eq!(h[0].0, body_hash(&body));
+        assert_eq!(h[0].0.len(), 7 + 64);
+    }
+
+    #[test]
+    fn verified_info_round_trips_and_credentials_are_dropped() {
+        let mut headers = HeaderMap::new();
+        headers.insert("webhook-id", HeaderValue::from_static("msg_1"));
+        headers.insert("authorization", HeaderValue::from_static("Bearer nope"));
+        let mut v = Verified::default();
+        v.event_id = Some("msg_1".into());
+        v.timestamp_ms = Some(1_700_000_000_000);
+        let json = headers_json(&headers, &v);
+        assert!(json.get("authorization").is_none());
+        let ev = InboxEvent::new("memory", "c", "msg_1", 5, Bytes::from_static(b"{}"))
+            .with_headers(json);
+        let w = to_verified_webhook(&ev);
+        assert_eq!(w.verified.timestamp_ms, Some(1_700_000_000_000));
+        assert_eq!(w.headers.get("webhook-id").unwrap(), "msg_1");
+        assert_eq!(w.received_at_ms, 5);
+    }
+}

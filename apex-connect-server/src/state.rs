@@ -1,0 +1,231 @@
+//! The shared state of the server: connections, store, inbox appender, counters, clock.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use apex_connect_core::store::{Clock, StateStore};
+use apex_connect_core::{ConnectionId, Connector, StreamId, WebhookVerifier};
+use tokio::sync::Notify;
+
+use crate::inbox::InboxAppender;
+use crate::metrics::Metrics;
+use crate::scheduler::Schedules;
+
+/// One connection the server serves.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ConnectionHandle {
+    /// Its id.
+    pub id: ConnectionId,
+    /// Its platform (`connector.info().name`).
+    pub platform: String,
+    /// The connector.
+    pub connector: Arc<dyn Connector>,
+    /// Its webhook verifier, if the platform pushes webhooks.
+    pub verifier: Option<Arc<dyn WebhookVerifier>>,
+    /// The streams synced (default: all of the connector's).
+    pub streams: Vec<StreamId>,
+}
+
+impl fmt::Debug for ConnectionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionHandle")
+            .field("id", &self.id)
+            .field("platform", &self.platform)
+            .field("webhooks", &self.verifier.is_some())
+            .field("streams", &self.streams)
+            .finish()
+    }
+}
+
+impl ConnectionHandle {
+    /// A handle for `connector` under `id`, with every stream of the connector.
+    pub fn new(id: impl Into<ConnectionId>, connector: Arc<dyn Connector>) -> Self {
+        let info = connector.info();
+        ConnectionHandle {
+            id: id.into(),
+            platform: info.name.to_string(),
+            streams: info
+                .capabilities
+                .streams
+                .iter()
+                .map(|s| s.id.clone())
+                .collect(),
+            verifier: connector.webhook_verifier(),
+            connector,
+        }
+    }
+
+    /// Restricts the synced streams.
+    pub fn with_streams(mut self, streams: Vec<StreamId>) -> Self {
+        if !streams.is_empty() {
+            self.streams = streams;
+        }
+        self
+    }
+}
+
+/// Everything the router, the workers and the scheduler share. Cheap to clone.
+#[derive(Clone)]
+pub struct ServerState {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) connections: BTreeMap<ConnectionId, ConnectionHandle>,
+    pub(crate) store: Arc<dyn StateStore>,
+    pub(crate) appender: InboxAppender,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) clock: Clock,
+    pub(crate) body_limit: usize,
+    pub(crate) wake: Arc<Notify>,
+    pub(crate) schedules: Option<Schedules>,
+}
+
+impl fmt::Debug for ServerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerState")
+            .field(
+                "connections",
+                &self.inner.connections.keys().collect::<Vec<_>>(),
+            )
+            .field("store", &self.inner.store)
+            .field("appender", &self.inner.appender)
+            .field("body_limit", &self.inner.body_limit)
+            .finish()
+    }
+}
+
+impl ServerState {
+    /// A builder over `store` (appending straight through it unless
+    /// [`ServerStateBuilder::appender`] sets group commit).
+    pub fn builder(store: Arc<dyn StateStore>) -> ServerStateBuilder {
+        ServerStateBuilder {
+            connections: BTreeMap::new(),
+            appender: None,
+            metrics: None,
+            clock: Clock::system(),
+            body_limit: 1024 * 1024,
+            schedules: None,
+            store,
+        }
+    }
+
+    /// The connection `id`.
+    pub fn connection(&self, id: &ConnectionId) -> Option<&ConnectionHandle> {
+        self.inner.connections.get(id)
+    }
+
+    /// Every connection, by id.
+    pub fn connections(&self) -> impl Iterator<Item = &ConnectionHandle> {
+        self.inner.connections.values()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.inner.store
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The clock (webhook timestamps, backoff).
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    /// Notified when events are appended (workers wait on it between polls).
+    pub fn wake(&self) -> &Arc<Notify> {
+        &self.inner.wake
+    }
+
+    /// The SQLite pool of a group-commit appender, if any.
+    pub(crate) fn sqlite_pool(&self) -> Option<&sqlx::SqlitePool> {
+        self.inner.appender.sqlite_pool()
+    }
+
+    /// The schedules table, when the server has one.
+    pub fn schedules(&self) -> Option<&Schedules> {
+        self.inner.schedules.as_ref()
+    }
+}
+
+/// Builds a [`ServerState`].
+#[must_use]
+pub struct ServerStateBuilder {
+    connections: BTreeMap<ConnectionId, ConnectionHandle>,
+    store: Arc<dyn StateStore>,
+    appender: Option<InboxAppender>,
+    metrics: Option<Arc<Metrics>>,
+    clock: Clock,
+    body_limit: usize,
+    schedules: Option<Schedules>,
+}
+
+impl fmt::Debug for ServerStateBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerStateBuilder")
+            .field("connections", &self.connections.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerStateBuilder {
+    /// Adds a connection.
+    pub fn connection(mut self, handle: ConnectionHandle) -> Self {
+        self.connections.insert(handle.id.clone(), handle);
+        self
+    }
+
+    /// Sets how events are appended (e.g. [`InboxAppender::group_commit`]).
+    pub fn appender(mut self, appender: InboxAppender) -> Self {
+        self.appender = Some(appender);
+        self
+    }
+
+    /// Shares counters with others.
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The clock for webhook verification and retry times (default: system).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The largest accepted webhook body, in bytes (default 1 MiB).
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// The schedules table (shown in the status; unresolved thin events make a stream due).
+    pub fn schedules(mut self, schedules: Schedules) -> Self {
+        self.schedules = Some(schedules);
+        self
+    }
+
+    /// The state.
+    pub fn build(self) -> ServerState {
+        let appender = self
+            .appender
+            .unwrap_or_else(|| InboxAppender::direct(self.store.clone()));
+        ServerState {
+            inner: Arc::new(Inner {
+                connections: self.connections,
+                store: self.store,
+                appender,
+                metrics: self.metrics.unwrap_or_default(),
+                clock: self.clock,
+                body_limit: self.body_limit,
+                wake: Arc::new(Notify::new()),
+                schedules: self.schedules,
+            }),
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! Inbox workers: claim with a lease, `parse_webhook`, write to the sink, complete; retry with
+//! backoff, dead-letter after the last attempt.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apex_connect_core::store::{ClaimedEvent, FailAction};
+use apex_connect_core::{
+    Batch, Change, ConnectionId, Error, ErrorKind, Op, Record, Result, Sink, StreamId,
+};
+use futures::StreamExt;
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use crate::inbox::to_verified_webhook;
+use crate::metrics::WorkOutcome;
+use crate::state::ServerState;
+
+/// How workers run.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerConfig {
+    /// Concurrent worker tasks.
+    pub concurrency: usize,
+    /// Events claimed per batch.
+    pub batch: usize,
+    /// Lease of a claim: after it another worker may take the event.
+    pub lease: Duration,
+    /// Attempts before dead-lettering.
+    pub max_attempts: u32,
+    /// First retry delay (doubled per attempt, with jitter).
+    pub backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+    /// How often idle workers poll (appends wake them sooner).
+    pub poll: Duration,
+    /// At shutdown, how long a batch in progress may take before its events are released.
+    pub shutdown_grace: Duration,
+    /// How many events of a batch are parsed at once (thin events fetch objects).
+    pub parse_concurrency: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            concurrency: 2,
+            batch: 64,
+            lease: Duration::from_secs(30),
+            max_attempts: 5,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            poll: Duration::from_millis(200),
+            shutdown_grace: Duration::from_secs(10),
+            parse_concurrency: 8,
+        }
+    }
+}
+
+/// The inbox workers of one process.
+#[derive(Debug, Clone)]
+pub struct Workers {
+    state: ServerState,
+    sink: Arc<dyn Sink>,
+    config: WorkerConfig,
+    name: String,
+}
+
+/// The records one change contributes, with the time used to order them.
+struct Pending {
+    claim: usize,
+    occurred_at: Option<i64>,
+    record: Record,
+}
+
+impl Workers {
+    /// Workers over the state's store and connections, writing to `sink`.
+    pub fn new(state: ServerState, sink: Arc<dyn Sink>, config: WorkerConfig) -> Self {
+        let name = format!("{}-{}", hostname(), std::process::id());
+        Workers {
+            state,
+            sink,
+            config,
+            name,
+        }
+    }
+
+    /// Sets the prefix of the worker names used as lease owners (default `host-pid`).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Runs `concurrency` worker loops until `shutdown` is cancelled. A batch in progress at
+    /// shutdown is finished (within `shutdown_grace`) or its events are released back to the
+    /// queue, due at once.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..self.config.concurrency.max(1) {
+            let me = self.clone();
+            let shutdown = shutdown.clone();
+            tasks
+                .spawn(async move { me.worker_loop(&format!("{}-w{i}", me.name), shutdown).await });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn worker_loop(&self, worker: &str, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            match self.run_once_until(worker, &shutdown).await {
+                Ok(n) if n > 0 => {
+                    failures = 0;
+                    continue;
+                }
+                Ok(_) => failures = 0,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(worker, error = %e, "inbox worker error");
+                }
+            }
+            let idle = if failures > 0 {
+                self.backoff(failures).min(Duration::from_secs(5))
+            } else {
+                self.config.poll
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.state.wake().notified() => {}
+                _ = tokio::time::sleep(idle) => {}
+            }
+        }
+    }
+
+    /// Claims one batch as `worker`, processes it, and returns how many events it claimed.
+    ///
+    /// # Errors
+    /// `Storage` when the claim itself fails; per-event failures are recorded on the events.
+    pub async fn run_once(&self, worker: &str) -> Result<usize> {
+        self.run_once_until(worker, &CancellationToken::new()).await
+    }
+
+    async fn run_once_until(&self, worker: &str, shutdown: &CancellationToken) -> Result<usize> {
+        let store = self.state.store();
+        let claims = store
+            .inbox_claim(worker, self.config.lease, self.config.batch.max(1))
+            .await?;
+        if claims.is_empty() {
+            return Ok(0);
+        }
+        let n = claims.len();
+        let grace = self.config.shutdown_grace;
+        let work = self.process(&claims);
+        let stopped = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        let results = tokio::select! {
+            r = work => r,
+            _ = stopped => {
+                let now = self.state.clock().now_ms();
+                for c in &claims {
+                    if store.inbox_fail(c.id, worker, "released at shutdown", FailAction::RetryAt(now)).await.is_ok() {
+                        self.state.metrics().work(WorkOutcome::Released, 1);
+                    }
+                }
+                return Ok(n);
+            }
+        };
+        let mut rest = Vec::new();
+        match self.state.sqlite_pool() {
+            Some(pool) => {
+                // Complete the successes in one statement.
+                let ok: Vec<_> = claims
+                    .iter()
+                    .zip(&results)
+                    .filter(|(_, r)| r.is_ok())
+                    .map(|(c, _)| c.id)
+                    .collect();
+                let now = self.state.clock().now_ms();
+                let done = crate::inbox::complete_many(pool, &ok, worker, now).await;
+                match done {
+                    Ok(done) => {
+                        let metrics = self.state.metrics();
+                        metrics.work(WorkOutcome::Processed, done.len() as u64);
+                        metrics.work(WorkOutcome::LeaseLost, (ok.len() - done.len()) as u64);
+                        for (claim, result) in claims.iter().zip(results) {
+                            if result.is_err() {
+                                rest.push((claim, result));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "batch completion failed; completing one by one");
+                        rest.extend(claims.iter().zip(results));
+                    }
+                }
+            }
+            None => rest.extend(claims.iter().zip(results)),
+        }
+        for (claim, result) in rest {
+            self.finish(worker, claim, result).await;
+        }
+        Ok(n)
+    }
+
+    async fn finish(&self, worker: &str, claim: &ClaimedEvent, result: Result<()>) {
+        let store = self.state.store();
+        let metrics = self.state.metrics();
+        let done = match &result {
+            Ok(()) => store
+                .inbox_complete(claim.id, worker)
+                .await
+                .map(|_| WorkOutcome::Processed),
+            Err(e) => {
+                let permanent = !e.is_temporary()
+                    && matches!(
+                        e.kind(),
+                        ErrorKind::InvalidInput | ErrorKind::Unsupported | ErrorKind::Config
+                    );
+                let (action, outcome) = if permanent || claim.attempts >= self.config.max_attempts {
+                    (FailAction::DeadLetter, WorkOutcome::DeadLettered)
+                } else {
+                    let at = self.state.clock().now_ms()
+                        + i64::try_from(self.backoff(claim.attempts).as_millis())
+                            .unwrap_or(i64::MAX / 4);
+                    (FailAction::RetryAt(at), WorkOutcome::Retried)
+                };
+                tracing::warn!(event = %claim.id, attempts = claim.attempts, error = %e, ?action, "inbox event failed");
+                store
+                    .inbox_fail(claim.id, worker, &e.to_string(), action)
+                    .await
+                    .map(|_| outcome)
+            }
+        };
+        match done {
+            Ok(outcome) => metrics.work(outcome, 1),
+            Err(e) if e.kind() == ErrorKind::Conflict => {
+                // The lease ran out: another worker may be on it. Sinks upsert by version, so
+                // its second application changes nothing.
+                metrics.work(WorkOutcome::LeaseLost, 1);
+            }
+            Err(e) => tracing::warn!(event = %claim.id, error = %e, "cannot record inbox outcome"),
+        }
+    }
+
+    /// The retry delay after `attempts` failed attempts: `backoff * 2^(attempts-1)`, capped,
+    /// times a random factor in [0.5, 1] (so retries of a burst spread out).
+    pub fn backoff(&self, attempts: u32) -> Duration {
+        let exp = attempts.saturating_sub(1).min(20);
+        let base = self
+            .config
+            .backoff
+            .saturating_mul(1u32 << exp)
+            .min(self.config.max_backoff);
+        base.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+
+    /// Parses every claim, writes the records, and returns each claim's result.
+    async fn process(&self, claims: &[ClaimedEvent]) -> Vec<Result<()>> {
+        let futs: Vec<_> = claims.iter().map(|c| Box::pin(self.parse(c))).collect();
+        let parsed: Vec<Result<Vec<Change>>> = futures::stream::iter(futs)
+            .buffered(self.config.parse_concurrency.max(1))
+            .collect()
+            .await;
+        let mut results: Vec<Result<()>> = Vec::with_capacity(claims.len());
+        let mut groups: BTreeMap<(ConnectionId, StreamId), Vec<Pending>> = BTreeMap::new();
+        for (i, (claim, changes)) in claims.iter().zip(parsed).enumerate() {
+            match changes {
+                Err(e) => results.push(Err(e)),
+                Ok(changes) => {
+                    results.push(Ok(()));
+                    for change in changes {
+                        if let Some(record) = self.to_record(claim, &change).await {
+                            groups
+                                .entry((claim.event.connection.clone(), change.stream.clone()))
+                                .or_default()
+                                .push(Pending {
+                                    claim: i,
+                                    occurred_at: change.occurred_at,
+                                    record,
+                                });
+                        }
+                    }
+                }
+            }
+        }
+        for ((connection, stream), mut pending) in groups {
+            // Per object, oldest change first: a sink without versions still ends with the
+            // newest, and a versioned sink skips the older ones.
+            pending.sort_by(|a, b| {
+                (
+                    a.record.id.as_str(),
+                    a.occurred_at.or(a.record.version),
+                    a.record.version,
+                )
+                    .cmp(&(
+                        b.record.id.as_str(),
+                        b.occurred_at.or(b.record.version),
+                        b.record.version,
+                    ))
+            });
+            let records: Vec<Record> = pending.iter().map(|p| p.record.clone()).collect();
+            let written = self
+                .sink
+                .write(Batch {
+                    connection: &connection,
+                    stream: &stream,
+                    records: &records,
+                })
+                .await;
+            match written {
+                Ok(_) => self.state.metrics().records(records.len() as u64),
+                Err(e) => {
+                    for p in &pending {
+                        if results[p.claim].is_ok() {
+                            results[p.claim] = Err(Error::new(e.kind(), "sink write failed")
+                                .with_context("cause", e.message())
+                                .with_context("stream", &stream)
+                                .temporary());
+                        }
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    async fn parse(&self, claim: &ClaimedEvent) -> Result<Vec<Change>> {
+        let Some(handle) = self.state.connection(&claim.event.connection) else {
+            return Err(
+                Error::config("the event's connection is no longer configured")
+                    .with_context("connection", &claim.event.connection),
+            );
+        };
+        let webhook = to_verified_webhook(&claim.event);
+        handle.connector.parse_webhook(&webhook).await
+    }
+
+    /// The record a change writes: the connector's (versioned by the change's time when the
+    /// platform gave no version), a tombstone for a delete, or nothing for a thin upsert the
+    /// connector could not resolve; then the stream is made due for a sync, which re-reads it.
+    async fn to_record(&self, claim: &ClaimedEvent, change: &Change) -> Option<Record> {
+        let mut record = match (&change.record, change.op) {
+            (Some(r), _) => r.clone(),
+            (None, Op::Delete) => Record::delete(change.stream.clone(), change.id.clone()),
+            (None, Op::Upsert) => {
+                if let Some(s) = self.state.schedules() {
+                    let now = self.state.clock().now_ms();
+                    if let Err(e) = s
+                        .make_due(&claim.event.connection, &change.stream, now)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot make the stream due");
+                    }
+                }
+                tracing::info!(connection = %claim.event.connection, stream = %change.stream, id = %change.id,
+                    "thin event not resolved by the connector: the stream's next sync re-reads it");
+                return None;
+            }
+        };
+        if record.version.is_none() {
+            record.version = change.occurred_at;
+        }
+        if record.updated_at.is_none() {
+            record.updated_at = change.occurred_at;
+        }
+        Some(record)
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "apex".to_string())
+}

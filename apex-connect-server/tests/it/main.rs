@@ -1,0 +1,6 @@
+//! In-process tests of the server: ingress, workers, scheduler, admin.
+
+mod common;
+mod ingress;
+mod scheduler;
+mod worker;
