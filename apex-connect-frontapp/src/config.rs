@@ -15,6 +15,10 @@ pub const DEFAULT_BASE_URL: &str = "https://api2.frontapp.com";
 pub const MAX_PAGE_SIZE: u32 = 100;
 /// Largest `limit` Front accepts on `/events`.
 pub const MAX_EVENTS_PAGE_SIZE: u32 = 15;
+/// Default of [`FrontConfig::nested_concurrency`].
+pub const DEFAULT_NESTED_CONCURRENCY: u32 = 8;
+/// Largest [`FrontConfig::nested_concurrency`].
+pub const MAX_NESTED_CONCURRENCY: u32 = 64;
 
 /// Configuration of a Front connection (serde, so hosts can load it from their own files).
 ///
@@ -48,9 +52,16 @@ pub struct FrontConfig {
     pub streams: Vec<String>,
     /// The events stream starts here (Unix ms); `None`: the beginning of the feed.
     pub events_since_ms: Option<i64>,
-    /// At most this many child-list requests (messages or comments of one conversation each)
-    /// per `read` of a nested stream; a page ends earlier once it holds `page_size` records.
+    /// At most this many requests (the conversations page and the child lists: messages or
+    /// comments of one conversation each) per `read` of a nested stream (default 25). Child
+    /// lists are fetched in batches of `nested_concurrency`; a page ends after the batch that
+    /// brings it to `page_size` records or more.
     pub nested_requests_per_read: u32,
+    /// How many conversations' child lists a nested read fetches at once (1..=64, default 8).
+    /// Records are still emitted in walk order and the cursor still names the exact resume
+    /// position; every request passes the shared rate gate, so this never exceeds the
+    /// company's budget, it only fills it.
+    pub nested_concurrency: u32,
     /// More hosts whose `next` links may be followed (exact or `*.suffix`), for proxies and
     /// tests.
     pub extra_api_hosts: Vec<String>,
@@ -66,7 +77,8 @@ impl Default for FrontConfig {
             lookback_secs: 60,
             streams: streams::ALL.iter().map(|s| s.to_string()).collect(),
             events_since_ms: None,
-            nested_requests_per_read: 20,
+            nested_requests_per_read: 25,
+            nested_concurrency: DEFAULT_NESTED_CONCURRENCY,
             extra_api_hosts: Vec::new(),
         }
     }
@@ -83,6 +95,7 @@ impl fmt::Debug for FrontConfig {
             .field("streams", &self.streams)
             .field("events_since_ms", &self.events_since_ms)
             .field("nested_requests_per_read", &self.nested_requests_per_read)
+            .field("nested_concurrency", &self.nested_concurrency)
             .field("extra_api_hosts", &self.extra_api_hosts)
             .finish()
     }
@@ -125,6 +138,12 @@ impl FrontConfig {
                 "Front nested_requests_per_read must be at least 1",
             ));
         }
+        if !(1..=MAX_NESTED_CONCURRENCY).contains(&self.nested_concurrency) {
+            return Err(
+                Error::config("Front nested_concurrency must be between 1 and 64")
+                    .with_context("nested_concurrency", self.nested_concurrency),
+            );
+        }
         if self.streams.is_empty() {
             return Err(Error::config("Front config names no streams"));
         }
@@ -160,6 +179,13 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(c.validate().unwrap_err().kind(), ErrorKind::Config);
+        let c = FrontConfig {
+            nested_concurrency: 0,
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().kind(), ErrorKind::Config);
+        let c: FrontConfig = serde_json::from_str(r#"{"nested_concurrency": 3}"#).unwrap();
+        assert_eq!((c.nested_concurrency, c.nested_requests_per_read), (3, 25));
         let c = FrontConfig {
             streams: vec!["deals".into()],
             ..Default::default()

@@ -1,9 +1,9 @@
 //! `FrontConnector`: the streams, incremental sync through `/events`, webhooks and write-back.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use apex_connect_core::http::{
     Credentials, HttpClient, HttpStatsSnapshot, RateGate, RetryConfig, StaticToken,
@@ -40,6 +40,19 @@ const COMMENT_EVENT_TYPES: [&str; 2] = ["comment", "mention"];
 
 type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
+/// How long a nested walk reuses the conversations page its previous read fetched (the next
+/// read of the same walk usually continues on the same page). A page this old may have moved;
+/// the walk finds its conversation again by id, and changes made since the walk started are
+/// read by the incremental phase anyway.
+const NESTED_PAGE_TTL: Duration = Duration::from_secs(60);
+
+/// The conversations page last used by a nested walk, keyed by (page link, walk start).
+struct CachedPage {
+    key: (Option<String>, i64),
+    fetched: Instant,
+    page: Arc<ListResponse>,
+}
+
 /// A connector for one Front company (one API token or OAuth grant).
 ///
 /// Build it with [`FrontConnector::builder`]. Cheap to clone.
@@ -70,6 +83,8 @@ struct Inner {
     api: FrontApi,
     verifier: Option<Arc<dyn WebhookVerifier>>,
     clock: Clock,
+    /// Per nested stream (`messages`, `comments`): the conversations page of the last read.
+    nested_pages: Mutex<HashMap<&'static str, CachedPage>>,
 }
 
 impl fmt::Debug for FrontConnector {
@@ -168,6 +183,13 @@ impl FrontConnectorBuilder {
     /// `limit` on list endpoints (1..=100).
     pub fn page_size(mut self, n: u32) -> Self {
         self.config.page_size = n;
+        self
+    }
+
+    /// How many conversations' messages (or comments) a nested read fetches at once (1..=64,
+    /// default 8); see [`FrontConfig::nested_concurrency`].
+    pub fn nested_concurrency(mut self, n: u32) -> Self {
+        self.config.nested_concurrency = n;
         self
     }
 
@@ -288,6 +310,7 @@ impl FrontConnectorBuilder {
                 api: FrontApi::new(http),
                 verifier,
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemTime::now)),
+                nested_pages: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -532,38 +555,53 @@ impl FrontConnector {
         let next_link = resp.next().map(str::to_string);
         let mut high = pos.high_water_ms;
         let mut events = Vec::with_capacity(resp.results.len());
+        let mut fresh = Vec::with_capacity(resp.results.len());
         for raw in resp.results {
             let ev: Event = serde_json::from_value(raw).map_err(|e| {
                 Error::invalid_response("Front event does not have the expected shape")
                     .with_context("connector", NAME)
                     .set_source(e)
             })?;
+            // Read by an earlier walk (the lookback window is read again): skip it.
+            if !ev.id.is_empty() && pos.has_seen(&ev.id) {
+                continue;
+            }
             if let Some(t) = ev.emitted_at {
                 let ms = secs_to_ms(t);
                 high = Some(high.map_or(ms, |h| h.max(ms)));
+                if !ev.id.is_empty() {
+                    fresh.push((ev.id.clone(), ms));
+                }
             }
             events.push(ev);
         }
-        Ok(match next_link {
-            Some(n) => (
-                events,
-                EventsPosition {
-                    after_ms: pos.after_ms,
-                    next: Some(n),
-                    high_water_ms: high,
-                },
-                true,
-            ),
-            None => (
-                events,
-                EventsPosition {
-                    after_ms: high.or(pos.after_ms),
-                    next: None,
-                    high_water_ms: high,
-                },
-                false,
-            ),
-        })
+        let (next, more) = self.advance_events(pos, next_link, high, fresh);
+        Ok((events, next, more))
+    }
+
+    /// The position after one `/events` page: `next_link` continues the walk; none ends it
+    /// (the next walk reads after the high-water mark, minus the lookback). `fresh` are the
+    /// events just read, remembered so the next walk's re-read of the lookback skips them.
+    fn advance_events(
+        &self,
+        pos: &EventsPosition,
+        next_link: Option<String>,
+        high: Option<i64>,
+        fresh: Vec<(String, i64)>,
+    ) -> (EventsPosition, bool) {
+        let more = next_link.is_some();
+        let mut next = EventsPosition {
+            after_ms: if more {
+                pos.after_ms
+            } else {
+                high.or(pos.after_ms)
+            },
+            next: next_link,
+            high_water_ms: high,
+            seen: pos.seen.clone(),
+        };
+        next.remember(fresh, self.lookback_ms());
+        (next, more)
     }
 
     async fn read_events(&self, cursor: Option<&CursorToken>) -> Result<Page> {
@@ -589,31 +627,18 @@ impl FrontConnector {
             .list_page("/events", &query, pos.next.as_deref(), "events")
             .await?;
         let next_link = resp.next().map(str::to_string);
-        let records = self.map_all(streams::EVENTS, resp.results, None)?;
+        let mut records = self.map_all(streams::EVENTS, resp.results, None)?;
+        // Events read by an earlier walk (the lookback window is read again) are skipped.
+        records.retain(|r| !pos.has_seen(&r.id));
         let mut high = pos.high_water_ms;
+        let mut fresh = Vec::with_capacity(records.len());
         for r in &records {
             if let Some(v) = r.version {
                 high = Some(high.map_or(v, |h| h.max(v)));
+                fresh.push((r.id.clone(), v));
             }
         }
-        let (next, has_more) = match next_link {
-            Some(n) => (
-                EventsPosition {
-                    after_ms: pos.after_ms,
-                    next: Some(n),
-                    high_water_ms: high,
-                },
-                true,
-            ),
-            None => (
-                EventsPosition {
-                    after_ms: high.or(pos.after_ms),
-                    next: None,
-                    high_water_ms: high,
-                },
-                false,
-            ),
-        };
+        let (next, has_more) = self.advance_events(&pos, next_link, high, fresh);
         Ok(Page::new(
             records,
             Some(EventsCursor(next).to_token()),
@@ -791,7 +816,83 @@ impl FrontConnector {
         })
     }
 
-    /// The nested walk: conversations page by page, each conversation's children page by page.
+    /// The conversations page at `pos.conversations_page` of the walk that started at
+    /// `pos.started_at_ms`: from the per-stream cache when the previous read of the same walk
+    /// fetched it less than [`NESTED_PAGE_TTL`] ago, else from Front. The flag says whether a
+    /// request was made.
+    async fn conversations_page(
+        &self,
+        stream: &'static str,
+        pos: &NestedPosition,
+    ) -> Result<(Arc<ListResponse>, bool)> {
+        let key = (pos.conversations_page.clone(), pos.started_at_ms);
+        {
+            let cache = self.nested_cache();
+            if let Some(c) = cache.get(stream)
+                && c.key == key
+                && c.fetched.elapsed() < NESTED_PAGE_TTL
+            {
+                return Ok((c.page.clone(), false));
+            }
+        }
+        let p = Arc::new(
+            self.list_page(
+                "/conversations",
+                &[self.limit()],
+                pos.conversations_page.as_deref(),
+                "conversations",
+            )
+            .await?,
+        );
+        self.nested_cache().insert(
+            stream,
+            CachedPage {
+                key,
+                fetched: Instant::now(),
+                page: p.clone(),
+            },
+        );
+        Ok((p, true))
+    }
+
+    fn nested_cache(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, CachedPage>> {
+        self.inner
+            .nested_pages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One page of a conversation's children (`child` is `messages` or `comments`); `None`
+    /// when the conversation is gone (404).
+    async fn child_page(
+        &self,
+        child: &'static str,
+        conversation_id: &str,
+        next: Option<&str>,
+    ) -> Result<Option<ListResponse>> {
+        let path = format!("/conversations/{}/{child}", seg(conversation_id));
+        let query: Vec<(&str, String)> = if child == "messages" {
+            vec![self.limit()]
+        } else {
+            Vec::new()
+        };
+        match self.list_page(&path, &query, next, child).await {
+            Ok(r) => Ok(Some(r)),
+            // Deleted between the list and now: nothing to read.
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The nested walk: conversations page by page, each conversation's children page by
+    /// page, the first pages of `nested_concurrency` conversations at a time.
+    ///
+    /// Records come out in walk order whatever the concurrency: a batch's answers are
+    /// consumed in list order, and a conversation with more than one page of children is
+    /// followed to its end before the next conversation's records. The returned position
+    /// names exactly what comes next (a conversation and its children's next link); answers
+    /// fetched beyond it (when the request budget ends inside a long conversation) are
+    /// dropped and read again by the next call.
     async fn nested_step(
         &self,
         stream: &'static str,
@@ -802,47 +903,43 @@ impl FrontConnector {
         } else {
             "comments"
         };
-        let max_requests = self.inner.config.nested_requests_per_read as usize;
+        let max_requests = self.inner.config.nested_requests_per_read.max(1) as usize;
         let page_size = self.inner.config.page_size as usize;
+        let concurrency = self.inner.config.nested_concurrency.max(1) as usize;
         let mut records = Vec::new();
         let mut requests = 0usize;
-        let mut page: Option<ListResponse> = None;
+        let mut page: Option<Arc<ListResponse>> = None;
+        let id_at = |p: &ListResponse, i: usize| -> Option<String> {
+            p.results
+                .get(i)
+                .and_then(|c| c.get("id"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
         while requests < max_requests && records.len() < page_size {
-            if page.is_none() {
-                let p = self
-                    .list_page(
-                        "/conversations",
-                        &[self.limit()],
-                        pos.conversations_page.as_deref(),
-                        "conversations",
-                    )
-                    .await?;
-                requests += 1;
+            let Some(p) = page.clone() else {
+                let (p, fetched) = self.conversations_page(stream, &pos).await?;
+                if fetched {
+                    requests += 1;
+                }
                 // The list may have moved since the cursor was written: find the conversation
                 // again by id, or (if it left this page) restart the page; duplicates are
                 // harmless, losses are not.
-                if let Some(want) = &pos.conversation_id {
-                    let at = |i: usize| {
-                        p.results
-                            .get(i)
-                            .and_then(|c| c.get("id"))
-                            .and_then(Value::as_str)
-                    };
-                    if at(pos.index) != Some(want.as_str()) {
-                        match (0..p.results.len()).find(|i| at(*i) == Some(want.as_str())) {
-                            Some(i) => pos.index = i,
-                            None => {
-                                pos.index = 0;
-                                pos.children_next = None;
-                            }
+                if let Some(want) = &pos.conversation_id
+                    && id_at(&p, pos.index).as_deref() != Some(want.as_str())
+                {
+                    match (0..p.results.len()).find(|i| id_at(&p, *i).as_ref() == Some(want)) {
+                        Some(i) => pos.index = i,
+                        None => {
+                            pos.index = 0;
+                            pos.children_next = None;
                         }
                     }
                 }
                 page = Some(p);
                 continue;
-            }
-            let Some(p) = page.as_ref() else { break };
-            let Some(conv) = p.results.get(pos.index) else {
+            };
+            if pos.index >= p.results.len() {
                 match p.next() {
                     Some(n) => {
                         if pos.conversations_page.as_deref() == Some(n) {
@@ -860,51 +957,47 @@ impl FrontConnector {
                     }
                     None => return Ok((records, None)),
                 }
-            };
-            let Some(cid) = conv.get("id").and_then(Value::as_str).map(str::to_string) else {
-                return Err(Error::invalid_response("Front conversation has no id")
-                    .with_context("connector", NAME));
-            };
-            let path = format!("/conversations/{}/{child}", seg(&cid));
-            let query: Vec<(&str, String)> = if stream == streams::MESSAGES {
-                vec![self.limit()]
-            } else {
-                Vec::new()
-            };
-            let resp = match self
-                .list_page(&path, &query, pos.children_next.as_deref(), child)
-                .await
-            {
-                Ok(r) => Some(r),
-                // Deleted between the list and now: nothing to read.
-                Err(e) if e.kind() == ErrorKind::NotFound => None,
-                Err(e) => return Err(e),
-            };
-            requests += 1;
-            let next_children = match resp {
-                Some(r) => {
-                    let n = r.next().map(str::to_string);
-                    records.extend(self.map_all(stream, r.results, Some(&cid))?);
-                    n
-                }
-                None => None,
-            };
-            match next_children {
-                Some(n) => {
-                    pos.children_next = Some(n);
-                    pos.conversation_id = Some(cid);
-                }
-                None => {
-                    pos.index += 1;
-                    pos.children_next = None;
-                    pos.conversation_id = p
-                        .results
-                        .get(pos.index)
-                        .and_then(|c| c.get("id"))
-                        .and_then(Value::as_str)
-                        .map(str::to_string);
+            }
+            // The batch: the conversation at `index` (resuming at `children_next`) and the
+            // ones after it on this page, within the request budget.
+            let n = concurrency
+                .min(max_requests - requests)
+                .min(p.results.len() - pos.index);
+            let mut ids = Vec::with_capacity(n);
+            for i in pos.index..pos.index + n {
+                let Some(cid) = id_at(&p, i) else {
+                    return Err(Error::invalid_response("Front conversation has no id")
+                        .with_context("connector", NAME));
+                };
+                ids.push(cid);
+            }
+            let first_next = pos.children_next.take();
+            let answers = futures::future::join_all(ids.iter().enumerate().map(|(i, cid)| {
+                let next = if i == 0 { first_next.as_deref() } else { None };
+                self.child_page(child, cid, next)
+            }))
+            .await;
+            requests += n;
+            for (i, (cid, answer)) in ids.iter().zip(answers).enumerate() {
+                let mut answer = answer?;
+                // Follow this conversation to its end before the next one's records.
+                while let Some(resp) = answer.take() {
+                    let next = resp.next().map(str::to_string);
+                    records.extend(self.map_all(stream, resp.results, Some(cid))?);
+                    let Some(next) = next else { break };
+                    if requests >= max_requests {
+                        pos.index += i;
+                        pos.conversation_id = Some(cid.clone());
+                        pos.children_next = Some(next);
+                        return Ok((records, Some(pos)));
+                    }
+                    answer = self.child_page(child, cid, Some(&next)).await?;
+                    requests += 1;
                 }
             }
+            pos.index += n;
+            pos.children_next = None;
+            pos.conversation_id = id_at(&p, pos.index);
         }
         Ok((records, Some(pos)))
     }

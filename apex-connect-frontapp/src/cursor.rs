@@ -23,7 +23,17 @@ pub struct EventsPosition {
     /// The newest `emitted_at` seen in the walk in progress; becomes `after_ms` when the walk
     /// ends.
     pub high_water_ms: Option<i64>,
+    /// Events already read whose `emitted_at` (Unix ms) is within the lookback of
+    /// `high_water_ms`, as `(id, emitted_at_ms)`: the next walk re-reads that window (events
+    /// can become visible late) and skips these ids, so a re-read yields no duplicates. At
+    /// most [`MAX_SEEN_EVENTS`] (the newest); absent from tokens written before it existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seen: Vec<(String, i64)>,
 }
+
+/// Most event ids an [`EventsPosition`] remembers for deduplicating its lookback window (a
+/// busier window re-reads its oldest events, which the sinks' upserts absorb).
+pub const MAX_SEEN_EVENTS: usize = 500;
 
 impl EventsPosition {
     /// A position that starts reading events after `after_ms`.
@@ -32,6 +42,30 @@ impl EventsPosition {
             after_ms,
             next: None,
             high_water_ms: after_ms,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Whether event `id` was read by an earlier walk (within its lookback window).
+    pub fn has_seen(&self, id: &str) -> bool {
+        self.seen.iter().any(|(s, _)| s == id)
+    }
+
+    /// Records events just read (`(id, emitted_at_ms)`, oldest first) and forgets those older
+    /// than `lookback_ms` before the high-water mark, keeping at most [`MAX_SEEN_EVENTS`].
+    pub fn remember<I>(&mut self, events: I, lookback_ms: i64)
+    where
+        I: IntoIterator<Item = (String, i64)>,
+    {
+        self.seen.extend(events);
+        if let Some(high) = self.high_water_ms {
+            let from = high.saturating_sub(lookback_ms);
+            self.seen.retain(|(_, at)| *at >= from);
+        }
+        if self.seen.len() > MAX_SEEN_EVENTS {
+            self.seen.sort_by_key(|(_, at)| *at);
+            let extra = self.seen.len() - MAX_SEEN_EVENTS;
+            self.seen.drain(..extra);
         }
     }
 }
@@ -237,5 +271,29 @@ mod tests {
 
         let ev = EventsCursor(EventsPosition::after(Some(10))).to_token();
         assert_eq!(EventsCursor::from_token(&ev).unwrap().0.after_ms, Some(10));
+    }
+
+    #[test]
+    fn events_position_remembers_only_the_lookback_window() {
+        let mut p = EventsPosition::after(Some(0));
+        p.high_water_ms = Some(100_000);
+        p.remember(
+            [("evt_a".to_string(), 10_000), ("evt_b".to_string(), 50_000)],
+            60_000,
+        );
+        assert!(!p.has_seen("evt_a"), "older than the lookback: forgotten");
+        assert!(p.has_seen("evt_b"));
+        // Old tokens (without `seen`) still decode; an empty memory is not written.
+        let t = EventsCursor(EventsPosition::after(Some(5))).to_token();
+        let back = EventsCursor::from_token(&t).unwrap();
+        assert!(back.0.seen.is_empty());
+        // Never more than MAX_SEEN_EVENTS, the newest kept.
+        p.remember(
+            (0..MAX_SEEN_EVENTS as i64 + 10).map(|i| (format!("evt_{i}"), 90_000 + i)),
+            60_000,
+        );
+        assert_eq!(p.seen.len(), MAX_SEEN_EVENTS);
+        assert!(p.has_seen(&format!("evt_{}", MAX_SEEN_EVENTS + 9)));
+        assert!(!p.has_seen("evt_b"));
     }
 }

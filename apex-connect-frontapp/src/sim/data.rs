@@ -155,7 +155,8 @@ pub(crate) struct ContactChange {
 pub(crate) struct NewEvent {
     pub(crate) kind: String,
     pub(crate) emitted_at: f64,
-    pub(crate) conversation: u64,
+    /// The conversation it is about; `None` for contact events.
+    pub(crate) conversation: Option<u64>,
     /// `(target _meta.type, target data)`.
     pub(crate) target: Option<(String, Value)>,
 }
@@ -213,9 +214,24 @@ pub(crate) struct Data {
     pub(crate) shape: Shape,
     /// The simulator's base URL for `_links` (set once the server is bound).
     pub(crate) base: String,
+    /// The teammates, rendered once: every message and comment embeds one or two.
+    teammates: Vec<Value>,
 }
 
 impl Data {
+    /// The data set of `shape`, linking to `base`.
+    pub(crate) fn new(shape: Shape, base: String) -> Data {
+        let mut d = Data {
+            shape,
+            base,
+            teammates: Vec::new(),
+        };
+        d.teammates = (0..d.shape.teammates.min(1_000))
+            .map(|t| d.render_teammate(t))
+            .collect();
+        d
+    }
+
     fn link(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -285,6 +301,13 @@ impl Data {
     // ----- objects
 
     pub(crate) fn teammate(&self, t: u64) -> Value {
+        match self.teammates.get(t as usize) {
+            Some(v) => v.clone(),
+            None => self.render_teammate(t),
+        }
+    }
+
+    fn render_teammate(&self, t: u64) -> Value {
         let first = FIRST[(t % FIRST.len() as u64) as usize];
         let last = LAST[(t % LAST.len() as u64) as usize];
         let id = Self::teammate_id(t);
@@ -693,7 +716,7 @@ impl Data {
             (
                 kind.to_string(),
                 self.message_time(p),
-                conv,
+                Some(conv),
                 source,
                 json!({"_meta": {"type": "message"}, "data": self.message_preview(p, overlay)}),
             )
@@ -719,7 +742,7 @@ impl Data {
             "emitted_at": emitted,
             "source": source,
             "target": target,
-            "conversation": self.conversation(conv, overlay),
+            "conversation": conv.map_or(Value::Null, |c| self.conversation(c, overlay)),
         }))
     }
 
@@ -875,8 +898,8 @@ mod tests {
     use super::*;
 
     fn data(n: u64) -> Data {
-        Data {
-            shape: Shape {
+        Data::new(
+            Shape {
                 seed: 7,
                 conversations: n,
                 messages_per_conversation: 3,
@@ -887,8 +910,8 @@ mod tests {
                 inboxes: 2,
                 company: "acme".into(),
             },
-            base: "http://127.0.0.1:1".into(),
-        }
+            "http://127.0.0.1:1".into(),
+        )
     }
 
     #[test]

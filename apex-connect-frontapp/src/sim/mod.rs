@@ -30,7 +30,7 @@ mod routes;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use apex_connect_core::oauth::{CallbackParams, OAuthClient, TokenManager};
@@ -188,7 +188,8 @@ impl fmt::Debug for FrontSimConfig {
 pub(crate) struct SimState {
     pub(crate) data: OnceLock<Data>,
     shape: Shape,
-    pub(crate) overlay: Mutex<Overlay>,
+    /// Read by every API request (concurrently), written by mutations.
+    pub(crate) overlay: RwLock<Overlay>,
     pub(crate) api_token: String,
     pub(crate) oauth: OAuthServer,
     pub(crate) max_page_size: usize,
@@ -197,14 +198,16 @@ pub(crate) struct SimState {
 
 impl SimState {
     pub(crate) fn data(&self) -> &Data {
-        self.data.get_or_init(|| Data {
-            shape: self.shape.clone(),
-            base: String::new(),
-        })
+        self.data
+            .get_or_init(|| Data::new(self.shape.clone(), String::new()))
     }
 
-    pub(crate) fn overlay(&self) -> MutexGuard<'_, Overlay> {
-        self.overlay.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn overlay(&self) -> RwLockReadGuard<'_, Overlay> {
+        self.overlay.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn overlay_mut(&self) -> RwLockWriteGuard<'_, Overlay> {
+        self.overlay.write().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -243,7 +246,7 @@ impl FrontSim {
                 inboxes: config.inboxes.max(1),
                 company: config.company.clone(),
             },
-            overlay: Mutex::new(Overlay::default()),
+            overlay: RwLock::new(Overlay::default()),
             api_token: config.api_token.clone(),
             oauth: oauth.clone(),
             max_page_size: config.max_page_size,
@@ -278,10 +281,7 @@ impl FrontSim {
             .layer(stats.layer());
         let server = SimServer::start(app).await?;
         let base = server.base_url().to_string();
-        let _ = state.data.set(Data {
-            shape: state.shape.clone(),
-            base: base.clone(),
-        });
+        let _ = state.data.set(Data::new(state.shape.clone(), base.clone()));
         Ok(FrontSimHandle {
             inner: Arc::new(HandleInner {
                 server: Mutex::new(Some(server)),
@@ -333,6 +333,10 @@ pub struct FrontSimStats {
     /// Requests per `METHOD /path`.
     pub by_path: BTreeMap<String, u64>,
 }
+
+/// The type of the events the simulator appends when a contact changes (through
+/// [`FrontSimHandle::update_contact`] or `PATCH /contacts/{id}`).
+pub const CONTACT_UPDATED: &str = "contact_updated";
 
 /// The application-webhook name of an `/events` type (`inbound` -> `inbound_received`).
 pub fn app_webhook_type(event_type: &str) -> &str {
@@ -615,8 +619,11 @@ impl FrontSimHandle {
         Ok(self.inner.state.set_tags(c, &[t], false))
     }
 
-    /// Updates a contact's custom fields (its `updated_at` becomes now; no event: contacts
-    /// are read incrementally through `q[updated_after]`).
+    /// Updates a contact's custom fields: its `updated_at` becomes now (the `contacts` stream
+    /// reads it incrementally through `q[updated_after]`), and a `contact_updated` event
+    /// (target: the contact, no conversation) is appended to the feed, so
+    /// [`FrontSimHandle::latest_event_id`] then names it and
+    /// [`FrontSimHandle::send_webhook`] delivers it as an application webhook.
     ///
     /// # Errors
     /// `NotFound` for an unknown id.
@@ -758,7 +765,7 @@ impl SimState {
         status: Option<&str>,
     ) -> String {
         let data = self.data();
-        let mut o = self.overlay();
+        let mut o = self.overlay_mut();
         let t = o.tick();
         let ch = o.conversations.entry(c).or_default();
         ch.updated_at = t;
@@ -769,7 +776,7 @@ impl SimState {
         o.events.push(NewEvent {
             kind: event.to_string(),
             emitted_at: t,
-            conversation: c,
+            conversation: Some(c),
             target,
         });
         Data::event_id(data.events_len(&o) - 1)
@@ -777,7 +784,7 @@ impl SimState {
 
     pub(crate) fn add_message(&self, c: u64, text: &str, inbound: bool) -> String {
         let data = self.data();
-        let mut o = self.overlay();
+        let mut o = self.overlay_mut();
         let t = o.tick();
         let n = o.messages.len() as u64;
         o.messages.push(NewMessage {
@@ -797,7 +804,7 @@ impl SimState {
         o.events.push(NewEvent {
             kind: if inbound { "inbound" } else { "outbound" }.into(),
             emitted_at: t,
-            conversation: c,
+            conversation: Some(c),
             target: Some(("message".into(), preview)),
         });
         Data::message_id(OVERLAY_BASE + n)
@@ -805,7 +812,7 @@ impl SimState {
 
     pub(crate) fn add_comment(&self, c: u64, body: &str, author: u64) -> String {
         let data = self.data();
-        let mut o = self.overlay();
+        let mut o = self.overlay_mut();
         let t = o.tick();
         let n = o.comments.len() as u64;
         o.comments.push(NewComment {
@@ -821,7 +828,7 @@ impl SimState {
         o.events.push(NewEvent {
             kind: "comment".into(),
             emitted_at: t,
-            conversation: c,
+            conversation: Some(c),
             target: Some(("comment".into(), comment)),
         });
         Data::comment_id(OVERLAY_BASE + n)
@@ -852,8 +859,16 @@ impl SimState {
         last
     }
 
-    pub(crate) fn update_contact(&self, k: u64, fields: Map<String, Value>, name: Option<String>) {
-        let mut o = self.overlay();
+    /// Updates a contact and appends a `contact_updated` event (target: the contact, no
+    /// conversation). Returns the event id.
+    pub(crate) fn update_contact(
+        &self,
+        k: u64,
+        fields: Map<String, Value>,
+        name: Option<String>,
+    ) -> String {
+        let data = self.data();
+        let mut o = self.overlay_mut();
         let t = o.tick();
         let ch = o.contacts.entry(k).or_default();
         ch.updated_at = t;
@@ -863,5 +878,13 @@ impl SimState {
         if name.is_some() {
             ch.name = name;
         }
+        let contact = data.contact(k, &o);
+        o.events.push(NewEvent {
+            kind: CONTACT_UPDATED.into(),
+            emitted_at: t,
+            conversation: None,
+            target: Some(("contact".into(), contact)),
+        });
+        Data::event_id(data.events_len(&o) - 1)
     }
 }
