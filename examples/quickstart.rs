@@ -22,10 +22,10 @@ use std::time::{Duration, Instant, SystemTime};
 use apex_connect::engine::{SyncEngine, SyncOptions, SyncReport};
 use apex_connect::frontapp::FrontConnector;
 use apex_connect::frontapp::sim::{FrontSim, FrontSimConfig, FrontSimHandle};
+use apex_connect::server::{self, ConnectionHandle, ServerState, WorkerConfig, Workers};
 use apex_connect::sinks::SqliteSink;
 use apex_connect::store::{Connection, EncryptionKey, SqliteStore, StateStore};
-use apex_connect::webhook::WebhookRequest;
-use apex_connect::{ConnectionId, Connector, Sink, StreamId, TokenStore, WebhookVerifier};
+use apex_connect::{ConnectionId, Connector, StreamId, TokenStore};
 use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::SecretString;
 
@@ -124,8 +124,8 @@ async fn main() -> Result<(), BoxError> {
     }
 
     if let Some(sim) = &sim {
-        println!("\n== A signed application webhook");
-        take_webhook(sim, &connector, &connection, &sink).await?;
+        println!("\n== A signed webhook through the receiver, the durable inbox and a worker");
+        take_webhook(sim, &connector, &store, &connection, &sink).await?;
     }
 
     // Summary.
@@ -256,74 +256,87 @@ async fn sync_stream(
     Ok(report)
 }
 
-/// The simulator signs an application webhook for its newest event; the connector's verifier
-/// checks it on the raw bytes and `parse_webhook` turns it into changes (fetching the objects
-/// a thin event only names), which go to the same sink.
+/// The webhook path of a running service: the receiver (`apex_connect::server::webhook_router`)
+/// listens on 127.0.0.1; the simulator answers Front's validation challenge and then POSTs a
+/// signed application webhook for a new inbound message; the receiver verifies the signature on
+/// the raw bytes and appends the event to the durable inbox (200), refuses a forged one (401),
+/// and a worker claims the event, fetches the objects it names and writes them to the sink.
 async fn take_webhook(
     sim: &FrontSimHandle,
     connector: &FrontConnector,
+    store: &Arc<SqliteStore>,
     connection: &ConnectionId,
     sink: &SqliteSink,
 ) -> Result<(), BoxError> {
+    server::migrate(store.pool()).await?;
+    let state = ServerState::builder(store.clone() as Arc<dyn StateStore>)
+        .connection(ConnectionHandle::new(
+            connection.clone(),
+            Arc::new(connector.clone()) as Arc<dyn Connector>,
+        ))
+        .build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!(
+        "http://{}/webhooks/{}/{connection}",
+        listener.local_addr()?,
+        apex_connect::frontapp::NAME
+    );
+    let app = server::webhook_router(state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    println!("receiver listening: POST {url}");
+
+    let challenge = sim
+        .send_sync_challenge(&url, "quickstart-challenge")
+        .await?;
+    println!(
+        "Front's validation request (x-front-challenge): {} {}",
+        challenge.status,
+        String::from_utf8_lossy(&challenge.body)
+    );
+
     let conversation = sim.conversation_id(3);
+    let conversations = StreamId::from("conversations");
+    let version_of = |records: Vec<apex_connect::Record>| {
+        records
+            .into_iter()
+            .find(|r| r.id == conversation)
+            .and_then(|r| r.version)
+    };
+    let before = version_of(sink.records(connection, &conversations).await?);
     sim.add_message(&conversation, "Thanks, that solved it!", true)?;
     let event = sim.latest_event_id().ok_or("the simulator has no event")?;
-    let body = sim.webhook_body(&event)?;
-    let (method, uri) = (
-        http::Method::POST,
-        http::Uri::from_static("/webhooks/frontapp/front"),
-    );
-    let now = SystemTime::now();
-    let verifier = connector
-        .webhook_verifier()
-        .ok_or("the connector takes no webhooks")?;
-    let headers = sim.webhook_verifier().sign(
-        &WebhookRequest::new(&method, &uri, &http::HeaderMap::new(), &body),
-        now,
-    )?;
-    let verified = verifier.verify(&WebhookRequest::new(&method, &uri, &headers, &body), now)?;
-    println!("verified x-front-signature over {} raw bytes", body.len());
-    let mut tampered = body.clone();
-    tampered.push(b' ');
-    let refused = verifier.verify(
-        &WebhookRequest::new(&method, &uri, &headers, &tampered),
-        now,
-    );
+    let delivery = sim.send_webhook(&url, &event).await?;
     println!(
-        "the same webhook with one byte added: {}",
-        match refused {
-            Err(e) => format!("refused ({e})"),
-            Ok(_) => "accepted (unexpected!)".into(),
-        }
+        "signed webhook {event} (new inbound message on {conversation}): {}",
+        delivery.status
     );
-    let webhook = apex_connect::VerifiedWebhook::new(verified, headers, body.into(), now);
-    let changes = connector.parse_webhook(&webhook).await?;
-    for change in &changes {
-        println!(
-            "change: {} {} {} ({})",
-            change.event_type,
-            change.stream,
-            change.id,
-            if change.record.is_some() {
-                "full object fetched"
-            } else {
-                "id only"
-            }
-        );
-        if let Some(record) = &change.record {
-            let records = std::slice::from_ref(record);
-            let ack = sink
-                .write(apex_connect::Batch {
-                    connection,
-                    stream: &change.stream,
-                    records,
-                })
-                .await?;
-            println!(
-                "  written to the sink: {} applied, {} unchanged",
-                ack.applied, ack.unchanged
-            );
-        }
-    }
+
+    let forged = reqwest::Client::new()
+        .post(&url)
+        .header("x-front-signature", "Zm9yZ2Vk")
+        .header(
+            "x-front-request-timestamp",
+            apex_connect::webhook::unix_ms(SystemTime::now()).to_string(),
+        )
+        .body(sim.webhook_body(&event)?)
+        .send()
+        .await?;
+    println!("the same body with a forged signature: {}", forged.status());
+
+    let received = Instant::now();
+    let workers = Workers::new(state, Arc::new(sink.clone()), WorkerConfig::default());
+    let processed = workers.run_once("quickstart").await?;
+    let after = version_of(sink.records(connection, &conversations).await?);
+    println!(
+        "worker processed {processed} inbox event(s) in {:.1} ms; conversation {conversation} version {} -> {}",
+        received.elapsed().as_secs_f64() * 1000.0,
+        before.map_or("none".into(), |v| v.to_string()),
+        after.map_or("none".into(), |v| v.to_string()),
+    );
+    let counts = store.inbox_counts().await?;
+    println!(
+        "inbox: {} done, {} pending, {} dead letters",
+        counts.done, counts.pending, counts.dead
+    );
     Ok(())
 }
