@@ -1,4 +1,4 @@
-//! `#[serde(with = ...)]` helpers for [`SecretString`] fields of configurations and token sets
+//! `#[serde(with = ...)]` helpers for [`SecretString`](secrecy::SecretString) fields of configurations and token sets
 //! that are stored encrypted or read from files. They expose the secret to the serializer on
 //! purpose; `Debug` of the containing types must still redact it.
 //!
