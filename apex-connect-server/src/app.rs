@@ -83,11 +83,22 @@ impl App {
         let mut jobs = Vec::new();
         for c in &config.connections {
             let secrets = Secrets::from_env(c);
-            let connector = registry.build(FactoryContext {
-                connection: c,
-                secrets: &secrets,
-                store: &dyn_store,
-            })?;
+            let oauth_tokens = if crate::registry::has_oauth(c) {
+                match dyn_store.load(&ConnectionId::from(c.id.clone())).await {
+                    Ok(t) => t.is_some(),
+                    Err(e) => {
+                        // Stored but unreadable (another key?): use OAuth, so the error shows
+                        // at first use instead of silently falling back to a static token.
+                        tracing::warn!(connection = %c.id, error = %e, "cannot read the stored OAuth tokens");
+                        true
+                    }
+                }
+            } else {
+                false
+            };
+            let connector = registry.build(
+                FactoryContext::new(c, &secrets, &dyn_store).with_oauth_tokens(oauth_tokens),
+            )?;
             let streams: Vec<StreamId> = c.streams.iter().cloned().map(StreamId::from).collect();
             let handle = ConnectionHandle::new(c.id.clone(), connector).with_streams(streams);
             for s in &c.schedules {
@@ -166,6 +177,8 @@ impl App {
             backoff: parse_duration(&w.backoff)?,
             max_backoff: parse_duration(&w.max_backoff)?,
             poll: parse_duration(&w.poll)?,
+            // These sinks write to the state database: serialize with the inbox writer.
+            gate_sink_writes: matches!(self.config.sink, SinkConfig::Sqlite | SinkConfig::Ledger),
             ..WorkerConfig::default()
         };
         Ok(Workers::new(self.state.clone(), self.sink.clone(), c))

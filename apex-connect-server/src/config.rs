@@ -318,7 +318,9 @@ fn refuse_secrets(table: &toml::Table, path: &str) -> Result<()> {
             continue;
         }
         let lower = key.to_ascii_lowercase();
-        if SECRET_WORDS.iter().any(|w| lower.contains(w)) {
+        // `token_url`, `auth_url`, ...: endpoints, not secrets.
+        let is_url = lower.ends_with("_url") || lower == "url";
+        if !is_url && SECRET_WORDS.iter().any(|w| lower.contains(w)) {
             return Err(Error::config(
                 "secrets are not allowed in the configuration file: put the secret in an \
                  environment variable and name it in the connection's `env` table",
@@ -460,6 +462,13 @@ cron = "*/5 * * * *"
         )
         .unwrap_err();
         assert!(!format!("{e:?}").contains("sk-live-abc"));
+        // OAuth endpoints are settings, not secrets.
+        let c = ServerConfig::parse(
+            "[[connection]]\nid = \"a\"\nplatform = \"memory\"\n[connection.settings]\n\
+             client_id = \"c\"\ntoken_url = \"http://127.0.0.1:1/oauth/token\"\n",
+        )
+        .unwrap();
+        assert!(c.connections[0].settings.contains_key("token_url"));
     }
 
     #[test]

@@ -11,8 +11,8 @@ use apex_connect_core::{Error, Result};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
-use sqlx::Row;
-use sqlx::sqlite::SqlitePool;
+use sqlx::sqlite::{SqliteConnection, SqlitePool};
+use sqlx::{ConnectOptions, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 /// Reserved key in the stored headers object carrying what the verifier learned
@@ -38,11 +38,23 @@ pub struct InboxAppender {
 #[derive(Clone)]
 enum Mode {
     Direct(Arc<dyn StateStore>),
-    Batched(mpsc::Sender<Job>, SqlitePool),
+    Batched(mpsc::Sender<Job>, SqlitePool, WriteGate),
 }
+
+/// Serializes this process's write transactions on one SQLite database.
+///
+/// SQLite has one writer; a writer that finds the database locked sleeps in SQLite's busy
+/// handler (1, 2, 5, 10, ... ms), which is what made the tail of the webhook answers. The
+/// group-commit writer and the workers' claims, completions and (same-database) sink writes
+/// take this FIFO async lock around their transactions instead, so the inbox writer waits at
+/// most for one transaction in progress and is woken the moment it ends. Other processes on
+/// the same database still meet through SQLite's lock.
+pub type WriteGate = Arc<tokio::sync::Mutex<()>>;
 
 struct Job {
     events: Vec<InboxEvent>,
+    /// `events[i].headers_json` serialized by the request's task, not by the single writer.
+    headers: Vec<String>,
     reply: oneshot::Sender<Result<Vec<AppendOutcome>>>,
 }
 
@@ -67,18 +79,32 @@ impl InboxAppender {
     /// `apex_connect_core::SqliteStore`: spawns the writer task (on the current Tokio runtime),
     /// which ends when every clone of the appender is dropped. `max_batch` bounds the events
     /// of one transaction.
+    ///
+    /// The writer uses a connection of its own (opened with the pool's options, so a busy
+    /// pool never delays an append; the pool is the fallback) and takes the appender's
+    /// [`WriteGate`] around each transaction (`BEGIN IMMEDIATE`).
     pub fn group_commit(pool: SqlitePool, max_batch: usize) -> Self {
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
-        tokio::spawn(writer(pool.clone(), rx, max_batch.max(1)));
+        let gate = WriteGate::default();
+        tokio::spawn(writer(pool.clone(), gate.clone(), rx, max_batch.max(1)));
         InboxAppender {
-            mode: Mode::Batched(tx, pool),
+            mode: Mode::Batched(tx, pool, gate),
         }
     }
 
     /// The SQLite pool of a group-commit appender (workers then complete events in batches).
     pub fn sqlite_pool(&self) -> Option<&SqlitePool> {
         match &self.mode {
-            Mode::Batched(_, pool) => Some(pool),
+            Mode::Batched(_, pool, _) => Some(pool),
+            Mode::Direct(_) => None,
+        }
+    }
+
+    /// The [`WriteGate`] of a group-commit appender: hold it around write transactions on the
+    /// same database (the workers do).
+    pub fn write_gate(&self) -> Option<&WriteGate> {
+        match &self.mode {
+            Mode::Batched(_, _, gate) => Some(gate),
             Mode::Direct(_) => None,
         }
     }
@@ -96,11 +122,22 @@ impl InboxAppender {
                 }
                 Ok(out)
             }
-            Mode::Batched(tx, _) => {
+            Mode::Batched(tx, ..) => {
+                let headers = events
+                    .iter()
+                    .map(|e| serde_json::to_string(&e.headers_json))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        Error::invalid_input("webhook headers cannot be serialized").set_source(e)
+                    })?;
                 let (reply, rx) = oneshot::channel();
-                tx.send(Job { events, reply })
-                    .await
-                    .map_err(|_| Error::storage("the inbox writer has stopped"))?;
+                tx.send(Job {
+                    events,
+                    headers,
+                    reply,
+                })
+                .await
+                .map_err(|_| Error::storage("the inbox writer has stopped"))?;
                 rx.await
                     .map_err(|_| Error::storage("the inbox writer has stopped"))?
             }
@@ -108,7 +145,8 @@ impl InboxAppender {
     }
 }
 
-async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+async fn writer(pool: SqlitePool, gate: WriteGate, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+    let mut own: Option<SqliteConnection> = None;
     let mut jobs: Vec<Job> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut n = first.events.len();
@@ -122,9 +160,27 @@ async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Job>, max_batch: usize)
                 Err(_) => break,
             }
         }
-        match append_batch(&pool, &jobs).await {
+        if own.is_none() {
+            match pool.connect_options().connect().await {
+                Ok(c) => own = Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "inbox writer: no own connection; using the pool")
+                }
+            }
+        }
+        let result = {
+            let _turn = gate.lock().await;
+            match own.as_mut() {
+                Some(conn) => append_batch(conn, &jobs).await,
+                None => match pool.acquire().await {
+                    Ok(mut conn) => append_batch(&mut conn, &jobs).await,
+                    Err(e) => Err(Error::storage("no database connection").set_source(e)),
+                },
+            }
+        };
+        match result {
             Ok(mut outcomes) => {
-                // Answer in reverse so `pop` hands each job its own slice.
+                // Answer in reverse so `split_off` hands each job its own slice.
                 for job in jobs.drain(..).rev() {
                     let k = outcomes.len() - job.events.len();
                     let mine = outcomes.split_off(k);
@@ -133,6 +189,8 @@ async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Job>, max_batch: usize)
             }
             Err(e) => {
                 tracing::warn!(error = %e, events = n, "inbox group commit failed");
+                // The connection may be broken: open a new one next time.
+                own = None;
                 for job in jobs.drain(..) {
                     let _ = job
                         .reply
@@ -142,21 +200,21 @@ async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Job>, max_batch: usize)
             }
         }
     }
+    if let Some(conn) = own {
+        let _ = conn.close().await;
+    }
 }
 
-async fn append_batch(pool: &SqlitePool, jobs: &[Job]) -> Result<Vec<AppendOutcome>> {
+async fn append_batch(conn: &mut SqliteConnection, jobs: &[Job]) -> Result<Vec<AppendOutcome>> {
     let err = |what: &'static str| move |e: sqlx::Error| Error::storage(what).set_source(e);
-    let mut tx = pool
-        .begin()
+    let mut tx = conn
+        .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(err("cannot begin an inbox transaction"))?;
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(jobs.iter().map(|j| j.events.len()).sum());
     for job in jobs {
-        for event in &job.events {
-            let headers = serde_json::to_string(&event.headers_json).map_err(|e| {
-                Error::invalid_input("webhook headers cannot be serialized").set_source(e)
-            })?;
-            let row = sqlx::query(
+        for (event, headers) in job.events.iter().zip(&job.headers) {
+            let row: Option<(i64,)> = sqlx::query_as(
                 "INSERT INTO inbox (platform, connection, event_id, received_at, headers, body, \
                      status, attempts, next_attempt_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7) \
@@ -167,16 +225,14 @@ async fn append_batch(pool: &SqlitePool, jobs: &[Job]) -> Result<Vec<AppendOutco
             .bind(event.connection.as_str())
             .bind(&event.event_id)
             .bind(event.received_at)
-            .bind(headers)
+            .bind(headers.as_str())
             .bind(event.body.as_ref())
             .bind(event.received_at)
             .fetch_optional(&mut *tx)
             .await
             .map_err(err("cannot append to the inbox"))?;
             out.push(match row {
-                Some(r) => AppendOutcome::Inserted(EventId(
-                    r.try_get(0).map_err(err("cannot append to the inbox"))?,
-                )),
+                Some((id,)) => AppendOutcome::Inserted(EventId(id)),
                 None => AppendOutcome::Duplicate,
             });
         }

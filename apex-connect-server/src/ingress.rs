@@ -45,12 +45,18 @@ fn answer(
     msg: &'static str,
 ) -> Response {
     state.metrics().webhook(outcome);
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        format!("{{\"status\":\"{msg}\"}}"),
-    )
-        .into_response()
+    // Static bodies: no allocation per answer.
+    let body: &'static str = match msg {
+        "accepted" => r#"{"status":"accepted"}"#,
+        "duplicate" => r#"{"status":"duplicate"}"#,
+        "too_large" => r#"{"status":"too_large"}"#,
+        "malformed" => r#"{"status":"malformed"}"#,
+        "unknown_connection" => r#"{"status":"unknown_connection"}"#,
+        "expired" => r#"{"status":"expired"}"#,
+        "bad_signature" => r#"{"status":"bad_signature"}"#,
+        _ => r#"{"status":"unavailable"}"#,
+    };
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn receive(

@@ -7,16 +7,14 @@ use std::time::Duration;
 
 use apex_connect_core::engine::CancellationToken;
 use apex_connect_core::oauth::CallbackParams;
-use apex_connect_core::store::{EncryptionKey, StateStore};
+use apex_connect_core::store::{ConnectionStatus, EncryptionKey, StateStore};
 use apex_connect_core::{
-    ConnectionId, Error, OAuthClient, OAuthConfig, Result, StreamId, SyncEngine, SyncOptions,
-    TokenStore,
+    ConnectionId, Error, OAuthClient, Result, StreamId, SyncEngine, SyncOptions, TokenStore,
 };
 use apex_connect_server::config::ConnectionConfig;
 use apex_connect_server::registry::{FactoryContext, Secrets};
 use apex_connect_server::{App, ConnectorRegistry, ServerConfig};
 use clap::{Parser, Subcommand};
-use secrecy::ExposeSecret;
 
 /// Connect a host to FrontApp, HubSpot and more: webhooks, scheduled syncs, Singer taps.
 #[derive(Debug, Parser)]
@@ -287,6 +285,29 @@ async fn sync(
             )),
             Err(e) => {
                 bar.abandon_with_message("failed");
+                if e.context_value("action") == Some("needs re-authorization") {
+                    // The token manager's hook marks it too, but in a task this process may
+                    // not wait for: record it before exiting.
+                    let platform = app
+                        .config
+                        .connection(connection)
+                        .map(|c| c.platform.clone())
+                        .unwrap_or_default();
+                    if let Err(mark) = apex_connect_server::registry::mark_needs_reauth(
+                        app.state.store().as_ref(),
+                        &id,
+                        &platform,
+                    )
+                    .await
+                    {
+                        tracing::warn!(error = %mark, "cannot record that the connection needs re-authorization");
+                    }
+                    app.store.close().await;
+                    return Err(e.with_context(
+                        "fix",
+                        format!("run `apex-connect connect {platform} --connection {connection}`"),
+                    ));
+                }
                 return Err(e);
             }
         }
@@ -448,32 +469,16 @@ async fn connect(
         .with_context("platform", platform)
         .with_context("matching", candidates.len()));
     };
-    let setting = |k: &str| {
-        conn.settings
-            .get(k)
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-    };
-    let (Some(client_id), Some(auth_url), Some(token_url)) = (
-        setting("client_id"),
-        setting("auth_url"),
-        setting("token_url"),
-    ) else {
-        return Err(Error::config(
-            "OAuth needs `client_id`, `auth_url` and `token_url` in the connection's settings",
+    let secrets = Secrets::from_env(conn);
+    let oauth = apex_connect_server::registry::oauth_config(conn, &secrets)?.ok_or_else(|| {
+        Error::config(
+            "OAuth needs `client_id` (and `token_url`, `auth_url` unless the platform has \
+             defaults) in the connection's settings, and `client_secret` in its `env`",
         )
-        .with_context("connection", &conn.id));
-    };
-    let scopes: Vec<String> = conn
-        .settings
-        .get("scopes")
-        .and_then(|v| v.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+        .with_context("connection", &conn.id)
+    })?;
+    // Fail before the user consents if the tokens could not be stored afterwards.
+    let key = EncryptionKey::from_env()?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .map_err(|e| Error::config("cannot listen for the OAuth callback").set_source(e))?;
@@ -481,31 +486,45 @@ async fn connect(
         .local_addr()
         .map_err(|e| Error::config("no local address").set_source(e))?;
     let redirect = format!("http://127.0.0.1:{}/callback", addr.port());
-    let secrets = Secrets::from_env(conn);
-    let mut oauth = OAuthConfig::new(client_id, token_url)
-        .with_auth_url(auth_url)
-        .with_redirect_url(redirect)
-        .with_scopes(scopes);
-    if let Some(secret) = secrets.get("client_secret") {
-        oauth = oauth.with_client_secret(secret.expose_secret().to_string());
-    }
-    let client = OAuthClient::new(oauth, reqwest::Client::new())?;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| Error::config("cannot build the HTTP client").set_source(e))?;
+    let client = OAuthClient::new(oauth.with_redirect_url(redirect), http)?;
     let request = client.authorize_url()?;
     println!(
         "Open this URL to authorize {}:\n\n  {}\n",
         conn.id, request.url
     );
     println!("Waiting for the callback on http://{addr}/callback ...");
-    let (tx, rx) = tokio::sync::mpsc::channel::<CallbackParams>(1);
+    type Answer = std::result::Result<CallbackParams, String>;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Answer>(1);
     let app = axum::Router::new().route(
         "/callback",
-        axum::routing::get(move |q: axum::extract::Query<CallbackParams>| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(q.0).await;
-                "Authorized: you can close this window and return to the terminal."
-            }
-        }),
+        axum::routing::get(
+            move |q: axum::extract::Query<std::collections::HashMap<String, String>>| {
+                let tx = tx.clone();
+                async move {
+                    let q = q.0;
+                    let (answer, page) = match (q.get("code"), q.get("state"), q.get("error")) {
+                        (Some(code), Some(state), _) => (
+                            Ok(CallbackParams::new(code.clone(), state.clone())),
+                            "Authorized: you can close this window and return to the terminal.",
+                        ),
+                        (_, _, error) => (
+                            // The platform's error code (e.g. `access_denied`), never echoed back
+                            // with anything else from the query.
+                            Err(error
+                                .map(|e| e.chars().take(64).collect())
+                                .unwrap_or_else(|| "no code in the callback".to_string())),
+                            "Authorization failed: see the terminal.",
+                        ),
+                    };
+                    let _ = tx.try_send(answer);
+                    page
+                }
+            },
+        ),
     );
     let done = CancellationToken::new();
     let server = tokio::spawn(
@@ -513,21 +532,36 @@ async fn connect(
             .with_graceful_shutdown(done.clone().cancelled_owned())
             .into_future(),
     );
-    let mut rx = rx;
-    let callback = rx
-        .recv()
-        .await
-        .ok_or_else(|| Error::config("the callback server stopped"))?;
+    let answer = rx.recv().await;
+    done.cancel();
+    let _ = server.await;
+    let callback = match answer {
+        Some(Ok(c)) => c,
+        Some(Err(error)) => {
+            return Err(Error::new(
+                apex_connect_core::ErrorKind::Unauthenticated,
+                "the authorization was refused or failed",
+            )
+            .with_context("connection", &conn.id)
+            .with_context("error", error));
+        }
+        None => return Err(Error::config("the callback server stopped")),
+    };
     let tokens = client
         .exchange_code(&callback, &request.state, &request.pkce_verifier)
         .await?;
-    done.cancel();
-    let _ = server.await;
-    let key = EncryptionKey::from_env()?;
     let store = apex_connect_core::SqliteStore::open(&config.database, key).await?;
     let id = ConnectionId::from(conn.id.clone());
-    let expected = store.load(&id).await?.map(|v| v.version);
+    let expected = store.load(&id).await.ok().flatten().map(|v| v.version);
     store.save(&id, &tokens, expected).await?;
+    // A connection that needed re-authorization is active again.
+    if let Some(c) = store.get_connection(&id).await?
+        && c.status == ConnectionStatus::NeedsReauth
+    {
+        store
+            .set_connection_status(&id, ConnectionStatus::Active, None)
+            .await?;
+    }
     store.close().await;
     println!("Tokens stored (encrypted) for {}.", conn.id);
     Ok(())

@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use apex_connect_core::store::StateStore;
-use apex_connect_core::{Connector, Error, Result};
-use secrecy::SecretString;
+use apex_connect_core::oauth::{ClientAuth, OAuthClient, OAuthConfig, TokenManager};
+use apex_connect_core::store::{ConnectionStatus, StateStore};
+use apex_connect_core::{ConnectionId, Connector, Error, Result, TokenStore};
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::ConnectionConfig;
 
@@ -95,6 +96,10 @@ pub struct FactoryContext<'a> {
     pub secrets: &'a Secrets,
     /// The state store (encrypted OAuth tokens live there).
     pub store: &'a Arc<dyn StateStore>,
+    /// Whether the store holds OAuth tokens for the connection (saved by `apex-connect
+    /// connect`); [`App::open`](crate::App::open) looks. With OAuth settings and stored tokens
+    /// the built-in factories authenticate with a [`TokenManager`] instead of a static token.
+    pub oauth_tokens: bool,
 }
 
 impl<'a> FactoryContext<'a> {
@@ -108,8 +113,196 @@ impl<'a> FactoryContext<'a> {
             connection,
             secrets,
             store,
+            oauth_tokens: false,
         }
     }
+
+    /// Says whether the store holds OAuth tokens for the connection.
+    pub fn with_oauth_tokens(mut self, stored: bool) -> Self {
+        self.oauth_tokens = stored;
+        self
+    }
+
+    /// Whether the connector should authenticate with OAuth: the connection has OAuth
+    /// settings, and either the store holds its tokens or no static token (`static_secret`)
+    /// is set (the connector then fails at first use with "connect it first").
+    pub fn use_oauth(&self, static_secret: &str) -> bool {
+        has_oauth(self.connection)
+            && (self.oauth_tokens || self.secrets.get(static_secret).is_none())
+    }
+
+    /// A [`TokenManager`] for the connection, from its OAuth settings (see [`oauth_config`]):
+    /// it loads the tokens from the store, refreshes them [`refresh_skew`](oauth_config)
+    /// ahead of expiry (default 60 s), saves rotated tokens through the store's
+    /// compare-and-swap (one refresh across processes sharing the database), and when the
+    /// grant is gone marks the connection `NeedsReauth` in the store (see
+    /// [`mark_needs_reauth`]).
+    ///
+    /// # Errors
+    /// `Config` when the connection has no or invalid OAuth settings.
+    pub fn token_manager(&self) -> Result<TokenManager> {
+        let c = self.connection;
+        let config = oauth_config(c, self.secrets)?.ok_or_else(|| {
+            Error::config("the connection has no OAuth settings (`client_id`, `token_url`)")
+                .with_context("connection", &c.id)
+        })?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Error::config("cannot build the OAuth HTTP client").set_source(e))?;
+        let client = OAuthClient::new(config, http)?;
+        let store: Arc<dyn StateStore> = self.store.clone();
+        let tokens: Arc<dyn TokenStore> = store.clone();
+        let platform = c.platform.clone();
+        let mut b =
+            TokenManager::builder(ConnectionId::from(c.id.clone()), tokens, Arc::new(client))
+                .on_reauth_needed(move |id| {
+                    let (store, id, platform) = (store.clone(), id.clone(), platform.clone());
+                    // The hook is synchronous; the status write runs beside the failing request.
+                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                        rt.spawn(async move {
+                            if let Err(e) = mark_needs_reauth(store.as_ref(), &id, &platform).await
+                            {
+                                tracing::warn!(connection = %id, error = %e,
+                            "cannot mark the connection as needing re-authorization");
+                            }
+                        });
+                    }
+                });
+        if let Some(skew) = c.settings.get("refresh_skew") {
+            let text = skew.as_str().ok_or_else(|| {
+                Error::config("`refresh_skew` is a duration such as \"60s\"")
+                    .with_context("connection", &c.id)
+            })?;
+            b = b.skew(crate::config::parse_duration(text)?);
+        }
+        Ok(b.build())
+    }
+}
+
+/// Whether a connection has OAuth settings (a `client_id` setting).
+pub fn has_oauth(connection: &ConnectionConfig) -> bool {
+    connection.settings.contains_key("client_id")
+}
+
+/// The OAuth configuration of a connection, `None` without a `client_id` setting.
+///
+/// Settings: `client_id`; `token_url` and `auth_url` (default: the platform's endpoints for
+/// `frontapp` and `hubspot`; `auth_url` is needed only by `apex-connect connect`); `scopes`
+/// (array of strings); `client_auth` (`"basic"` or `"request_body"`; default `request_body`
+/// for `hubspot`, `basic` otherwise). Secret: `client_secret` (absent for public clients).
+/// The redirect URL is not set (the `connect` command adds its callback).
+///
+/// # Errors
+/// `Config` for a setting of the wrong type or a missing `token_url`.
+pub fn oauth_config(
+    connection: &ConnectionConfig,
+    secrets: &Secrets,
+) -> Result<Option<OAuthConfig>> {
+    let settings = &connection.settings;
+    let text = |key: &str| -> Result<Option<String>> {
+        match settings.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_str().map(|s| Some(s.to_string())).ok_or_else(|| {
+                Error::config("OAuth setting must be a string")
+                    .with_context("connection", &connection.id)
+                    .with_context("setting", key)
+            }),
+        }
+    };
+    let Some(client_id) = text("client_id")? else {
+        return Ok(None);
+    };
+    let (default_auth, default_token, default_client_auth) = platform_oauth_defaults(connection);
+    let token_url = text("token_url")?
+        .or(default_token.map(str::to_string))
+        .ok_or_else(|| {
+            Error::config("OAuth needs a `token_url` setting")
+                .with_context("connection", &connection.id)
+        })?;
+    let mut config = OAuthConfig::new(client_id, token_url);
+    if let Some(url) = text("auth_url")?.or(default_auth.map(str::to_string)) {
+        config = config.with_auth_url(url);
+    }
+    if let Some(v) = settings.get("scopes") {
+        let scopes = v
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .map(|s| s.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| {
+                Error::config("`scopes` is an array of strings")
+                    .with_context("connection", &connection.id)
+            })?;
+        config = config.with_scopes(scopes);
+    }
+    let client_auth = match text("client_auth")?.as_deref() {
+        None => default_client_auth,
+        Some("basic") => ClientAuth::Basic,
+        Some("request_body") => ClientAuth::RequestBody,
+        Some(other) => {
+            return Err(
+                Error::config("`client_auth` is \"basic\" or \"request_body\"")
+                    .with_context("connection", &connection.id)
+                    .with_context("value", other),
+            );
+        }
+    };
+    config = config.with_client_auth(client_auth);
+    if let Some(secret) = secrets.get("client_secret") {
+        config = config.with_client_secret(secret.expose_secret());
+    }
+    Ok(Some(config))
+}
+
+fn platform_oauth_defaults(
+    connection: &ConnectionConfig,
+) -> (Option<&'static str>, Option<&'static str>, ClientAuth) {
+    match connection.platform.as_str() {
+        #[cfg(feature = "frontapp")]
+        apex_connect_frontapp::NAME => (
+            Some(apex_connect_frontapp::connector::OAUTH_AUTHORIZE_URL),
+            Some(apex_connect_frontapp::connector::OAUTH_TOKEN_URL),
+            ClientAuth::Basic,
+        ),
+        #[cfg(feature = "hubspot")]
+        apex_connect_hubspot::NAME => (
+            Some(apex_connect_hubspot::config::OAUTH_AUTHORIZE_URL),
+            Some(apex_connect_hubspot::config::OAUTH_TOKEN_URL),
+            ClientAuth::RequestBody,
+        ),
+        _ => (None, None, ClientAuth::Basic),
+    }
+}
+
+/// The status detail of a connection whose OAuth grant is gone.
+pub fn reauth_detail(platform: &str, connection: &str) -> String {
+    format!(
+        "the OAuth grant was revoked or has expired: run `apex-connect connect {platform} \
+         --connection {connection}`"
+    )
+}
+
+/// Marks a connection `NeedsReauth` in the store, with [`reauth_detail`] (what the
+/// [`TokenManager`]s of the built-in factories do when the grant is gone).
+///
+/// # Errors
+/// `Storage`, or `NotFound` for a connection the store does not know.
+pub async fn mark_needs_reauth(
+    store: &dyn StateStore,
+    connection: &ConnectionId,
+    platform: &str,
+) -> Result<()> {
+    tracing::warn!(connection = %connection, "connection needs re-authorization");
+    store
+        .set_connection_status(
+            connection,
+            ConnectionStatus::NeedsReauth,
+            Some(&reauth_detail(platform, connection.as_str())),
+        )
+        .await
 }
 
 /// Builds a connector for one connection.
@@ -207,16 +400,23 @@ pub mod platforms {
         }
     }
 
-    /// FrontApp: secrets `api_token` (required), `webhook_secret` (app webhooks; enables
-    /// them), `rule_webhook_secret`; settings `page_size`; `base_url`, `streams`.
+    /// FrontApp: OAuth (settings `client_id`, optional `token_url`/`auth_url`/`scopes`,
+    /// secret `client_secret`; see [`oauth_config`](super::oauth_config)) when the store holds
+    /// the connection's tokens or no `api_token` is set, else secret `api_token`;
+    /// `webhook_secret` (app webhooks; enables them), `rule_webhook_secret`; settings
+    /// `page_size`; `base_url`, `streams`.
     ///
     /// # Errors
-    /// `Config` for a missing token or a bad setting.
+    /// `Config` for missing credentials or a bad setting.
     #[cfg(feature = "frontapp")]
     pub fn frontapp(ctx: FactoryContext<'_>) -> Result<Arc<dyn Connector>> {
         let c = ctx.connection;
-        let mut b = apex_connect_frontapp::FrontConnector::builder()
-            .api_token(ctx.secrets.require("api_token", c)?.clone());
+        let mut b = apex_connect_frontapp::FrontConnector::builder();
+        b = if ctx.use_oauth("api_token") {
+            b.oauth(ctx.token_manager()?)
+        } else {
+            b.api_token(ctx.secrets.require("api_token", c)?.clone())
+        };
         if let Some(url) = &c.base_url {
             b = b.base_url(url.clone());
         }
@@ -235,17 +435,24 @@ pub mod platforms {
         Ok(Arc::new(b.build()?))
     }
 
-    /// HubSpot: secrets `private_app_token` (required), `client_secret` (webhook signatures;
-    /// enables webhooks); settings `app_id`, `webhook_target_url` (as configured in HubSpot,
-    /// signed by v2/v3), `page_size`; `base_url`.
+    /// HubSpot: OAuth (settings `client_id`, optional `token_url`/`auth_url`/`scopes`, secret
+    /// `client_secret`; see [`oauth_config`](super::oauth_config)) when the store holds the
+    /// connection's tokens or no `private_app_token` is set, else secret `private_app_token`;
+    /// `client_secret` (webhook signatures; enables webhooks); settings `app_id`,
+    /// `webhook_target_url` (as configured in HubSpot, signed by v2/v3), `page_size`;
+    /// `base_url`.
     ///
     /// # Errors
-    /// `Config` for a missing token or a bad setting.
+    /// `Config` for missing credentials or a bad setting.
     #[cfg(feature = "hubspot")]
     pub fn hubspot(ctx: FactoryContext<'_>) -> Result<Arc<dyn Connector>> {
         let c = ctx.connection;
-        let mut b = apex_connect_hubspot::HubSpotConnector::builder()
-            .private_app_token(ctx.secrets.require("private_app_token", c)?.clone());
+        let mut b = apex_connect_hubspot::HubSpotConnector::builder();
+        b = if ctx.use_oauth("private_app_token") {
+            b.oauth(ctx.token_manager()?)
+        } else {
+            b.private_app_token(ctx.secrets.require("private_app_token", c)?.clone())
+        };
         if let Some(url) = &c.base_url {
             b = b.base_url(url.clone());
         }

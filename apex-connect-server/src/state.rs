@@ -147,6 +147,11 @@ impl ServerState {
         self.inner.appender.sqlite_pool()
     }
 
+    /// The write gate of a group-commit appender, if any.
+    pub(crate) fn write_gate(&self) -> Option<&crate::inbox::WriteGate> {
+        self.inner.appender.write_gate()
+    }
+
     /// The schedules table, when the server has one.
     pub fn schedules(&self) -> Option<&Schedules> {
         self.inner.schedules.as_ref()

@@ -39,6 +39,12 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// How many events of a batch are parsed at once (thin events fetch objects).
     pub parse_concurrency: usize,
+    /// Hold the group-commit appender's [`WriteGate`](crate::inbox::WriteGate) around sink
+    /// writes too (default `false`). Set it when the sink writes to the state database (the
+    /// `sqlite` and `ledger` sinks; `App` does), so the inbox writer never sleeps in SQLite's
+    /// busy handler behind a sink transaction; leave it off for sinks elsewhere (a slow remote
+    /// sink would hold up webhook answers). Claims and completions always take the gate.
+    pub gate_sink_writes: bool,
 }
 
 impl Default for WorkerConfig {
@@ -53,6 +59,7 @@ impl Default for WorkerConfig {
             poll: Duration::from_millis(200),
             shutdown_grace: Duration::from_secs(10),
             parse_concurrency: 8,
+            gate_sink_writes: false,
         }
     }
 }
@@ -142,9 +149,12 @@ impl Workers {
 
     async fn run_once_until(&self, worker: &str, shutdown: &CancellationToken) -> Result<usize> {
         let store = self.state.store();
-        let claims = store
-            .inbox_claim(worker, self.config.lease, self.config.batch.max(1))
-            .await?;
+        let claims = {
+            let _turn = self.write_turn(true).await;
+            store
+                .inbox_claim(worker, self.config.lease, self.config.batch.max(1))
+                .await?
+        };
         if claims.is_empty() {
             return Ok(0);
         }
@@ -177,8 +187,11 @@ impl Workers {
                     .filter(|(_, r)| r.is_ok())
                     .map(|(c, _)| c.id)
                     .collect();
-                let now = self.state.clock().now_ms();
-                let done = crate::inbox::complete_many(pool, &ok, worker, now).await;
+                let done = {
+                    let _turn = self.write_turn(true).await;
+                    let now = self.state.clock().now_ms();
+                    crate::inbox::complete_many(pool, &ok, worker, now).await
+                };
                 match done {
                     Ok(done) => {
                         let metrics = self.state.metrics();
@@ -202,6 +215,14 @@ impl Workers {
             self.finish(worker, claim, result).await;
         }
         Ok(n)
+    }
+
+    /// The write gate of a group-commit appender, when `wanted`.
+    async fn write_turn(&self, wanted: bool) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.state.write_gate() {
+            Some(gate) if wanted => Some(gate.lock().await),
+            _ => None,
+        }
     }
 
     async fn finish(&self, worker: &str, claim: &ClaimedEvent, result: Result<()>) {
@@ -300,21 +321,24 @@ impl Workers {
                         b.record.version,
                     ))
             });
-            let records: Vec<Record> = pending.iter().map(|p| p.record.clone()).collect();
-            let written = self
-                .sink
-                .write(Batch {
-                    connection: &connection,
-                    stream: &stream,
-                    records: &records,
-                })
-                .await;
+            let (records, owners): (Vec<Record>, Vec<usize>) =
+                pending.into_iter().map(|p| (p.record, p.claim)).unzip();
+            let written = {
+                let _turn = self.write_turn(self.config.gate_sink_writes).await;
+                self.sink
+                    .write(Batch {
+                        connection: &connection,
+                        stream: &stream,
+                        records: &records,
+                    })
+                    .await
+            };
             match written {
                 Ok(_) => self.state.metrics().records(records.len() as u64),
                 Err(e) => {
-                    for p in &pending {
-                        if results[p.claim].is_ok() {
-                            results[p.claim] = Err(Error::new(e.kind(), "sink write failed")
+                    for &claim in &owners {
+                        if results[claim].is_ok() {
+                            results[claim] = Err(Error::new(e.kind(), "sink write failed")
                                 .with_context("cause", e.message())
                                 .with_context("stream", &stream)
                                 .temporary());
