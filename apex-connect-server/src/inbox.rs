@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use apex_connect_core::store::{AppendOutcome, EventId, InboxEvent, StateStore};
+use apex_connect_core::store::{AppendOutcome, EventId, InboxEvent, StateStore, append_inbox_row};
 use apex_connect_core::webhook::{Verified, VerifiedWebhook};
 use apex_connect_core::{Error, Result};
 use bytes::Bytes;
@@ -214,27 +214,7 @@ async fn append_batch(conn: &mut SqliteConnection, jobs: &[Job]) -> Result<Vec<A
     let mut out = Vec::with_capacity(jobs.iter().map(|j| j.events.len()).sum());
     for job in jobs {
         for (event, headers) in job.events.iter().zip(&job.headers) {
-            let row: Option<(i64,)> = sqlx::query_as(
-                "INSERT INTO inbox (platform, connection, event_id, received_at, headers, body, \
-                     status, attempts, next_attempt_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7) \
-                 ON CONFLICT (platform, connection, event_id) DO NOTHING \
-                 RETURNING id",
-            )
-            .bind(&event.platform)
-            .bind(event.connection.as_str())
-            .bind(&event.event_id)
-            .bind(event.received_at)
-            .bind(headers.as_str())
-            .bind(event.body.as_ref())
-            .bind(event.received_at)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(err("cannot append to the inbox"))?;
-            out.push(match row {
-                Some((id,)) => AppendOutcome::Inserted(EventId(id)),
-                None => AppendOutcome::Duplicate,
-            });
+            out.push(append_inbox_row(&mut tx, event, headers, event.received_at).await?);
         }
     }
     tx.commit()

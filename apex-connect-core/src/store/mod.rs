@@ -36,7 +36,7 @@ mod sqlite;
 pub use crypto::{ENCRYPTION_KEY_ENV, EncryptionKey};
 pub use memory::MemoryStore;
 #[cfg(feature = "sqlite")]
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, append_inbox_row};
 
 /// A source of the current time, injectable for tests (lease expiry, retry times).
 #[derive(Clone)]

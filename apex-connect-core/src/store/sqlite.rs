@@ -636,29 +636,12 @@ impl StateStore for SqliteStore {
         let headers = serde_json::to_string(&event.headers_json).map_err(|e| {
             Error::invalid_input("webhook headers cannot be serialized").set_source(e)
         })?;
-        let row = sqlx::query(
-            "INSERT INTO inbox (platform, connection, event_id, received_at, headers, body, \
-                 status, attempts, next_attempt_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7) \
-             ON CONFLICT (platform, connection, event_id) DO NOTHING \
-             RETURNING id",
-        )
-        .bind(&event.platform)
-        .bind(event.connection.as_str())
-        .bind(&event.event_id)
-        .bind(event.received_at)
-        .bind(headers)
-        .bind(event.body.as_ref())
-        .bind(self.clock.now_ms())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err("cannot append to the inbox"))?;
-        match row {
-            Some(r) => Ok(AppendOutcome::Inserted(EventId(
-                r.try_get(0).map_err(db_err("cannot append to the inbox"))?,
-            ))),
-            None => Ok(AppendOutcome::Duplicate),
-        }
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_err("cannot append to the inbox"))?;
+        append_inbox_row(&mut conn, event, &headers, self.clock.now_ms()).await
     }
 
     async fn inbox_claim(
@@ -827,4 +810,40 @@ impl StateStore for SqliteStore {
             dead: get(3)?,
         })
     }
+}
+
+/// Appends one webhook event to the inbox on `conn` (inside the caller's transaction, if any),
+/// due at `due_at_ms`: `Duplicate` when (platform, connection, event id) is already there.
+/// `headers_json` is the event's headers as JSON text. Used by [`SqliteStore`] and by
+/// receivers that group several appends into one transaction.
+///
+/// # Errors
+/// `Storage` on database errors.
+pub async fn append_inbox_row(
+    conn: &mut sqlx::SqliteConnection,
+    event: &InboxEvent,
+    headers_json: &str,
+    due_at_ms: i64,
+) -> Result<AppendOutcome> {
+    let row: Option<(i64,)> = sqlx::query_as(
+        "INSERT INTO inbox (platform, connection, event_id, received_at, headers, body, \
+             status, attempts, next_attempt_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7) \
+         ON CONFLICT (platform, connection, event_id) DO NOTHING \
+         RETURNING id",
+    )
+    .bind(&event.platform)
+    .bind(event.connection.as_str())
+    .bind(&event.event_id)
+    .bind(event.received_at)
+    .bind(headers_json)
+    .bind(event.body.as_ref())
+    .bind(due_at_ms)
+    .fetch_optional(conn)
+    .await
+    .map_err(db_err("cannot append to the inbox"))?;
+    Ok(match row {
+        Some((id,)) => AppendOutcome::Inserted(EventId(id)),
+        None => AppendOutcome::Duplicate,
+    })
 }
