@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 use apex_connect_core::engine::{SyncEngine, SyncOptions};
 use apex_connect_core::store::{Connection, EncryptionKey, SqliteStore, StateStore};
 use apex_connect_core::{ConnectionId, NullSink, Sink, SqliteSink, StreamId};
-use apex_connect_frontapp::{FrontConnector, FrontSim, FrontSimConfig, FrontSimHandle};
+use apex_connect_frontapp::{
+    FrontConfig, FrontConnector, FrontSim, FrontSimConfig, FrontSimHandle,
+};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -139,8 +141,19 @@ impl Bench {
     }
 }
 
+/// The connector under test; `FRONT_BENCH_CONCURRENCY` and `FRONT_BENCH_REQUESTS` override
+/// `nested_concurrency` and `nested_requests_per_read` (for trying other settings).
 fn connector(sim: &FrontSimHandle) -> Result<FrontConnector, BoxError> {
+    let mut config = FrontConfig::default();
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+    if let Some(n) = env("FRONT_BENCH_CONCURRENCY") {
+        config.nested_concurrency = n;
+    }
+    if let Some(n) = env("FRONT_BENCH_REQUESTS") {
+        config.nested_requests_per_read = n;
+    }
     Ok(FrontConnector::builder()
+        .config(config)
         .base_url(sim.base_url())
         .api_token(sim.api_token())
         .build()?)

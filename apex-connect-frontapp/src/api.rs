@@ -105,6 +105,17 @@ impl FrontApi {
         query: &[(&str, String)],
         next: Option<&str>,
     ) -> Result<ListResponse> {
+        self.list_as(path, query, next).await
+    }
+
+    /// [`list`](Self::list) decoded into any shape (the nested walks read only the ids of a
+    /// conversations page).
+    pub(crate) async fn list_as<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        next: Option<&str>,
+    ) -> Result<T> {
         match next {
             Some(link) => {
                 let url = self.http.follow_url(link)?;

@@ -27,7 +27,7 @@ use crate::cursor::{
     InboxesCursor, ListPosition, MessagesCursor, NestedPosition, RefreshPosition, TagsCursor,
     TeammatesCursor,
 };
-use crate::models::{self, Event, ListResponse, ms_to_secs_param, secs_to_ms, streams};
+use crate::models::{self, Event, IdList, ListResponse, ms_to_secs_param, secs_to_ms, streams};
 use crate::webhook::{FrontAppWebhookVerifier, FrontRuleWebhookVerifier};
 
 /// The Core API version the connector speaks.
@@ -50,7 +50,7 @@ const NESTED_PAGE_TTL: Duration = Duration::from_secs(60);
 struct CachedPage {
     key: (Option<String>, i64),
     fetched: Instant,
-    page: Arc<ListResponse>,
+    page: Arc<IdList>,
 }
 
 /// A connector for one Front company (one API token or OAuth grant).
@@ -404,6 +404,23 @@ impl FrontConnector {
         what: &'static str,
     ) -> Result<ListResponse> {
         let resp = self.inner.api.list(path, query, next).await?;
+        if let (Some(cur), Some(n)) = (next, resp.next())
+            && cur == n
+        {
+            return Err(loop_err(what));
+        }
+        Ok(resp)
+    }
+
+    /// [`list_page`](Self::list_page) reading only the objects' ids.
+    async fn id_page(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        next: Option<&str>,
+        what: &'static str,
+    ) -> Result<IdList> {
+        let resp: IdList = self.inner.api.list_as(path, query, next).await?;
         if let (Some(cur), Some(n)) = (next, resp.next())
             && cur == n
         {
@@ -824,7 +841,7 @@ impl FrontConnector {
         &self,
         stream: &'static str,
         pos: &NestedPosition,
-    ) -> Result<(Arc<ListResponse>, bool)> {
+    ) -> Result<(Arc<IdList>, bool)> {
         let key = (pos.conversations_page.clone(), pos.started_at_ms);
         {
             let cache = self.nested_cache();
@@ -836,7 +853,7 @@ impl FrontConnector {
             }
         }
         let p = Arc::new(
-            self.list_page(
+            self.id_page(
                 "/conversations",
                 &[self.limit()],
                 pos.conversations_page.as_deref(),
@@ -884,6 +901,23 @@ impl FrontConnector {
         }
     }
 
+    /// One page of a conversation's children, mapped to records, with the next link; `None`
+    /// when the conversation is gone.
+    async fn child_records(
+        &self,
+        stream: &'static str,
+        child: &'static str,
+        conversation_id: &str,
+        next: Option<&str>,
+    ) -> Result<Option<(Vec<Record>, Option<String>)>> {
+        let Some(resp) = self.child_page(child, conversation_id, next).await? else {
+            return Ok(None);
+        };
+        let next = resp.next().map(str::to_string);
+        let records = self.map_all(stream, resp.results, Some(conversation_id))?;
+        Ok(Some((records, next)))
+    }
+
     /// The nested walk: conversations page by page, each conversation's children page by
     /// page, the first pages of `nested_concurrency` conversations at a time.
     ///
@@ -908,14 +942,8 @@ impl FrontConnector {
         let concurrency = self.inner.config.nested_concurrency.max(1) as usize;
         let mut records = Vec::new();
         let mut requests = 0usize;
-        let mut page: Option<Arc<ListResponse>> = None;
-        let id_at = |p: &ListResponse, i: usize| -> Option<String> {
-            p.results
-                .get(i)
-                .and_then(|c| c.get("id"))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        };
+        let mut page: Option<Arc<IdList>> = None;
+        let id_at = |p: &IdList, i: usize| -> Option<String> { p.id(i).map(str::to_string) };
         while requests < max_requests && records.len() < page_size {
             let Some(p) = page.clone() else {
                 let (p, fetched) = self.conversations_page(stream, &pos).await?;
@@ -974,16 +1002,15 @@ impl FrontConnector {
             let first_next = pos.children_next.take();
             let answers = futures::future::join_all(ids.iter().enumerate().map(|(i, cid)| {
                 let next = if i == 0 { first_next.as_deref() } else { None };
-                self.child_page(child, cid, next)
+                self.child_records(stream, child, cid, next)
             }))
             .await;
             requests += n;
             for (i, (cid, answer)) in ids.iter().zip(answers).enumerate() {
                 let mut answer = answer?;
                 // Follow this conversation to its end before the next one's records.
-                while let Some(resp) = answer.take() {
-                    let next = resp.next().map(str::to_string);
-                    records.extend(self.map_all(stream, resp.results, Some(cid))?);
+                while let Some((recs, next)) = answer.take() {
+                    records.extend(recs);
                     let Some(next) = next else { break };
                     if requests >= max_requests {
                         pos.index += i;
@@ -991,7 +1018,7 @@ impl FrontConnector {
                         pos.children_next = Some(next);
                         return Ok((records, Some(pos)));
                     }
-                    answer = self.child_page(child, cid, Some(&next)).await?;
+                    answer = self.child_records(stream, child, cid, Some(&next)).await?;
                     requests += 1;
                 }
             }

@@ -7,6 +7,8 @@
 
 use apex_connect_core::{Entity, EntityKind, Error, Identity, Record, Result, SourceRef, StreamId};
 use serde::Deserialize;
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use crate::NAME;
@@ -67,6 +69,114 @@ impl ListResponse {
             .as_ref()
             .and_then(|p| p.next.as_deref())
             .filter(|s| !s.is_empty())
+    }
+}
+
+/// A list answer read for its ids only (the conversations pages of the nested walks): the
+/// objects are skipped by the parser instead of being built as `Value`s.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct IdList {
+    /// The pagination block.
+    #[serde(rename = "_pagination", default)]
+    pub(crate) pagination: Option<Pagination>,
+    /// The objects' ids (`None` for an object without a string id).
+    #[serde(rename = "_results", default)]
+    pub(crate) results: Vec<IdOnly>,
+}
+
+impl IdList {
+    /// The `next` link, when there is one.
+    pub(crate) fn next(&self) -> Option<&str> {
+        self.pagination
+            .as_ref()
+            .and_then(|p| p.next.as_deref())
+            .filter(|s| !s.is_empty())
+    }
+
+    /// The id of object `i`.
+    pub(crate) fn id(&self, i: usize) -> Option<&str> {
+        self.results.get(i)?.id.as_deref()
+    }
+}
+
+/// An object of which only the id is read.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct IdOnly {
+    /// `id`, when it is a string.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub(crate) id: Option<String>,
+}
+
+/// A string, or `None` for any other JSON value (skipped without being built).
+fn lenient_string<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<String>, D::Error> {
+    Ok(LenientStr::deserialize(d)?.0.map(|s| s.into_owned()))
+}
+
+/// A string borrowed where the input allows it, or `None` for any other JSON value, which is
+/// skipped (so a field of an unexpected type never fails a sync).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LenientStr<'a>(pub(crate) Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for LenientStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = LenientStr<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Self::Value, E> {
+                Ok(LenientStr(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<Self::Value, E> {
+                Ok(LenientStr(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_string<E>(self, v: String) -> std::result::Result<Self::Value, E> {
+                Ok(LenientStr(Some(Cow::Owned(v))))
+            }
+            fn visit_bool<E>(self, _: bool) -> std::result::Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> std::result::Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> std::result::Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> std::result::Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_none<E>(self) -> std::result::Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> std::result::Result<Self::Value, D::Error> {
+                d.deserialize_any(V(std::marker::PhantomData))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(LenientStr(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(LenientStr(None))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
     }
 }
 
@@ -491,22 +601,6 @@ fn with_times(mut rec: Record, version_secs: Option<f64>) -> Record {
     rec
 }
 
-fn teammate_ref(t: &Teammate) -> Option<SourceRef> {
-    (!t.id.is_empty()).then(|| source("teammate", &t.id))
-}
-
-fn attachments_json(a: &[Attachment]) -> Value {
-    Value::Array(
-        a.iter()
-            .map(|a| {
-                serde_json::json!({
-                    "id": a.id, "filename": a.filename, "content_type": a.content_type, "size": a.size,
-                })
-            })
-            .collect(),
-    )
-}
-
 fn handle_identity(source: &str, handle: &str) -> Option<Identity> {
     let h = handle.trim();
     if h.is_empty() {
@@ -523,46 +617,304 @@ fn handle_identity(source: &str, handle: &str) -> Option<Identity> {
     })
 }
 
+// ----- borrowed views for the mapping
+//
+// The record functions below read what the entity needs through these views, deserialized
+// from the record's `raw` `Value` without copying: strings are borrowed from `raw`, fields
+// not named are skipped, and only what ends up in the entity is allocated. (The public owned
+// types above are for hosts; they copy every field they read.)
+
+type Str<'a> = Option<Cow<'a, str>>;
+
+fn opt_cow(s: &Str<'_>) -> Value {
+    s.as_deref()
+        .map_or(Value::Null, |s| Value::String(s.to_string()))
+}
+
+#[derive(Default, Deserialize)]
+struct TeammateView<'a> {
+    #[serde(borrow, default)]
+    id: Str<'a>,
+    #[serde(borrow, default)]
+    email: Str<'a>,
+    #[serde(borrow, default)]
+    username: Str<'a>,
+    #[serde(borrow, default)]
+    first_name: Str<'a>,
+    #[serde(borrow, default)]
+    last_name: Str<'a>,
+}
+
+impl TeammateView<'_> {
+    /// As [`Teammate::display_name`].
+    fn display_name(&self) -> Option<String> {
+        let mut full = String::new();
+        for part in [self.first_name.as_deref(), self.last_name.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter(|s| !s.is_empty())
+        {
+            if !full.is_empty() {
+                full.push(' ');
+            }
+            full.push_str(part);
+        }
+        if !full.is_empty() {
+            return Some(full);
+        }
+        self.username
+            .as_deref()
+            .or(self.email.as_deref())
+            .map(str::to_string)
+    }
+
+    fn source_ref(&self) -> Option<SourceRef> {
+        self.id
+            .as_deref()
+            .filter(|id| !id.is_empty())
+            .map(|id| source("teammate", id))
+    }
+}
+
+/// `_links` with the related links the mapping reads (any other is skipped).
+#[derive(Default, Deserialize)]
+struct LinksView<'a> {
+    #[serde(borrow, default)]
+    related: Option<RelatedView<'a>>,
+}
+
+#[derive(Default, Deserialize)]
+struct RelatedView<'a> {
+    #[serde(borrow, default)]
+    contact: LenientStr<'a>,
+    #[serde(borrow, default)]
+    conversation: LenientStr<'a>,
+}
+
+impl LinksView<'_> {
+    fn contact_id(&self) -> Option<String> {
+        id_from_url(self.related.as_ref()?.contact.0.as_deref()?)
+    }
+
+    fn conversation_id(&self) -> Option<String> {
+        id_from_url(self.related.as_ref()?.conversation.0.as_deref()?)
+    }
+}
+
+#[derive(Default, Deserialize)]
+struct RecipientView<'a> {
+    #[serde(rename = "_links", borrow, default)]
+    links: Option<LinksView<'a>>,
+    #[serde(borrow, default)]
+    name: Str<'a>,
+    #[serde(borrow, default)]
+    handle: Str<'a>,
+    #[serde(borrow, default)]
+    role: Str<'a>,
+}
+
+impl RecipientView<'_> {
+    fn contact_id(&self) -> Option<String> {
+        self.links.as_ref()?.contact_id()
+    }
+}
+
+#[derive(Default, Deserialize)]
+struct AttachmentView<'a> {
+    #[serde(borrow, default)]
+    id: Str<'a>,
+    #[serde(borrow, default)]
+    filename: Str<'a>,
+    #[serde(borrow, default)]
+    content_type: Str<'a>,
+    #[serde(default)]
+    size: Option<u64>,
+}
+
+#[derive(Default, Deserialize)]
+struct TagView<'a> {
+    #[serde(borrow, default)]
+    id: Str<'a>,
+    #[serde(borrow, default)]
+    name: Str<'a>,
+}
+
+#[derive(Default, Deserialize)]
+struct ConversationView<'a> {
+    #[serde(borrow, default)]
+    id: Str<'a>,
+    #[serde(borrow, default)]
+    subject: Str<'a>,
+    #[serde(borrow, default)]
+    status: Str<'a>,
+    #[serde(borrow, default)]
+    assignee: Option<TeammateView<'a>>,
+    #[serde(borrow, default)]
+    recipient: Option<RecipientView<'a>>,
+    #[serde(borrow, default)]
+    tags: Vec<TagView<'a>>,
+    #[serde(default)]
+    created_at: Option<f64>,
+    #[serde(default)]
+    updated_at: Option<f64>,
+}
+
+#[derive(Default, Deserialize)]
+struct MessageView<'a> {
+    #[serde(rename = "_links", borrow, default)]
+    links: Option<LinksView<'a>>,
+    #[serde(borrow, default)]
+    id: Str<'a>,
+    #[serde(rename = "type", borrow, default)]
+    kind: Str<'a>,
+    #[serde(default)]
+    is_inbound: Option<bool>,
+    #[serde(default)]
+    created_at: Option<f64>,
+    #[serde(borrow, default)]
+    subject: Str<'a>,
+    #[serde(borrow, default)]
+    blurb: Str<'a>,
+    #[serde(borrow, default)]
+    author: Option<TeammateView<'a>>,
+    #[serde(borrow, default)]
+    recipients: Vec<RecipientView<'a>>,
+    #[serde(borrow, default)]
+    text: Str<'a>,
+    #[serde(borrow, default)]
+    attachments: Vec<AttachmentView<'a>>,
+}
+
+#[derive(Default, Deserialize)]
+struct CommentView<'a> {
+    #[serde(rename = "_links", borrow, default)]
+    links: Option<LinksView<'a>>,
+    #[serde(borrow, default)]
+    id: Str<'a>,
+    #[serde(borrow, default)]
+    author: Option<TeammateView<'a>>,
+    #[serde(borrow, default)]
+    body: Str<'a>,
+    #[serde(default)]
+    posted_at: Option<f64>,
+    #[serde(borrow, default)]
+    attachments: Vec<AttachmentView<'a>>,
+}
+
+#[derive(Default, Deserialize)]
+struct HandleView<'a> {
+    #[serde(borrow, default)]
+    handle: Str<'a>,
+    #[serde(borrow, default)]
+    source: Str<'a>,
+}
+
+#[derive(Default, Deserialize)]
+struct ContactView<'a> {
+    #[serde(borrow, default)]
+    id: Str<'a>,
+    #[serde(borrow, default)]
+    name: Str<'a>,
+    #[serde(borrow, default)]
+    description: Str<'a>,
+    #[serde(borrow, default)]
+    links: Vec<LenientStr<'a>>,
+    #[serde(borrow, default)]
+    handles: Vec<HandleView<'a>>,
+    #[serde(default)]
+    is_private: Option<bool>,
+    #[serde(default)]
+    updated_at: Option<f64>,
+    #[serde(default)]
+    created_at: Option<f64>,
+}
+
+fn view<'a, T: Deserialize<'a>>(raw: &'a Value, what: &'static str) -> Result<T> {
+    T::deserialize(raw).map_err(|e| {
+        Error::invalid_response("Front object does not have the expected shape")
+            .with_context("connector", NAME)
+            .with_context("object", what)
+            .set_source(e)
+    })
+}
+
+/// The object's non-empty id, or `InvalidResponse`.
+fn id_of(id: &Str<'_>, what: &'static str) -> Result<String> {
+    match id.as_deref() {
+        Some(id) if !id.is_empty() => Ok(id.to_string()),
+        _ => Err(missing_id(what)),
+    }
+}
+
+fn attachments_view_json(a: &[AttachmentView<'_>]) -> Value {
+    Value::Array(
+        a.iter()
+            .map(|a| {
+                let mut m = Map::new();
+                m.insert("content_type".into(), opt_cow(&a.content_type));
+                m.insert("filename".into(), opt_cow(&a.filename));
+                m.insert("id".into(), opt_cow(&a.id));
+                m.insert("size".into(), a.size.map_or(Value::Null, Value::from));
+                Value::Object(m)
+            })
+            .collect(),
+    )
+}
+
+/// A custom-fields object of `raw`, copied.
+fn custom_fields_of(raw: &Value) -> Map<String, Value> {
+    raw.get("custom_fields")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// Maps a conversation: version from `updated_at` (or `created_at`), relations to the
 /// recipient contact (`recipient`), the tags (`tagged`) and the assignee (`assignee`).
 ///
 /// # Errors
 /// `InvalidResponse` when the object has no id or the wrong shape.
 pub fn conversation_record(raw: Value) -> Result<Record> {
-    let c: Conversation = parse(&raw, "conversation")?;
-    if c.id.is_empty() {
-        return Err(missing_id("conversation"));
-    }
-    let mut e = Entity::new(EntityKind::Conversation, source("conversation", &c.id))
-        .with_attr("status", opt_str(&c.status))
-        .with_attr("created_at", opt_ms(c.created_at));
-    if let Some(s) = &c.subject {
-        e = e.with_name(s.clone());
-    }
-    if let Some(a) = &c.assignee {
-        e = e.with_attr("assignee", opt_str(&a.display_name()));
-        if let Some(r) = teammate_ref(a) {
-            e = e.with_relation("assignee", r);
+    let (id, version, e) = {
+        let c: ConversationView<'_> = view(&raw, "conversation")?;
+        let id = id_of(&c.id, "conversation")?;
+        let mut e = Entity::new(EntityKind::Conversation, source("conversation", &id))
+            .with_attr("status", opt_cow(&c.status))
+            .with_attr("created_at", opt_ms(c.created_at));
+        if let Some(s) = &c.subject {
+            e = e.with_name(s.as_ref());
         }
-    }
-    if let Some(r) = &c.recipient {
-        e = e.with_attr("recipient", opt_str(&r.handle));
-        if let Some(id) = r.contact_id() {
-            e = e.with_relation("recipient", source("contact", &id));
+        if let Some(a) = &c.assignee {
+            e = e.with_attr(
+                "assignee",
+                a.display_name().map_or(Value::Null, Value::String),
+            );
+            if let Some(r) = a.source_ref() {
+                e = e.with_relation("assignee", r);
+            }
         }
-    }
-    let tag_names: Vec<Value> = c
-        .tags
-        .iter()
-        .filter_map(|t| t.name.clone().map(Value::String))
-        .collect();
-    e = e.with_attr("tags", Value::Array(tag_names));
-    for t in c.tags.iter().filter(|t| !t.id.is_empty()) {
-        e = e.with_relation("tagged", source("tag", &t.id));
-    }
-    e.custom_fields = c.custom_fields.clone().unwrap_or_default();
-    let rec = Record::upsert(StreamId::from_static(streams::CONVERSATIONS), &c.id, raw);
-    Ok(with_times(rec, c.updated_at.or(c.created_at)).with_entity(e))
+        if let Some(r) = &c.recipient {
+            e = e.with_attr("recipient", opt_cow(&r.handle));
+            if let Some(id) = r.contact_id() {
+                e = e.with_relation("recipient", source("contact", &id));
+            }
+        }
+        let tag_names: Vec<Value> = c
+            .tags
+            .iter()
+            .filter_map(|t| t.name.as_deref().map(|n| Value::String(n.to_string())))
+            .collect();
+        e = e.with_attr("tags", Value::Array(tag_names));
+        for t in &c.tags {
+            if let Some(tid) = t.id.as_deref().filter(|t| !t.is_empty()) {
+                e = e.with_relation("tagged", source("tag", tid));
+            }
+        }
+        e.custom_fields = custom_fields_of(&raw);
+        (id, c.updated_at.or(c.created_at), e)
+    };
+    let rec = Record::upsert(StreamId::from_static(streams::CONVERSATIONS), id, raw);
+    Ok(with_times(rec, version).with_entity(e))
 }
 
 /// Maps a message: version from `created_at` (messages do not change), relation to its
@@ -572,52 +924,62 @@ pub fn conversation_record(raw: Value) -> Result<Record> {
 /// # Errors
 /// `InvalidResponse` when the object has no id or the wrong shape.
 pub fn message_record(raw: Value, conversation_id: Option<&str>) -> Result<Record> {
-    let m: Message = parse(&raw, "message")?;
-    if m.id.is_empty() {
-        return Err(missing_id("message"));
-    }
-    let conv = m
-        .links
-        .as_ref()
-        .and_then(|l| l.related_id("conversation"))
-        .or_else(|| conversation_id.map(str::to_string));
-    let mut e = Entity::new(EntityKind::Message, source("message", &m.id))
-        .with_attr("type", opt_str(&m.kind))
-        .with_attr("is_inbound", m.is_inbound.map_or(Value::Null, Value::Bool))
-        .with_attr("text", opt_str(&m.text))
-        .with_attr("blurb", opt_str(&m.blurb))
-        .with_attr("created_at", opt_ms(m.created_at))
-        .with_attr("attachments", attachments_json(&m.attachments));
-    if let Some(s) = &m.subject {
-        e = e.with_name(s.clone());
-    }
-    if let Some(c) = &conv {
-        e = e.with_relation("in_conversation", source("conversation", c));
-    }
-    if let Some(a) = &m.author {
-        e = e.with_attr("author", opt_str(&a.display_name()));
-        if let Some(r) = teammate_ref(a) {
-            e = e.with_relation("author", r);
+    let (id, version, e) = {
+        let m: MessageView<'_> = view(&raw, "message")?;
+        let id = id_of(&m.id, "message")?;
+        let conv = m
+            .links
+            .as_ref()
+            .and_then(LinksView::conversation_id)
+            .or_else(|| conversation_id.map(str::to_string));
+        let mut e = Entity::new(EntityKind::Message, source("message", &id))
+            .with_attr("type", opt_cow(&m.kind))
+            .with_attr("is_inbound", m.is_inbound.map_or(Value::Null, Value::Bool))
+            .with_attr("text", opt_cow(&m.text))
+            .with_attr("blurb", opt_cow(&m.blurb))
+            .with_attr("created_at", opt_ms(m.created_at))
+            .with_attr("attachments", attachments_view_json(&m.attachments));
+        if let Some(s) = &m.subject {
+            e = e.with_name(s.as_ref());
         }
-    }
-    let recipients: Vec<Value> = m
-        .recipients
-        .iter()
-        .map(|r| serde_json::json!({"role": r.role, "handle": r.handle, "name": r.name}))
-        .collect();
-    e = e.with_attr("recipients", Value::Array(recipients));
-    for r in &m.recipients {
-        if let Some(id) = r.contact_id() {
-            let kind = if r.role.as_deref() == Some("from") {
-                "from"
-            } else {
-                "participant"
-            };
-            e = e.with_relation(kind, source("contact", &id));
+        if let Some(c) = &conv {
+            e = e.with_relation("in_conversation", source("conversation", c));
         }
-    }
-    let rec = Record::upsert(StreamId::from_static(streams::MESSAGES), &m.id, raw);
-    Ok(with_times(rec, m.created_at).with_entity(e))
+        if let Some(a) = &m.author {
+            e = e.with_attr(
+                "author",
+                a.display_name().map_or(Value::Null, Value::String),
+            );
+            if let Some(r) = a.source_ref() {
+                e = e.with_relation("author", r);
+            }
+        }
+        let recipients: Vec<Value> = m
+            .recipients
+            .iter()
+            .map(|r| {
+                let mut o = Map::new();
+                o.insert("handle".into(), opt_cow(&r.handle));
+                o.insert("name".into(), opt_cow(&r.name));
+                o.insert("role".into(), opt_cow(&r.role));
+                Value::Object(o)
+            })
+            .collect();
+        e = e.with_attr("recipients", Value::Array(recipients));
+        for r in &m.recipients {
+            if let Some(cid) = r.contact_id() {
+                let kind = if r.role.as_deref() == Some("from") {
+                    "from"
+                } else {
+                    "participant"
+                };
+                e = e.with_relation(kind, source("contact", &cid));
+            }
+        }
+        (id, m.created_at, e)
+    };
+    let rec = Record::upsert(StreamId::from_static(streams::MESSAGES), id, raw);
+    Ok(with_times(rec, version).with_entity(e))
 }
 
 /// Maps a comment: version from `posted_at`, relation to its conversation.
@@ -625,30 +987,34 @@ pub fn message_record(raw: Value, conversation_id: Option<&str>) -> Result<Recor
 /// # Errors
 /// `InvalidResponse` when the object has no id or the wrong shape.
 pub fn comment_record(raw: Value, conversation_id: Option<&str>) -> Result<Record> {
-    let c: Comment = parse(&raw, "comment")?;
-    if c.id.is_empty() {
-        return Err(missing_id("comment"));
-    }
-    let conv = c
-        .links
-        .as_ref()
-        .and_then(|l| l.related_id("conversation"))
-        .or_else(|| conversation_id.map(str::to_string));
-    let mut e = Entity::new(EntityKind::Comment, source("comment", &c.id))
-        .with_attr("text", opt_str(&c.body))
-        .with_attr("posted_at", opt_ms(c.posted_at))
-        .with_attr("attachments", attachments_json(&c.attachments));
-    if let Some(id) = &conv {
-        e = e.with_relation("in_conversation", source("conversation", id));
-    }
-    if let Some(a) = &c.author {
-        e = e.with_attr("author", opt_str(&a.display_name()));
-        if let Some(r) = teammate_ref(a) {
-            e = e.with_relation("author", r);
+    let (id, version, e) = {
+        let c: CommentView<'_> = view(&raw, "comment")?;
+        let id = id_of(&c.id, "comment")?;
+        let conv = c
+            .links
+            .as_ref()
+            .and_then(LinksView::conversation_id)
+            .or_else(|| conversation_id.map(str::to_string));
+        let mut e = Entity::new(EntityKind::Comment, source("comment", &id))
+            .with_attr("text", opt_cow(&c.body))
+            .with_attr("posted_at", opt_ms(c.posted_at))
+            .with_attr("attachments", attachments_view_json(&c.attachments));
+        if let Some(cid) = &conv {
+            e = e.with_relation("in_conversation", source("conversation", cid));
         }
-    }
-    let rec = Record::upsert(StreamId::from_static(streams::COMMENTS), &c.id, raw);
-    Ok(with_times(rec, c.posted_at).with_entity(e))
+        if let Some(a) = &c.author {
+            e = e.with_attr(
+                "author",
+                a.display_name().map_or(Value::Null, Value::String),
+            );
+            if let Some(r) = a.source_ref() {
+                e = e.with_relation("author", r);
+            }
+        }
+        (id, c.posted_at, e)
+    };
+    let rec = Record::upsert(StreamId::from_static(streams::COMMENTS), id, raw);
+    Ok(with_times(rec, version).with_entity(e))
 }
 
 /// Maps a contact to a Person: emails and phones from its handles as identities (other
@@ -657,29 +1023,31 @@ pub fn comment_record(raw: Value, conversation_id: Option<&str>) -> Result<Recor
 /// # Errors
 /// `InvalidResponse` when the object has no id or the wrong shape.
 pub fn contact_record(raw: Value) -> Result<Record> {
-    let c: Contact = parse(&raw, "contact")?;
-    if c.id.is_empty() {
-        return Err(missing_id("contact"));
-    }
-    let mut e = Entity::new(EntityKind::Person, source("contact", &c.id))
-        .with_attr("description", opt_str(&c.description))
-        .with_attr("is_private", c.is_private.map_or(Value::Null, Value::Bool));
-    if let Some(n) = &c.name {
-        e = e.with_name(n.clone());
-    }
-    for h in &c.handles {
-        if let Some(id) = handle_identity(&h.source, &h.handle) {
-            e = e.with_identity(id);
+    let (id, version, e) = {
+        let c: ContactView<'_> = view(&raw, "contact")?;
+        let id = id_of(&c.id, "contact")?;
+        let mut e = Entity::new(EntityKind::Person, source("contact", &id))
+            .with_attr("description", opt_cow(&c.description))
+            .with_attr("is_private", c.is_private.map_or(Value::Null, Value::Bool));
+        if let Some(n) = &c.name {
+            e = e.with_name(n.as_ref());
         }
-    }
-    for l in &c.links {
-        if l.contains('.') {
-            e = e.with_identity(Identity::domain(l));
+        for h in &c.handles {
+            let (src, handle) = (h.source.as_deref().unwrap_or(""), h.handle.as_deref());
+            if let Some(ident) = handle.and_then(|handle| handle_identity(src, handle)) {
+                e = e.with_identity(ident);
+            }
         }
-    }
-    e.custom_fields = c.custom_fields.clone().unwrap_or_default();
-    let rec = Record::upsert(StreamId::from_static(streams::CONTACTS), &c.id, raw);
-    Ok(with_times(rec, c.updated_at.or(c.created_at)).with_entity(e))
+        for l in c.links.iter().filter_map(|l| l.0.as_deref()) {
+            if l.contains('.') {
+                e = e.with_identity(Identity::domain(l));
+            }
+        }
+        e.custom_fields = custom_fields_of(&raw);
+        (id, c.updated_at.or(c.created_at), e)
+    };
+    let rec = Record::upsert(StreamId::from_static(streams::CONTACTS), id, raw);
+    Ok(with_times(rec, version).with_entity(e))
 }
 
 /// Maps a tag: version from `updated_at`.
@@ -886,6 +1254,33 @@ mod tests {
         assert_eq!(e.attributes["text"], json!("hello"));
         let r = message_record(json!({"id": "msg_2"}), Some("cnv_3")).unwrap();
         assert_eq!(r.entity.unwrap().relations[0].target.id, "cnv_3");
+    }
+
+    #[test]
+    fn related_links_of_another_type_are_skipped() {
+        // Links that are not strings (null, objects, numbers) name nothing and fail nothing.
+        let raw = json!({
+            "_links": {"related": {"conversation": {"href": "x"}, "message_seen": 3}},
+            "id": "msg_3", "author": {"id": "tea_1", "first_name": "Ann", "last_name": ""},
+            "recipients": [{"handle": "a@x.com", "role": "to", "_links": {"related": {"contact": 7}}},
+                           {"handle": "b@x.com", "_links": {"related": {"contact": null}}}],
+        });
+        let r = message_record(raw.clone(), Some("cnv_9")).unwrap();
+        assert_eq!(r.raw, raw, "raw is kept as it came");
+        let e = r.entity.unwrap();
+        assert_eq!(e.attributes["author"], json!("Ann"));
+        let targets: Vec<_> = e.relations.iter().map(|r| r.target.id.as_str()).collect();
+        assert_eq!(targets, ["cnv_9", "tea_1"]);
+        assert_eq!(
+            e.attributes["recipients"][1],
+            json!({"handle": "b@x.com", "name": null, "role": null})
+        );
+        let err = message_record(json!({"id": 5}), None).unwrap_err();
+        assert_eq!(err.kind(), apex_connect_core::ErrorKind::InvalidResponse);
+        let contact = contact_record(json!({"id": "crd_1", "links": [1, "https://acme.com"],
+            "handles": [{"handle": "ann@acme.com"}, {"source": "phone"}]}))
+        .unwrap();
+        assert_eq!(contact.entity.unwrap().identities.len(), 2);
     }
 
     #[test]

@@ -28,7 +28,7 @@ const DOMAINS: [&str; 6] = [
     "athlead.com",
     "vance-refrigeration.com",
 ];
-const TOPICS: [&str; 12] = [
+pub(super) const TOPICS: [&str; 12] = [
     "Paper order",
     "Invoice question",
     "Delivery delay",
@@ -58,7 +58,7 @@ const TAG_NAMES: [&str; 10] = [
     "Partner",
     "Follow-up",
 ];
-const STATUSES: [&str; 3] = ["assigned", "unassigned", "archived"];
+pub(super) const STATUSES: [&str; 3] = ["assigned", "unassigned", "archived"];
 
 /// A 64-bit mix (SplitMix64): the same seed and index always give the same value.
 pub(crate) fn mix(seed: u64, stream: u64, i: u64) -> u64 {
@@ -216,6 +216,22 @@ pub(crate) struct Data {
     pub(crate) base: String,
     /// The teammates, rendered once: every message and comment embeds one or two.
     teammates: Vec<Value>,
+    /// The same teammates serialized, plus the `name` and `handle` of their recipient
+    /// entries (for the list renderer in `render.rs`).
+    pub(super) teammates_json: Vec<TeammateJson>,
+    /// The first tags serialized (conversations embed them).
+    pub(super) tags_json: Vec<String>,
+}
+
+/// A teammate pre-rendered for the list renderer.
+#[derive(Debug, Clone)]
+pub(super) struct TeammateJson {
+    /// The teammate object as JSON.
+    pub(super) object: String,
+    /// `"First Last"`.
+    pub(super) name: String,
+    /// The email.
+    pub(super) email: String,
 }
 
 impl Data {
@@ -225,18 +241,36 @@ impl Data {
             shape,
             base,
             teammates: Vec::new(),
+            teammates_json: Vec::new(),
+            tags_json: Vec::new(),
         };
         d.teammates = (0..d.shape.teammates.min(1_000))
             .map(|t| d.render_teammate(t))
             .collect();
+        d.teammates_json = d
+            .teammates
+            .iter()
+            .map(|tm| TeammateJson {
+                object: tm.to_string(),
+                name: format!(
+                    "{} {}",
+                    tm["first_name"].as_str().unwrap_or(""),
+                    tm["last_name"].as_str().unwrap_or("")
+                ),
+                email: tm["email"].as_str().unwrap_or("").to_string(),
+            })
+            .collect();
+        d.tags_json = (0..d.shape.tags.min(10_000))
+            .map(|t| d.tag(t).to_string())
+            .collect();
         d
     }
 
-    fn link(&self, path: &str) -> String {
+    pub(super) fn link(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    fn pick<'a>(&self, list: &[&'a str], stream: u64, i: u64) -> &'a str {
+    pub(super) fn pick<'a>(&self, list: &[&'a str], stream: u64, i: u64) -> &'a str {
         list[(mix(self.shape.seed, stream, i) % list.len() as u64) as usize]
     }
 
@@ -307,7 +341,7 @@ impl Data {
         }
     }
 
-    fn render_teammate(&self, t: u64) -> Value {
+    pub(super) fn render_teammate(&self, t: u64) -> Value {
         let first = FIRST[(t % FIRST.len() as u64) as usize];
         let last = LAST[(t % LAST.len() as u64) as usize];
         let id = Self::teammate_id(t);
@@ -363,7 +397,7 @@ impl Data {
         })
     }
 
-    fn contact_names(&self, k: u64) -> (&'static str, &'static str, &'static str) {
+    pub(super) fn contact_names(&self, k: u64) -> (&'static str, &'static str, &'static str) {
         (
             self.pick(&FIRST, 11, k),
             self.pick(&LAST, 12, k),
@@ -447,7 +481,7 @@ impl Data {
         }
     }
 
-    fn conversation_teammate(&self, c: u64) -> u64 {
+    pub(super) fn conversation_teammate(&self, c: u64) -> u64 {
         mix(self.shape.seed, 2, c) % self.shape.teammates.max(1)
     }
 
@@ -527,7 +561,7 @@ impl Data {
         })
     }
 
-    fn last_message_id(&self, c: u64, overlay: &Overlay) -> Option<String> {
+    pub(super) fn last_message_id(&self, c: u64, overlay: &Overlay) -> Option<String> {
         if let Some(n) = overlay
             .conversations
             .get(&c)
@@ -539,7 +573,7 @@ impl Data {
         (m > 0).then(|| Self::message_id(c * m + m - 1))
     }
 
-    fn sentence(&self, stream: u64, i: u64, words: usize) -> String {
+    pub(super) fn sentence(&self, stream: u64, i: u64, words: usize) -> String {
         (0..words as u64)
             .map(|w| self.pick(&WORDS, stream, i.wrapping_mul(31).wrapping_add(w)))
             .collect::<Vec<_>>()

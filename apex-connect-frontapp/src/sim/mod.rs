@@ -25,6 +25,7 @@
 //! ```
 
 mod data;
+mod render;
 mod routes;
 
 use std::collections::BTreeMap;

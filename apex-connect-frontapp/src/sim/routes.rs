@@ -14,11 +14,12 @@ use axum::extract::{Path, Request, State};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http::{HeaderMap, StatusCode, Uri, header};
+use http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use serde_json::{Map, Value, json};
 
 use super::SimState;
 use super::data::{Data, parse_id};
+use super::render::Out;
 
 type St = State<Arc<SimState>>;
 
@@ -172,6 +173,27 @@ fn list(data: &Data, path: &str, results: Vec<Value>, next: Option<String>) -> R
     .into_response()
 }
 
+/// A list answer written by the renderer into one buffer of about `capacity` bytes;
+/// `next: None` leaves `_pagination` out (lists Front does not page).
+fn render_list(
+    data: &Data,
+    path: &str,
+    next: Option<Option<&str>>,
+    capacity: usize,
+    items: impl FnOnce(&mut Out<'_>),
+) -> Response {
+    let mut buf = Vec::with_capacity(capacity.min(1 << 20) + 512);
+    Out(&mut buf).list(&data.base, path, next, items);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        buf,
+    )
+        .into_response()
+}
+
 async fn me(State(s): St) -> Response {
     let d = s.data();
     axum::Json(json!({
@@ -193,12 +215,20 @@ async fn list_conversations(State(s): St, uri: Uri) -> Response {
     let touched = o.touched_desc();
     let n = d.shape.conversations;
     let end = start.saturating_add(limit as u64).min(n);
-    let results = (start..end)
-        .filter_map(|p| d.conversation_at(p, &touched))
-        .map(|c| d.conversation(c, &o))
-        .collect();
     let next = (end < n).then(|| next_link(d, "/conversations", &q, end));
-    list(d, "/conversations", results, next)
+    render_list(
+        d,
+        "/conversations",
+        Some(next.as_deref()),
+        2_600 * limit,
+        |out| {
+            let mut first = true;
+            for c in (start..end).filter_map(|p| d.conversation_at(p, &touched)) {
+                out.comma(&mut first);
+                d.write_conversation(out, c, &o);
+            }
+        },
+    )
 }
 
 async fn get_conversation(State(s): St, Path(id): Path<String>) -> Response {
@@ -225,15 +255,22 @@ async fn list_messages(State(s): St, Path(id): Path<String>, uri: Uri) -> Respon
     }
     let n = ids.len() as u64;
     let end = start.saturating_add(limit as u64).min(n);
-    let results = ids
-        .iter()
-        .skip(start as usize)
-        .take((end.saturating_sub(start)) as usize)
-        .filter_map(|i| d.message(*i, &o))
-        .collect();
     let path = format!("/conversations/{id}/messages");
     let next = (end < n).then(|| next_link(d, &path, &q, end));
-    list(d, &path, results, next)
+    let count = end.saturating_sub(start) as usize;
+    render_list(d, &path, Some(next.as_deref()), 2_600 * count, |out| {
+        let mut first = true;
+        for i in ids.iter().skip(start as usize).take(count) {
+            let mark = out.0.len();
+            let comma = !first;
+            out.comma(&mut first);
+            if !d.write_message(out, *i, &o) {
+                // Not rendered: take the separator back.
+                out.0.truncate(mark);
+                first = !comma;
+            }
+        }
+    })
 }
 
 async fn list_comments(State(s): St, Path(id): Path<String>) -> Response {
@@ -242,17 +279,21 @@ async fn list_comments(State(s): St, Path(id): Path<String>) -> Response {
     };
     let d = s.data();
     let o = s.overlay();
-    let results: Vec<Value> = d
-        .comment_ids(c, &o)
-        .into_iter()
-        .filter_map(|i| d.comment(i, &o))
-        .collect();
+    let ids = d.comment_ids(c, &o);
     // Front's comment list has `_links` and `_results` only.
-    axum::Json(json!({
-        "_links": {"self": format!("{}/conversations/{id}/comments", d.base)},
-        "_results": results,
-    }))
-    .into_response()
+    let path = format!("/conversations/{id}/comments");
+    render_list(d, &path, None, 1_500 * ids.len(), |out| {
+        let mut first = true;
+        for i in ids {
+            let mark = out.0.len();
+            let comma = !first;
+            out.comma(&mut first);
+            if !d.write_comment(out, i, &o) {
+                out.0.truncate(mark);
+                first = !comma;
+            }
+        }
+    })
 }
 
 fn json_body(body: &Bytes) -> Result<Map<String, Value>, Response> {
@@ -388,12 +429,14 @@ async fn list_contacts(State(s): St, uri: Uri) -> Response {
         (None, None) => 0,
     };
     let end = start.saturating_add(limit as u64).min(n);
-    let results = (start..end)
-        .filter_map(|p| d.contact_at(p, &changed))
-        .map(|k| d.contact(k, &o))
-        .collect();
     let next = (end < n).then(|| next_link(d, "/contacts", &q, end));
-    list(d, "/contacts", results, next)
+    render_list(d, "/contacts", Some(next.as_deref()), 900 * limit, |out| {
+        let mut first = true;
+        for k in (start..end).filter_map(|p| d.contact_at(p, &changed)) {
+            out.comma(&mut first);
+            d.write_contact(out, k, &o);
+        }
+    })
 }
 
 async fn get_contact(State(s): St, Path(id): Path<String>) -> Response {
