@@ -5,12 +5,14 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
+use sha2::{Digest, Sha256};
 
 use crate::cursor::CursorToken;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Op, Page, Record, StreamId};
-use crate::webhook::{VerifiedWebhook, WebhookVerifier};
+use crate::webhook::{Verified, VerifiedWebhook, WebhookError, WebhookVerifier};
 
 /// What a connector can do. The conformance suite runs only the behaviours claimed here.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -170,6 +172,53 @@ impl Change {
     }
 }
 
+/// One event of a verified webhook delivery, as a host stores it: the unit it deduplicates
+/// (on `id`) and later hands to [`Connector::parse_webhook`] (as `body`).
+///
+/// Made by [`Connector::webhook_events`]; most deliveries are one event with the whole body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WebhookEvent {
+    /// The event's id: the same for every redelivery of the same event.
+    pub id: String,
+    /// The body to store for it (the delivery's, or the part of it that is this event).
+    pub body: Bytes,
+}
+
+impl WebhookEvent {
+    /// An event `id` with `body`.
+    pub fn new(id: impl Into<String>, body: Bytes) -> Self {
+        WebhookEvent {
+            id: id.into(),
+            body,
+        }
+    }
+
+    /// A delivery as one event: the verifier's [`Verified::event_id`] when the scheme has one,
+    /// else [`body_hash`] of the body. What [`Connector::webhook_events`] does by default.
+    pub fn whole_delivery(verified: &Verified, body: &Bytes) -> Self {
+        let id = match &verified.event_id {
+            Some(id) => id.clone(),
+            None => body_hash(body),
+        };
+        WebhookEvent::new(id, body.clone())
+    }
+}
+
+/// `sha256:<64 lowercase hex digits>` of `body`: the event id of last resort, stable only
+/// when the platform redelivers byte-identical bodies.
+pub fn body_hash(body: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::digest(body);
+    let mut s = String::with_capacity(7 + 64);
+    s.push_str("sha256:");
+    for b in digest {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
 /// What a write-back operation does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -299,6 +348,10 @@ impl WriteReport {
 ///   read with (no loops).
 /// - An unknown stream is `ErrorKind::NotFound`; a cursor of another stream, connector or
 ///   version is `ErrorKind::InvalidInput`.
+/// - [`webhook_events`](Connector::webhook_events) gives each event of a delivery an id that
+///   is the same on every redelivery of that event (hosts deduplicate on it); it may split a
+///   delivery of several events into one [`WebhookEvent`] each, and every event's body is
+///   still accepted by [`parse_webhook`](Connector::parse_webhook) on its own.
 /// - `Debug` output never shows a credential.
 #[async_trait]
 pub trait Connector: Send + Sync + fmt::Debug + 'static {
@@ -335,6 +388,25 @@ pub trait Connector: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// The events of a verified delivery (`body` as received), as a host stores them: one
+    /// id per event, stable across redeliveries, and the body to hand to
+    /// [`parse_webhook`](Connector::parse_webhook) later. A delivery carrying several events
+    /// may be split, each part's body keeping the platform's shape.
+    ///
+    /// Default: one event, keyed by the verifier's [`Verified::event_id`] when the scheme has
+    /// one, else by [`body_hash`] of the body ([`WebhookEvent::whole_delivery`]).
+    ///
+    /// # Errors
+    /// `Malformed` for a body that is not the platform's event shape, when the connector looks
+    /// inside it (the default does not).
+    fn webhook_events(
+        &self,
+        verified: &Verified,
+        body: &Bytes,
+    ) -> std::result::Result<Vec<WebhookEvent>, WebhookError> {
+        Ok(vec![WebhookEvent::whole_delivery(verified, body)])
+    }
+
     /// Turns a verified webhook delivery into changes, fetching full objects for thin events.
     ///
     /// # Errors
@@ -364,6 +436,13 @@ impl<T: Connector + ?Sized> Connector for Arc<T> {
     }
     fn webhook_verifier(&self) -> Option<Arc<dyn WebhookVerifier>> {
         (**self).webhook_verifier()
+    }
+    fn webhook_events(
+        &self,
+        verified: &Verified,
+        body: &Bytes,
+    ) -> std::result::Result<Vec<WebhookEvent>, WebhookError> {
+        (**self).webhook_events(verified, body)
     }
     async fn parse_webhook(&self, webhook: &VerifiedWebhook) -> Result<Vec<Change>> {
         (**self).parse_webhook(webhook).await
@@ -421,4 +500,51 @@ pub fn read_pages<'a, C: Connector + ?Sized>(
         }
     })
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Bare(ConnectorInfo);
+
+    #[async_trait]
+    impl Connector for Bare {
+        fn info(&self) -> &ConnectorInfo {
+            &self.0
+        }
+        async fn check(&self) -> Result<()> {
+            Ok(())
+        }
+        async fn read(&self, stream: &StreamId, _: Option<&CursorToken>) -> Result<Page> {
+            Err(Error::new(ErrorKind::NotFound, "no streams").with_context("stream", stream))
+        }
+    }
+
+    #[test]
+    fn default_webhook_events_use_the_verifier_id_else_the_body_hash() {
+        let c: Arc<dyn Connector> = Arc::new(Bare(ConnectorInfo::new(
+            "bare",
+            "1",
+            Capabilities::default(),
+        )));
+        let body = Bytes::from_static(b"abc");
+        let events = c.webhook_events(&Verified::default(), &body).unwrap();
+        assert_eq!(
+            events,
+            vec![WebhookEvent::new(
+                // SHA-256("abc"), FIPS 180-2 test vector.
+                "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+                body.clone(),
+            )]
+        );
+        let verified = Verified {
+            event_id: Some("msg_1".into()),
+            ..Verified::default()
+        };
+        // Through the `Arc` forwarding impl too.
+        let events = Arc::clone(&c).webhook_events(&verified, &body).unwrap();
+        assert_eq!(events, vec![WebhookEvent::new("msg_1", body)]);
+    }
 }

@@ -19,8 +19,8 @@ pub mod webhook;
 
 pub use async_trait::async_trait;
 pub use connector::{
-    Capabilities, Change, Connector, ConnectorExt, ConnectorInfo, StreamInfo, WriteAction, WriteOp,
-    WriteReport, WriteResult, read_pages,
+    Capabilities, Change, Connector, ConnectorExt, ConnectorInfo, StreamInfo, WebhookEvent,
+    WriteAction, WriteOp, WriteReport, WriteResult, body_hash, read_pages,
 };
 pub use cursor::{CursorToken, SyncCursor};
 pub use engine::{Progress, SyncEngine, SyncOptions, SyncReport};

@@ -9,12 +9,13 @@ use apex_connect_core::http::{
     Credentials, HttpClient, HttpStatsSnapshot, RateGate, RetryConfig, StaticToken,
 };
 use apex_connect_core::oauth::TokenManager;
-use apex_connect_core::webhook::{WebhookSecrets, unix_ms};
+use apex_connect_core::webhook::{Verified, WebhookSecrets, unix_ms};
 use apex_connect_core::{
     Capabilities, Change, Connector, ConnectorInfo, CursorToken, Error, ErrorKind, Op, Page,
-    Record, Result, StreamId, StreamInfo, SyncCursor, VerifiedWebhook, WebhookVerifier,
-    WriteAction, WriteOp, WriteReport, WriteResult, async_trait,
+    Record, Result, StreamId, StreamInfo, SyncCursor, VerifiedWebhook, WebhookError, WebhookEvent,
+    WebhookVerifier, WriteAction, WriteOp, WriteReport, WriteResult, async_trait,
 };
+use bytes::Bytes;
 use http::Method;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -28,7 +29,7 @@ use crate::cursor::{
     TeammatesCursor,
 };
 use crate::models::{self, Event, IdList, ListResponse, ms_to_secs_param, secs_to_ms, streams};
-use crate::webhook::{FrontAppWebhookVerifier, FrontRuleWebhookVerifier};
+use crate::webhook::{FrontAppWebhookVerifier, FrontRuleWebhookVerifier, delivery_events};
 
 /// The Core API version the connector speaks.
 pub const API_VERSION: &str = "core-api-2024";
@@ -1454,6 +1455,16 @@ impl Connector for FrontConnector {
 
     fn webhook_verifier(&self) -> Option<Arc<dyn WebhookVerifier>> {
         self.inner.verifier.clone()
+    }
+
+    /// One event per delivery (Front sends one event per webhook), keyed by the verifier's
+    /// event id, else the body's `payload.id` or `id`, else the body hash; never an error.
+    fn webhook_events(
+        &self,
+        verified: &Verified,
+        body: &Bytes,
+    ) -> std::result::Result<Vec<WebhookEvent>, WebhookError> {
+        Ok(delivery_events(verified, body))
     }
 
     async fn parse_webhook(&self, webhook: &VerifiedWebhook) -> Result<Vec<Change>> {

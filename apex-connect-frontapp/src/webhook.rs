@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use apex_connect_core::WebhookEvent;
 use apex_connect_core::webhook::{
     Verified, WebhookError, WebhookReply, WebhookRequest, WebhookSecrets, WebhookVerifier,
     check_tolerance, unix_ms,
@@ -46,6 +47,25 @@ fn body_event_id(body: &[u8]) -> Option<String> {
         .or_else(|| v.get("id"))?
         .as_str()?;
     id.starts_with("evt_").then(|| id.to_string())
+}
+
+/// The inbox event of a verified Front delivery (what `FrontConnector::webhook_events`
+/// returns): always one event with the whole body, keyed by the verifier's event id, else
+/// the body's `payload.id` (application webhooks) or `id` (rule webhooks), else
+/// [`apex_connect_core::body_hash`] of the body (also for a body that is not JSON: Front
+/// webhooks are never split, so there is nothing to refuse here).
+pub fn delivery_events(verified: &Verified, body: &Bytes) -> Vec<WebhookEvent> {
+    if verified.event_id.is_none()
+        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
+        && let Some(id) = v
+            .get("payload")
+            .and_then(|p| p.get("id"))
+            .or_else(|| v.get("id"))
+            .and_then(serde_json::Value::as_str)
+    {
+        return vec![WebhookEvent::new(id, body.clone())];
+    }
+    vec![WebhookEvent::whole_delivery(verified, body)]
 }
 
 /// Verifies Front **application webhooks**.
@@ -447,5 +467,27 @@ mod tests {
             .unwrap();
         assert!(verify(&r, &signed, body, SystemTime::now()).is_ok());
         assert!(!format!("{r:?}").contains("apex-rule-secret"));
+    }
+
+    #[test]
+    fn delivery_event_id_is_the_verifier_id_then_payload_id_then_id_then_hash() {
+        let app = Bytes::from_static(br#"{"type":"tag","payload":{"id":"evt_9","type":"tag"}}"#);
+        let events = delivery_events(&Verified::default(), &app);
+        assert_eq!(events, vec![WebhookEvent::new("evt_9", app.clone())]);
+        let rule = Bytes::from_static(br#"{"id":"evt_7","type":"untag"}"#);
+        assert_eq!(delivery_events(&Verified::default(), &rule)[0].id, "evt_7");
+        let mut v = Verified::default();
+        v.event_id = Some("evt_1".into());
+        assert_eq!(delivery_events(&v, &app)[0].id, "evt_1");
+        // No id anywhere, or not JSON: one event keyed by the body hash.
+        for body in [
+            Bytes::from_static(br#"{"type":"tag","payload":{}}"#),
+            Bytes::from_static(b"not json"),
+        ] {
+            let events = delivery_events(&Verified::default(), &body);
+            assert_eq!(events.len(), 1);
+            assert_eq!(events[0].id, apex_connect_core::body_hash(&body));
+            assert_eq!(events[0].body, body);
+        }
     }
 }

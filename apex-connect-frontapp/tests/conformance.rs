@@ -368,8 +368,19 @@ async fn webhooks_verify_parse_and_handshake() {
         .verify(&WebhookRequest::new(&m, &u, &headers, &body), now)
         .unwrap();
     assert_eq!(verified.event_id.as_deref(), Some(evt.as_str()));
+    // One inbox event, keyed by the event id, with the body as received.
+    let body = bytes::Bytes::from(body);
+    let events = front.webhook_events(&verified, &body).unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].id.as_str(), &events[0].body),
+        (evt.as_str(), &body)
+    );
+    let mut unverified = verified.clone();
+    unverified.event_id = None;
+    assert_eq!(front.webhook_events(&unverified, &body).unwrap()[0].id, evt);
     let changes = front
-        .parse_webhook(&VerifiedWebhook::new(verified, headers, body.into(), now))
+        .parse_webhook(&VerifiedWebhook::new(verified, headers, body, now))
         .await
         .unwrap();
     let got: Vec<(&str, &str, &str)> = changes

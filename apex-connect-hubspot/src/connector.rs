@@ -7,12 +7,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use apex_connect_core::http::{Credentials, RateGate, RetryConfig, StaticToken};
 use apex_connect_core::oauth::{ClientAuth, OAuthConfig, TokenManager};
-use apex_connect_core::webhook::{WebhookSecrets, unix_ms};
+use apex_connect_core::webhook::{Verified, WebhookSecrets, unix_ms};
 use apex_connect_core::{
     Capabilities, Change, Connector, ConnectorInfo, CursorToken, Error, ErrorKind, Op, Page,
-    Record, Result, StreamId, StreamInfo, SyncCursor, VerifiedWebhook, WebhookVerifier,
-    WriteAction, WriteOp, WriteReport, WriteResult, async_trait,
+    Record, Result, StreamId, StreamInfo, SyncCursor, VerifiedWebhook, WebhookError, WebhookEvent,
+    WebhookVerifier, WriteAction, WriteOp, WriteReport, WriteResult, async_trait,
 };
+use bytes::Bytes;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
@@ -25,7 +26,9 @@ use crate::models::{
     HubSpotObject, OBJECT_TYPES, ObjectType, association_pairs, association_record, object_record,
     object_type, object_type_by_any_name, owner_record, property_record, streams,
 };
-use crate::webhook::{HubSpotEvent, HubSpotWebhookVerifier, dedupe_and_order, parse_events};
+use crate::webhook::{
+    HubSpotEvent, HubSpotWebhookVerifier, dedupe_and_order, delivery_events, parse_events,
+};
 
 /// The CRM API version spoken.
 pub const API_VERSION: &str = "crm-v3";
@@ -1228,6 +1231,16 @@ impl Connector for HubSpotConnector {
 
     fn webhook_verifier(&self) -> Option<Arc<dyn WebhookVerifier>> {
         self.verifier.clone().map(|v| v as Arc<dyn WebhookVerifier>)
+    }
+
+    /// One event per element of the delivery's array, keyed by its `eventId`, with the
+    /// one-element array as body ([`delivery_events`]).
+    fn webhook_events(
+        &self,
+        verified: &Verified,
+        body: &Bytes,
+    ) -> std::result::Result<Vec<WebhookEvent>, WebhookError> {
+        delivery_events(verified, body)
     }
 
     async fn parse_webhook(&self, webhook: &VerifiedWebhook) -> Result<Vec<Change>> {

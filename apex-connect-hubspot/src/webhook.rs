@@ -16,9 +16,10 @@ use std::time::{Duration, SystemTime};
 use apex_connect_core::webhook::{
     Verified, WebhookRequest, WebhookSecrets, check_tolerance, unix_ms,
 };
-use apex_connect_core::{WebhookError, WebhookVerifier};
+use apex_connect_core::{WebhookError, WebhookEvent, WebhookVerifier};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
 use hmac::Hmac;
 use http::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -523,6 +524,55 @@ pub fn parse_events(body: &[u8]) -> apex_connect_core::Result<Vec<HubSpotEvent>>
     })
 }
 
+/// The inbox events of a verified HubSpot delivery (what `HubSpotConnector::webhook_events`
+/// returns). A delivery is an array of up to 100 events and a retry may batch them
+/// differently, so it is split: one event per array element, keyed by its `eventId` (number
+/// or string), with the one-element array as body (which [`parse_events`] and so
+/// `parse_webhook` accept).
+///
+/// The verifier's event id, when it has one, keys the whole delivery instead; an empty
+/// array, an element without an `eventId`, or a single event object not in an array make one
+/// event of the whole body keyed by [`apex_connect_core::body_hash`].
+///
+/// # Errors
+/// `Malformed` when the body is not JSON, or is JSON but neither an array nor an object.
+pub fn delivery_events(
+    verified: &Verified,
+    body: &Bytes,
+) -> Result<Vec<WebhookEvent>, WebhookError> {
+    if verified.event_id.is_some() {
+        return Ok(vec![WebhookEvent::whole_delivery(verified, body)]);
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|_| WebhookError::Malformed("HubSpot webhook body is not JSON".into()))?;
+    let events = match value {
+        serde_json::Value::Array(events) => events,
+        serde_json::Value::Object(_) => {
+            return Ok(vec![WebhookEvent::whole_delivery(verified, body)]);
+        }
+        _ => {
+            return Err(WebhookError::Malformed(
+                "HubSpot webhook body is not an array of events".into(),
+            ));
+        }
+    };
+    let split: Option<Vec<WebhookEvent>> = events
+        .iter()
+        .map(|event| {
+            let id = match event.get("eventId")? {
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::String(s) => s.clone(),
+                _ => return None,
+            };
+            let one = serde_json::to_vec(std::slice::from_ref(event)).ok()?;
+            Some(WebhookEvent::new(id, Bytes::from(one)))
+        })
+        .collect();
+    Ok(split
+        .filter(|events| !events.is_empty())
+        .unwrap_or_else(|| vec![WebhookEvent::whole_delivery(verified, body)]))
+}
+
 /// Deduplicates by `eventId` (first kept) and orders by `occurredAt` (stable: events of the
 /// same object keep delivery order on equal times).
 pub fn dedupe_and_order(events: Vec<HubSpotEvent>) -> Vec<HubSpotEvent> {
@@ -662,5 +712,60 @@ mod tests {
         assert!(echo.is_echo_of(Some(777)));
         assert!(!echo.is_echo_of(Some(778)));
         assert!(!echo.is_echo_of(None));
+    }
+
+    #[test]
+    fn deliveries_split_per_event_id_into_parseable_one_element_arrays() {
+        let body = Bytes::from_static(
+            br#"[{"eventId":11,"subscriptionType":"contact.creation","objectId":1},
+                 {"eventId":"12","eventType":"deal.deletion","objectId":2},
+                 {"eventId":13,"subscriptionType":"company.propertyChange","objectId":3,"propertyName":"name","propertyValue":"Acme"}]"#,
+        );
+        let events = delivery_events(&Verified::default(), &body).unwrap();
+        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["11", "12", "13"]);
+        let whole = parse_events(&body).unwrap();
+        for (event, expected) in events.iter().zip(&whole) {
+            let v: serde_json::Value = serde_json::from_slice(&event.body).unwrap();
+            assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+            assert_eq!(parse_events(&event.body).unwrap(), vec![expected.clone()]);
+        }
+    }
+
+    #[test]
+    fn unsplittable_deliveries_are_one_event_and_malformed_bodies_are_refused() {
+        // No id on some element, an empty array, a lone object: the whole body, by its hash.
+        for body in [
+            Bytes::from_static(br#"[{"eventId":1},{"objectId":2}]"#),
+            Bytes::from_static(b"[]"),
+            Bytes::from_static(br#"{"eventId":1,"objectId":2}"#),
+        ] {
+            let events = delivery_events(&Verified::default(), &body).unwrap();
+            assert_eq!(
+                events,
+                vec![WebhookEvent::new(
+                    apex_connect_core::body_hash(&body),
+                    body.clone()
+                )]
+            );
+        }
+        // The verifier's id, when the scheme has one, keys the whole delivery.
+        let mut v = Verified::default();
+        v.event_id = Some("msg_1".into());
+        let body = Bytes::from_static(br#"[{"eventId":1},{"eventId":2}]"#);
+        assert_eq!(
+            delivery_events(&v, &body).unwrap(),
+            vec![WebhookEvent::new("msg_1", body)]
+        );
+        for body in [&b"[{\"eventId\":1"[..], b"not json", b"42", b"\"x\""] {
+            assert!(
+                matches!(
+                    delivery_events(&Verified::default(), &Bytes::copy_from_slice(body)),
+                    Err(WebhookError::Malformed(_))
+                ),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 }

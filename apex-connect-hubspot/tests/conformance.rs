@@ -489,6 +489,84 @@ async fn webhooks_of_every_version_parse_dedupe_fetch_and_drop_echoes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_splits_per_event_and_each_part_parses_on_its_own() {
+    let sim = HubSpotSim::start(small()).await.unwrap();
+    let hs = token_connector(&sim).build().unwrap();
+    let verifier = hs.webhook_verifier().unwrap();
+    let (c1, c2) = (
+        sim.id(streams::CONTACTS, 1).unwrap(),
+        sim.id(streams::CONTACTS, 2).unwrap(),
+    );
+    let deal = sim.id(streams::DEALS, 3).unwrap();
+    let mut events: Vec<serde_json::Value> = serde_json::from_slice(&sim.webhook_body(
+        "contact.propertyChange",
+        &[c1.clone(), c2.clone()],
+        "CRM_UI",
+        None,
+        700,
+    ))
+    .unwrap();
+    events.extend(
+        serde_json::from_slice::<Vec<serde_json::Value>>(&sim.webhook_body(
+            "deal.deletion",
+            std::slice::from_ref(&deal),
+            "CRM_UI",
+            None,
+            900,
+        ))
+        .unwrap(),
+    );
+    let body = bytes::Bytes::from(serde_json::to_vec(&events).unwrap());
+    let uri: Uri = HOOK_URL.parse().unwrap();
+    let now = SystemTime::now();
+    let headers = sim
+        .sign_webhook(SignatureVersion::V3, &uri, &body, now)
+        .unwrap();
+    let verified = verifier
+        .verify(
+            &WebhookRequest::new(&Method::POST, &uri, &headers, &body),
+            now,
+        )
+        .unwrap();
+    // Through `Arc<dyn Connector>`, as a host holds it.
+    let dyn_hs: Arc<dyn Connector> = Arc::new(hs);
+    let parts = dyn_hs.webhook_events(&verified, &body).unwrap();
+    let ids: Vec<&str> = parts.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["700", "701", "900"]);
+    let mut got = Vec::new();
+    for part in &parts {
+        let changes = dyn_hs
+            .parse_webhook(&VerifiedWebhook::new(
+                verified.clone(),
+                headers.clone(),
+                part.body.clone(),
+                now,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(changes.len(), 1, "{}", String::from_utf8_lossy(&part.body));
+        got.push((
+            changes[0].stream.to_string(),
+            changes[0].id.clone(),
+            changes[0].op,
+        ));
+    }
+    assert_eq!(
+        got,
+        vec![
+            ("contacts".to_string(), c1, Op::Upsert),
+            ("contacts".to_string(), c2, Op::Upsert),
+            ("deals".to_string(), deal, Op::Delete),
+        ]
+    );
+    // A signed body that is not JSON is refused before anything is stored.
+    assert!(matches!(
+        dyn_hs.webhook_events(&verified, &bytes::Bytes::from_static(b"[{")),
+        Err(apex_connect_core::WebhookError::Malformed(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn platform_rate_limit_headers_and_429_bodies_are_honoured() {
     // The simulator allows 12 requests per 10 s; the connector's own gate allows more, so the
     // platform's headers must slow it down.

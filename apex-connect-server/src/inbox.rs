@@ -1,5 +1,6 @@
-//! Durable append to the inbox (with SQLite group commit), event ids per platform, and the
-//! round trip of a verified webhook through the inbox row.
+//! Durable append to the inbox (with SQLite group commit) and the round trip of a verified
+//! webhook through the inbox row. Event ids come from the connector
+//! (`Connector::webhook_events`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -8,9 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use apex_connect_core::store::{AppendOutcome, EventId, InboxEvent, StateStore, append_inbox_row};
 use apex_connect_core::webhook::{Verified, VerifiedWebhook};
 use apex_connect_core::{Error, Result};
-use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{ConnectOptions, Connection};
 use tokio::sync::{mpsc, oneshot};
@@ -252,68 +251,6 @@ pub async fn complete_many(
     Ok(rows.into_iter().map(|(id,)| EventId(id)).collect())
 }
 
-/// The inbox rows for one verified delivery: `(event_id, body)` pairs.
-///
-/// - The verifier's `event_id` when the scheme has one (Standard Webhooks `webhook-id`,
-///   Front's `payload.id`);
-/// - `hubspot`: the body is an array of up to 100 events: one row per event, keyed by its
-///   `eventId`, with the one-element array as body (so a redelivery batched differently is
-///   still deduplicated per event);
-/// - `frontapp`: `payload.id`, else the body's `id`;
-/// - otherwise `sha256:<hex of the body>`.
-pub fn split_events(platform: &str, verified: &Verified, body: &Bytes) -> Vec<(String, Bytes)> {
-    if let Some(id) = &verified.event_id {
-        return vec![(id.clone(), body.clone())];
-    }
-    match platform {
-        "hubspot" => {
-            if let Ok(serde_json::Value::Array(events)) = serde_json::from_slice(body) {
-                let rows: Option<Vec<(String, Bytes)>> = events
-                    .iter()
-                    .map(|ev| {
-                        let id = match ev.get("eventId")? {
-                            serde_json::Value::Number(n) => n.to_string(),
-                            serde_json::Value::String(s) => s.clone(),
-                            _ => return None,
-                        };
-                        let one = serde_json::to_vec(&[ev]).ok()?;
-                        Some((id, Bytes::from(one)))
-                    })
-                    .collect();
-                if let Some(rows) = rows.filter(|r| !r.is_empty()) {
-                    return rows;
-                }
-            }
-        }
-        "frontapp" => {
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
-                let id = v
-                    .get("payload")
-                    .and_then(|p| p.get("id"))
-                    .or_else(|| v.get("id"))
-                    .and_then(|i| i.as_str());
-                if let Some(id) = id {
-                    return vec![(id.to_string(), body.clone())];
-                }
-            }
-        }
-        _ => {}
-    }
-    vec![(body_hash(body), body.clone())]
-}
-
-/// `sha256:<hex>` of a body: the event id of last resort.
-pub fn body_hash(body: &[u8]) -> String {
-    let digest = Sha256::digest(body);
-    let mut s = String::with_capacity(7 + 64);
-    s.push_str("sha256:");
-    for b in digest {
-        use std::fmt::Write as _;
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
 /// The headers object stored with an event: every header but credentials and cookies (values
 /// that are not text are dropped), plus what the verifier learned under `@verified`.
 pub fn headers_json(headers: &HeaderMap, verified: &Verified) -> serde_json::Value {
@@ -378,39 +315,7 @@ pub fn to_verified_webhook(event: &InboxEvent) -> VerifiedWebhook {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hubspot_deliveries_split_per_event() {
-        let body = Bytes::from_static(
-            br#"[{"eventId":11,"subscriptionType":"contact.creation","objectId":1},{"eventId":"12","objectId":2}]"#,
-        );
-        let rows = split_events("hubspot", &Verified::default(), &body);
-        assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0].0, "11");
-        assert_eq!(rows[1].0, "12");
-        let one: serde_json::Value = serde_json::from_slice(&rows[0].1).unwrap();
-        assert_eq!(one[0]["objectId"], 1);
-        // no ids: one row keyed by the body hash
-        let rows = split_events(
-            "hubspot",
-            &Verified::default(),
-            &Bytes::from_static(b"[{}]"),
-        );
-        assert_eq!(rows.len(), 1);
-        assert!(rows[0].0.starts_with("sha256:"));
-    }
-
-    #[test]
-    fn verifier_id_wins_then_front_payload_then_hash() {
-        let mut v = Verified::default();
-        let body = Bytes::from_static(br#"{"payload":{"id":"evt_9"}}"#);
-        assert_eq!(split_events("frontapp", &v, &body)[0].0, "evt_9");
-        v.event_id = Some("msg_1".into());
-        assert_eq!(split_events("frontapp", &v, &body)[0].0, "msg_1");
-        let h = split_events("other", &Verified::default(), &body);
-        assert_eq!(h[0].0, body_hash(&body));
-        assert_eq!(h[0].0.len(), 7 + 64);
-    }
+    use bytes::Bytes;
 
     #[test]
     fn verified_info_round_trips_and_credentials_are_dropped() {

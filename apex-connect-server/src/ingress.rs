@@ -12,7 +12,7 @@ use axum::routing::post;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, Uri, header};
 
-use crate::inbox::{headers_json, split_events};
+use crate::inbox::headers_json;
 use crate::metrics::Outcome;
 use crate::state::ServerState;
 
@@ -24,11 +24,14 @@ use crate::state::ServerState;
 /// - An unknown connection, or one of another platform, or one without webhooks: `404`.
 /// - The connection's [`apex_connect_core::WebhookVerifier`] checks the raw bytes at the state's
 ///   clock: a missing or wrong signature `401` (`bad_signature`), a timestamp outside the
-///   tolerance `401` (`expired`), a malformed header or body `400`; nothing is stored.
+///   tolerance `401` (`expired`), a malformed header or body `400`; nothing is stored. A body
+///   the connector's [`apex_connect_core::Connector::webhook_events`] finds malformed is `400`
+///   too, nothing stored.
 /// - A handshake (Front's `x-front-challenge`): the verifier's reply, nothing stored.
-/// - Otherwise the event (or, for HubSpot, each event of the delivery) is appended durably to
-///   the inbox, unique on its event id, and only then answered `200`; a redelivered id is
-///   answered `200` and dropped. A store failure is `503`, so the platform retries.
+/// - Otherwise each event of the delivery, as the connector's `webhook_events` splits and
+///   keys it (HubSpot: one per array element, by `eventId`), is appended durably to the inbox,
+///   unique on its event id, and only then answered `200`; a redelivered id is answered `200`
+///   and dropped. A store failure is `503`, so the platform retries.
 /// - Each outcome is counted ([`crate::Metrics`]).
 pub fn webhook_router(state: ServerState) -> Router {
     let limit = state.inner.body_limit;
@@ -57,6 +60,27 @@ fn answer(
         _ => r#"{"status":"unavailable"}"#,
     };
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The answer to a refused webhook: `401 expired`, `400 malformed` or `401 bad_signature`.
+fn refused(state: &ServerState, error: &WebhookError) -> Response {
+    match error {
+        WebhookError::OutsideTolerance { .. } => {
+            answer(state, Outcome::Expired, StatusCode::UNAUTHORIZED, "expired")
+        }
+        WebhookError::Malformed(_) => answer(
+            state,
+            Outcome::Malformed,
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        _ => answer(
+            state,
+            Outcome::BadSignature,
+            StatusCode::UNAUTHORIZED,
+            "bad_signature",
+        ),
+    }
 }
 
 async fn receive(
@@ -107,30 +131,7 @@ async fn receive(
     let request = WebhookRequest::new(&method, &uri, &headers, &body);
     let verified = match verifier.verify(&request, now) {
         Ok(v) => v,
-        Err(WebhookError::OutsideTolerance { .. }) => {
-            return answer(
-                &state,
-                Outcome::Expired,
-                StatusCode::UNAUTHORIZED,
-                "expired",
-            );
-        }
-        Err(WebhookError::Malformed(_)) => {
-            return answer(
-                &state,
-                Outcome::Malformed,
-                StatusCode::BAD_REQUEST,
-                "malformed",
-            );
-        }
-        Err(_) => {
-            return answer(
-                &state,
-                Outcome::BadSignature,
-                StatusCode::UNAUTHORIZED,
-                "bad_signature",
-            );
-        }
+        Err(e) => return refused(&state, &e),
     };
     if let Some(reply) = verified.reply {
         state.metrics().webhook(Outcome::Handshake);
@@ -142,15 +143,19 @@ async fn receive(
     }
     let received_at = unix_ms(now);
     let stored_headers = headers_json(&headers, &verified);
-    let events: Vec<InboxEvent> = split_events(&handle.platform, &verified, &body)
+    let events = match handle.connector.webhook_events(&verified, &body) {
+        Ok(events) => events,
+        Err(e) => return refused(&state, &e),
+    };
+    let events: Vec<InboxEvent> = events
         .into_iter()
-        .map(|(event_id, body)| {
+        .map(|event| {
             InboxEvent::new(
                 handle.platform.clone(),
                 id.clone(),
-                event_id,
+                event.id,
                 received_at,
-                body,
+                event.body,
             )
             .with_headers(stored_headers.clone())
         })

@@ -469,18 +469,26 @@ fn sync_then_status_show_the_run() {
     );
 }
 
-// ---- OAuth: `apex-connect connect frontapp` against the Front simulator, then `sync` ----
+// ---- OAuth: `apex-connect connect <platform>` against a simulator, then `sync` ----
 
-const FRONT_SECRET_VAR: &str = "APEX_TEST_FRONT_CLIENT_SECRET";
+const OAUTH_SECRET_VAR: &str = "APEX_TEST_OAUTH_CLIENT_SECRET";
 
-struct OAuthSetup {
-    sim: apex_connect_frontapp::FrontSimHandle,
+/// A config with one OAuth connection to simulator `sim` (Front's or HubSpot's), a key, and
+/// what the browser step of `connect` checks.
+struct OAuthSetup<S> {
+    sim: S,
     dir: tempfile::TempDir,
     config: PathBuf,
     key: String,
+    platform: &'static str,
+    connection: &'static str,
+    client_id: String,
+    client_secret: String,
+    authorize_url: String,
 }
 
-impl OAuthSetup {
+impl OAuthSetup<apex_connect_frontapp::FrontSimHandle> {
+    /// `acme-front` against the Front simulator.
     async fn start() -> Self {
         use secrecy::ExposeSecret;
         let sim = apex_connect_frontapp::FrontSim::start(
@@ -488,6 +496,68 @@ impl OAuthSetup {
         )
         .await
         .unwrap();
+        let (base, client_id, auth_url, token_url) = (
+            sim.base_url().to_string(),
+            sim.oauth_client_id().to_string(),
+            sim.authorize_url(),
+            sim.token_url(),
+        );
+        let client_secret = sim.oauth_client_secret().expose_secret().to_string();
+        OAuthSetup::write(
+            sim,
+            "frontapp",
+            "acme-front",
+            r#"streams = ["conversations"]"#,
+            &base,
+            client_id,
+            client_secret,
+            auth_url,
+            token_url,
+        )
+    }
+}
+
+impl OAuthSetup<apex_connect_hubspot::HubSpotSim> {
+    /// `acme-hs` against the HubSpot simulator (authorize and token under `/oauth/v1`).
+    async fn start_hubspot() -> Self {
+        let sim = apex_connect_hubspot::HubSpotSim::start(
+            apex_connect_hubspot::HubSpotSimConfig::default(),
+        )
+        .await
+        .unwrap();
+        let base = sim.base_url().to_string();
+        let (client_id, client_secret) = (
+            sim.config().client_id.clone(),
+            sim.config().client_secret.clone(),
+        );
+        OAuthSetup::write(
+            sim,
+            "hubspot",
+            "acme-hs",
+            "",
+            &base,
+            client_id,
+            client_secret,
+            format!("{base}/oauth/v1/authorize"),
+            format!("{base}/oauth/v1/token"),
+        )
+    }
+}
+
+impl<S> OAuthSetup<S> {
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        sim: S,
+        platform: &'static str,
+        connection: &'static str,
+        extra: &str,
+        base: &str,
+        client_id: String,
+        client_secret: String,
+        authorize_url: String,
+        token_url: String,
+    ) -> Self {
+        use secrecy::ExposeSecret;
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("apex-connect.toml");
         std::fs::write(
@@ -497,22 +567,18 @@ impl OAuthSetup {
 database = "{db}"
 
 [[connection]]
-id = "acme-front"
-platform = "frontapp"
+id = "{connection}"
+platform = "{platform}"
 base_url = "{base}"
-streams = ["conversations"]
-env = {{ client_secret = "{FRONT_SECRET_VAR}" }}
+{extra}
+env = {{ client_secret = "{OAUTH_SECRET_VAR}" }}
 
 [connection.settings]
 client_id = "{client_id}"
-auth_url = "{auth_url}"
+auth_url = "{authorize_url}"
 token_url = "{token_url}"
 "#,
                 db = dir.path().join("state.db").display(),
-                base = sim.base_url(),
-                client_id = sim.oauth_client_id(),
-                auth_url = sim.authorize_url(),
-                token_url = sim.token_url(),
             ),
         )
         .unwrap();
@@ -525,20 +591,21 @@ token_url = "{token_url}"
             dir,
             config,
             key,
+            platform,
+            connection,
+            client_id,
+            client_secret,
+            authorize_url,
         }
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        use secrecy::ExposeSecret;
         let mut c = Command::new(BIN);
         c.args(args)
             .arg("--config")
             .arg(&self.config)
             .env("APEX_CONNECT_KEY", &self.key)
-            .env(
-                FRONT_SECRET_VAR,
-                self.sim.oauth_client_secret().expose_secret(),
-            )
+            .env(OAUTH_SECRET_VAR, &self.client_secret)
             .env("RUST_LOG", "warn");
         c
     }
@@ -561,13 +628,13 @@ token_url = "{token_url}"
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    /// `apex-connect connect frontapp`: reads the authorize URL it prints, plays the browser
+    /// `apex-connect connect <platform>`: reads the authorize URL it prints, plays the browser
     /// (GET it, follow the simulator's 302 to the local callback), waits for exit 0.
     async fn connect(&self) {
         use std::io::BufRead;
         let port = free_port();
         let mut child = self
-            .command(&["connect", "frontapp", "--port", &port.to_string()])
+            .command(&["connect", self.platform, "--port", &port.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -593,9 +660,9 @@ token_url = "{token_url}"
             .expect("connect printed no authorize URL in time")
             .expect("connect exited without printing an authorize URL");
         let authorize = url::Url::parse(&url).unwrap();
-        assert!(url.starts_with(&self.sim.authorize_url()), "{url}");
+        assert!(url.starts_with(&self.authorize_url), "{url}");
         let q: BTreeMap<String, String> = authorize.query_pairs().into_owned().collect();
-        assert_eq!(q["client_id"], self.sim.oauth_client_id());
+        assert_eq!(q["client_id"], self.client_id);
         assert_eq!(
             q["redirect_uri"],
             format!("http://127.0.0.1:{port}/callback")
@@ -627,11 +694,8 @@ token_url = "{token_url}"
         .unwrap();
         assert!(status.0.success(), "connect failed: {}", status.1);
         let rest = reader.join().unwrap();
-        assert!(
-            rest.iter()
-                .any(|l| l.contains("Tokens stored (encrypted) for acme-front")),
-            "{rest:?}"
-        );
+        let stored = format!("Tokens stored (encrypted) for {}", self.connection);
+        assert!(rest.iter().any(|l| l.contains(&stored)), "{rest:?}");
     }
 
     fn database_bytes(&self) -> Vec<u8> {
@@ -735,6 +799,68 @@ async fn connect_frontapp_then_sync_with_oauth_tokens() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let oauth = t.sim.oauth().stats();
+    assert_eq!(
+        (oauth.authorization_code, oauth.refresh_token),
+        (1, 1),
+        "{oauth:?}"
+    );
+    let latest = t.sim.oauth().latest_refresh_token().unwrap();
+    assert!(!contains(&t.database_bytes(), &latest));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_hubspot_then_sync_with_oauth_tokens() {
+    let t = OAuthSetup::start_hubspot().await;
+    t.connect().await;
+    let oauth = t.sim.oauth().stats();
+    assert_eq!(oauth.authorization_code, 1, "{oauth:?}");
+    let refresh = t.sim.oauth().latest_refresh_token().unwrap();
+    assert!(
+        !contains(&t.database_bytes(), &refresh),
+        "refresh token in plaintext"
+    );
+
+    // `sync` authenticates with the stored OAuth tokens: no private app token is configured.
+    let sync = async |full: bool| {
+        let mut args = vec!["sync", "acme-hs", "--stream", "contacts"];
+        if full {
+            args.push("--full");
+        }
+        let out = t.run(&args).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sync(false).await;
+    let s = t.status().await;
+    let conn = &s["connections"][0];
+    assert_eq!(conn["id"], "acme-hs", "{s}");
+    assert_eq!(conn["status"], "active", "{s}");
+    let run = &conn["last_runs"][0];
+    assert_eq!(run["status"], "succeeded", "{s}");
+    let expected = t.sim.expected("contacts").len();
+    assert!(expected > 0);
+    assert_eq!(run["records_read"], expected, "{s}");
+    assert_eq!(run["records_applied"], expected, "{s}");
+
+    // An expired access token is refreshed once (client credentials in the form body, as
+    // HubSpot wants), and the new set is used by the next run without another refresh.
+    t.sim.oauth().expire_access_tokens();
+    sync(true).await;
+    let oauth = t.sim.oauth().stats();
+    assert_eq!(
+        (
+            oauth.authorization_code,
+            oauth.refresh_token,
+            oauth.reuse_detected
+        ),
+        (1, 1, 0),
+        "{oauth:?}"
+    );
+    sync(true).await;
     let oauth = t.sim.oauth().stats();
     assert_eq!(
         (oauth.authorization_code, oauth.refresh_token),

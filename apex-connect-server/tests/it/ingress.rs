@@ -233,3 +233,93 @@ env = { api_token = "T", webhook_secret = "W" }
         .unwrap();
     assert_eq!(claimed[0].event.event_id, "evt_42");
 }
+
+#[cfg(feature = "hubspot")]
+#[tokio::test]
+async fn hubspot_deliveries_are_split_per_event_and_malformed_bodies_refused() {
+    use apex_connect_core::webhook::{WebhookRequest, WebhookSecrets, WebhookVerifier};
+    use apex_connect_hubspot::{HubSpotWebhookVerifier, SignatureVersion};
+    use apex_connect_server::config::ServerConfig;
+    use apex_connect_server::{ConnectorRegistry, FactoryContext, Secrets};
+
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let store = sqlite(dir.path(), &clock).await;
+    let config = ServerConfig::parse(
+        r#"
+[[connection]]
+id = "acme-hs"
+platform = "hubspot"
+base_url = "http://127.0.0.1:9"
+env = { private_app_token = "T", client_secret = "S" }
+"#,
+    )
+    .unwrap();
+    let secrets =
+        Secrets::from_values([("private_app_token", "tok"), ("client_secret", "hs-secret")]);
+    let dyn_s = dyn_store(&store);
+    let connector = ConnectorRegistry::builtin()
+        .build(FactoryContext::new(
+            &config.connections[0],
+            &secrets,
+            &dyn_s,
+        ))
+        .unwrap();
+    let state = ServerState::builder(dyn_s.clone())
+        .clock(clock.clock())
+        .connection(ConnectionHandle::new("acme-hs", connector))
+        .build();
+    let base = serve(state.clone()).await;
+    let signer = HubSpotWebhookVerifier::new(WebhookSecrets::single("hs-secret"))
+        .signing(SignatureVersion::V1);
+    let (m, u) = (http::Method::POST, http::Uri::from_static("/"));
+    let client = reqwest::Client::new();
+    let url = format!("{base}/webhooks/hubspot/acme-hs");
+    let post = |body: &'static [u8]| {
+        let mut h = signer
+            .sign(
+                &WebhookRequest::new(&m, &u, &http::HeaderMap::new(), body),
+                clock.now(),
+            )
+            .unwrap();
+        h.insert(
+            "content-type",
+            http::HeaderValue::from_static("application/json"),
+        );
+        let request = client.post(&url).headers(h).body(body);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+
+    // Three events: three inbox rows; a retry batched differently adds only the new one.
+    let first = br#"[{"eventId":11,"subscriptionType":"contact.creation","objectId":1},{"eventId":12,"subscriptionType":"contact.creation","objectId":2},{"eventId":13,"subscriptionType":"contact.deletion","objectId":3}]"#;
+    assert_eq!(post(first).await, 200);
+    let retry = br#"[{"eventId":13,"subscriptionType":"contact.deletion","objectId":3},{"eventId":14,"subscriptionType":"contact.creation","objectId":4}]"#;
+    assert_eq!(post(retry).await, 200);
+    // Signed, but not JSON: refused, nothing stored.
+    assert_eq!(post(b"[{\"eventId\":15").await, 400);
+    let m = state.metrics();
+    assert_eq!(m.webhook_count(Outcome::Accepted), 2);
+    assert_eq!(m.webhook_count(Outcome::Malformed), 1);
+    let claimed = state
+        .store()
+        .inbox_claim("t", Duration::from_secs(5), 10)
+        .await
+        .unwrap();
+    let mut rows: Vec<(String, serde_json::Value)> = claimed
+        .iter()
+        .map(|c| {
+            (
+                c.event.event_id.clone(),
+                serde_json::from_slice(&c.event.body).unwrap(),
+            )
+        })
+        .collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(ids, ["11", "12", "13", "14"]);
+    for (id, body) in &rows {
+        // Each row is a one-element array holding its own event.
+        assert_eq!(body.as_array().map(Vec::len), Some(1), "{id}: {body}");
+        assert_eq!(body[0]["eventId"].to_string(), *id);
+    }
+}
