@@ -430,6 +430,42 @@ impl FrontConnector {
         Ok(resp)
     }
 
+    /// One page of a list endpoint's backfill: the cursor after it continues the backfill
+    /// (`more`), or, after the last page (a null `next`), starts the incremental phase from
+    /// when the backfill began (`caught_up`), so changes made during a long backfill are read.
+    async fn backfill_page<C: SyncCursor>(
+        &self,
+        path: &str,
+        stream: &'static str,
+        pos: ListPosition,
+        more: impl FnOnce(ListPosition) -> C,
+        caught_up: impl FnOnce(i64) -> C,
+    ) -> Result<Page> {
+        let resp = self
+            .list_page(path, &[self.limit()], pos.next.as_deref(), stream)
+            .await?;
+        let next_link = resp.next().map(str::to_string);
+        let records = self.map_all(stream, resp.results, None)?;
+        Ok(match next_link {
+            Some(n) => Page::new(
+                records,
+                Some(
+                    more(ListPosition {
+                        next: Some(n),
+                        started_at_ms: pos.started_at_ms,
+                    })
+                    .to_token(),
+                ),
+                true,
+            ),
+            None => Page::new(
+                records,
+                Some(caught_up(pos.started_at_ms).to_token()),
+                false,
+            ),
+        })
+    }
+
     async fn read_conversations(&self, cursor: Option<&CursorToken>) -> Result<Page> {
         let cur = match cursor {
             Some(t) => ConversationsCursor::from_token(t)?,
@@ -440,39 +476,14 @@ impl FrontConnector {
         };
         match cur {
             ConversationsCursor::Backfill(pos) => {
-                let resp = self
-                    .list_page(
-                        "/conversations",
-                        &[self.limit()],
-                        pos.next.as_deref(),
-                        "conversations",
-                    )
-                    .await?;
-                let next_link = resp.next().map(str::to_string);
-                let records = self.map_all(streams::CONVERSATIONS, resp.results, None)?;
-                Ok(match next_link {
-                    Some(n) => Page::new(
-                        records,
-                        Some(
-                            ConversationsCursor::Backfill(ListPosition {
-                                next: Some(n),
-                                started_at_ms: pos.started_at_ms,
-                            })
-                            .to_token(),
-                        ),
-                        true,
-                    ),
-                    None => Page::new(
-                        records,
-                        Some(
-                            ConversationsCursor::Events(EventsPosition::after(Some(
-                                pos.started_at_ms,
-                            )))
-                            .to_token(),
-                        ),
-                        false,
-                    ),
-                })
+                self.backfill_page(
+                    "/conversations",
+                    streams::CONVERSATIONS,
+                    pos,
+                    ConversationsCursor::Backfill,
+                    |started| ConversationsCursor::Events(EventsPosition::after(Some(started))),
+                )
+                .await
             }
             ConversationsCursor::Events(pos) => {
                 let (events, next, has_more) = self.events_step(&pos, &[]).await?;
@@ -674,41 +685,18 @@ impl FrontConnector {
         };
         match cur {
             ContactsCursor::Backfill(pos) => {
-                let resp = self
-                    .list_page(
-                        "/contacts",
-                        &[self.limit()],
-                        pos.next.as_deref(),
-                        "contacts",
-                    )
-                    .await?;
-                let next_link = resp.next().map(str::to_string);
-                let records = self.map_all(streams::CONTACTS, resp.results, None)?;
-                Ok(match next_link {
-                    Some(n) => Page::new(
-                        records,
-                        Some(
-                            ContactsCursor::Backfill(ListPosition {
-                                next: Some(n),
-                                started_at_ms: pos.started_at_ms,
-                            })
-                            .to_token(),
-                        ),
-                        true,
-                    ),
-                    None => Page::new(
-                        records,
-                        Some(
-                            ContactsCursor::Updated {
-                                after_ms: pos.started_at_ms,
-                                next: None,
-                                started_at_ms: pos.started_at_ms,
-                            }
-                            .to_token(),
-                        ),
-                        false,
-                    ),
-                })
+                self.backfill_page(
+                    "/contacts",
+                    streams::CONTACTS,
+                    pos,
+                    ContactsCursor::Backfill,
+                    |started| ContactsCursor::Updated {
+                        after_ms: started,
+                        next: None,
+                        started_at_ms: started,
+                    },
+                )
+                .await
             }
             ContactsCursor::Updated {
                 after_ms,
