@@ -18,15 +18,17 @@
 //! 3. stops the server with SIGTERM and reads webhook-to-sink latency (inbox `received_at` ->
 //!    `sink_ledger.first_applied_at`) per phase from the database.
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{pct, requests};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use apex_connect_core::webhook::WebhookRequest;
-use apex_connect_core::{Connector, Error, Op, Result, StreamId};
+use apex_connect_core::{Error, Result};
 use apex_connect_testkit::MemoryConnector;
 use futures::StreamExt;
-use http::{HeaderMap, HeaderValue, Method, Uri};
+use http::HeaderMap;
 
 const SECRET_VAR: &str = "APEX_DRIVE_WEBHOOK_SECRET";
 const SECRET: &str = "drive-secret";
@@ -89,40 +91,6 @@ fn parse_args() -> Result<Args> {
         }
     }
     Ok(a)
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-/// Signed requests `prefix0..prefixN`, prepared before the clock starts.
-fn requests(c: &MemoryConnector, prefix: &str, n: usize) -> Vec<(HeaderMap, Vec<u8>)> {
-    let v = c
-        .webhook_verifier()
-        .expect("memory connector verifies webhooks");
-    let (m, u) = (Method::POST, Uri::from_static("/"));
-    (0..n)
-        .map(|i| {
-            let body = MemoryConnector::webhook_body(
-                &StreamId::from("items"),
-                &format!("{prefix}{i}"),
-                Op::Delete,
-            );
-            let mut h = HeaderMap::new();
-            h.insert(
-                "webhook-id",
-                HeaderValue::from_str(&format!("{prefix}{i}")).expect("ascii"),
-            );
-            let mut signed = v
-                .sign(&WebhookRequest::new(&m, &u, &h, &body), SystemTime::now())
-                .expect("signs");
-            signed.insert("content-type", HeaderValue::from_static("application/json"));
-            (signed, body)
-        })
-        .collect()
 }
 
 fn free_port() -> Result<u16> {

@@ -7,52 +7,20 @@
 //! Server, workers and load generator share this process (and the machine's cores), so the
 //! figures are a floor for a server on its own host.
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{pct, requests};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
+use apex_connect_core::SqliteStore;
 use apex_connect_core::engine::CancellationToken;
 use apex_connect_core::store::{EncryptionKey, StateStore};
-use apex_connect_core::webhook::WebhookRequest;
-use apex_connect_core::{Connector, Op, SqliteStore, StreamId};
 use apex_connect_server::{
     ConnectionHandle, InboxAppender, LedgerSink, ServerState, WorkerConfig, Workers, webhook_router,
 };
 use apex_connect_testkit::MemoryConnector;
 use futures::StreamExt;
-use http::{HeaderMap, HeaderValue, Method, Uri};
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn requests(c: &MemoryConnector, prefix: &str, n: usize) -> Vec<(HeaderMap, Vec<u8>)> {
-    let v = c
-        .webhook_verifier()
-        .expect("memory connector verifies webhooks");
-    let (m, u) = (Method::POST, Uri::from_static("/"));
-    (0..n)
-        .map(|i| {
-            let body = MemoryConnector::webhook_body(
-                &StreamId::from("items"),
-                &format!("{prefix}{i}"),
-                Op::Delete,
-            );
-            let mut h = HeaderMap::new();
-            h.insert(
-                "webhook-id",
-                HeaderValue::from_str(&format!("{prefix}{i}")).expect("ascii"),
-            );
-            let mut signed = v
-                .sign(&WebhookRequest::new(&m, &u, &h, &body), SystemTime::now())
-                .expect("signs");
-            signed.insert("content-type", HeaderValue::from_static("application/json"));
-            (signed, body)
-        })
-        .collect()
-}
 
 #[tokio::main]
 async fn main() -> apex_connect_core::Result<()> {
