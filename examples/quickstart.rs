@@ -153,7 +153,7 @@ async fn main() -> Result<(), BoxError> {
         total as f64 / sync_secs.max(1e-9)
     );
     println!(
-        "requests: {} sent, {} retried, 429s seen: {}, waited on the rate gate: {:.2}s",
+        "requests: {} sent, {} retried, 429s seen: {}, time waited on the rate gate (summed over concurrent requests): {:.2}s",
         stats.requests_sent,
         stats.retries,
         stats.rate_limited,
@@ -197,7 +197,10 @@ async fn connect_to_simulator(
             .rate_limit(6_000, Duration::from_secs(10)),
     )
     .await?;
-    println!("== Front simulator on {}", sim.base_url());
+    println!(
+        "== Front simulator on {} (rate limit: 6,000 requests per 10 s window, with Front's headers)",
+        sim.base_url()
+    );
     println!(
         "== OAuth: authorize (state + PKCE) -> consent -> code exchange (HTTP Basic) -> encrypted token store"
     );
