@@ -20,7 +20,7 @@
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{pct, requests};
+use common::{latencies, pct, requests};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -226,16 +226,8 @@ async fn fixed_rate(
             sent += 1;
         }
     }
-    let mut lat = Vec::with_capacity(total);
-    let mut failed = 0;
-    for h in handles {
-        match h.await {
-            Ok((true, ms)) => lat.push(ms),
-            _ => failed += 1,
-        }
-    }
+    let (lat, failed) = latencies(handles).await;
     let elapsed = started.elapsed().as_secs_f64();
-    lat.sort_by(|a, b| a.total_cmp(b));
     (lat, failed, elapsed)
 }
 

@@ -9,7 +9,7 @@
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{pct, requests};
+use common::{latencies, pct, requests};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -134,16 +134,8 @@ async fn main() -> apex_connect_core::Result<()> {
             sent += 1;
         }
     }
-    let mut lat = Vec::with_capacity(total);
-    let mut failed = 0;
-    for h in handles {
-        match h.await {
-            Ok((true, ms)) => lat.push(ms),
-            _ => failed += 1,
-        }
-    }
+    let (lat, failed) = latencies(handles).await;
     let offered_secs = started.elapsed().as_secs_f64();
-    lat.sort_by(|a, b| a.total_cmp(b));
     println!(
         "fixed load: {total} at {rate}/s offered over {offered_secs:.2}s, {failed} failed; time to 2xx p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         pct(&lat, 0.5),

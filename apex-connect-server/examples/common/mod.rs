@@ -41,3 +41,17 @@ pub fn requests(c: &MemoryConnector, prefix: &str, n: usize) -> Vec<(HeaderMap, 
         })
         .collect()
 }
+
+/// Waits for the request tasks: the sorted times to a 2xx (ms), and how many failed.
+pub async fn latencies(handles: Vec<tokio::task::JoinHandle<(bool, f64)>>) -> (Vec<f64>, usize) {
+    let mut lat = Vec::with_capacity(handles.len());
+    let mut failed = 0;
+    for h in handles {
+        match h.await {
+            Ok((true, ms)) => lat.push(ms),
+            _ => failed += 1,
+        }
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    (lat, failed)
+}
