@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cursor::CursorToken;
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{Op, Page, Record, StreamId};
+use crate::model::{Entity, Op, Page, RawJson, Record, StreamId};
 use crate::webhook::{Verified, VerifiedWebhook, WebhookError, WebhookVerifier};
 
 /// What a connector can do. The conformance suite runs only the behaviours claimed here.
@@ -22,8 +22,6 @@ pub struct Capabilities {
     pub streams: Vec<StreamInfo>,
     /// Whether [`Connector::write`] is implemented for at least one stream.
     pub write_back: bool,
-    /// Whether the connector verifies and parses webhooks.
-    pub webhooks: bool,
     /// Whether the connector authenticates with refreshable OAuth tokens.
     pub oauth_refresh: bool,
 }
@@ -40,12 +38,6 @@ impl Capabilities {
     /// Claims write-back.
     pub fn with_write_back(mut self) -> Self {
         self.write_back = true;
-        self
-    }
-
-    /// Claims webhooks.
-    pub fn with_webhooks(mut self) -> Self {
-        self.webhooks = true;
         self
     }
 
@@ -69,6 +61,9 @@ pub struct StreamInfo {
     pub deletes: bool,
     /// The JSON field names that form the record's primary key (for Singer, SQL sinks).
     pub key: Vec<Cow<'static, str>>,
+    /// The field of the record whose value moves the incremental cursor (`updated_at`,
+    /// `lastmodifieddate`, `SystemModstamp`), when the stream is incremental.
+    pub replication_key: Option<Cow<'static, str>>,
 }
 
 impl StreamInfo {
@@ -79,7 +74,24 @@ impl StreamInfo {
             incremental,
             deletes: false,
             key: vec![Cow::Borrowed("id")],
+            replication_key: None,
         }
+    }
+
+    /// Sets the primary key fields.
+    pub fn with_key<I, S>(mut self, key: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<Cow<'static, str>>,
+    {
+        self.key = key.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the replication key (the field whose value moves the incremental cursor).
+    pub fn with_replication_key(mut self, field: impl Into<Cow<'static, str>>) -> Self {
+        self.replication_key = Some(field.into());
+        self
     }
 
     /// Marks the stream as reporting deletes.
@@ -334,6 +346,126 @@ impl WriteReport {
     }
 }
 
+/// A stream's schema, for catalogs (Singer `--discover`) and typed sinks.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct StreamSchema {
+    /// The stream.
+    pub stream: StreamId,
+    /// A JSON Schema (draft 7) of the stream's records as [`Record::raw`] holds them: an
+    /// object schema whose `properties` name the fields the platform documents or describes
+    /// (custom fields included), open to others (`additionalProperties`).
+    pub schema: serde_json::Value,
+    /// The primary key fields.
+    pub key: Vec<String>,
+    /// The field that moves the incremental cursor, when there is one.
+    pub replication_key: Option<String>,
+    /// Whether the stream is read incrementally (otherwise each sync is a full read).
+    pub incremental: bool,
+    /// The custom fields found (HubSpot custom properties, Front custom fields, Salesforce
+    /// `__c` fields), by name; also inside `schema`.
+    pub custom_fields: Vec<String>,
+}
+
+impl StreamSchema {
+    /// The schema of `info` with `properties` (field name -> JSON Schema).
+    pub fn new(info: &StreamInfo, properties: serde_json::Map<String, serde_json::Value>) -> Self {
+        StreamSchema {
+            stream: info.id.clone(),
+            schema: serde_json::json!({
+                "type": "object",
+                "properties": properties,
+                "additionalProperties": true,
+            }),
+            key: info.key.iter().map(|k| k.to_string()).collect(),
+            replication_key: info.replication_key.as_ref().map(|k| k.to_string()),
+            incremental: info.incremental,
+            custom_fields: Vec::new(),
+        }
+    }
+
+    /// The schema known from [`StreamInfo`] alone: the key fields (strings or integers) and
+    /// the replication key, any other field allowed. What [`Connector::discover`] returns by
+    /// default.
+    pub fn from_info(info: &StreamInfo) -> Self {
+        let mut properties = serde_json::Map::new();
+        for k in &info.key {
+            properties.insert(
+                k.to_string(),
+                serde_json::json!({"type": ["string", "integer"]}),
+            );
+        }
+        if let Some(rk) = &info.replication_key {
+            properties
+                .entry(rk.to_string())
+                .or_insert_with(|| serde_json::json!({}));
+        }
+        StreamSchema::new(info, properties)
+    }
+
+    /// Sets the custom field names.
+    pub fn with_custom_fields(mut self, names: Vec<String>) -> Self {
+        self.custom_fields = names;
+        self
+    }
+
+    /// The schema's `properties` object, to add fields to.
+    pub fn properties_mut(&mut self) -> Option<&mut serde_json::Map<String, serde_json::Value>> {
+        self.schema.get_mut("properties")?.as_object_mut()
+    }
+}
+
+/// The webhook side of a connector: verification, splitting a delivery into events, and
+/// turning events into changes. A connector that takes webhooks returns it from
+/// [`Connector::webhooks`]; the capability and the handler cannot disagree.
+///
+/// # Behavior
+/// - [`events`](Webhooks::events) gives each event of a delivery an id that is the same on
+///   every redelivery of that event (hosts deduplicate on it); it may split a delivery of
+///   several events into one [`WebhookEvent`] each, and every event's body is still accepted
+///   by [`parse`](Webhooks::parse) on its own. A signed body that is not the platform's event
+///   shape is `WebhookError::Malformed` here, so the host answers 400 and stores nothing.
+/// - [`parse_batch`](Webhooks::parse_batch) gives one result per webhook, in order: one bad
+///   event never fails the others. Connectors whose events are thin (ids only) read the named
+///   objects in as few calls as the platform allows (HubSpot: batch read, 100 per call).
+#[async_trait]
+pub trait Webhooks: Send + Sync {
+    /// The verifier of this connection's webhook signatures.
+    fn verifier(&self) -> &dyn WebhookVerifier;
+
+    /// The events of a verified delivery (`body` as received), as a host stores them.
+    ///
+    /// Default: one event, keyed by the verifier's [`Verified::event_id`] when the scheme has
+    /// one, else by [`body_hash`] of the body ([`WebhookEvent::whole_delivery`]).
+    ///
+    /// # Errors
+    /// `Malformed` for a body that is not the platform's event shape.
+    fn events(
+        &self,
+        verified: &Verified,
+        body: &Bytes,
+    ) -> std::result::Result<Vec<WebhookEvent>, WebhookError> {
+        Ok(vec![WebhookEvent::whole_delivery(verified, body)])
+    }
+
+    /// Turns one stored event into changes, fetching full objects for thin events.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a body that is not the platform's event shape; the HTTP stack's
+    /// kinds when a fetch fails.
+    async fn parse(&self, webhook: &VerifiedWebhook) -> Result<Vec<Change>>;
+
+    /// Turns several stored events (of this connection) into changes: one result per
+    /// webhook, in order. Default: [`parse`](Webhooks::parse) on each, one at a time.
+    async fn parse_batch(&self, webhooks: &[VerifiedWebhook]) -> Vec<Result<Vec<Change>>> {
+        let mut out = Vec::with_capacity(webhooks.len());
+        for w in webhooks {
+            out.push(self.parse(w).await);
+        }
+        out
+    }
+}
+
 /// One platform account, ready to read, write and take webhooks.
 ///
 /// Dyn-compatible: hosts hold connectors as `Arc<dyn Connector>` and choose them at run time.
@@ -344,14 +476,13 @@ impl WriteReport {
 ///   `page`. Reading the same cursor twice returns the same records (or newer versions).
 /// - Following the pages from `None` until `has_more == false` yields every object of the
 ///   stream at least once; resuming from any page's `next` loses nothing.
-/// - A page with `has_more == true` always carries a `next` different from the cursor it was
-///   read with (no loops).
+/// - A page with `has_more == true` always carries a `next` different from every cursor read
+///   before in the same run (no loops).
+/// - Only the envelope of a record is strict (its id, and the timestamp the cursor needs); an
+///   object whose envelope cannot be read goes to [`Page::rejects`] with its raw bytes and the
+///   page goes on. Everything else is read leniently, in [`map_entity`](Connector::map_entity).
 /// - An unknown stream is `ErrorKind::NotFound`; a cursor of another stream, connector or
 ///   version is `ErrorKind::InvalidInput`.
-/// - [`webhook_events`](Connector::webhook_events) gives each event of a delivery an id that
-///   is the same on every redelivery of that event (hosts deduplicate on it); it may split a
-///   delivery of several events into one [`WebhookEvent`] each, and every event's body is
-///   still accepted by [`parse_webhook`](Connector::parse_webhook) on its own.
 /// - `Debug` output never shows a credential.
 #[async_trait]
 pub trait Connector: Send + Sync + fmt::Debug + 'static {
@@ -383,40 +514,55 @@ pub trait Connector: Send + Sync + fmt::Debug + 'static {
         )
     }
 
-    /// The verifier for this connection's webhooks, if the platform pushes any.
-    fn webhook_verifier(&self) -> Option<Arc<dyn WebhookVerifier>> {
-        None
-    }
-
-    /// The events of a verified delivery (`body` as received), as a host stores them: one
-    /// id per event, stable across redeliveries, and the body to hand to
-    /// [`parse_webhook`](Connector::parse_webhook) later. A delivery carrying several events
-    /// may be split, each part's body keeping the platform's shape.
-    ///
-    /// Default: one event, keyed by the verifier's [`Verified::event_id`] when the scheme has
-    /// one, else by [`body_hash`] of the body ([`WebhookEvent::whole_delivery`]).
+    /// The normalized view of `record` (`None`: the stream has no entity mapping). Called only
+    /// where entities are consumed ([`crate::Sink::wants_entities`]); lenient: optional fields
+    /// of the wrong type are skipped, not errors. Default: `None`.
     ///
     /// # Errors
-    /// `Malformed` for a body that is not the platform's event shape, when the connector looks
-    /// inside it (the default does not).
-    fn webhook_events(
+    /// `InvalidResponse` when the record cannot be mapped at all; the engine then quarantines
+    /// it (see [`crate::Reject`]) and goes on.
+    fn map_entity(&self, record: &Record) -> Result<Option<Entity>> {
+        let _ = record;
+        Ok(None)
+    }
+
+    /// Reads a record of `stream` from an object's JSON as the platform sends it in `stream`'s
+    /// pages (`parent`: see [`Record::parent`]): used to re-drive quarantined records and for
+    /// objects embedded in webhooks. Default: `Unsupported`.
+    ///
+    /// # Errors
+    /// `InvalidResponse` when the envelope (id, timestamps) cannot be read; `NotFound` for an
+    /// unknown stream.
+    fn parse_record(
         &self,
-        verified: &Verified,
-        body: &Bytes,
-    ) -> std::result::Result<Vec<WebhookEvent>, WebhookError> {
-        Ok(vec![WebhookEvent::whole_delivery(verified, body)])
+        stream: &StreamId,
+        raw: &RawJson,
+        parent: Option<&str>,
+    ) -> Result<Record> {
+        let _ = (raw, parent);
+        Err(
+            Error::unsupported("this connector cannot re-read a record from its JSON")
+                .with_context("stream", stream),
+        )
     }
 
-    /// Turns a verified webhook delivery into changes, fetching full objects for thin events.
+    /// The schema of `stream`: the fields the platform documents, and the custom fields it
+    /// describes for this account (which may take an API call). Default:
+    /// [`StreamSchema::from_info`].
     ///
     /// # Errors
-    /// `InvalidInput` for a body that is not the platform's event shape; `Unsupported` by default.
-    async fn parse_webhook(&self, webhook: &VerifiedWebhook) -> Result<Vec<Change>> {
-        let _ = webhook;
-        Err(Error::new(
-            ErrorKind::Unsupported,
-            "this connector takes no webhooks",
-        ))
+    /// `NotFound` for an unknown stream; the HTTP stack's kinds when a describe call fails.
+    async fn discover(&self, stream: &StreamId) -> Result<StreamSchema> {
+        let info = self.info().stream(stream).ok_or_else(|| {
+            Error::new(ErrorKind::NotFound, "unknown stream").with_context("stream", stream)
+        })?;
+        Ok(StreamSchema::from_info(info))
+    }
+
+    /// The webhook handler, when the platform pushes webhooks and this connection is set up
+    /// for them. Default: `None`.
+    fn webhooks(&self) -> Option<&dyn Webhooks> {
+        None
     }
 }
 
@@ -434,37 +580,41 @@ impl<T: Connector + ?Sized> Connector for Arc<T> {
     async fn write(&self, stream: &StreamId, ops: Vec<WriteOp>) -> Result<WriteReport> {
         (**self).write(stream, ops).await
     }
-    fn webhook_verifier(&self) -> Option<Arc<dyn WebhookVerifier>> {
-        (**self).webhook_verifier()
+    fn map_entity(&self, record: &Record) -> Result<Option<Entity>> {
+        (**self).map_entity(record)
     }
-    fn webhook_events(
+    fn parse_record(
         &self,
-        verified: &Verified,
-        body: &Bytes,
-    ) -> std::result::Result<Vec<WebhookEvent>, WebhookError> {
-        (**self).webhook_events(verified, body)
+        stream: &StreamId,
+        raw: &RawJson,
+        parent: Option<&str>,
+    ) -> Result<Record> {
+        (**self).parse_record(stream, raw, parent)
     }
-    async fn parse_webhook(&self, webhook: &VerifiedWebhook) -> Result<Vec<Change>> {
-        (**self).parse_webhook(webhook).await
+    async fn discover(&self, stream: &StreamId) -> Result<StreamSchema> {
+        (**self).discover(stream).await
+    }
+    fn webhooks(&self) -> Option<&dyn Webhooks> {
+        (**self).webhooks()
     }
 }
 
-/// Conveniences over any [`Connector`] (blanket-implemented, so wrappers cannot lose them).
+/// Conveniences over any [`Connector`], `dyn Connector` included (blanket-implemented, so
+/// wrappers cannot lose them).
 pub trait ConnectorExt: Connector {
-    /// Every record of `stream` after `cursor`, page by page, as a stream of
-    /// `(record, cursor_after_its_page)`; ends when a page says `has_more == false`.
-    ///
-    /// Holds one page in memory at a time. A page that claims more but repeats the cursor it
-    /// was read from ends the stream with `InvalidResponse` instead of looping.
+    /// Every page of `stream` after `cursor`; ends when a page says `has_more == false`.
+    /// See [`read_pages`].
     fn read_all<'a>(
         &'a self,
         stream: &'a StreamId,
         cursor: Option<CursorToken>,
-    ) -> BoxStream<'a, Result<Page>>
-    where
-        Self: Sized,
-    {
+    ) -> BoxStream<'a, Result<Page>> {
         read_pages(self, stream, cursor)
+    }
+
+    /// Whether the connector takes webhooks (it has a [`Webhooks`] handler).
+    fn takes_webhooks(&self) -> bool {
+        self.webhooks().is_some()
     }
 }
 
@@ -472,34 +622,111 @@ impl<T: Connector + ?Sized> ConnectorExt for T {}
 
 /// The pages of `stream` from `cursor` until the connector says it is caught up.
 /// Works on `&dyn Connector` too.
+///
+/// Holds one page in memory at a time. A page that claims more but repeats a cursor already
+/// read in this walk (A -> B -> A) ends the stream with `InvalidResponse` instead of looping;
+/// so does a long run of pages that bring no record (see [`PageGuard`]).
 pub fn read_pages<'a, C: Connector + ?Sized>(
     connector: &'a C,
     stream: &'a StreamId,
     cursor: Option<CursorToken>,
 ) -> BoxStream<'a, Result<Page>> {
-    stream::unfold(Some(cursor), move |state| async move {
-        let cursor = state?;
+    let guard = PageGuard::new(cursor.as_ref());
+    stream::unfold(Some((cursor, guard)), move |state| async move {
+        let (cursor, mut guard) = state?;
         match connector.read(stream, cursor.as_ref()).await {
             Err(e) => Some((Err(e), None)),
             Ok(page) => {
-                let next_state = if page.has_more {
-                    if page.next.is_none() || page.next == cursor {
-                        let err = Error::new(
-                            ErrorKind::InvalidResponse,
-                            "connector reported more pages without advancing its cursor",
-                        )
-                        .with_context("stream", stream);
-                        return Some((Err(err), None));
-                    }
-                    Some(page.next.clone())
-                } else {
-                    None
-                };
+                if let Err(e) = guard.check(&page) {
+                    return Some((Err(e.with_context("stream", stream)), None));
+                }
+                let next_state = page.has_more.then(|| (page.next.clone(), guard));
                 Some((Ok(page), next_state))
             }
         }
     })
     .boxed()
+}
+
+/// Pages in a row that may bring no record at all before a walk is called stuck.
+pub const DEFAULT_MAX_EMPTY_PAGES: u32 = 1_000;
+/// Cursors remembered per walk for cycle detection (8 bytes each).
+const MAX_REMEMBERED_CURSORS: usize = 4_000_000;
+
+/// Guards one walk over a stream's pages against a connector or platform that loops: a page
+/// that claims more without a `next`, a `next` already read in this walk (A -> B -> A), or a
+/// long run of pages with no record. Memory: a hash of each cursor (bounded).
+#[derive(Debug, Clone)]
+pub struct PageGuard {
+    seen: std::collections::HashSet<u64>,
+    empty_run: u32,
+    max_empty: u32,
+}
+
+impl PageGuard {
+    /// A guard for a walk starting at `start`.
+    pub fn new(start: Option<&CursorToken>) -> Self {
+        let mut seen = std::collections::HashSet::new();
+        if let Some(c) = start {
+            seen.insert(cursor_hash(c));
+        }
+        PageGuard {
+            seen,
+            empty_run: 0,
+            max_empty: DEFAULT_MAX_EMPTY_PAGES,
+        }
+    }
+
+    /// Sets how many pages in a row may bring no record (at least 1).
+    pub fn max_empty_pages(mut self, n: u32) -> Self {
+        self.max_empty = n.max(1);
+        self
+    }
+
+    /// Checks the page just read.
+    ///
+    /// # Errors
+    /// `InvalidResponse` when the page claims more without a new cursor, repeats a cursor of
+    /// this walk, or ends a run of more than the allowed pages without records.
+    pub fn check(&mut self, page: &Page) -> Result<()> {
+        if !page.has_more {
+            return Ok(());
+        }
+        let Some(next) = &page.next else {
+            return Err(Error::new(
+                ErrorKind::InvalidResponse,
+                "connector reported more pages without a cursor",
+            ));
+        };
+        if page.records.is_empty() && page.rejects.is_empty() {
+            self.empty_run = self.empty_run.saturating_add(1);
+            if self.empty_run > self.max_empty {
+                return Err(Error::new(
+                    ErrorKind::InvalidResponse,
+                    "pagination is stuck: too many pages in a row without any record",
+                )
+                .with_context("pages", self.empty_run));
+            }
+        } else {
+            self.empty_run = 0;
+        }
+        if self.seen.len() < MAX_REMEMBERED_CURSORS && !self.seen.insert(cursor_hash(next)) {
+            return Err(Error::new(
+                ErrorKind::InvalidResponse,
+                "pagination cycle: the connector returned a cursor already read in this run",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn cursor_hash(c: &CursorToken) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: cursors are ours (they encode the platform's links), so nobody
+    // chooses them to collide, and a collision would only end a walk early with an error.
+    let mut h = std::hash::DefaultHasher::new();
+    c.as_str().hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]
@@ -522,6 +749,35 @@ mod tests {
         }
     }
 
+    #[derive(Debug)]
+    struct NoVerify;
+    impl WebhookVerifier for NoVerify {
+        fn verify(
+            &self,
+            _: &crate::webhook::WebhookRequest<'_>,
+            _: std::time::SystemTime,
+        ) -> std::result::Result<Verified, WebhookError> {
+            Ok(Verified::default())
+        }
+        fn sign(
+            &self,
+            _: &crate::webhook::WebhookRequest<'_>,
+            _: std::time::SystemTime,
+        ) -> std::result::Result<http::HeaderMap, WebhookError> {
+            Err(WebhookError::NoSecret)
+        }
+    }
+    struct Hooks(NoVerify);
+    #[async_trait]
+    impl Webhooks for Hooks {
+        fn verifier(&self) -> &dyn WebhookVerifier {
+            &self.0
+        }
+        async fn parse(&self, _: &VerifiedWebhook) -> Result<Vec<Change>> {
+            Ok(Vec::new())
+        }
+    }
+
     #[test]
     fn default_webhook_events_use_the_verifier_id_else_the_body_hash() {
         let c: Arc<dyn Connector> = Arc::new(Bare(ConnectorInfo::new(
@@ -529,8 +785,10 @@ mod tests {
             "1",
             Capabilities::default(),
         )));
+        assert!(!c.takes_webhooks());
+        let hooks = Hooks(NoVerify);
         let body = Bytes::from_static(b"abc");
-        let events = c.webhook_events(&Verified::default(), &body).unwrap();
+        let events = hooks.events(&Verified::default(), &body).unwrap();
         assert_eq!(
             events,
             vec![WebhookEvent::new(
@@ -543,8 +801,47 @@ mod tests {
             event_id: Some("msg_1".into()),
             ..Verified::default()
         };
-        // Through the `Arc` forwarding impl too.
-        let events = Arc::clone(&c).webhook_events(&verified, &body).unwrap();
+        let events = hooks.events(&verified, &body).unwrap();
         assert_eq!(events, vec![WebhookEvent::new("msg_1", body)]);
+    }
+
+    fn page(n: usize, next: Option<&str>, more: bool) -> Page {
+        let records = (0..n)
+            .map(|i| Record::upsert(StreamId::from("s"), i.to_string(), serde_json::json!({})))
+            .collect();
+        Page::new(
+            records,
+            next.map(|s| CursorToken::from_string(s.to_string())),
+            more,
+        )
+    }
+
+    #[test]
+    fn page_guard_stops_cycles_and_stuck_walks() {
+        let start = CursorToken::from_string("a".to_string());
+        let mut g = PageGuard::new(Some(&start));
+        g.check(&page(1, Some("b"), true)).unwrap();
+        // A -> B -> A
+        let e = g.check(&page(1, Some("a"), true)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidResponse);
+        assert!(e.to_string().contains("cycle"), "{e}");
+
+        let mut g = PageGuard::new(None).max_empty_pages(3);
+        for i in 0..3 {
+            g.check(&page(0, Some(&format!("e{i}")), true)).unwrap();
+        }
+        let e = g.check(&page(0, Some("e3"), true)).unwrap_err();
+        assert!(e.to_string().contains("stuck"), "{e}");
+        // A record resets the run; the last page may repeat anything.
+        let mut g = PageGuard::new(None).max_empty_pages(1);
+        g.check(&page(0, Some("x"), true)).unwrap();
+        g.check(&page(2, Some("y"), true)).unwrap();
+        g.check(&page(0, Some("z"), true)).unwrap();
+        g.check(&page(0, Some("x"), false)).unwrap();
+        // More pages without a cursor.
+        let e = PageGuard::new(None)
+            .check(&page(1, None, true))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidResponse);
     }
 }

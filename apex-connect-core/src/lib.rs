@@ -8,8 +8,10 @@ pub mod cursor;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod lenient;
 pub mod model;
 pub mod oauth;
+pub mod platform;
 pub mod serde_secret;
 pub mod sink;
 pub mod sinks;
@@ -19,19 +21,22 @@ pub mod webhook;
 
 pub use async_trait::async_trait;
 pub use connector::{
-    Capabilities, Change, Connector, ConnectorExt, ConnectorInfo, StreamInfo, WebhookEvent,
-    WriteAction, WriteOp, WriteReport, WriteResult, body_hash, read_pages,
+    Capabilities, Change, Connector, ConnectorExt, ConnectorInfo, PageGuard, StreamInfo,
+    StreamSchema, WebhookEvent, Webhooks, WriteAction, WriteOp, WriteReport, WriteResult,
+    body_hash, read_pages,
 };
 pub use cursor::{CursorToken, SyncCursor};
-pub use engine::{Progress, SyncEngine, SyncOptions, SyncReport};
+pub use engine::{Progress, RedriveReport, SyncEngine, SyncOptions, SyncReport};
 pub use error::{Error, ErrorKind, Result};
 pub use http::{
     Credentials, HttpClient, HttpStats, PlatformPolicy, RateGate, RetryConfig, StaticToken,
 };
 pub use model::{
-    ConnectionId, Entity, EntityKind, Identity, Op, Page, Record, Relation, SourceRef, StreamId,
+    ConnectionId, Entity, EntityKind, Identity, Op, Page, RawJson, Record, Reject, RejectStage,
+    Relation, SourceRef, StreamId,
 };
 pub use oauth::{OAuthClient, OAuthConfig, TokenManager};
+pub use platform::{BuildContext, ConnectionAuth, Platform, Platforms, Secrets, Settings};
 pub use sink::{Ack, Batch, Sink};
 #[cfg(feature = "sqlite")]
 pub use sinks::SqliteSink;
@@ -39,8 +44,8 @@ pub use sinks::{ChannelSink, JsonlSink, MemorySink, NullSink};
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
 pub use store::{
-    Connection, ConnectionStatus, EncryptionKey, MemoryStore, RunId, RunKind, RunOutcome,
-    RunStatus, StateStore,
+    Connection, ConnectionStatus, ConnectionStore, CursorStore, EncryptionKey, InboxStore,
+    MemoryStore, RejectStore, RunId, RunKind, RunOutcome, RunStatus, RunStore, StateStore,
 };
 pub use token::{MemoryTokenStore, RefreshLease, TokenSet, TokenStore, Versioned};
 pub use webhook::{VerifiedWebhook, WebhookError, WebhookVerifier};

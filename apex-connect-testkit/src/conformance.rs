@@ -20,10 +20,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use apex_connect_core::store::prelude::*;
 use apex_connect_core::webhook::WebhookRequest;
 use apex_connect_core::{
-    Connector, CursorToken, ErrorKind, Op, Page, StreamId, SyncCursor, WebhookError, WriteOp,
-    async_trait,
+    ConnectionId, Connector, CursorToken, ErrorKind, MemorySink, MemoryStore, Op, Page, StreamId,
+    SyncCursor, SyncEngine, SyncOptions, WebhookError, WriteOp, async_trait,
 };
 use http::{HeaderMap, Method, Uri};
 use serde::{Deserialize, Serialize};
@@ -96,6 +97,15 @@ pub trait ConformanceFixture: Send + Sync {
     /// Write-back operations to try on `stream` (each must get a result). `None`: none.
     async fn write_ops(&self, stream: &StreamId) -> Option<Vec<WriteOp>> {
         let _ = stream;
+        None
+    }
+
+    /// Adds to the simulator's `stream` objects made from the platform's documented shapes
+    /// with hostile variations ([`crate::hostile`], seeded by `seed`): optional fields absent,
+    /// `null` or of unexpected types, unknown keys at every level, valid envelopes (id and
+    /// cursor timestamp). Returns the ids added. `None`: the fixture cannot (for this stream).
+    async fn inject_hostile(&self, stream: &StreamId, seed: u64) -> Option<Vec<String>> {
+        let _ = (stream, seed);
         None
     }
 }
@@ -527,31 +537,24 @@ async fn webhook_setup<F: ConformanceFixture + ?Sized>(
     behaviour: &'static str,
     fixture: &F,
     now: SystemTime,
-) -> Result<
-    Result<
-        (
-            Arc<dyn Connector>,
-            Arc<dyn apex_connect_core::WebhookVerifier>,
-            SignedWebhook,
-        ),
-        String,
-    >,
-    Failure,
-> {
+) -> Result<Result<(Arc<dyn Connector>, SignedWebhook), String>, Failure> {
+    let _ = behaviour;
     let connector = fixture.connector().await;
-    if !connector.info().capabilities.webhooks {
-        return Ok(Err("the connector does not claim webhooks".into()));
+    if connector.webhooks().is_none() {
+        return Ok(Err("the connector takes no webhooks".into()));
     }
-    let Some(verifier) = connector.webhook_verifier() else {
-        return Err(fail(
-            behaviour,
-            "the connector claims webhooks but has no webhook_verifier",
-        ));
-    };
     let Some(signed) = fixture.signed_webhook(now).await else {
         return Ok(Err("the fixture has no signed_webhook hook".into()));
     };
-    Ok(Ok((connector, verifier, signed)))
+    Ok(Ok((connector, signed)))
+}
+
+/// The webhook handler of a connector that `webhook_setup` checked has one.
+fn hooks(connector: &Arc<dyn Connector>) -> &dyn apex_connect_core::Webhooks {
+    match connector.webhooks() {
+        Some(h) => h,
+        None => unreachable!("webhook_setup checked that the connector takes webhooks"),
+    }
 }
 
 /// A webhook signed as the platform does is accepted, and `parse_webhook` understands it
@@ -559,21 +562,31 @@ async fn webhook_setup<F: ConformanceFixture + ?Sized>(
 pub async fn webhook_verifies<F: ConformanceFixture + ?Sized>(fixture: &F) -> BehaviourResult {
     const B: &str = "webhook_verifies";
     let now = SystemTime::now();
-    let (connector, verifier, (method, uri, headers, body)) =
-        match webhook_setup(B, fixture, now).await? {
-            Ok(parts) => parts,
-            Err(reason) => return skip(reason),
-        };
+    let (connector, (method, uri, headers, body)) = match webhook_setup(B, fixture, now).await? {
+        Ok(parts) => parts,
+        Err(reason) => return skip(reason),
+    };
+    let verifier = hooks(&connector).verifier();
     let verified = verifier
         .verify(&WebhookRequest::new(&method, &uri, &headers, &body), now)
         .map_err(|e| fail(B, format!("a correctly signed webhook was refused: {e}")))?;
     let webhook = apex_connect_core::VerifiedWebhook::new(verified, headers, body.into(), now);
-    connector.parse_webhook(&webhook).await.map_err(|e| {
-        fail(
-            B,
-            format!("parse_webhook failed on a verified webhook: {e}"),
-        )
-    })?;
+    let events = hooks(&connector)
+        .events(&webhook.verified, &webhook.body)
+        .map_err(|e| fail(B, format!("a verified webhook's events were refused: {e}")))?;
+    if events.is_empty() {
+        return Err(fail(B, "a verified webhook yielded no event"));
+    }
+    for event in events {
+        let mut one = webhook.clone();
+        one.body = event.body;
+        hooks(&connector).parse(&one).await.map_err(|e| {
+            fail(
+                B,
+                format!("parse failed on an event of a verified webhook: {e}"),
+            )
+        })?;
+    }
     Ok(Outcome::Passed)
 }
 
@@ -583,11 +596,12 @@ pub async fn webhook_tampered_body_rejected<F: ConformanceFixture + ?Sized>(
 ) -> BehaviourResult {
     const B: &str = "webhook_tampered_body_rejected";
     let now = SystemTime::now();
-    let (_, verifier, (method, uri, headers, mut body)) =
-        match webhook_setup(B, fixture, now).await? {
-            Ok(parts) => parts,
-            Err(reason) => return skip(reason),
-        };
+    let (connector, (method, uri, headers, mut body)) = match webhook_setup(B, fixture, now).await?
+    {
+        Ok(parts) => parts,
+        Err(reason) => return skip(reason),
+    };
+    let verifier = hooks(&connector).verifier();
     if body.is_empty() {
         body.push(b' ');
     } else {
@@ -618,10 +632,11 @@ pub async fn webhook_stale_timestamp_rejected<F: ConformanceFixture + ?Sized>(
     }
     let now = SystemTime::now();
     let then = now - STALE_WEBHOOK_AGE;
-    let (_, verifier, (method, uri, headers, body)) = match webhook_setup(B, fixture, then).await? {
+    let (connector, (method, uri, headers, body)) = match webhook_setup(B, fixture, then).await? {
         Ok(parts) => parts,
         Err(reason) => return skip(reason),
     };
+    let verifier = hooks(&connector).verifier();
     match verifier.verify(&WebhookRequest::new(&method, &uri, &headers, &body), now) {
         Err(WebhookError::OutsideTolerance { .. }) => Ok(Outcome::Passed),
         Err(e) => Err(fail(
@@ -643,10 +658,11 @@ pub async fn webhook_missing_signature_rejected<F: ConformanceFixture + ?Sized>(
 ) -> BehaviourResult {
     const B: &str = "webhook_missing_signature_rejected";
     let now = SystemTime::now();
-    let (_, verifier, (method, uri, headers, body)) = match webhook_setup(B, fixture, now).await? {
+    let (connector, (method, uri, headers, body)) = match webhook_setup(B, fixture, now).await? {
         Ok(parts) => parts,
         Err(reason) => return skip(reason),
     };
+    let verifier = hooks(&connector).verifier();
     let empty = HeaderMap::new();
     match verifier.verify(&WebhookRequest::new(&method, &uri, &empty, &body), now) {
         Err(WebhookError::MissingHeader(_)) => {}
@@ -700,7 +716,8 @@ pub async fn debug_shows_no_secret<F: ConformanceFixture + ?Sized>(fixture: &F) 
         "connector (before use)".into(),
         format!("{connector:?} {connector:#?}"),
     );
-    if let Some(v) = connector.webhook_verifier() {
+    if let Some(h) = connector.webhooks() {
+        let v = h.verifier();
         capture("webhook verifier".into(), format!("{v:?} {v:#?}"));
     }
     if let Err(e) = connector.check().await {
@@ -782,6 +799,220 @@ pub async fn write_back_smoke<F: ConformanceFixture + ?Sized>(fixture: &F) -> Be
     Ok(Outcome::Passed)
 }
 
+/// Seeds tried by [`hostile_records_never_fail_a_page`].
+const HOSTILE_SEEDS: [u64; 2] = [7, 1_000_003];
+
+/// Full-syncs `stream` through the engine into an entity sink; returns the sink and store.
+async fn engine_sync(
+    connector: &dyn Connector,
+    stream: &StreamId,
+) -> Result<
+    (
+        Arc<MemorySink>,
+        Arc<MemoryStore>,
+        apex_connect_core::SyncReport,
+    ),
+    String,
+> {
+    let store = Arc::new(MemoryStore::new());
+    let sink = Arc::new(MemorySink::with_entities());
+    let engine = SyncEngine::new(store.clone() as Arc<dyn apex_connect_core::StateStore>);
+    let conn = ConnectionId::from_static("conformance");
+    let report = engine
+        .run(
+            connector,
+            &conn,
+            stream,
+            sink.as_ref(),
+            SyncOptions::new().full(true),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((sink, store, report))
+}
+
+/// Objects of the platform's documented shapes with hostile variations (optional fields
+/// absent, `null` or of unexpected types; unknown keys at every level) never fail a page: a
+/// full sync through the engine into an entity sink succeeds, and every injected object is
+/// either in the sink (mapped) or quarantined in the rejects — none is lost.
+pub async fn hostile_records_never_fail_a_page<F: ConformanceFixture + ?Sized>(
+    fixture: &F,
+) -> BehaviourResult {
+    const B: &str = "hostile_records_never_fail_a_page";
+    let connector = fixture.connector().await;
+    let mut tried = 0;
+    for stream in streams(connector.as_ref()) {
+        let mut injected = Vec::new();
+        for seed in HOSTILE_SEEDS {
+            if let Some(ids) = fixture.inject_hostile(&stream, seed).await {
+                injected.extend(ids);
+            }
+        }
+        if injected.is_empty() {
+            continue;
+        }
+        tried += 1;
+        let fresh = fixture.connector().await;
+        let (sink, store, report) = engine_sync(fresh.as_ref(), &stream)
+            .await
+            .map_err(|e| fail(B, format!("stream `{stream}`: a page failed: {e}")))?;
+        let conn = ConnectionId::from_static("conformance");
+        let held = sink.all();
+        let rejects = store
+            .list_rejects(Some(&conn), Some(&stream), usize::MAX)
+            .await
+            .map_err(|e| fail(B, e.to_string()))?;
+        let rejected: BTreeSet<String> =
+            rejects.iter().filter_map(|r| r.reject.id.clone()).collect();
+        let lost: Vec<&String> = injected
+            .iter()
+            .filter(|id| {
+                !held.contains_key(&(conn.clone(), stream.clone(), (*id).clone()))
+                    && !rejected.contains(*id)
+            })
+            .collect();
+        if !lost.is_empty() {
+            return Err(fail(
+                B,
+                format!(
+                    "stream `{stream}`: {} of {} injected objects are neither synced nor \
+                     quarantined, e.g. {:?} (report: {report:?})",
+                    lost.len(),
+                    injected.len(),
+                    &lost[..lost.len().min(5)]
+                ),
+            ));
+        }
+        if report.rejected != rejects.len() as u64 {
+            return Err(fail(
+                B,
+                format!(
+                    "stream `{stream}`: the report counts {} rejects, the store holds {}",
+                    report.rejected,
+                    rejects.len()
+                ),
+            ));
+        }
+    }
+    if tried == 0 {
+        return skip("the fixture has no inject_hostile hook");
+    }
+    Ok(Outcome::Passed)
+}
+
+/// Every record the simulator serves maps to its entity without error (none quarantined),
+/// and validates against the stream's discovered JSON Schema, whose key fields are declared.
+pub async fn records_map_and_match_schema<F: ConformanceFixture + ?Sized>(
+    fixture: &F,
+) -> BehaviourResult {
+    const B: &str = "records_map_and_match_schema";
+    let connector = fixture.connector().await;
+    for stream in streams(connector.as_ref()) {
+        let schema = connector
+            .discover(&stream)
+            .await
+            .map_err(|e| fail(B, format!("discover(`{stream}`) failed: {e}")))?;
+        if schema.stream != stream {
+            return Err(fail(
+                B,
+                format!("discover(`{stream}`) named another stream"),
+            ));
+        }
+        if schema.schema.get("type") != Some(&serde_json::json!("object")) {
+            return Err(fail(
+                B,
+                format!("`{stream}`'s schema is not an object schema"),
+            ));
+        }
+        let validator = jsonschema::validator_for(&schema.schema).map_err(|e| {
+            fail(
+                B,
+                format!("`{stream}`'s schema is not a valid JSON Schema: {e}"),
+            )
+        })?;
+        let w = walk(B, connector.as_ref(), &stream, None).await?;
+        for (_, page) in &w.pages {
+            if !page.rejects.is_empty() {
+                return Err(fail(
+                    B,
+                    format!(
+                        "`{stream}`: the simulator's own data was quarantined: {}",
+                        page.rejects[0].error
+                    ),
+                ));
+            }
+            for r in &page.records {
+                connector.map_entity(r).map_err(|e| {
+                    fail(B, format!("`{stream}` record `{}` does not map: {e}", r.id))
+                })?;
+                if r.op == Op::Delete {
+                    continue;
+                }
+                let value = r
+                    .raw
+                    .to_value()
+                    .map_err(|e| fail(B, format!("`{stream}` record `{}`: {e}", r.id)))?;
+                if let Some(err) = validator.iter_errors(&value).next() {
+                    return Err(fail(
+                        B,
+                        format!(
+                            "`{stream}` record `{}` does not match its schema at `{}`: {err}",
+                            r.id,
+                            err.instance_path()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(Outcome::Passed)
+}
+
+/// A record read again from its raw JSON ([`Connector::parse_record`], used to re-drive
+/// quarantined records) has the same envelope (skipped when the connector does not support it).
+pub async fn parse_record_roundtrip<F: ConformanceFixture + ?Sized>(
+    fixture: &F,
+) -> BehaviourResult {
+    const B: &str = "parse_record_roundtrip";
+    let connector = fixture.connector().await;
+    let mut checked = 0u64;
+    for stream in streams(connector.as_ref()) {
+        let w = walk(B, connector.as_ref(), &stream, None).await?;
+        for (_, page) in &w.pages {
+            for r in page.records.iter().filter(|r| r.op == Op::Upsert) {
+                match connector.parse_record(&stream, &r.raw, r.parent.as_deref()) {
+                    Ok(back) => {
+                        if back.id != r.id || back.op != r.op || back.version != r.version {
+                            return Err(fail(
+                                B,
+                                format!(
+                                    "`{stream}` record `{}` (version {:?}) reads back as `{}` \
+                                     (version {:?})",
+                                    r.id, r.version, back.id, back.version
+                                ),
+                            ));
+                        }
+                        checked += 1;
+                    }
+                    Err(e) if e.kind() == ErrorKind::Unsupported => {
+                        return skip(format!("parse_record is not supported for `{stream}`"));
+                    }
+                    Err(e) => {
+                        return Err(fail(
+                            B,
+                            format!("`{stream}` record `{}` does not read back: {e}", r.id),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if checked == 0 {
+        return skip("no records to read back");
+    }
+    Ok(Outcome::Passed)
+}
+
 /// Expands the conformance suite for a fixture: a module with one `#[tokio::test]` per
 /// behaviour.
 ///
@@ -833,6 +1064,9 @@ macro_rules! conformance {
             __apex_conformance_behaviour!(webhook_missing_signature_rejected);
             __apex_conformance_behaviour!(debug_shows_no_secret);
             __apex_conformance_behaviour!(write_back_smoke);
+            __apex_conformance_behaviour!(hostile_records_never_fail_a_page);
+            __apex_conformance_behaviour!(records_map_and_match_schema);
+            __apex_conformance_behaviour!(parse_record_roundtrip);
         }
     };
 }

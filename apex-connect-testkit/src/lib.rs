@@ -4,6 +4,7 @@
 #![warn(missing_debug_implementations, unreachable_pub)]
 
 pub mod conformance;
+pub mod hostile;
 pub mod memory;
 pub mod oauth_server;
 pub mod sim;

@@ -8,9 +8,10 @@ use std::sync::{Arc, RwLock};
 
 use apex_connect_core::webhook::{StandardWebhooksVerifier, WebhookSecrets};
 use apex_connect_core::{
-    Capabilities, Change, Connector, ConnectorInfo, CursorToken, Error, ErrorKind, Op, Page,
-    Record, Result, StreamId, StreamInfo, SyncCursor, VerifiedWebhook, WebhookVerifier,
-    WriteAction, WriteOp, WriteReport, WriteResult, async_trait,
+    Capabilities, Change, Connector, ConnectorInfo, CursorToken, Entity, EntityKind, Error,
+    ErrorKind, Op, Page, RawJson, Record, Result, SourceRef, StreamId, StreamInfo, SyncCursor,
+    VerifiedWebhook, WebhookVerifier, Webhooks, WriteAction, WriteOp, WriteReport, WriteResult,
+    async_trait,
 };
 use serde::{Deserialize, Serialize};
 
@@ -72,11 +73,14 @@ impl MemoryConnector {
         let ids: Vec<StreamId> = streams.into_iter().map(Into::into).collect();
         let caps = Capabilities::new(
             ids.iter()
-                .map(|s| StreamInfo::new(s.clone(), true).with_deletes())
+                .map(|s| {
+                    StreamInfo::new(s.clone(), true)
+                        .with_deletes()
+                        .with_replication_key("version")
+                })
                 .collect(),
         )
-        .with_write_back()
-        .with_webhooks();
+        .with_write_back();
         let map = ids
             .into_iter()
             .map(|s| (s, Data::Stored(Vec::new())))
@@ -153,7 +157,7 @@ impl MemoryConnector {
             Some(Data::Stored(records)) => records
                 .iter()
                 .filter(|r| r.op == Op::Upsert)
-                .map(|r| (r.id.clone(), (r.version.unwrap_or(0), r.raw.clone())))
+                .map(|r| (r.id.clone(), (r.version.unwrap_or(0), raw_value(&r.raw))))
                 .collect(),
             Some(Data::Generated {
                 count,
@@ -161,7 +165,7 @@ impl MemoryConnector {
             }) => (0..*count)
                 .map(|i| {
                     let r = generated(stream, i, *payload_bytes);
-                    (r.id.clone(), (r.version.unwrap_or(0), r.raw))
+                    (r.id.clone(), (r.version.unwrap_or(0), raw_value(&r.raw)))
                 })
                 .collect(),
             None => BTreeMap::new(),
@@ -169,11 +173,15 @@ impl MemoryConnector {
     }
 
     /// A signed webhook body announcing a change of `id` in `stream` (for tests): the JSON
-    /// `{"stream","id","op"}`; sign it with [`Connector::webhook_verifier`].
+    /// `{"stream","id","op"}`; sign it with the connector's [`Webhooks::verifier`].
     pub fn webhook_body(stream: &StreamId, id: &str, op: Op) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({"stream": stream, "id": id, "op": op}))
             .unwrap_or_default()
     }
+}
+
+fn raw_value(raw: &RawJson) -> serde_json::Value {
+    raw.to_value().unwrap_or(serde_json::Value::Null)
 }
 
 fn generated(stream: &StreamId, i: u64, payload_bytes: usize) -> Record {
@@ -296,11 +304,43 @@ impl Connector for MemoryConnector {
         Ok(report)
     }
 
-    fn webhook_verifier(&self) -> Option<Arc<dyn WebhookVerifier>> {
-        Some(self.verifier.clone())
+    /// Records map to an entity of kind `Other(<stream>)` named by the record's `name` field;
+    /// a record whose `name` is present but not a string cannot be mapped (so tests can
+    /// provoke quarantine).
+    fn map_entity(&self, record: &Record) -> Result<Option<Entity>> {
+        if record.op == Op::Delete {
+            return Ok(None);
+        }
+        let value = record.raw.to_value()?;
+        let mut e = Entity::new(
+            EntityKind::Other(record.stream.to_string()),
+            SourceRef::new(NAME, record.stream.to_string(), record.id.clone()),
+        );
+        match value.get("name") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(n)) => e = e.with_name(n.clone()),
+            Some(_) => {
+                return Err(
+                    Error::invalid_response("memory record `name` is not a string")
+                        .with_context("id", &record.id),
+                );
+            }
+        }
+        Ok(Some(e))
     }
 
-    async fn parse_webhook(&self, webhook: &VerifiedWebhook) -> Result<Vec<Change>> {
+    fn webhooks(&self) -> Option<&dyn Webhooks> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Webhooks for MemoryConnector {
+    fn verifier(&self) -> &dyn WebhookVerifier {
+        self.verifier.as_ref()
+    }
+
+    async fn parse(&self, webhook: &VerifiedWebhook) -> Result<Vec<Change>> {
         #[derive(Deserialize)]
         struct Body {
             stream: StreamId,

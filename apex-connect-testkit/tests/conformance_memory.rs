@@ -70,7 +70,7 @@ impl ConformanceFixture for MemoryFixture {
             apex_connect_core::Op::Upsert,
         );
         let (method, uri) = (Method::POST, Uri::from_static("/webhooks/memory/acme"));
-        let verifier = self.connector.webhook_verifier()?;
+        let verifier = self.connector.webhooks()?.verifier();
         let headers = verifier
             .sign(
                 &WebhookRequest::new(&method, &uri, &HeaderMap::new(), &body),
@@ -105,6 +105,23 @@ impl ConformanceFixture for MemoryFixture {
                 ),
             ]
         })
+    }
+
+    async fn inject_hostile(&self, stream: &StreamId, seed: u64) -> Option<Vec<String>> {
+        if stream.as_str() != "contacts" {
+            return None;
+        }
+        let example = serde_json::json!({"name": "Ann", "tags": ["a"], "address": {"city": "X"}});
+        let mut ids = Vec::new();
+        for (i, v) in apex_connect_testkit::hostile::variants(&example, &[], seed, 30)
+            .into_iter()
+            .enumerate()
+        {
+            let id = format!("hostile_{seed}_{i}");
+            self.connector.put(stream, &id, v);
+            ids.push(id);
+        }
+        Some(ids)
     }
 }
 
@@ -208,8 +225,8 @@ impl Connector for Broken {
         }
         Ok(report)
     }
-    fn webhook_verifier(&self) -> Option<Arc<dyn WebhookVerifier>> {
-        self.inner.webhook_verifier()
+    fn webhooks(&self) -> Option<&dyn apex_connect_core::Webhooks> {
+        self.inner.webhooks()
     }
 }
 
@@ -345,8 +362,24 @@ impl Connector for Lax {
     async fn read(&self, stream: &StreamId, cursor: Option<&CursorToken>) -> Result<Page> {
         self.0.read(stream, cursor).await
     }
-    fn webhook_verifier(&self) -> Option<Arc<dyn WebhookVerifier>> {
-        Some(Arc::new(AcceptAll))
+    fn webhooks(&self) -> Option<&dyn apex_connect_core::Webhooks> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl apex_connect_core::Webhooks for Lax {
+    fn verifier(&self) -> &dyn WebhookVerifier {
+        &AcceptAll
+    }
+    async fn parse(
+        &self,
+        webhook: &apex_connect_core::VerifiedWebhook,
+    ) -> Result<Vec<apex_connect_core::Change>> {
+        match self.0.webhooks() {
+            Some(h) => h.parse(webhook).await,
+            None => Ok(Vec::new()),
+        }
     }
 }
 

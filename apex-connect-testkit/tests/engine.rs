@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use apex_connect_core::engine::CancellationToken;
 use apex_connect_core::store::{
-    AppendOutcome, ClaimedEvent, Connection, ConnectionStatus, DeadLetter, EncryptionKey, EventId,
-    FailAction, InboxCounts, InboxEvent, MemoryStore, RunId, RunKind, RunOutcome, RunStatus,
-    SqliteStore, StateStore, SyncRun,
+    AppendOutcome, ClaimedEvent, Connection, ConnectionStatus, ConnectionStore, CursorStore,
+    DeadLetter, EncryptionKey, EventId, FailAction, InboxCounts, InboxEvent, InboxStore,
+    MemoryStore, RejectId, RejectStore, RunId, RunKind, RunOutcome, RunStatus, RunStore,
+    SqliteStore, StateStore, StoredReject, SyncRun,
 };
 use apex_connect_core::{
     Ack, Batch, ConnectionId, Connector, ConnectorInfo, CursorToken, Error, ErrorKind, MemorySink,
@@ -143,6 +144,30 @@ struct FaultyStore {
 }
 
 #[async_trait]
+impl RejectStore for FaultyStore {
+    async fn put_rejects(&self, c: &ConnectionId, r: &[apex_connect_core::Reject]) -> Result<()> {
+        self.inner.put_rejects(c, r).await
+    }
+    async fn list_rejects(
+        &self,
+        c: Option<&ConnectionId>,
+        s: Option<&StreamId>,
+        limit: usize,
+    ) -> Result<Vec<StoredReject>> {
+        self.inner.list_rejects(c, s, limit).await
+    }
+    async fn count_rejects(&self, c: Option<&ConnectionId>) -> Result<u64> {
+        self.inner.count_rejects(c).await
+    }
+    async fn delete_reject(&self, id: RejectId) -> Result<()> {
+        self.inner.delete_reject(id).await
+    }
+    async fn reject_failed(&self, id: RejectId, error: &str) -> Result<()> {
+        self.inner.reject_failed(id, error).await
+    }
+}
+
+#[async_trait]
 impl TokenStore for FaultyStore {
     async fn load(&self, c: &ConnectionId) -> Result<Option<Versioned<TokenSet>>> {
         TokenStore::load(&*self.inner, c).await
@@ -156,7 +181,7 @@ impl TokenStore for FaultyStore {
 }
 
 #[async_trait]
-impl StateStore for FaultyStore {
+impl ConnectionStore for FaultyStore {
     async fn upsert_connection(&self, c: &Connection) -> Result<Connection> {
         self.inner.upsert_connection(c).await
     }
@@ -177,6 +202,10 @@ impl StateStore for FaultyStore {
     async fn delete_connection(&self, id: &ConnectionId) -> Result<()> {
         self.inner.delete_connection(id).await
     }
+}
+
+#[async_trait]
+impl CursorStore for FaultyStore {
     async fn load_cursor(
         &self,
         c: &ConnectionId,
@@ -203,6 +232,10 @@ impl StateStore for FaultyStore {
     async fn reset_cursor(&self, c: &ConnectionId, s: &StreamId) -> Result<()> {
         self.inner.reset_cursor(c, s).await
     }
+}
+
+#[async_trait]
+impl RunStore for FaultyStore {
     async fn start_run(&self, c: &ConnectionId, s: &StreamId, k: RunKind) -> Result<RunId> {
         self.inner.start_run(c, s, k).await
     }
@@ -215,6 +248,10 @@ impl StateStore for FaultyStore {
     async fn last_run(&self, c: &ConnectionId, s: &StreamId) -> Result<Option<SyncRun>> {
         self.inner.last_run(c, s).await
     }
+}
+
+#[async_trait]
+impl InboxStore for FaultyStore {
     async fn inbox_append(&self, e: &InboxEvent) -> Result<AppendOutcome> {
         self.inner.inbox_append(e).await
     }
@@ -685,10 +722,199 @@ async fn sqlite_store_and_sink_resume_exactly() {
     let live: std::collections::BTreeMap<String, (i64, serde_json::Value)> = held
         .into_iter()
         .filter(|r| r.op == apex_connect_core::Op::Upsert)
-        .map(|r| (r.id, (r.version.unwrap_or(0), r.raw)))
+        .map(|r| (r.id, (r.version.unwrap_or(0), r.raw.to_value().unwrap())))
         .collect();
     assert_eq!(live, source.snapshot(&stream()));
     let runs = store.list_runs(Some(&conn()), 10).await.unwrap();
     assert_eq!(runs[0].status, RunStatus::Succeeded);
     assert_eq!(runs[1].status, RunStatus::Failed);
+}
+
+/// Maps like `MemoryConnector`, or (after the "fix") maps every record.
+#[derive(Debug)]
+struct Fixable {
+    inner: MemoryConnector,
+    fixed: std::sync::atomic::AtomicBool,
+    extra_rejects: Vec<apex_connect_core::Reject>,
+}
+
+#[async_trait]
+impl Connector for Fixable {
+    fn info(&self) -> &ConnectorInfo {
+        self.inner.info()
+    }
+    async fn check(&self) -> Result<()> {
+        Ok(())
+    }
+    async fn read(&self, stream: &StreamId, cursor: Option<&CursorToken>) -> Result<Page> {
+        let page = self.inner.read(stream, cursor).await?;
+        if cursor.is_none() && !self.extra_rejects.is_empty() {
+            return Ok(page.with_rejects(self.extra_rejects.clone()));
+        }
+        Ok(page)
+    }
+    fn map_entity(
+        &self,
+        r: &apex_connect_core::Record,
+    ) -> Result<Option<apex_connect_core::Entity>> {
+        if self.fixed.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        self.inner.map_entity(r)
+    }
+    fn parse_record(
+        &self,
+        stream: &StreamId,
+        raw: &apex_connect_core::RawJson,
+        _parent: Option<&str>,
+    ) -> Result<apex_connect_core::Record> {
+        if !self.fixed.load(Ordering::SeqCst) {
+            return Err(Error::invalid_response("still broken"));
+        }
+        let id = raw.to_value()?["key"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        Ok(apex_connect_core::Record::upsert(stream.clone(), id, raw.clone()).with_version(1))
+    }
+}
+
+#[tokio::test]
+async fn unmappable_and_unreadable_records_are_quarantined_not_fatal_and_redriven() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(dir.path().join("q.db"), EncryptionKey::generate())
+            .await
+            .unwrap(),
+    );
+    let sink = SqliteSink::for_store(&store);
+    assert!(sink.wants_entities());
+    let c = connector();
+    // Two records whose `name` is not a string: the memory mapping refuses them.
+    c.put(&stream(), "bad1", json!({"name": 5}));
+    c.put(&stream(), "bad2", json!({"name": [["x"]]}));
+    let raw_reject = apex_connect_core::Reject::unparsed(
+        stream(),
+        None,
+        bytes::Bytes::from_static(br#"{"key": "k9", "size": -39484462}"#),
+        &Error::invalid_response("no id"),
+    );
+    let fixable = Fixable {
+        inner: c.clone(),
+        fixed: false.into(),
+        extra_rejects: vec![raw_reject],
+    };
+    let engine = SyncEngine::new(store.clone() as Arc<dyn StateStore>);
+    let report = engine
+        .run(&fixable, &conn(), &stream(), &sink, SyncOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(report.rejected, 3, "{report:?}");
+    assert_eq!(report.records_read, 42 + 1);
+    let rejects = store.list_rejects(Some(&conn()), None, 10).await.unwrap();
+    assert_eq!(rejects.len(), 3);
+    let stages: Vec<_> = rejects
+        .iter()
+        .map(|r| (r.reject.id.clone(), r.reject.stage))
+        .collect();
+    assert!(stages.contains(&(Some("bad1".into()), apex_connect_core::RejectStage::Map)));
+    assert!(stages.contains(&(None, apex_connect_core::RejectStage::Parse)));
+    assert!(rejects.iter().all(|r| !r.reject.error.is_empty()));
+    // The page went on and the cursor moved past them: the sink holds the 37 good records.
+    let held = sink.records(&conn(), &stream()).await.unwrap();
+    assert_eq!(
+        held.iter()
+            .filter(|r| r.op == apex_connect_core::Op::Upsert)
+            .count(),
+        37
+    );
+    assert!(!held.iter().any(|r| r.id.starts_with("bad")));
+    let runs = store.list_runs(Some(&conn()), 1).await.unwrap();
+    assert_eq!(runs[0].records_rejected, 3);
+    assert_eq!(runs[0].status, RunStatus::Succeeded);
+    // A second sync quarantines the same objects again without duplicating their rows.
+    engine
+        .run(
+            &fixable,
+            &conn(),
+            &stream(),
+            &sink,
+            SyncOptions::new().full(true),
+        )
+        .await
+        .unwrap();
+    let again = store.list_rejects(Some(&conn()), None, 10).await.unwrap();
+    assert_eq!(again.len(), 3);
+    assert!(again.iter().all(|r| r.attempts == 2));
+
+    // Re-drive before the fix: all fail again and stay.
+    let r = engine
+        .redrive(&fixable, &conn(), None, &sink, 100)
+        .await
+        .unwrap();
+    assert_eq!((r.tried, r.written, r.failed), (3, 0, 3));
+    // After the fix: all written, none left.
+    fixable.fixed.store(true, Ordering::SeqCst);
+    let r = engine
+        .redrive(&fixable, &conn(), None, &sink, 100)
+        .await
+        .unwrap();
+    assert_eq!((r.tried, r.written, r.failed), (3, 3, 0));
+    assert_eq!(store.count_rejects(Some(&conn())).await.unwrap(), 0);
+    let held = sink.records(&conn(), &stream()).await.unwrap();
+    for id in ["bad1", "bad2", "k9"] {
+        assert!(
+            held.iter().any(|r| r.id == id),
+            "{id} re-driven into the sink"
+        );
+    }
+}
+
+/// Pages whose cursors go A -> B -> A.
+#[derive(Debug)]
+struct Cycling(ConnectorInfo);
+
+#[async_trait]
+impl Connector for Cycling {
+    fn info(&self) -> &ConnectorInfo {
+        &self.0
+    }
+    async fn check(&self) -> Result<()> {
+        Ok(())
+    }
+    async fn read(&self, stream: &StreamId, cursor: Option<&CursorToken>) -> Result<Page> {
+        let next = match cursor.map(CursorToken::as_str) {
+            None | Some("B") => "A",
+            _ => "B",
+        };
+        let rec = apex_connect_core::Record::upsert(stream.clone(), next, json!({}));
+        Ok(Page::new(
+            vec![rec],
+            Some(CursorToken::from_string(next.to_string())),
+            true,
+        ))
+    }
+}
+
+#[tokio::test]
+async fn a_pagination_cycle_stops_the_run_instead_of_looping() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = SyncEngine::new(store.clone() as Arc<dyn StateStore>);
+    let c = Cycling(ConnectorInfo::new(
+        "cycling",
+        "1",
+        apex_connect_core::Capabilities::new(vec![apex_connect_core::StreamInfo::new(
+            stream(),
+            false,
+        )]),
+    ));
+    let sink = MemorySink::new();
+    let err = engine
+        .run(&c, &conn(), &stream(), &sink, SyncOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidResponse);
+    assert!(err.to_string().contains("cycle"), "{err}");
+    // What was read before the cycle is committed.
+    assert_eq!(sink.len(), 2);
 }

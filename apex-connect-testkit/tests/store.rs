@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use apex_connect_core::store::prelude::*;
 use apex_connect_core::store::{
     AppendOutcome, Clock, Connection, ConnectionStatus, EncryptionKey, FailAction, InboxCounts,
     InboxEvent, MemoryStore, RunKind, RunOutcome, RunStatus, SqliteStore, StateStore,
@@ -337,6 +338,67 @@ async fn semantics(store: Arc<dyn StateStore>, clock: ManualClock) {
         store.delete_connection(&c1).await.unwrap_err().kind(),
         ErrorKind::NotFound
     );
+
+    // ---- rejects: one row per object, attempts counted, oldest first ----
+    let rs = StreamId::from("messages");
+    let err = apex_connect_core::Error::invalid_response("expected u64");
+    let by_id = apex_connect_core::Reject::unmapped(
+        &apex_connect_core::Record::upsert(rs.clone(), "msg_1", json!({"size": -1}))
+            .with_version(7)
+            .with_parent("cnv_1"),
+        &err,
+    );
+    let no_id = apex_connect_core::Reject::unparsed(
+        rs.clone(),
+        None,
+        bytes::Bytes::from_static(b"not json at all"),
+        &err,
+    );
+    store
+        .put_rejects(&c2, &[by_id.clone(), no_id.clone()])
+        .await
+        .unwrap();
+    store
+        .put_rejects(&c2, std::slice::from_ref(&by_id))
+        .await
+        .unwrap();
+    assert_eq!(store.count_rejects(Some(&c2)).await.unwrap(), 2);
+    assert_eq!(store.count_rejects(Some(&c1)).await.unwrap(), 0);
+    assert_eq!(store.count_rejects(None).await.unwrap(), 2);
+    let listed = store.list_rejects(Some(&c2), Some(&rs), 10).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].reject, by_id, "stored whole, oldest first");
+    assert_eq!(listed[0].attempts, 2);
+    assert_eq!(
+        listed[1].reject.raw,
+        bytes::Bytes::from_static(b"not json at all")
+    );
+    assert_eq!(
+        listed[0].reject.to_record().unwrap().parent.as_deref(),
+        Some("cnv_1")
+    );
+    assert!(
+        store
+            .list_rejects(None, Some(&StreamId::from("x")), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .reject_failed(listed[1].id, "still bad")
+        .await
+        .unwrap();
+    let again = store.list_rejects(None, None, 10).await.unwrap();
+    assert_eq!(
+        (again[1].reject.error.as_str(), again[1].attempts),
+        ("still bad", 2)
+    );
+    store.delete_reject(listed[0].id).await.unwrap();
+    assert_eq!(
+        store.delete_reject(listed[0].id).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(store.count_rejects(None).await.unwrap(), 1);
 }
 
 #[tokio::test]

@@ -13,6 +13,12 @@
 //!   the one whose compare-and-swap fails stops with `ErrorKind::Conflict`.
 //! - **Flat memory**: one page is held, plus (by default) one page read ahead while the
 //!   previous one is written.
+//! - **Bad records never fail a page**: objects the connector could not read
+//!   ([`Page::rejects`]) and records that cannot be mapped (when the sink
+//!   [wants entities](Sink::wants_entities)) are quarantined in the store's rejects before the
+//!   cursor moves past them, counted in the report, and re-drivable ([`SyncEngine::redrive`]).
+//! - **No loops**: a cursor already read in this run, or a long run of pages without records,
+//!   stops the run with `InvalidResponse` ([`PageGuard`]).
 
 use std::fmt;
 use std::future::Future;
@@ -21,12 +27,12 @@ use std::time::{Duration, Instant};
 
 pub use tokio_util::sync::CancellationToken;
 
-use crate::connector::Connector;
+use crate::connector::{Connector, PageGuard};
 use crate::cursor::CursorToken;
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{ConnectionId, Page, StreamId};
+use crate::model::{ConnectionId, Entity, Page, RawJson, Record, Reject, RejectStage, StreamId};
 use crate::sink::{Ack, Batch, Sink};
-use crate::store::{RunId, RunKind, RunOutcome, RunStatus, StateStore};
+use crate::store::{RunId, RunKind, RunOutcome, RunStatus, StateStore, StoredReject};
 
 /// Where a running sync is, passed to the [`SyncOptions::progress`] callback after each page.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +50,8 @@ pub struct Progress {
     pub applied: u64,
     /// Records the sink already held so far.
     pub unchanged: u64,
+    /// Records quarantined so far.
+    pub rejected: u64,
     /// Pages committed so far.
     pub pages: u64,
 }
@@ -139,6 +147,9 @@ pub struct SyncReport {
     pub applied: u64,
     /// Records the sink already held (replays, or older versions).
     pub unchanged: u64,
+    /// Records quarantined (unreadable, or unmappable for an entity sink): in the store's
+    /// rejects, not in the sink.
+    pub rejected: u64,
     /// Pages read and committed.
     pub pages: u64,
     /// Wall-clock time of the run.
@@ -158,7 +169,54 @@ struct Counts {
     read: u64,
     applied: u64,
     unchanged: u64,
+    rejected: u64,
     pages: u64,
+}
+
+/// Maps `records` to entities; records that cannot be mapped are moved to `rejects`.
+/// Returns the entities aligned with what stays in `records`.
+fn map_entities(
+    connector: &dyn Connector,
+    records: &mut Vec<Record>,
+    rejects: &mut Vec<Reject>,
+) -> Vec<Option<Entity>> {
+    let mut entities = Vec::with_capacity(records.len());
+    let mut failed = false;
+    for r in records.iter() {
+        match connector.map_entity(r) {
+            Ok(e) => entities.push(Some(e)),
+            Err(e) => {
+                rejects.push(Reject::unmapped(r, &e));
+                entities.push(None);
+                failed = true;
+            }
+        }
+    }
+    if !failed {
+        return entities.into_iter().map(Option::flatten).collect();
+    }
+    let mut kept = Vec::with_capacity(records.len());
+    let mut kept_entities = Vec::with_capacity(records.len());
+    for (r, e) in records.drain(..).zip(entities) {
+        if let Some(e) = e {
+            kept.push(r);
+            kept_entities.push(e);
+        }
+    }
+    *records = kept;
+    kept_entities
+}
+
+/// What [`SyncEngine::redrive`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedriveReport {
+    /// Rejects tried.
+    pub tried: u64,
+    /// Rejects read, mapped and written to the sink (and removed from the rejects).
+    pub written: u64,
+    /// Rejects that failed again (kept, with the new error).
+    pub failed: u64,
 }
 
 fn cancelled() -> Error {
@@ -185,6 +243,70 @@ impl SyncEngine {
     /// The store.
     pub fn store(&self) -> &Arc<dyn StateStore> {
         &self.store
+    }
+
+    /// Re-drives up to `limit` quarantined records of `connection` (of one `stream`, or all):
+    /// each is read again ([`Connector::parse_record`] for the parse stage, its stored envelope
+    /// for the map stage), mapped when `sink` wants entities, written to `sink`, and removed
+    /// from the rejects; one that fails again stays, with its new error and one more attempt.
+    /// Cursors are not touched (the sink keeps the highest version, so a newer copy already
+    /// synced is not overwritten).
+    ///
+    /// # Errors
+    /// The store's and the sink's errors (a reject is removed only after the sink acknowledged).
+    pub async fn redrive(
+        &self,
+        connector: &dyn Connector,
+        connection: &ConnectionId,
+        stream: Option<&StreamId>,
+        sink: &dyn Sink,
+        limit: usize,
+    ) -> Result<RedriveReport> {
+        let mut report = RedriveReport::default();
+        let stored = self
+            .store
+            .list_rejects(Some(connection), stream, limit)
+            .await?;
+        for StoredReject { id, reject, .. } in stored {
+            report.tried += 1;
+            match self.redrive_one(connector, connection, &reject, sink).await {
+                Ok(()) => {
+                    self.store.delete_reject(id).await?;
+                    report.written += 1;
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::Storage) => return Err(e),
+                Err(e) => {
+                    self.store.reject_failed(id, &e.to_string()).await?;
+                    report.failed += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn redrive_one(
+        &self,
+        connector: &dyn Connector,
+        connection: &ConnectionId,
+        reject: &Reject,
+        sink: &dyn Sink,
+    ) -> Result<()> {
+        let record = match reject.stage {
+            RejectStage::Map => reject.to_record()?,
+            _ => {
+                let raw = RawJson::parse(reject.raw.clone())?;
+                connector.parse_record(&reject.stream, &raw, reject.parent.as_deref())?
+            }
+        };
+        let records = [record];
+        let entities = if sink.wants_entities() {
+            vec![connector.map_entity(&records[0])?]
+        } else {
+            Vec::new()
+        };
+        sink.write(Batch::new(connection, &reject.stream, &records).with_entities(&entities))
+            .await
+            .map(|_| ())
     }
 
     /// Syncs `stream` of `connection` from `connector` into `sink`, from the stored cursor
@@ -230,12 +352,9 @@ impl SyncEngine {
             Err(e) if e.kind() == ErrorKind::Cancelled => RunStatus::Cancelled,
             Err(_) => RunStatus::Failed,
         };
-        let mut outcome = RunOutcome::new(status).with_counts(
-            counts.read,
-            counts.applied,
-            counts.unchanged,
-            counts.pages,
-        );
+        let mut outcome = RunOutcome::new(status)
+            .with_counts(counts.read, counts.applied, counts.unchanged, counts.pages)
+            .with_rejected(counts.rejected);
         if let Err(e) = &result {
             outcome = outcome.with_error(e.to_string());
         }
@@ -250,7 +369,7 @@ impl SyncEngine {
                 tracing::info!(
                     run = %run_id, %connection, %stream,
                     read = counts.read, applied = counts.applied, unchanged = counts.unchanged,
-                    pages = counts.pages, elapsed_ms = elapsed.as_millis() as u64,
+                    rejected = counts.rejected, pages = counts.pages, elapsed_ms = elapsed.as_millis() as u64,
                     "sync run succeeded"
                 );
                 Ok(SyncReport {
@@ -258,6 +377,7 @@ impl SyncEngine {
                     records_read: counts.read,
                     applied: counts.applied,
                     unchanged: counts.unchanged,
+                    rejected: counts.rejected,
                     pages: counts.pages,
                     elapsed,
                     cursor,
@@ -299,30 +419,31 @@ impl SyncEngine {
         };
 
         check()?;
+        let mut guard = PageGuard::new(read_from.as_ref());
         let mut page: Page =
             cancellable(cancel, connector.read(stream, read_from.as_ref())).await?;
         loop {
-            if page.has_more && (page.next.is_none() || page.next == read_from) {
-                return Err(Error::new(
-                    ErrorKind::InvalidResponse,
-                    "connector reported more pages without advancing its cursor",
-                )
-                .with_context("stream", stream));
-            }
-            counts.read += page.records.len() as u64;
+            guard
+                .check(&page)
+                .map_err(|e| e.with_context("stream", stream))?;
+            counts.read += (page.records.len() + page.rejects.len()) as u64;
             let last = !page.has_more || options.max_pages.is_some_and(|m| counts.pages + 1 >= m);
 
             check()?;
+            // Map when the sink stores entities; what cannot be mapped joins the rejects.
+            let mut rejects = std::mem::take(&mut page.rejects);
+            let entities = if sink.wants_entities() {
+                map_entities(connector, &mut page.records, &mut rejects)
+            } else {
+                Vec::new()
+            };
+            let records = &page.records;
             let write = async {
-                if page.records.is_empty() {
+                if records.is_empty() {
                     Ok(Ack::default())
                 } else {
-                    sink.write(Batch {
-                        connection,
-                        stream,
-                        records: &page.records,
-                    })
-                    .await
+                    sink.write(Batch::new(connection, stream, records).with_entities(&entities))
+                        .await
                 }
             };
             let (ack, ahead) = if !last && options.read_ahead {
@@ -335,6 +456,13 @@ impl SyncEngine {
             let ack = ack?;
             counts.applied += ack.applied;
             counts.unchanged += ack.unchanged;
+            // Quarantined records are kept before the cursor moves past them.
+            if !rejects.is_empty() {
+                self.store.put_rejects(connection, &rejects).await?;
+                counts.rejected += rejects.len() as u64;
+                tracing::warn!(%connection, %stream, rejected = rejects.len(),
+                    first_error = %rejects[0].error, "records quarantined");
+            }
 
             // The sink holds every record of this page: commit the cursor after it.
             if let Some(next) = &page.next
@@ -356,6 +484,7 @@ impl SyncEngine {
                     records_read: counts.read,
                     applied: counts.applied,
                     unchanged: counts.unchanged,
+                    rejected: counts.rejected,
                     pages: counts.pages,
                 });
             }

@@ -107,6 +107,7 @@ pub struct TokenManagerBuilder {
     poll: Duration,
     clock: Clock,
     on_reauth_needed: Option<ReauthHook>,
+    obtain_when_missing: bool,
 }
 
 impl fmt::Debug for TokenManagerBuilder {
@@ -154,6 +155,14 @@ impl TokenManagerBuilder {
         self
     }
 
+    /// When no token set is stored, obtain one by running the grant (client credentials, JWT
+    /// bearer) instead of failing with "connect it first" (default `false`: the refresh-token
+    /// grant needs a user's authorization first).
+    pub fn obtain_when_missing(mut self, on: bool) -> Self {
+        self.obtain_when_missing = on;
+        self
+    }
+
     /// The manager.
     pub fn build(self) -> TokenManager {
         TokenManager {
@@ -165,6 +174,7 @@ impl TokenManagerBuilder {
             poll: self.poll,
             clock: self.clock,
             on_reauth_needed: self.on_reauth_needed,
+            obtain_when_missing: self.obtain_when_missing,
             holder: format!("{:016x}", rand::random::<u64>()),
             cache: RwLock::new(None),
             flight: tokio::sync::Mutex::new(Flight::default()),
@@ -219,6 +229,7 @@ pub struct TokenManager {
     poll: Duration,
     clock: Clock,
     on_reauth_needed: Option<ReauthHook>,
+    obtain_when_missing: bool,
     holder: String,
     cache: RwLock<Option<Versioned<TokenSet>>>,
     flight: tokio::sync::Mutex<Flight>,
@@ -257,6 +268,7 @@ impl TokenManager {
             poll: DEFAULT_POLL,
             clock: system_clock(),
             on_reauth_needed: None,
+            obtain_when_missing: false,
         }
     }
 
@@ -488,6 +500,32 @@ impl TokenManager {
             Some(v) => {
                 self.write_cache(Some(v.clone()));
                 Ok(v)
+            }
+            None if self.obtain_when_missing => {
+                // Client credentials / JWT bearer: no user grant to wait for.
+                tracing::debug!(connection = %self.connection, "obtaining a first access token");
+                let new = self.refresher.refresh(&TokenSet::bearer("")).await?;
+                match self.store.save(&self.connection, &new, None).await {
+                    Ok(version) => {
+                        let v = Versioned {
+                            value: new,
+                            version,
+                        };
+                        self.write_cache(Some(v.clone()));
+                        Ok(v)
+                    }
+                    // Another process stored one first: use it.
+                    Err(e) if e.kind() == ErrorKind::Conflict => {
+                        match self.store.load(&self.connection).await? {
+                            Some(v) => {
+                                self.write_cache(Some(v.clone()));
+                                Ok(v)
+                            }
+                            None => Err(e),
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
             }
             None => {
                 self.write_cache(None);

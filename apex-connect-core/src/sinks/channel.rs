@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
-use crate::model::{ConnectionId, Record, StreamId};
+use crate::model::{ConnectionId, Entity, Record, StreamId};
 use crate::sink::{Ack, Batch, Sink};
 
 /// A batch as received from a [`ChannelSink`]: owned records, and (in acknowledged mode) the
@@ -20,6 +20,9 @@ pub struct OwnedBatch {
     pub stream: StreamId,
     /// The records, in order.
     pub records: Vec<Record>,
+    /// Their entities (aligned with `records`) when the sink was made
+    /// [`with_entities`](ChannelSink::with_entities); empty otherwise.
+    pub entities: Vec<Option<Entity>>,
     ack: Option<oneshot::Sender<Result<Ack>>>,
 }
 
@@ -60,6 +63,7 @@ impl OwnedBatch {
 pub struct ChannelSink {
     tx: mpsc::Sender<OwnedBatch>,
     acknowledged: bool,
+    entities: bool,
 }
 
 impl fmt::Debug for ChannelSink {
@@ -67,6 +71,7 @@ impl fmt::Debug for ChannelSink {
         f.debug_struct("ChannelSink")
             .field("capacity", &self.tx.max_capacity())
             .field("acknowledged", &self.acknowledged)
+            .field("entities", &self.entities)
             .finish()
     }
 }
@@ -79,6 +84,7 @@ impl ChannelSink {
             ChannelSink {
                 tx,
                 acknowledged: false,
+                entities: false,
             },
             rx,
         )
@@ -91,9 +97,17 @@ impl ChannelSink {
             ChannelSink {
                 tx,
                 acknowledged: true,
+                entities: false,
             },
             rx,
         )
+    }
+
+    /// Asks for entities: each [`OwnedBatch`] then carries the records' mapped entities
+    /// (records that cannot be mapped are quarantined before they reach the channel).
+    pub fn with_entities(mut self) -> Self {
+        self.entities = true;
+        self
     }
 }
 
@@ -115,6 +129,7 @@ impl Sink for ChannelSink {
             connection: batch.connection.clone(),
             stream: batch.stream.clone(),
             records: batch.records.to_vec(),
+            entities: batch.entities.to_vec(),
             ack: ack_tx,
         };
         self.tx.send(owned).await.map_err(|_| gone())?;
@@ -127,6 +142,9 @@ impl Sink for ChannelSink {
             })?,
         }
     }
+    fn wants_entities(&self) -> bool {
+        self.entities
+    }
 }
 
 #[cfg(test)]
@@ -138,11 +156,7 @@ mod tests {
         let c = ConnectionId::from("c");
         let s = StreamId::from("s");
         let recs = vec![Record::upsert(s.clone(), "a", serde_json::json!({}))];
-        let b = Batch {
-            connection: &c,
-            stream: &s,
-            records: &recs,
-        };
+        let b = Batch::new(&c, &s, &recs);
         let (sink, mut rx) = ChannelSink::new(1);
         assert_eq!(sink.write(b).await.unwrap(), Ack::new(1, 0));
         // channel full: the second write waits

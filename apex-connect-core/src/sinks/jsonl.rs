@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{ConnectionId, Entity, Op, StreamId};
+use crate::model::{ConnectionId, Entity, Op, RawJson, StreamId};
 use crate::sink::{Ack, Batch, Sink};
 
 /// One line of the file.
@@ -21,7 +21,7 @@ struct Line<'a> {
     op: Op,
     version: Option<i64>,
     updated_at: Option<i64>,
-    raw: &'a serde_json::Value,
+    raw: &'a RawJson,
     #[serde(skip_serializing_if = "Option::is_none")]
     entity: Option<&'a Entity>,
 }
@@ -39,6 +39,7 @@ struct Line<'a> {
 pub struct JsonlSink {
     path: PathBuf,
     file: Mutex<tokio::fs::File>,
+    entities: bool,
 }
 
 impl fmt::Debug for JsonlSink {
@@ -72,6 +73,7 @@ impl JsonlSink {
             .map_err(io_err("cannot open the JSONL file", &path))?;
         Ok(JsonlSink {
             file: Mutex::new(file),
+            entities: false,
             path,
         })
     }
@@ -79,6 +81,12 @@ impl JsonlSink {
     /// The file written to.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Writes each record's mapped entity too (an `entity` member on each line).
+    pub fn with_entities(mut self) -> Self {
+        self.entities = true;
+        self
     }
 }
 
@@ -89,7 +97,7 @@ impl Sink for JsonlSink {
             return Ok(Ack::default());
         }
         let mut buf = Vec::with_capacity(batch.records.len() * 256);
-        for r in batch.records {
+        for (i, r) in batch.records.iter().enumerate() {
             let line = Line {
                 connection: batch.connection,
                 stream: batch.stream,
@@ -98,7 +106,7 @@ impl Sink for JsonlSink {
                 version: r.version,
                 updated_at: r.updated_at,
                 raw: &r.raw,
-                entity: r.entity.as_ref(),
+                entity: batch.entity(i),
             };
             serde_json::to_writer(&mut buf, &line).map_err(|e| {
                 Error::new(ErrorKind::InvalidInput, "record cannot be written as JSON")
@@ -119,6 +127,9 @@ impl Sink for JsonlSink {
             .map_err(io_err("cannot sync the JSONL file", &self.path))?;
         Ok(Ack::new(batch.records.len() as u64, 0))
     }
+    fn wants_entities(&self) -> bool {
+        self.entities
+    }
 }
 
 #[cfg(test)]
@@ -137,11 +148,7 @@ mod tests {
             Record::upsert(s.clone(), "a", serde_json::json!({"x": 1})).with_version(1),
             Record::delete(s.clone(), "b").with_version(2),
         ];
-        let b = Batch {
-            connection: &c,
-            stream: &s,
-            records: &recs,
-        };
+        let b = Batch::new(&c, &s, &recs);
         assert_eq!(sink.write(b).await.unwrap(), Ack::new(2, 0));
         assert_eq!(sink.write(b).await.unwrap(), Ack::new(2, 0));
         let text = std::fs::read_to_string(&path).unwrap();

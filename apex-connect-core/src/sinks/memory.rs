@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use super::replaces;
 use crate::error::{Error, Result};
-use crate::model::{ConnectionId, Op, Record, StreamId};
+use crate::model::{ConnectionId, Entity, Op, Record, StreamId};
 use crate::sink::{Ack, Batch, Sink};
 
 /// The key of a record in a [`MemorySink`]: (connection, stream, record id).
@@ -17,6 +17,8 @@ pub type SinkKey = (ConnectionId, StreamId, String);
 #[derive(Default)]
 struct Inner {
     records: BTreeMap<SinkKey, Record>,
+    /// The entity of each record, when the sink keeps entities.
+    entities: BTreeMap<SinkKey, Entity>,
     /// How many times each (record, version) was applied: more than once is a duplicate upsert.
     applies: BTreeMap<(SinkKey, Option<i64>), u64>,
 }
@@ -24,9 +26,12 @@ struct Inner {
 /// A sink that keeps records in memory, by (connection, stream, id), keeping the highest
 /// version (deletes kept as tombstones). It counts how many times each (record, version) was
 /// applied, so tests can assert "no duplicate upserts" after crashes and replays.
+/// Made with [`MemorySink::with_entities`], it also keeps each record's entity (and so asks
+/// for them: [`Sink::wants_entities`]).
 #[derive(Default)]
 pub struct MemorySink {
     inner: Mutex<Inner>,
+    entities: bool,
 }
 
 impl fmt::Debug for MemorySink {
@@ -37,9 +42,26 @@ impl fmt::Debug for MemorySink {
 }
 
 impl MemorySink {
-    /// An empty sink.
+    /// An empty sink that keeps records only.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty sink that keeps records and their entities.
+    pub fn with_entities() -> Self {
+        MemorySink {
+            entities: true,
+            ..Self::default()
+        }
+    }
+
+    /// The entity held for (connection, stream, id), when the sink keeps entities.
+    pub fn entity(&self, connection: &ConnectionId, stream: &StreamId, id: &str) -> Option<Entity> {
+        let inner = self.inner.lock().ok()?;
+        inner
+            .entities
+            .get(&(connection.clone(), stream.clone(), id.to_string()))
+            .cloned()
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
@@ -55,11 +77,19 @@ impl MemorySink {
     pub fn apply(&self, batch: Batch<'_>) -> Result<Ack> {
         let mut inner = self.lock()?;
         let mut ack = Ack::default();
-        for r in batch.records {
+        for (i, r) in batch.records.iter().enumerate() {
             let key = (batch.connection.clone(), batch.stream.clone(), r.id.clone());
             let apply = inner.records.get(&key).is_none_or(|s| replaces(s, r));
             if apply {
                 *inner.applies.entry((key.clone(), r.version)).or_default() += 1;
+                match batch.entity(i) {
+                    Some(e) if self.entities => {
+                        inner.entities.insert(key.clone(), e.clone());
+                    }
+                    _ => {
+                        inner.entities.remove(&key);
+                    }
+                }
                 inner.records.insert(key, r.clone());
                 ack.applied += 1;
             } else {
@@ -91,7 +121,10 @@ impl MemorySink {
             .records
             .iter()
             .filter(|((c, s, _), r)| c == connection && s == stream && r.op == Op::Upsert)
-            .map(|((_, _, id), r)| (id.clone(), (r.version.unwrap_or(0), r.raw.clone())))
+            .map(|((_, _, id), r)| {
+                let raw = r.raw.to_value().unwrap_or(serde_json::Value::Null);
+                (id.clone(), (r.version.unwrap_or(0), raw))
+            })
             .collect()
     }
 
@@ -146,6 +179,9 @@ impl Sink for MemorySink {
     async fn write(&self, batch: Batch<'_>) -> Result<Ack> {
         self.apply(batch)
     }
+    fn wants_entities(&self) -> bool {
+        self.entities
+    }
 }
 
 #[cfg(test)]
@@ -160,14 +196,7 @@ mod tests {
         let s = StreamId::from("s");
         let v1 = Record::upsert(s.clone(), "a", json!({"n": 1})).with_version(1);
         let v2 = Record::upsert(s.clone(), "a", json!({"n": 2})).with_version(2);
-        let batch = |r: &[Record]| -> Ack {
-            sink.apply(Batch {
-                connection: &c,
-                stream: &s,
-                records: r,
-            })
-            .unwrap()
-        };
+        let batch = |r: &[Record]| -> Ack { sink.apply(Batch::new(&c, &s, r)).unwrap() };
         assert_eq!(batch(std::slice::from_ref(&v1)), Ack::new(1, 0));
         assert_eq!(batch(std::slice::from_ref(&v1)), Ack::new(0, 1));
         assert_eq!(batch(std::slice::from_ref(&v2)), Ack::new(1, 0));

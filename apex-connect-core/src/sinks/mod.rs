@@ -71,7 +71,6 @@ pub(crate) fn replaces(stored: &Record, incoming: &Record) -> bool {
         _ => {
             stored.op != incoming.op
                 || stored.raw != incoming.raw
-                || stored.entity != incoming.entity
                 || stored.updated_at != incoming.updated_at
         }
     }

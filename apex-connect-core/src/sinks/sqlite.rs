@@ -8,7 +8,9 @@ use sqlx::Row;
 use sqlx::sqlite::SqlitePool;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{ConnectionId, Entity, Record, StreamId};
+use bytes::Bytes;
+
+use crate::model::{ConnectionId, Entity, RawJson, Record, StreamId};
 use crate::sink::{Ack, Batch, Sink};
 use crate::store::SqliteStore;
 use crate::webhook::unix_ms;
@@ -28,10 +30,15 @@ const ROWS_PER_STATEMENT: usize = 100;
 ///   counts are exact (taken from the rows SQLite changed).
 /// - Deletes are kept as tombstones (`op = 'delete'`, `raw = null`), so an older upsert
 ///   replayed after a delete cannot resurrect the record.
+/// - `raw` holds the bytes exactly as received (no re-serialization). `entity` holds the
+///   normalized entity as JSON: by default the sink [wants entities](Sink::wants_entities),
+///   so records that cannot be mapped are quarantined before they get here;
+///   [`SqliteSink::raw_only`] keeps raw records only (no mapping runs, `entity` is NULL).
 #[derive(Clone)]
 pub struct SqliteSink {
     pool: SqlitePool,
     full_sql: Arc<str>,
+    entities: bool,
 }
 
 impl fmt::Debug for SqliteSink {
@@ -70,7 +77,39 @@ impl SqliteSink {
         SqliteSink {
             pool,
             full_sql: Arc::from(upsert_sql(ROWS_PER_STATEMENT)),
+            entities: true,
         }
+    }
+
+    /// Keeps raw records only: asks for no entities, so no mapping runs before writes.
+    pub fn raw_only(mut self) -> Self {
+        self.entities = false;
+        self
+    }
+
+    /// The entity stored for (connection, stream, id), if any.
+    ///
+    /// # Errors
+    /// `Storage` on database errors or a stored entity that does not decode.
+    pub async fn entity(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+        id: &str,
+    ) -> Result<Option<Entity>> {
+        let row: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT entity FROM records WHERE connection = ?1 AND stream = ?2 AND id = ?3",
+        )
+        .bind(connection.as_str())
+        .bind(stream.as_str())
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| Error::storage("cannot read an entity").set_source(e))?;
+        row.and_then(|(e,)| e)
+            .map(|e| serde_json::from_str::<Entity>(&e))
+            .transpose()
+            .map_err(|e| Error::storage("stored entity is not valid JSON").set_source(e))
     }
 
     /// A sink into the same database as `store`.
@@ -109,21 +148,15 @@ impl SqliteSink {
                 let id: String = row.try_get("id").map_err(decode)?;
                 let op: String = row.try_get("op").map_err(decode)?;
                 let raw: String = row.try_get("raw").map_err(decode)?;
-                let entity: Option<String> = row.try_get("entity").map_err(decode)?;
-                let json = |e: serde_json::Error| {
+                let mut rec = match op.as_str() {
+                    "delete" => Record::delete(stream.clone(), id.clone()),
+                    _ => Record::upsert(stream.clone(), id.clone(), RawJson::null()),
+                };
+                rec.raw = RawJson::parse(Bytes::from(raw)).map_err(|e| {
                     Error::storage("stored record is not valid JSON")
                         .with_context("id", &id)
                         .set_source(e)
-                };
-                let mut rec = match op.as_str() {
-                    "delete" => Record::delete(stream.clone(), id.clone()),
-                    _ => Record::upsert(stream.clone(), id.clone(), serde_json::Value::Null),
-                };
-                rec.raw = serde_json::from_str(&raw).map_err(json)?;
-                rec.entity = entity
-                    .map(|e| serde_json::from_str::<Entity>(&e))
-                    .transpose()
-                    .map_err(json)?;
+                })?;
                 rec.version = row.try_get("version").map_err(decode)?;
                 rec.updated_at = row.try_get("updated_at").map_err(decode)?;
                 Ok(rec)
@@ -138,17 +171,15 @@ impl Sink for SqliteSink {
         if batch.records.is_empty() {
             return Ok(Ack::default());
         }
-        // Encode everything before taking the write lock.
+        // Encode the entities before taking the write lock; raw bytes go in as received.
         let mut encoded = Vec::with_capacity(batch.records.len());
-        for r in batch.records {
-            let raw = serde_json::to_string(&r.raw).map_err(|e| bad_record(&r.id, e))?;
-            let entity = r
-                .entity
-                .as_ref()
+        for (i, r) in batch.records.iter().enumerate() {
+            let entity = batch
+                .entity(i)
                 .map(serde_json::to_string)
                 .transpose()
                 .map_err(|e| bad_record(&r.id, e))?;
-            encoded.push((raw, entity));
+            encoded.push(entity);
         }
         let synced_at = unix_ms(std::time::SystemTime::now());
         let err = |what: &'static str| {
@@ -175,7 +206,7 @@ impl Sink for SqliteSink {
                 Arc::from(upsert_sql(records.len()))
             };
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (r, (raw, entity)) in records.iter().zip(enc) {
+            for (r, entity) in records.iter().zip(enc) {
                 q = q
                     .bind(batch.connection.as_str())
                     .bind(batch.stream.as_str())
@@ -183,7 +214,7 @@ impl Sink for SqliteSink {
                     .bind(r.op.as_str())
                     .bind(r.version)
                     .bind(r.updated_at)
-                    .bind(raw.as_str())
+                    .bind(r.raw.as_str())
                     .bind(entity.as_deref())
                     .bind(synced_at);
             }
@@ -198,6 +229,9 @@ impl Sink for SqliteSink {
             .map_err(err("cannot commit a sink transaction"))?;
         let total = batch.records.len() as u64;
         Ok(Ack::new(applied, total.saturating_sub(applied)))
+    }
+    fn wants_entities(&self) -> bool {
+        self.entities
     }
 }
 
@@ -226,11 +260,7 @@ mod tests {
             .map(|i| Record::upsert(s.clone(), format!("r{i}"), json!({"i": i})).with_version(1))
             .collect();
         fn b<'a>(c: &'a ConnectionId, s: &'a StreamId, r: &'a [Record]) -> Batch<'a> {
-            Batch {
-                connection: c,
-                stream: s,
-                records: r,
-            }
+            Batch::new(c, s, r)
         }
         assert_eq!(sink.write(b(&c, &s, &v1)).await.unwrap(), Ack::new(250, 0));
         assert_eq!(sink.write(b(&c, &s, &v1)).await.unwrap(), Ack::new(0, 250));

@@ -8,13 +8,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    AppendOutcome, ClaimedEvent, Clock, Connection, ConnectionStatus, DeadLetter, EventId,
-    FailAction, InboxCounts, InboxEvent, RunId, RunKind, RunOutcome, RunStatus, StateStore,
-    SyncRun, cursor_conflict, lease_lost, lease_ms, not_found, run_finished, validate_outcome,
+    AppendOutcome, ClaimedEvent, Clock, Connection, ConnectionStatus, ConnectionStore, CursorStore,
+    DeadLetter, EventId, FailAction, InboxCounts, InboxEvent, InboxStore, RejectId, RejectStore,
+    RunId, RunKind, RunOutcome, RunStatus, RunStore, StoredReject, SyncRun, cursor_conflict,
+    lease_lost, lease_ms, not_found, reject_key, run_finished, validate_outcome,
 };
 use crate::cursor::CursorToken;
 use crate::error::{Error, Result};
-use crate::model::{ConnectionId, StreamId};
+use crate::model::{ConnectionId, Reject, StreamId};
 use crate::token::{TokenSet, TokenStore, Versioned, conflict};
 
 /// A [`StateStore`] in memory: for tests and hosts that keep nothing across restarts.
@@ -35,6 +36,8 @@ struct Inner {
     next_run: i64,
     inbox: BTreeMap<i64, Entry>,
     next_event: i64,
+    rejects: BTreeMap<i64, StoredReject>,
+    next_reject: i64,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -155,7 +158,7 @@ fn dead_letter(id: i64, e: &Entry) -> DeadLetter {
 }
 
 #[async_trait]
-impl StateStore for MemoryStore {
+impl ConnectionStore for MemoryStore {
     async fn upsert_connection(&self, connection: &Connection) -> Result<Connection> {
         let now = self.clock.now_ms();
         let mut inner = self.lock()?;
@@ -214,7 +217,10 @@ impl StateStore for MemoryStore {
         }
         Ok(())
     }
+}
 
+#[async_trait]
+impl CursorStore for MemoryStore {
     async fn load_cursor(
         &self,
         connection: &ConnectionId,
@@ -262,7 +268,10 @@ impl StateStore for MemoryStore {
         }
         Ok(())
     }
+}
 
+#[async_trait]
+impl RunStore for MemoryStore {
     async fn start_run(
         &self,
         connection: &ConnectionId,
@@ -286,6 +295,7 @@ impl StateStore for MemoryStore {
                 records_read: 0,
                 records_applied: 0,
                 records_unchanged: 0,
+                records_rejected: 0,
                 pages: 0,
                 error: None,
             },
@@ -307,6 +317,7 @@ impl StateStore for MemoryStore {
         r.records_read = outcome.records_read;
         r.records_applied = outcome.records_applied;
         r.records_unchanged = outcome.records_unchanged;
+        r.records_rejected = outcome.records_rejected;
         r.pages = outcome.pages;
         r.error = outcome.error.clone();
         Ok(())
@@ -341,7 +352,10 @@ impl StateStore for MemoryStore {
             .find(|r| &r.connection == connection && &r.stream == stream)
             .cloned())
     }
+}
 
+#[async_trait]
+impl InboxStore for MemoryStore {
     async fn inbox_append(&self, event: &InboxEvent) -> Result<AppendOutcome> {
         let now = self.clock.now_ms();
         let mut inner = self.lock()?;
@@ -488,5 +502,92 @@ impl StateStore for MemoryStore {
             }
         }
         Ok(c)
+    }
+}
+
+#[async_trait]
+impl RejectStore for MemoryStore {
+    async fn put_rejects(&self, connection: &ConnectionId, rejects: &[Reject]) -> Result<()> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock()?;
+        for r in rejects {
+            let key = reject_key(r);
+            let existing = inner.rejects.values_mut().find(|s| {
+                &s.connection == connection
+                    && s.reject.stream == r.stream
+                    && reject_key(&s.reject) == key
+            });
+            match existing {
+                Some(s) => {
+                    s.reject = r.clone();
+                    s.attempts = s.attempts.saturating_add(1);
+                    s.last_seen_at = now;
+                }
+                None => {
+                    inner.next_reject += 1;
+                    let id = inner.next_reject;
+                    inner.rejects.insert(
+                        id,
+                        StoredReject {
+                            id: RejectId(id),
+                            connection: connection.clone(),
+                            reject: r.clone(),
+                            attempts: 1,
+                            first_seen_at: now,
+                            last_seen_at: now,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_rejects(
+        &self,
+        connection: Option<&ConnectionId>,
+        stream: Option<&StreamId>,
+        limit: usize,
+    ) -> Result<Vec<StoredReject>> {
+        let inner = self.lock()?;
+        Ok(inner
+            .rejects
+            .values()
+            .filter(|r| connection.is_none_or(|c| &r.connection == c))
+            .filter(|r| stream.is_none_or(|s| &r.reject.stream == s))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn count_rejects(&self, connection: Option<&ConnectionId>) -> Result<u64> {
+        let inner = self.lock()?;
+        Ok(inner
+            .rejects
+            .values()
+            .filter(|r| connection.is_none_or(|c| &r.connection == c))
+            .count() as u64)
+    }
+
+    async fn delete_reject(&self, id: RejectId) -> Result<()> {
+        let mut inner = self.lock()?;
+        inner
+            .rejects
+            .remove(&id.0)
+            .map(|_| ())
+            .ok_or_else(|| not_found("reject", id))
+    }
+
+    async fn reject_failed(&self, id: RejectId, error: &str) -> Result<()> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock()?;
+        let r = inner
+            .rejects
+            .get_mut(&id.0)
+            .ok_or_else(|| not_found("reject", id))?;
+        r.reject.error = error.to_string();
+        r.attempts = r.attempts.saturating_add(1);
+        r.last_seen_at = now;
+        Ok(())
     }
 }

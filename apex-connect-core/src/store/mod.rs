@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cursor::CursorToken;
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{ConnectionId, StreamId};
+use crate::model::{ConnectionId, Reject, StreamId};
 use crate::token::{TokenStore, Versioned};
 use crate::webhook::unix_ms;
 
@@ -34,6 +34,15 @@ mod memory;
 mod sqlite;
 
 pub use crypto::{ENCRYPTION_KEY_ENV, EncryptionKey};
+
+/// The store traits, to bring their methods into scope: `use apex_connect_core::store::prelude::*;`.
+pub mod prelude {
+    pub use super::{
+        ConnectionStore as _, CursorStore as _, InboxStore as _, RejectStore as _, RunStore as _,
+        StateStore,
+    };
+    pub use crate::token::TokenStore as _;
+}
 pub use memory::MemoryStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, append_inbox_row};
@@ -258,6 +267,8 @@ pub struct RunOutcome {
     pub records_applied: u64,
     /// Records the sink already held (replays).
     pub records_unchanged: u64,
+    /// Records quarantined (see [`RejectStore`]).
+    pub records_rejected: u64,
     /// Pages read.
     pub pages: u64,
     /// The error text when the run failed or was cancelled.
@@ -272,9 +283,16 @@ impl RunOutcome {
             records_read: 0,
             records_applied: 0,
             records_unchanged: 0,
+            records_rejected: 0,
             pages: 0,
             error: None,
         }
+    }
+
+    /// Sets the number of quarantined records.
+    pub fn with_rejected(mut self, rejected: u64) -> Self {
+        self.records_rejected = rejected;
+        self
     }
 
     /// Sets the counts.
@@ -317,6 +335,8 @@ pub struct SyncRun {
     pub records_applied: u64,
     /// Records the sink already held.
     pub records_unchanged: u64,
+    /// Records quarantined.
+    pub records_rejected: u64,
     /// Pages read.
     pub pages: u64,
     /// The error text of a failed or cancelled run.
@@ -443,33 +463,18 @@ pub struct InboxCounts {
     pub dead: u64,
 }
 
-/// The durable state of apex-connect. Held as `Arc<dyn StateStore>`; it is also a
-/// [`TokenStore`] (tokens encrypted at rest in persistent stores).
+/// Connections: the accounts the host configured.
 ///
 /// # Behavior
-/// - Connections: `upsert_connection` inserts or replaces (keeping `created_at`), and returns
-///   the stored row; `get_connection` of an unknown id is `Ok(None)`; `set_connection_status`
-///   and `delete_connection` of an unknown id are `NotFound`. Deleting a connection deletes
-///   its tokens and cursors; runs and inbox events stay as history.
-/// - Cursors: `load_cursor` is `Ok(None)` until saved; `save_cursor(expected)` succeeds only if
-///   the stored version is `expected` (`None`: nothing stored) and returns the new version;
-///   otherwise `Conflict` and nothing changes. `reset_cursor` makes the next sync start over.
-/// - Runs: `start_run` records a `Running` run; `finish_run` records the outcome once
-///   (finishing twice, or an unknown run, is `Conflict`); `list_runs` is newest first.
-/// - Inbox: `inbox_append` is unique on (platform, connection, event_id); `inbox_claim` hands
-///   out due pending events and events whose lease expired, oldest first, each to one worker,
-///   setting its lease and counting the attempt, atomically; `inbox_complete` and `inbox_fail`
-///   succeed only for the worker holding an unexpired lease (`Conflict` otherwise: the lease
-///   expired and the event may be with another worker); `inbox_requeue` makes a dead letter
-///   pending again with a fresh attempt count (`NotFound` if it is not dead).
+/// - `upsert_connection` inserts or replaces (keeping `created_at`), and returns the stored
+///   row; `get_connection` of an unknown id is `Ok(None)`; `set_connection_status` and
+///   `delete_connection` of an unknown id are `NotFound`. Deleting a connection deletes its
+///   tokens and cursors; runs and inbox events stay as history.
 ///
 /// # Errors
-/// `Storage` (temporary) for I/O and database failures; `Config` when stored tokens cannot be
-/// decrypted with the store's key.
+/// `Storage` (temporary) for I/O and database failures.
 #[async_trait]
-pub trait StateStore: TokenStore + Send + Sync + fmt::Debug {
-    // ---- connections ----
-
+pub trait ConnectionStore: Send + Sync + fmt::Debug {
     /// Inserts or replaces a connection; returns it as stored (with timestamps).
     async fn upsert_connection(&self, connection: &Connection) -> Result<Connection>;
 
@@ -489,9 +494,19 @@ pub trait StateStore: TokenStore + Send + Sync + fmt::Debug {
 
     /// Deletes a connection with its tokens and cursors.
     async fn delete_connection(&self, id: &ConnectionId) -> Result<()>;
+}
 
-    // ---- cursors ----
-
+/// Sync cursors per (connection, stream), with compare-and-swap.
+///
+/// # Behavior
+/// - `load_cursor` is `Ok(None)` until saved; `save_cursor(expected)` succeeds only if the
+///   stored version is `expected` (`None`: nothing stored) and returns the new version;
+///   otherwise `Conflict` and nothing changes. `reset_cursor` makes the next sync start over.
+///
+/// # Errors
+/// `Storage` (temporary) for I/O and database failures.
+#[async_trait]
+pub trait CursorStore: Send + Sync + fmt::Debug {
     /// The stored cursor of (connection, stream) with its version.
     async fn load_cursor(
         &self,
@@ -510,9 +525,18 @@ pub trait StateStore: TokenStore + Send + Sync + fmt::Debug {
 
     /// Forgets the cursor, so the next sync reads from the beginning.
     async fn reset_cursor(&self, connection: &ConnectionId, stream: &StreamId) -> Result<()>;
+}
 
-    // ---- sync runs ----
-
+/// The history of sync runs.
+///
+/// # Behavior
+/// - `start_run` records a `Running` run; `finish_run` records the outcome once (finishing
+///   twice, or an unknown run, is `Conflict`); `list_runs` is newest first.
+///
+/// # Errors
+/// `Storage` (temporary) for I/O and database failures.
+#[async_trait]
+pub trait RunStore: Send + Sync + fmt::Debug {
     /// Records the start of a run.
     async fn start_run(
         &self,
@@ -537,9 +561,22 @@ pub trait StateStore: TokenStore + Send + Sync + fmt::Debug {
         connection: &ConnectionId,
         stream: &StreamId,
     ) -> Result<Option<SyncRun>>;
+}
 
-    // ---- webhook inbox ----
-
+/// The durable webhook inbox.
+///
+/// # Behavior
+/// - `inbox_append` is unique on (platform, connection, event_id); `inbox_claim` hands out due
+///   pending events and events whose lease expired, oldest first, each to one worker, setting
+///   its lease and counting the attempt, atomically; `inbox_complete` and `inbox_fail` succeed
+///   only for the worker holding an unexpired lease (`Conflict` otherwise: the lease expired
+///   and the event may be with another worker); `inbox_requeue` makes a dead letter pending
+///   again with a fresh attempt count (`NotFound` if it is not dead).
+///
+/// # Errors
+/// `Storage` (temporary) for I/O and database failures.
+#[async_trait]
+pub trait InboxStore: Send + Sync + fmt::Debug {
     /// Appends a verified webhook delivery, due at once, unless it is a duplicate.
     async fn inbox_append(&self, event: &InboxEvent) -> Result<AppendOutcome>;
 
@@ -571,6 +608,115 @@ pub trait StateStore: TokenStore + Send + Sync + fmt::Debug {
 
     /// Counts of events per state.
     async fn inbox_counts(&self) -> Result<InboxCounts>;
+}
+
+/// The id of a stored reject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RejectId(pub i64);
+
+impl fmt::Display for RejectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A quarantined record as stored.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct StoredReject {
+    /// Its id in the store.
+    pub id: RejectId,
+    /// The connection it was read from.
+    pub connection: ConnectionId,
+    /// The reject (stream, stage, id, raw bytes, error).
+    pub reject: Reject,
+    /// How many times it was stored again (the same object rejected by later syncs) or failed
+    /// a re-drive.
+    pub attempts: u32,
+    /// When it was first quarantined, Unix milliseconds.
+    pub first_seen_at: i64,
+    /// When it was last quarantined or re-driven, Unix milliseconds.
+    pub last_seen_at: i64,
+}
+
+/// The key a reject is stored under within (connection, stream): the object's id when it has
+/// one, else a hash of its bytes. The same object rejected again replaces its row.
+pub fn reject_key(reject: &Reject) -> String {
+    match &reject.id {
+        Some(id) => format!("id:{id}"),
+        None => crate::connector::body_hash(&reject.raw),
+    }
+}
+
+/// Quarantined records: kept with connection, stream, id, raw bytes and the error, never
+/// dropped, re-drivable after a fix.
+///
+/// # Behavior
+/// - `put_rejects` stores each reject under (connection, stream, [`reject_key`]): a reject of
+///   an object already quarantined replaces the row (bytes, error) and counts an attempt.
+/// - `list_rejects` is oldest first, optionally for one connection and stream.
+/// - `delete_reject` of an unknown id is `NotFound`; `reject_failed` records a failed re-drive
+///   (error text, attempt counted).
+///
+/// # Errors
+/// `Storage` (temporary) for I/O and database failures.
+#[async_trait]
+pub trait RejectStore: Send + Sync + fmt::Debug {
+    /// Quarantines `rejects` read from `connection`.
+    async fn put_rejects(&self, connection: &ConnectionId, rejects: &[Reject]) -> Result<()>;
+
+    /// Stored rejects, oldest first.
+    async fn list_rejects(
+        &self,
+        connection: Option<&ConnectionId>,
+        stream: Option<&StreamId>,
+        limit: usize,
+    ) -> Result<Vec<StoredReject>>;
+
+    /// How many rejects are stored (for one connection, or all).
+    async fn count_rejects(&self, connection: Option<&ConnectionId>) -> Result<u64>;
+
+    /// Removes a reject (re-driven successfully).
+    async fn delete_reject(&self, id: RejectId) -> Result<()>;
+
+    /// Records a failed re-drive of a reject.
+    async fn reject_failed(&self, id: RejectId, error: &str) -> Result<()>;
+}
+
+/// The durable state of apex-connect: every focused store trait in one, for hosts and
+/// engines that want one handle (`Arc<dyn StateStore>`). Implemented automatically for any
+/// type implementing them all; code that needs only one part takes that trait
+/// (`Arc<dyn CursorStore>` and so on; a `dyn StateStore` upcasts to each).
+///
+/// Two implementations ship: [`MemoryStore`] (tests, single-process hosts) and
+/// `SqliteStore` (feature `sqlite`, the embedded default). Tokens are encrypted at rest in
+/// persistent stores.
+pub trait StateStore:
+    TokenStore
+    + ConnectionStore
+    + CursorStore
+    + RunStore
+    + InboxStore
+    + RejectStore
+    + Send
+    + Sync
+    + fmt::Debug
+{
+}
+
+impl<T> StateStore for T where
+    T: TokenStore
+        + ConnectionStore
+        + CursorStore
+        + RunStore
+        + InboxStore
+        + RejectStore
+        + Send
+        + Sync
+        + fmt::Debug
+        + ?Sized
+{
 }
 
 fn unknown_value(what: &'static str, value: &str) -> Error {

@@ -13,14 +13,14 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    AppendOutcome, ClaimedEvent, Clock, Connection, ConnectionStatus, DeadLetter, EncryptionKey,
-    EventId, FailAction, InboxCounts, InboxEvent, RunId, RunKind, RunOutcome, RunStatus,
-    StateStore, SyncRun, cursor_conflict, lease_lost, lease_ms, not_found, run_finished,
-    validate_outcome,
+    AppendOutcome, ClaimedEvent, Clock, Connection, ConnectionStatus, ConnectionStore, CursorStore,
+    DeadLetter, EncryptionKey, EventId, FailAction, InboxCounts, InboxEvent, InboxStore, RejectId,
+    RejectStore, RunId, RunKind, RunOutcome, RunStatus, RunStore, StoredReject, SyncRun,
+    cursor_conflict, lease_lost, lease_ms, not_found, run_finished, validate_outcome,
 };
 use crate::cursor::CursorToken;
 use crate::error::{Error, Result};
-use crate::model::{ConnectionId, StreamId};
+use crate::model::{ConnectionId, Op, Reject, RejectStage, StreamId};
 use crate::token::{TokenSet, TokenStore, Versioned, conflict};
 
 /// The versioned migrations in `migrations/sqlite/`, shared by the store and the SQLite sink.
@@ -217,6 +217,7 @@ fn run_from_row(r: &SqliteRow) -> Result<SyncRun> {
                 r.try_get::<i64, _>("records_applied")?,
                 r.try_get::<i64, _>("records_unchanged")?,
                 r.try_get::<i64, _>("pages")?,
+                r.try_get::<i64, _>("records_rejected")?,
             ],
             r.try_get::<Option<String>, _>("error")?,
         ))
@@ -235,6 +236,7 @@ fn run_from_row(r: &SqliteRow) -> Result<SyncRun> {
         records_applied: to_u64(counts[1]),
         records_unchanged: to_u64(counts[2]),
         pages: to_u64(counts[3]),
+        records_rejected: to_u64(counts[4]),
         error,
     })
 }
@@ -258,7 +260,7 @@ fn event_from_row(r: &SqliteRow) -> std::result::Result<(i64, InboxEvent, u32), 
 }
 
 const RUN_COLUMNS: &str = "id, connection, stream, kind, status, started_at, finished_at, \
-     records_read, records_applied, records_unchanged, pages, error";
+     records_read, records_applied, records_unchanged, pages, records_rejected, error";
 
 #[async_trait]
 impl TokenStore for SqliteStore {
@@ -346,7 +348,7 @@ impl TokenStore for SqliteStore {
 }
 
 #[async_trait]
-impl StateStore for SqliteStore {
+impl ConnectionStore for SqliteStore {
     async fn upsert_connection(&self, connection: &Connection) -> Result<Connection> {
         let now = self.clock.now_ms();
         let config = serde_json::to_string(&connection.config).map_err(|e| {
@@ -447,7 +449,10 @@ impl StateStore for SqliteStore {
         .map_err(db_err("cannot delete connection"))?;
         tx.commit().await.map_err(err)
     }
+}
 
+#[async_trait]
+impl CursorStore for SqliteStore {
     async fn load_cursor(
         &self,
         connection: &ConnectionId,
@@ -539,7 +544,10 @@ impl StateStore for SqliteStore {
         .map_err(db_err("cannot reset cursor"))?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl RunStore for SqliteStore {
     async fn start_run(
         &self,
         connection: &ConnectionId,
@@ -566,7 +574,8 @@ impl StateStore for SqliteStore {
         validate_outcome(outcome)?;
         let done = sqlx::query(
             "UPDATE sync_runs SET status = ?2, finished_at = ?3, records_read = ?4, \
-                 records_applied = ?5, records_unchanged = ?6, pages = ?7, error = ?8 \
+                 records_applied = ?5, records_unchanged = ?6, pages = ?7, error = ?8, \
+                 records_rejected = ?9 \
              WHERE id = ?1 AND status = 'running'",
         )
         .bind(run.0)
@@ -577,6 +586,7 @@ impl StateStore for SqliteStore {
         .bind(to_i64(outcome.records_unchanged))
         .bind(to_i64(outcome.pages))
         .bind(outcome.error.as_deref())
+        .bind(to_i64(outcome.records_rejected))
         .execute(&self.pool)
         .await
         .map_err(db_err("cannot record run end"))?;
@@ -631,7 +641,10 @@ impl StateStore for SqliteStore {
         .map_err(db_err("cannot read last run"))?;
         row.as_ref().map(run_from_row).transpose()
     }
+}
 
+#[async_trait]
+impl InboxStore for SqliteStore {
     async fn inbox_append(&self, event: &InboxEvent) -> Result<AppendOutcome> {
         let headers = serde_json::to_string(&event.headers_json).map_err(|e| {
             Error::invalid_input("webhook headers cannot be serialized").set_source(e)
@@ -846,4 +859,171 @@ pub async fn append_inbox_row(
         Some((id,)) => AppendOutcome::Inserted(EventId(id)),
         None => AppendOutcome::Duplicate,
     })
+}
+
+fn reject_from_row(r: &SqliteRow) -> Result<StoredReject> {
+    let get = || -> std::result::Result<_, sqlx::Error> {
+        Ok((
+            r.try_get::<i64, _>("id")?,
+            r.try_get::<String, _>("connection")?,
+            r.try_get::<String, _>("stream")?,
+            r.try_get::<String, _>("stage")?,
+            r.try_get::<Option<String>, _>("record_id")?,
+            r.try_get::<Option<String>, _>("parent")?,
+            r.try_get::<String, _>("op")?,
+            (
+                r.try_get::<Option<i64>, _>("version")?,
+                r.try_get::<Option<i64>, _>("updated_at")?,
+            ),
+            r.try_get::<Vec<u8>, _>("raw")?,
+            r.try_get::<String, _>("error")?,
+            [
+                r.try_get::<i64, _>("attempts")?,
+                r.try_get::<i64, _>("first_seen_at")?,
+                r.try_get::<i64, _>("last_seen_at")?,
+            ],
+        ))
+    };
+    let (
+        id,
+        connection,
+        stream,
+        stage,
+        record_id,
+        parent,
+        op,
+        (version, updated_at),
+        raw,
+        error,
+        n,
+    ) = get().map_err(db_err("cannot decode a reject row"))?;
+    let reject = Reject {
+        stream: StreamId::from(stream),
+        stage: RejectStage::parse(&stage)?,
+        id: record_id,
+        parent,
+        op: if op == "delete" {
+            Op::Delete
+        } else {
+            Op::Upsert
+        },
+        version,
+        updated_at,
+        raw: raw.into(),
+        error,
+    };
+    Ok(StoredReject {
+        id: RejectId(id),
+        connection: ConnectionId::from(connection),
+        reject,
+        attempts: u32::try_from(n[0]).unwrap_or(u32::MAX),
+        first_seen_at: n[1],
+        last_seen_at: n[2],
+    })
+}
+
+const REJECT_COLUMNS: &str = "id, connection, stream, stage, record_id, parent, op, version, \
+     updated_at, raw, error, attempts, first_seen_at, last_seen_at";
+
+#[async_trait]
+impl RejectStore for SqliteStore {
+    async fn put_rejects(&self, connection: &ConnectionId, rejects: &[Reject]) -> Result<()> {
+        if rejects.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db_err("cannot store rejects"))?;
+        for r in rejects {
+            sqlx::query(
+                "INSERT INTO rejects (connection, stream, key, stage, record_id, parent, op, \
+                     version, updated_at, raw, error, attempts, first_seen_at, last_seen_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 1, ?12, ?12) \
+                 ON CONFLICT (connection, stream, key) DO UPDATE SET \
+                     stage = excluded.stage, parent = excluded.parent, op = excluded.op, \
+                     version = excluded.version, updated_at = excluded.updated_at, \
+                     raw = excluded.raw, error = excluded.error, \
+                     attempts = rejects.attempts + 1, last_seen_at = excluded.last_seen_at",
+            )
+            .bind(connection.as_str())
+            .bind(r.stream.as_str())
+            .bind(super::reject_key(r))
+            .bind(r.stage.as_str())
+            .bind(r.id.as_deref())
+            .bind(r.parent.as_deref())
+            .bind(r.op.as_str())
+            .bind(r.version)
+            .bind(r.updated_at)
+            .bind(&r.raw[..])
+            .bind(r.error.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("cannot store rejects"))?;
+        }
+        tx.commit().await.map_err(db_err("cannot store rejects"))?;
+        Ok(())
+    }
+
+    async fn list_rejects(
+        &self,
+        connection: Option<&ConnectionId>,
+        stream: Option<&StreamId>,
+        limit: usize,
+    ) -> Result<Vec<StoredReject>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REJECT_COLUMNS} FROM rejects \
+             WHERE (?1 IS NULL OR connection = ?1) AND (?2 IS NULL OR stream = ?2) \
+             ORDER BY id LIMIT ?3"
+        )))
+        .bind(connection.map(ConnectionId::as_str))
+        .bind(stream.map(StreamId::as_str))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("cannot list rejects"))?;
+        rows.iter().map(reject_from_row).collect()
+    }
+
+    async fn count_rejects(&self, connection: Option<&ConnectionId>) -> Result<u64> {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM rejects WHERE (?1 IS NULL OR connection = ?1)")
+                .bind(connection.map(ConnectionId::as_str))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err("cannot count rejects"))?;
+        Ok(to_u64(n))
+    }
+
+    async fn delete_reject(&self, id: RejectId) -> Result<()> {
+        let done = sqlx::query("DELETE FROM rejects WHERE id = ?1")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("cannot delete a reject"))?;
+        if done.rows_affected() == 0 {
+            return Err(not_found("reject", id));
+        }
+        Ok(())
+    }
+
+    async fn reject_failed(&self, id: RejectId, error: &str) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE rejects SET error = ?2, attempts = attempts + 1, last_seen_at = ?3 WHERE id = ?1",
+        )
+        .bind(id.0)
+        .bind(error)
+        .bind(self.clock.now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("cannot update a reject"))?;
+        if done.rows_affected() == 0 {
+            return Err(not_found("reject", id));
+        }
+        Ok(())
+    }
 }
