@@ -5,8 +5,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use apex_connect_core::http::{
-    Credentials, DefaultPolicy, HttpClient, HttpClientBuilder, Idempotent, PlatformPolicy,
-    RateGate, RecordingClock, RetryConfig, StaticToken,
+    Credentials, DefaultPolicy, HttpClient, HttpClientBuilder, IdempotencyExt, IdempotencyKey,
+    Idempotent, MAX_RETRY_HINT, PlatformPolicy, RateGate, RecordingClock, RetryConfig, StaticToken,
+    path_segment,
 };
 use apex_connect_core::{Error, ErrorKind, Result};
 use async_trait::async_trait;
@@ -188,8 +189,9 @@ async fn total_time_bound_stops_retrying() {
         "{:?}",
         clock.sleeps()
     );
-    assert_eq!(clock.sleeps(), vec![Duration::from_secs(1); 3]);
-    assert_eq!(hits(&server).await, 4);
+    // A third wait would end exactly at the budget, leaving no time for a fourth attempt.
+    assert_eq!(clock.sleeps(), vec![Duration::from_secs(1); 2]);
+    assert_eq!(hits(&server).await, 3);
 }
 
 #[tokio::test]
@@ -408,11 +410,27 @@ async fn follow_url_host_policy() {
         http.follow_url("https://api2.frontapp.com/x?page=2")
             .is_ok()
     );
-    assert_eq!(
-        http.follow_url("/x?page=2").unwrap().as_str(),
-        "https://api2.frontapp.com/x?page=2"
-    );
-
+    // A link that is not an absolute http(s) URL is never joined onto the base URL.
+    for (link, shown) in [
+        ("/x?page=2", "/x?…"),
+        ("mollit ad anim", "mollit ad anim"),
+        ("x/y?token=SECRETQ", "x/y?…"),
+        ("//evil.example.com/x", "//evil.example.com/x"),
+        ("", ""),
+        ("javascript:alert(1)", "javascript:alert(1)"),
+        ("mailto:a@b.c", "mailto:a@b.c"),
+        ("ftp://api2.frontapp.com/x", "ftp://api2.frontapp.com/x"),
+    ] {
+        let e = http.follow_url(link).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidResponse, "{link:?}");
+        assert!(!e.is_temporary(), "{link:?}");
+        assert!(
+            e.message().contains("not an absolute http(s) URL"),
+            "{link:?}: {e}"
+        );
+        assert_eq!(e.context_value("link"), Some(shown), "{link:?}");
+        assert!(!format!("{e} {e:?}").contains("SECRETQ"));
+    }
     let e = http
         .follow_url("https://evil.example.com/steal?token=SECRETQ")
         .unwrap_err();
@@ -421,6 +439,10 @@ async fn follow_url_host_policy() {
     let shown = format!("{e} {e:?}");
     assert!(shown.contains("evil.example.com"), "{shown}");
     assert!(!shown.contains("SECRETQ"), "{shown}");
+    assert_eq!(
+        e.context_value("link"),
+        Some("https://evil.example.com/steal?…")
+    );
 
     let e = http
         .follow_url("http://acme.api.frontapp.com/x")
@@ -854,4 +876,418 @@ async fn no_secret_in_debug_errors_or_traces() {
         assert!(!text.contains("api_key"), "{what} leaks the query: {text}");
     }
     assert!(error_shown.contains("forbidden"));
+}
+
+#[tokio::test]
+async fn ids_in_paths_are_one_encoded_segment() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
+        .mount(&server)
+        .await;
+    let clock = Arc::new(RecordingClock::new());
+    let http = builder(&server, &clock).build().unwrap();
+    let id = "ad eu/x?y#z%+é";
+    let _: Value = http
+        .get_json(&format!("/contacts/{}", path_segment(id).unwrap()), &[])
+        .await
+        .unwrap();
+    let reqs = server.received_requests().await.unwrap();
+    assert_eq!(
+        reqs[0].url.path(),
+        "/contacts/ad%20eu%2Fx%3Fy%23z%25%2B%C3%A9"
+    );
+    assert_eq!(reqs[0].url.query(), None);
+}
+
+/// A link to the API host on another port is a foreign origin: nothing (and no token)
+/// reaches the second server, whichever way the link arrives.
+#[tokio::test]
+async fn links_to_another_port_are_foreign_and_get_no_token() {
+    let api = MockServer::start().await;
+    let other = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"stolen": true})))
+        .mount(&other)
+        .await;
+    let other_port = other.address().port();
+    let elsewhere = format!("http://127.0.0.1:{other_port}/conversations?page_token=2");
+    let elsewhere_localhost = format!("http://localhost:{other_port}/conversations");
+    Mock::given(path("/redirect"))
+        .respond_with(ResponseTemplate::new(302).insert_header("location", elsewhere.as_str()))
+        .mount(&api)
+        .await;
+    let clock = Arc::new(RecordingClock::new());
+    // `localhost` allowed as an extra host, as the Front tests do for company hosts.
+    let http = builder(&api, &clock)
+        .extra_api_hosts(["localhost"])
+        .build()
+        .unwrap();
+
+    // The API's own origin (and `localhost` on the API's port) still pass.
+    let own = format!("http://127.0.0.1:{}/x", api.address().port());
+    assert!(http.follow_url(&own).is_ok());
+    let own_localhost = format!("http://localhost:{}/x", api.address().port());
+    assert!(http.follow_url(&own_localhost).is_ok());
+
+    for link in [&elsewhere, &elsewhere_localhost] {
+        let e = http.follow_url(link).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidResponse, "{link}");
+        assert!(!e.is_temporary());
+        assert!(e.message().contains("port"), "{e}");
+        assert!(e.context_value("link").is_some());
+        let e = http.get_json::<Value>(link, &[]).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidResponse, "{link}");
+    }
+    // A redirect there is refused.
+    let e = http.get_json::<Value>("/redirect", &[]).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidResponse);
+    // Even the raw middleware client never attaches the token to that origin.
+    let e = http
+        .middleware_client()
+        .get(&elsewhere)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("refusing"), "{e}");
+
+    assert_eq!(hits(&other).await, 0, "the other port got a request");
+    assert_eq!(hits(&api).await, 1, "only the redirect reached the API");
+}
+
+/// A raw server that accepts connections, reads the request, and never answers. Counts
+/// the requests it read.
+async fn silent_server() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+                // Hold the connection open without a byte of response.
+                let _ = sock.read(&mut buf).await;
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_that_never_sends_headers_hits_the_headers_timeout() {
+    let (base, seen) = silent_server().await;
+    let clock = Arc::new(RecordingClock::new());
+    let http = client(base)
+        .clock(clock.clone())
+        .retry(fast_retry(3))
+        .timeout(Duration::from_secs(3600))
+        .connect_timeout(Duration::from_secs(3600))
+        .headers_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let t0 = tokio::time::Instant::now();
+    let e = http.get_json::<Value>("/x", &[]).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Network);
+    assert!(e.is_temporary());
+    assert!(e.message().contains("response headers"), "{e}");
+    assert_eq!(e.context_value("headers_timeout_ms"), Some("30000"));
+    // Idempotent: retried (virtual time: three attempts of 30 s each, not the hour).
+    assert_eq!(seen.load(Ordering::SeqCst), 3);
+    assert!(
+        t0.elapsed() < Duration::from_secs(3600),
+        "{:?}",
+        t0.elapsed()
+    );
+
+    // A POST may have been applied: not retried.
+    let e = http
+        .request_json::<Value>(Method::POST, "/create", Some(&json!({"a": 1})))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("response headers"), "{e}");
+    assert_eq!(seen.load(Ordering::SeqCst), 4);
+}
+
+/// A raw server that answers `status` after `delay` (tokio time), counting requests.
+async fn slow_server(delay: Duration, status: u16) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match sock.read(&mut buf).await {
+                        Ok(n) if n > 0 => {}
+                        _ => return,
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(delay).await;
+                    let head = format!("HTTP/1.1 {status} Oops\r\ncontent-length: 0\r\n\r\n");
+                    if sock.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_total_time_bound_holds_across_retries() {
+    let (base, seen) = slow_server(Duration::from_secs(40), 503).await;
+    let budget = Duration::from_secs(60);
+    let http = client(base)
+        .retry(RetryConfig {
+            max_attempts: 10,
+            max_elapsed: budget,
+            min_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(1),
+            factor: 2.0,
+            jitter: false,
+        })
+        .timeout(Duration::from_secs(3600))
+        .connect_timeout(Duration::from_secs(3600))
+        .headers_timeout(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let t0 = tokio::time::Instant::now();
+    let e = http.get_json::<Value>("/x", &[]).await.unwrap_err();
+    let elapsed = t0.elapsed();
+    // Attempt 1 takes 40 s, the wait 1 s; attempt 2 is cut off at the budget.
+    assert!(elapsed <= budget, "{elapsed:?}");
+    assert_eq!(e.kind(), ErrorKind::Network);
+    assert!(e.message().contains("retry time budget"), "{e}");
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_502_on_a_post_is_not_retried() {
+    let server = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(502).set_body_json(json!({"message": "bad gateway"})))
+        .mount(&server)
+        .await;
+    let clock = Arc::new(RecordingClock::new());
+    let http = builder(&server, &clock).build().unwrap();
+    let e = http
+        .request_json::<Value>(
+            Method::POST,
+            "/objects/batch/create",
+            Some(&json!({"a": 1})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Upstream);
+    assert_eq!(e.context_value("status"), Some("502"));
+    assert_eq!(hits(&server).await, 1);
+    assert!(clock.sleeps().is_empty());
+    // PATCH is not idempotent either.
+    let e = http
+        .request_json::<Value>(Method::PATCH, "/objects/1", Some(&json!({"a": 1})))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Upstream);
+    assert_eq!(hits(&server).await, 2);
+}
+
+#[tokio::test]
+async fn a_429_on_a_post_is_retried() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "2"))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": "c1"})))
+        .mount(&server)
+        .await;
+    let clock = Arc::new(RecordingClock::new());
+    let http = builder(&server, &clock).build().unwrap();
+    let v: Value = http
+        .request_json(Method::POST, "/comments", Some(&json!({"body": "hi"})))
+        .await
+        .unwrap();
+    assert_eq!(v["id"], "c1");
+    assert_eq!(hits(&server).await, 2);
+    assert_eq!(clock.sleeps(), vec![Duration::from_secs(2)]);
+}
+
+#[tokio::test]
+async fn a_post_with_an_idempotency_key_is_retried_with_the_same_key() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(502))
+        .up_to_n_times(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": "ch_1"})))
+        .mount(&server)
+        .await;
+    let clock = Arc::new(RecordingClock::new());
+    let http = builder(&server, &clock).build().unwrap();
+    let key = IdempotencyKey::generate();
+    let rb = http
+        .request(Method::POST, "/charges")
+        .unwrap()
+        .idempotency_key(&key)
+        .json(&json!({"amount": 1}));
+    let v: Value = http.send_json(rb).await.unwrap();
+    assert_eq!(v["id"], "ch_1");
+    let reqs = server.received_requests().await.unwrap();
+    assert_eq!(reqs.len(), 3);
+    for r in &reqs {
+        assert_eq!(
+            r.headers.get("idempotency-key").map(|v| v.as_bytes()),
+            Some(key.value().as_bytes())
+        );
+    }
+    // A second write gets its own key.
+    let other = IdempotencyKey::generate();
+    assert_ne!(other.value(), key.value());
+}
+
+#[tokio::test]
+async fn a_refused_connection_retries_a_post() {
+    // Nothing was sent, so even a create may go again.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let clock = Arc::new(RecordingClock::new());
+    let http = client(format!("http://127.0.0.1:{port}"))
+        .clock(clock.clone())
+        .retry(fast_retry(3))
+        .build()
+        .unwrap();
+    let e = http
+        .request_json::<Value>(Method::POST, "/create", Some(&json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Network);
+    assert_eq!(http.stats().snapshot().transport_errors, 3);
+    assert_eq!(clock.sleeps().len(), 2);
+}
+
+/// `Retry-After` from a hostile server: no panic, that request fails with a permanent
+/// `RateLimited` naming the maximum wait, and the gate reopens after at most `max_wait`.
+#[tokio::test]
+async fn huge_retry_after_fails_that_request_and_reopens_the_gate() {
+    for hint in ["18446744073709551615", "99999999", "1e300"] {
+        let server = MockServer::start().await;
+        Mock::given(path("/a"))
+            .respond_with(ResponseTemplate::new(429).insert_header("retry-after", hint))
+            .mount(&server)
+            .await;
+        Mock::given(path("/b"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": 1})))
+            .mount(&server)
+            .await;
+        let clock = Arc::new(RecordingClock::new());
+        let max_wait = Duration::from_secs(60);
+        let gate = RateGate::unlimited()
+            .with_clock(clock.clone())
+            .with_max_wait(max_wait);
+        let http = builder(&server, &clock)
+            .rate_gate(gate.clone())
+            .retry(RetryConfig {
+                max_elapsed: Duration::from_secs(3 * 365 * 24 * 3600),
+                ..fast_retry(5)
+            })
+            .build()
+            .unwrap();
+        let e = http.get_json::<Value>("/a", &[]).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::RateLimited, "{hint}");
+        assert!(!e.is_temporary(), "{hint}");
+        assert_eq!(e.retry_after(), Some(MAX_RETRY_HINT), "{hint}");
+        assert!(e.message().contains("maximum wait of 60 s"), "{e}");
+        assert_eq!(e.context_value("status"), Some("429"));
+        assert_eq!(hits(&server).await, 1, "{hint}: not retried");
+        assert!(clock.sleeps().is_empty(), "{hint}");
+
+        // The next request waits at most max_wait, then reaches the server.
+        let v: Value = http.get_json("/b", &[]).await.unwrap();
+        assert_eq!(v["ok"], 1);
+        assert_eq!(clock.sleeps(), vec![max_wait], "{hint}");
+        assert_eq!(hits(&server).await, 2);
+    }
+
+    // Without a gate the default maximum wait (15 minutes) applies.
+    let server = MockServer::start().await;
+    Mock::given(path("/a"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "99999999"))
+        .mount(&server)
+        .await;
+    let clock = Arc::new(RecordingClock::new());
+    let http = builder(&server, &clock).build().unwrap();
+    let e = http.get_json::<Value>("/a", &[]).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RateLimited);
+    assert!(!e.is_temporary());
+    assert!(e.message().contains("maximum wait of 900 s"), "{e}");
+    assert_eq!(hits(&server).await, 1);
+}
+
+/// A raw server whose body never ends (chunked), or announces a huge length.
+async fn endless_body_server(chunked: bool) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let written = Arc::new(AtomicUsize::new(0));
+    let count = written.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let head = if chunked {
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n".to_string()
+                } else {
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100000000000\r\n\r\n".to_string()
+                };
+                if sock.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let data = vec![b' '; 16 * 1024];
+                let mut chunk = format!("{:x}\r\n", data.len()).into_bytes();
+                chunk.extend_from_slice(&data);
+                chunk.extend_from_slice(b"\r\n");
+                let piece = if chunked { &chunk } else { &data };
+                while sock.write_all(piece).await.is_ok() {
+                    count.fetch_add(piece.len(), Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), written)
+}
+
+#[tokio::test]
+async fn endless_bodies_fail_at_the_cap_while_streaming() {
+    for chunked in [true, false] {
+        let (base, _written) = endless_body_server(chunked).await;
+        let clock = Arc::new(RecordingClock::new());
+        let http = client(base)
+            .clock(clock)
+            .retry(RetryConfig::none())
+            .max_body_bytes(256 * 1024)
+            .build()
+            .unwrap();
+        let e = http.get_json::<Value>("/x", &[]).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidResponse, "chunked={chunked}");
+        assert!(!e.is_temporary());
+        assert!(e.message().contains("exceeds the limit"), "{e}");
+        let e = http.get_bytes("/x", &[]).await.unwrap_err();
+        assert!(e.message().contains("exceeds the limit"), "{e}");
+    }
 }

@@ -154,12 +154,6 @@ impl FrontApi {
     }
 }
 
-/// Path segment escaping for ids taken from input (ids are `[a-z]+_[0-9a-z]+`, but a host
-/// may pass anything).
-pub(crate) fn seg(id: &str) -> String {
-    url::form_urlencoded::byte_serialize(id.as_bytes()).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +187,9 @@ mod tests {
             FrontPolicy.api_hosts(),
             vec![API_HOST.to_string(), COMPANY_HOSTS.to_string()]
         );
+        // Ids go into paths through core's one encoder: a space is `%20`, never `+`.
+        let seg = |id| apex_connect_core::http::path_segment(id).unwrap();
         assert_eq!(seg("a/b"), "a%2Fb");
+        assert_eq!(seg("ad eu"), "ad%20eu");
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use apex_connect_core::http::{
-    Credentials, HttpClient, HttpStatsSnapshot, RateGate, RetryConfig, StaticToken,
+    Credentials, HttpClient, HttpStatsSnapshot, RateGate, RetryConfig, StaticToken, path_segment,
 };
 use apex_connect_core::oauth::TokenManager;
 use apex_connect_core::webhook::{Verified, WebhookSecrets, unix_ms};
@@ -21,7 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use crate::NAME;
-use crate::api::{FrontApi, FrontPolicy, seg};
+use crate::api::{FrontApi, FrontPolicy};
 use crate::config::FrontConfig;
 use crate::cursor::{
     CommentsCursor, ContactsCursor, ConversationsCursor, EventsCursor, EventsPosition,
@@ -511,7 +511,7 @@ impl FrontConnector {
         match self
             .inner
             .api
-            .get_opt(&format!("/conversations/{}", seg(id)))
+            .get_opt(&format!("/conversations/{}", path_segment(id)?))
             .await?
         {
             Some(raw) => models::conversation_record(raw),
@@ -526,7 +526,7 @@ impl FrontConnector {
         match self
             .inner
             .api
-            .get_opt(&format!("/messages/{}", seg(id)))
+            .get_opt(&format!("/messages/{}", path_segment(id)?))
             .await?
         {
             Some(raw) => models::message_record(raw, conversation),
@@ -538,7 +538,7 @@ impl FrontConnector {
         match self
             .inner
             .api
-            .get_opt(&format!("/comments/{}", seg(id)))
+            .get_opt(&format!("/comments/{}", path_segment(id)?))
             .await?
         {
             Some(raw) => models::comment_record(raw, conversation),
@@ -550,7 +550,7 @@ impl FrontConnector {
         match self
             .inner
             .api
-            .get_opt(&format!("/contacts/{}", seg(id)))
+            .get_opt(&format!("/contacts/{}", path_segment(id)?))
             .await?
         {
             Some(raw) => models::contact_record(raw),
@@ -876,7 +876,7 @@ impl FrontConnector {
         conversation_id: &str,
         next: Option<&str>,
     ) -> Result<Option<ListResponse>> {
-        let path = format!("/conversations/{}/{child}", seg(conversation_id));
+        let path = format!("/conversations/{}/{child}", path_segment(conversation_id)?);
         let query: Vec<(&str, String)> = if child == "messages" {
             vec![self.limit()]
         } else {
@@ -1220,7 +1220,7 @@ impl FrontConnector {
                     .api
                     .send(
                         method,
-                        &format!("/conversations/{}/tags", seg(id)),
+                        &format!("/conversations/{}/tags", path_segment(id)?),
                         &json!({ "tag_ids": tag_ids }),
                     )
                     .await?;
@@ -1242,7 +1242,7 @@ impl FrontConnector {
                     .api
                     .send(
                         Method::POST,
-                        &format!("/conversations/{}/comments", seg(id)),
+                        &format!("/conversations/{}/comments", path_segment(id)?),
                         &payload,
                     )
                     .await?;
@@ -1276,7 +1276,11 @@ impl FrontConnector {
                 }
                 self.inner
                     .api
-                    .send(Method::PATCH, &format!("/contacts/{}", seg(id)), &op.fields)
+                    .send(
+                        Method::PATCH,
+                        &format!("/contacts/{}", path_segment(id)?),
+                        &op.fields,
+                    )
                     .await?;
                 Ok(id.to_string())
             }

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use apex_connect_core::http::{
     Credentials, HttpClient, Idempotent, PlatformPolicy, Quota, RateGate, RateState, RetryConfig,
-    classify_status, retry_after,
+    classify_status, path_segment, retry_after,
 };
 use apex_connect_core::webhook::unix_ms;
 use apex_connect_core::{Error, Result};
@@ -244,7 +244,7 @@ impl HubSpotApi {
             q.push(("associations", associations.join(",")));
         }
         self.http
-            .get_json(&format!("/crm/v3/objects/{object}"), &q)
+            .get_json(&format!("/crm/v3/objects/{}", path_segment(object)?), &q)
             .await
     }
 
@@ -259,7 +259,10 @@ impl HubSpotApi {
     ) -> Result<CollectionPage<HubSpotObject>> {
         let rb = self
             .search
-            .request(Method::POST, &format!("/crm/v3/objects/{object}/search"))?
+            .request(
+                Method::POST,
+                &format!("/crm/v3/objects/{}/search", path_segment(object)?),
+            )?
             .with_extension(Idempotent)
             .json(body);
         self.search.send_json(rb).await
@@ -302,7 +305,7 @@ impl HubSpotApi {
                 .http
                 .request(
                     Method::POST,
-                    &format!("/crm/v3/objects/{object}/batch/read"),
+                    &format!("/crm/v3/objects/{}/batch/read", path_segment(object)?),
                 )?
                 .with_extension(Idempotent)
                 .json(&body);
@@ -327,7 +330,11 @@ impl HubSpotApi {
         self.http
             .request_json(
                 Method::POST,
-                &format!("/crm/v3/objects/{object}/batch/{action}"),
+                &format!(
+                    "/crm/v3/objects/{}/batch/{}",
+                    path_segment(object)?,
+                    path_segment(action)?
+                ),
                 Some(&body),
             )
             .await
@@ -341,7 +348,7 @@ impl HubSpotApi {
         let page: CollectionPage<Value> = self
             .http
             .get_json(
-                &format!("/crm/v3/properties/{object}"),
+                &format!("/crm/v3/properties/{}", path_segment(object)?),
                 &[("archived", "false".into())],
             )
             .await?;
@@ -381,7 +388,11 @@ impl HubSpotApi {
                 .http
                 .request(
                     Method::POST,
-                    &format!("/crm/v4/associations/{from}/{to}/batch/read"),
+                    &format!(
+                        "/crm/v4/associations/{}/{}/batch/read",
+                        path_segment(from)?,
+                        path_segment(to)?
+                    ),
                 )?
                 .with_extension(Idempotent)
                 .json(&json!({ "inputs": inputs }));

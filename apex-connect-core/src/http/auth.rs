@@ -7,14 +7,21 @@ use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
 use super::credentials::Credentials;
+use super::hosts::HostAllowList;
 use super::stats::HttpStats;
 
 /// Sits inside the retry layer (each attempt asks for the current credential, so a token
 /// refreshed meanwhile is used) and outside the rate gate (the repeat after a 401 pays the
 /// gate like any attempt).
+///
+/// It attaches credentials only to requests for the connection's API origins (scheme,
+/// host and port): a request for any other origin fails before a credential is asked for,
+/// whichever way it reached the stack (helpers check links earlier; this also covers
+/// [`super::HttpClient::middleware_client`]).
 pub(crate) struct AuthMiddleware {
     pub(crate) credentials: Arc<dyn Credentials>,
     pub(crate) stats: HttpStats,
+    pub(crate) hosts: HostAllowList,
 }
 
 #[async_trait::async_trait]
@@ -25,6 +32,9 @@ impl Middleware for AuthMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
+        self.hosts.check(req.url()).map_err(|e| {
+            reqwest_middleware::Error::middleware(e.with_context("refused", "credentials"))
+        })?;
         let mut value = self
             .credentials
             .authorization()

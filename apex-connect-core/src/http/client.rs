@@ -15,8 +15,9 @@ use url::Url;
 use super::auth::AuthMiddleware;
 use super::clock::{Clock, TokioClock};
 use super::credentials::Credentials;
-use super::gate::{GateMiddleware, RateGate};
+use super::gate::{DEFAULT_MAX_WAIT, GateMiddleware, RateGate};
 use super::hosts::{HostAllowList, is_loopback};
+use super::paging::link_for_context;
 use super::policy::{DefaultPolicy, PlatformPolicy, with_request_context};
 use super::retry::{RetryConfig, RetryMiddleware};
 use super::stats::HttpStats;
@@ -58,6 +59,7 @@ struct Inner {
     gate: Option<RateGate>,
     retry: RetryConfig,
     max_body_bytes: usize,
+    max_wait: Duration,
     has_credentials: bool,
 }
 
@@ -71,6 +73,7 @@ pub struct HttpClientBuilder {
     extra_hosts: Vec<String>,
     timeout: Duration,
     connect_timeout: Duration,
+    headers_timeout: Duration,
     user_agent: String,
     max_body_bytes: usize,
     clock: Arc<dyn Clock>,
@@ -78,6 +81,9 @@ pub struct HttpClientBuilder {
 
 /// Default cap on a response body read into memory: 32 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// Default [`HttpClientBuilder::headers_timeout`]: 30 s.
+pub const DEFAULT_HEADERS_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl HttpClient {
     /// Starts building a client for `base_url` (`https://`, or `http://` on loopback only).
@@ -91,6 +97,7 @@ impl HttpClient {
             extra_hosts: Vec::new(),
             timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
+            headers_timeout: DEFAULT_HEADERS_TIMEOUT,
             user_agent: concat!("apex-connect/", env!("CARGO_PKG_VERSION")).to_string(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             clock: Arc::new(TokioClock),
@@ -144,22 +151,47 @@ impl HttpClient {
 
     /// Checks a link from a response (a pagination `next` URL) before it is followed.
     ///
-    /// Relative links resolve against the base URL. The host must be the base URL's host,
-    /// match one of the policy's [`api_hosts`](PlatformPolicy::api_hosts), the builder's
-    /// extra hosts or a host added with [`add_api_host`](Self::add_api_host); the scheme
-    /// must be `https` (`http` only on loopback); the URL must not carry userinfo.
+    /// The link must be an absolute `http(s)` URL: a relative link (or any text that is not
+    /// a URL) is refused, never joined onto the base URL. Its origin (scheme, host **and**
+    /// port) must be the base URL's, or a host matching one of the policy's
+    /// [`api_hosts`](PlatformPolicy::api_hosts), the builder's extra hosts or a host added
+    /// with [`add_api_host`](Self::add_api_host) (on the base URL's scheme, and on the
+    /// base URL's port unless the pattern names one); the scheme must be `https` (`http`
+    /// only on loopback); the URL must not carry userinfo.
+    ///
+    /// Connectors that follow links in a loop also pass each one to a
+    /// [`LinkGuard`](super::LinkGuard), which catches cycles.
     ///
     /// # Errors
-    /// `InvalidResponse` (permanent), naming the host but not the query string.
+    /// `InvalidResponse` (permanent), with context `link`: the link without its query
+    /// string (the message names the host, never the query).
     pub fn follow_url(&self, next: &str) -> Result<Url> {
-        let url = self.inner.base.join(next.trim()).map_err(|e| {
+        let text = next.trim();
+        let shown = link_for_context(text);
+        let not_absolute = |why: String| {
             Error::new(
                 ErrorKind::InvalidResponse,
-                format!("link is not a valid URL: {e}"),
+                format!("pagination link is not an absolute http(s) URL: {why}"),
             )
             .permanent()
+            .with_context("link", shown.clone())
+        };
+        let url = Url::parse(text).map_err(|e| match e {
+            url::ParseError::RelativeUrlWithoutBase => {
+                not_absolute("it has no scheme (a relative link is never followed)".into())
+            }
+            e => not_absolute(e.to_string()),
         })?;
-        self.inner.hosts.check(&url)?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(not_absolute(format!(
+                "unsupported scheme {:?}",
+                url.scheme()
+            )));
+        }
+        self.inner
+            .hosts
+            .check(&url)
+            .map_err(|e| e.with_context("link", shown.clone()))?;
         Ok(url)
     }
 
@@ -209,6 +241,13 @@ impl HttpClient {
 
     /// Sends `builder` through the stack. A non-2xx response becomes the policy's error.
     ///
+    /// # Behavior
+    /// - A response whose hint (`Retry-After`, reset headers) asks for a longer wait than the
+    ///   maximum wait (the rate gate's [`max_wait`](RateGate::max_wait), or
+    ///   [`DEFAULT_MAX_WAIT`] without a gate) fails with the policy's kind (`RateLimited`
+    ///   for a 429) marked **permanent** for this call, its `retry_after` the hint (at most
+    ///   [`MAX_RETRY_HINT`](super::MAX_RETRY_HINT)), and a message naming both waits.
+    ///
     /// # Errors
     /// The policy's classification for non-2xx; `Network` for transport failures;
     /// `InvalidResponse` for a redirect to a host that is not allowed; errors of the
@@ -243,6 +282,7 @@ impl HttpClient {
             .inner
             .policy
             .classify(status, &headers, &body, &method, &url);
+        let err = beyond_max_wait(err, self.inner.max_wait);
         Err(with_request_context(err, &method, Some(status), &url))
     }
 
@@ -333,6 +373,7 @@ impl fmt::Debug for HttpClient {
             .field("rate_gate", &i.gate)
             .field("retry", &i.retry)
             .field("max_body_bytes", &i.max_body_bytes)
+            .field("max_wait", &i.max_wait)
             .field("hosts", &i.hosts)
             .field("stats", &i.stats)
             .finish()
@@ -380,6 +421,19 @@ impl HttpClientBuilder {
         self
     }
 
+    /// Timeout from handing an attempt to the transport until its response headers have
+    /// arrived (connect, send, server think time), default [`DEFAULT_HEADERS_TIMEOUT`] (30 s).
+    ///
+    /// A server that accepts the connection but never finishes its headers fails the
+    /// attempt after this long (`Network`, temporary), rather than after the whole-request
+    /// [`timeout`](Self::timeout). Like other timeouts it is retried only for idempotent
+    /// requests (the server may have acted on the request). Waits at the rate gate do not
+    /// count.
+    pub fn headers_timeout(mut self, timeout: Duration) -> Self {
+        self.headers_timeout = timeout;
+        self
+    }
+
     /// Timeout to establish a connection (default 10 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
@@ -410,7 +464,7 @@ impl HttpClientBuilder {
     /// # Errors
     /// `Config` for a base URL that does not parse, has no host, carries userinfo, a query
     /// or a fragment, or uses `http` off loopback; an invalid host pattern, user agent or
-    /// retry configuration; a zero `max_body_bytes` or timeout.
+    /// retry configuration (zero `max_elapsed`); a zero `max_body_bytes` or timeout.
     pub fn build(self) -> Result<HttpClient> {
         let base = Url::parse(self.base_url.trim()).map_err(|e| {
             Error::config(format!(
@@ -442,7 +496,10 @@ impl HttpClientBuilder {
         if self.max_body_bytes == 0 {
             return Err(Error::config("max_body_bytes must not be zero"));
         }
-        if self.timeout.is_zero() || self.connect_timeout.is_zero() {
+        if self.timeout.is_zero()
+            || self.connect_timeout.is_zero()
+            || self.headers_timeout.is_zero()
+        {
             return Err(Error::config("timeouts must not be zero"));
         }
         self.retry.validate()?;
@@ -479,6 +536,10 @@ impl HttpClientBuilder {
             .map_err(|e| Error::config("could not build the HTTP client").set_source(e))?;
 
         let stats = HttpStats::new();
+        let max_wait = self
+            .gate
+            .as_ref()
+            .map_or(DEFAULT_MAX_WAIT, RateGate::max_wait);
         let mut stack = reqwest_middleware::ClientBuilder::new(client)
             .with(TracingMiddleware)
             .with(RetryMiddleware {
@@ -486,11 +547,13 @@ impl HttpClientBuilder {
                 clock: self.clock.clone(),
                 policy: self.policy.clone(),
                 stats: stats.clone(),
+                max_wait,
             });
         if let Some(credentials) = &self.credentials {
             stack = stack.with(AuthMiddleware {
                 credentials: credentials.clone(),
                 stats: stats.clone(),
+                hosts: hosts.clone(),
             });
         }
         let stack = stack
@@ -498,6 +561,7 @@ impl HttpClientBuilder {
                 gate: self.gate.clone(),
                 policy: self.policy.clone(),
                 stats: stats.clone(),
+                headers_timeout: self.headers_timeout,
             })
             .build();
 
@@ -512,6 +576,7 @@ impl HttpClientBuilder {
                 gate: self.gate,
                 retry: self.retry,
                 max_body_bytes: self.max_body_bytes,
+                max_wait,
                 has_credentials: self.credentials.is_some(),
             }),
         })
@@ -532,10 +597,39 @@ impl fmt::Debug for HttpClientBuilder {
             .field("extra_api_hosts", &self.extra_hosts)
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("headers_timeout", &self.headers_timeout)
             .field("user_agent", &self.user_agent)
             .field("max_body_bytes", &self.max_body_bytes)
             .finish()
     }
+}
+
+/// An error whose `retry_after` exceeds `max_wait` becomes permanent for this call, with a
+/// message that says so (the original error is kept as source, its context copied).
+fn beyond_max_wait(err: Error, max_wait: Duration) -> Error {
+    let Some(hint) = err.retry_after() else {
+        return err;
+    };
+    if hint <= max_wait {
+        return err;
+    }
+    let hint = hint.min(super::policy::MAX_RETRY_HINT);
+    let mut e = Error::new(
+        err.kind(),
+        format!(
+            "{}: the platform asks to wait {} s, longer than the maximum wait of {} s; \
+             not retried (try again after retry_after)",
+            err.message(),
+            hint.as_secs(),
+            max_wait.as_secs()
+        ),
+    )
+    .permanent()
+    .with_retry_after(hint);
+    for (k, v) in err.context() {
+        e = e.with_context(k, v);
+    }
+    e.set_source(err)
 }
 
 /// The redirect policy's refusal; its message names the host, never the query.

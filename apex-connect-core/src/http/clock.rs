@@ -77,7 +77,8 @@ impl RecordingClock {
 
     /// Moves the virtual time forward without recording a sleep.
     pub fn advance(&self, by: Duration) {
-        self.lock().offset += by;
+        let mut s = self.lock();
+        s.offset = s.offset.saturating_add(by);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RecordingState> {
@@ -95,13 +96,17 @@ impl Default for RecordingClock {
 #[async_trait]
 impl Clock for RecordingClock {
     fn now(&self) -> Instant {
-        self.origin + self.lock().offset
+        let offset = self.lock().offset;
+        // Saturates rather than panic if a test sleeps for centuries.
+        self.origin
+            .checked_add(offset)
+            .unwrap_or_else(|| self.origin + Duration::from_secs(100 * 365 * 24 * 3600))
     }
 
     async fn sleep(&self, duration: Duration) {
         {
             let mut s = self.lock();
-            s.offset += duration;
+            s.offset = s.offset.saturating_add(duration);
             s.sleeps.push(duration);
         }
         // Let other tasks run, as a real sleep would.

@@ -17,7 +17,8 @@ use reqwest_middleware::{Middleware, Next};
 use tokio::time::Instant;
 
 use super::clock::{Clock, TokioClock};
-use super::policy::{PlatformPolicy, retry_after};
+use super::policy::{MAX_RETRY_HINT, PlatformPolicy, retry_after};
+use super::retry::{AttemptBudget, SentWithoutAnswer};
 use super::stats::HttpStats;
 use crate::error::{Error, ErrorKind, Result};
 
@@ -55,8 +56,14 @@ type Limiter = RateLimiter<NotKeyed, InMemoryState, GateClock, NoOpMiddleware<Na
 /// # Behavior
 /// - Every attempt (retries included) passes the gate before it reaches the transport.
 /// - Waits use the gate's [`Clock`] (tokio time by default).
-/// - A wait longer than `max_wait` (default 15 minutes) fails at once with `RateLimited` and
-///   `retry_after` set, instead of holding the task.
+/// - A wait longer than `max_wait` (default 15 minutes), or longer than what is left of the
+///   request's retry budget, fails at once with `RateLimited` and `retry_after` set, instead
+///   of holding the task.
+/// - The gate is never closed for longer than `max_wait`: a `Retry-After` or reset of three
+///   years (or `18446744073709551615` seconds) pauses it for `max_wait` at most, so later
+///   requests reach the platform again after that. The request that got such a hint fails
+///   with a permanent `RateLimited` error carrying the hint (see [`super::HttpClient::send`]).
+/// - Arithmetic on hints saturates; no header value can make it panic or wrap.
 #[derive(Clone)]
 pub struct RateGate {
     inner: Arc<GateInner>,
@@ -213,13 +220,27 @@ impl RateGate {
         until.filter(|u| *u > self.inner.clock.now())
     }
 
-    /// Closes the gate for `duration` from now (extends, never shortens, a pause).
+    /// The longest a request waits at the gate, and the longest the gate is ever closed.
+    pub fn max_wait(&self) -> Duration {
+        self.inner.max_wait
+    }
+
+    /// Closes the gate for `duration` from now, but never for longer than `max_wait`
+    /// (extends, never shortens, a pause).
     pub fn pause_for(&self, duration: Duration) {
-        let until = self.inner.clock.now() + duration;
+        let until = self.after(self.inner.clock.now(), duration);
         let mut p = self.lock_paused();
         if p.is_none_or(|cur| cur < until) {
             *p = Some(until);
         }
+    }
+
+    /// `now + duration`, with `duration` capped at `max_wait` (and the sum saturating).
+    fn after(&self, now: Instant, duration: Duration) -> Instant {
+        let d = duration.min(self.inner.max_wait);
+        now.checked_add(d)
+            .or_else(|| now.checked_add(MAX_RETRY_HINT.min(d)))
+            .unwrap_or(now)
     }
 
     fn lock_paused(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
@@ -234,8 +255,23 @@ impl RateGate {
     /// # Errors
     /// `RateLimited` (temporary, with `retry_after`) if the wait would exceed `max_wait`.
     pub async fn acquire(&self) -> Result<Duration> {
+        self.acquire_within(self.inner.max_wait).await
+    }
+
+    /// As [`acquire`](Self::acquire), waiting at most `limit` (itself capped at `max_wait`).
+    pub(crate) async fn acquire_within(&self, limit: Duration) -> Result<Duration> {
         let i = &self.inner;
+        let limit = limit.min(i.max_wait);
         let start = i.clock.now();
+        let too_long = |what: &'static str, wait: Duration| {
+            Error::new(ErrorKind::RateLimited, what)
+                .temporary()
+                .with_retry_after(wait)
+                .with_context(
+                    "max_wait_ms",
+                    u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+                )
+        };
         loop {
             let now = i.clock.now();
             let waited = now.saturating_duration_since(start);
@@ -243,26 +279,22 @@ impl RateGate {
             if let Some(until) = paused
                 && until > now
             {
-                let wait = until - now;
-                if waited + wait > i.max_wait {
-                    return Err(Error::new(
-                        ErrorKind::RateLimited,
+                let wait = until.saturating_duration_since(now);
+                if waited.saturating_add(wait) > limit {
+                    return Err(too_long(
                         "rate gate closed for longer than the allowed wait",
-                    )
-                    .temporary()
-                    .with_retry_after(wait));
+                        wait,
+                    ));
                 }
                 i.clock.sleep(wait).await;
                 continue;
             }
             if let Some(wait) = self.take_budget(now) {
-                if waited + wait > i.max_wait {
-                    return Err(Error::new(
-                        ErrorKind::RateLimited,
+                if waited.saturating_add(wait) > limit {
+                    return Err(too_long(
                         "platform rate budget exhausted for longer than the allowed wait",
-                    )
-                    .temporary()
-                    .with_retry_after(wait));
+                        wait,
+                    ));
                 }
                 i.clock.sleep(wait).await;
                 continue;
@@ -274,13 +306,11 @@ impl RateGate {
                 Ok(()) => return Ok(waited),
                 Err(not_until) => {
                     let wait = not_until.wait_time_from(i.gov_clock.now());
-                    if waited + wait > i.max_wait {
-                        return Err(Error::new(
-                            ErrorKind::RateLimited,
+                    if waited.saturating_add(wait) > limit {
+                        return Err(too_long(
                             "rate gate quota would need a longer wait than allowed",
-                        )
-                        .temporary()
-                        .with_retry_after(wait));
+                            wait,
+                        ));
                     }
                     // A zero wait would spin; governor's resolution is nanoseconds.
                     i.clock.sleep(wait.max(Duration::from_millis(1))).await;
@@ -302,11 +332,18 @@ impl RateGate {
         }
         if let Some(state) = policy.rate_state(headers) {
             let now = i.clock.now();
-            let reset_at = now + state.reset_after;
+            // A reset beyond `max_wait` is waited for `max_wait` at most: then the next
+            // answer tells again.
+            let reset_at = self.after(now, state.reset_after);
             let mut b = self.lock_budget();
             match b.as_mut() {
                 // The same window (answers arrive out of order): the lowest count is the truth.
-                Some(bud) if reset_at <= bud.reset_at + SAME_WINDOW => {
+                Some(bud)
+                    if bud
+                        .reset_at
+                        .checked_add(SAME_WINDOW)
+                        .is_none_or(|end| reset_at <= end) =>
+                {
                     bud.remaining = bud.remaining.min(state.remaining);
                 }
                 // A new window (or the first answer): start from what the platform says.
@@ -319,7 +356,7 @@ impl RateGate {
             }
             drop(b);
             if state.remaining <= i.reserve {
-                self.pause_for(state.reset_after + i.reset_margin);
+                self.pause_for(state.reset_after.saturating_add(i.reset_margin));
             }
         }
     }
@@ -331,9 +368,13 @@ impl RateGate {
         match b.as_mut() {
             Some(bud) if now < bud.reset_at => {
                 if bud.remaining <= i.reserve {
-                    Some(bud.reset_at - now + i.reset_margin)
+                    Some(
+                        bud.reset_at
+                            .saturating_duration_since(now)
+                            .saturating_add(i.reset_margin),
+                    )
                 } else {
-                    bud.remaining -= 1;
+                    bud.remaining = bud.remaining.saturating_sub(1);
                     None
                 }
             }
@@ -351,7 +392,9 @@ impl RateGate {
     }
 }
 
-const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(15 * 60);
+/// The default [`RateGate::with_max_wait`]: 15 minutes. Clients without a gate use it as
+/// their maximum wait too.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(15 * 60);
 /// Two resets closer than this belong to the same window (reset headers have 1 s resolution).
 const SAME_WINDOW: Duration = Duration::from_millis(500);
 
@@ -378,12 +421,14 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// The innermost middleware: waits on the gate (if any), counts the attempt, sends it, and
-/// feeds the response to the gate and the stats.
+/// The innermost middleware: waits on the gate (if any), counts the attempt, sends it with
+/// the headers timeout, and feeds the response to the gate and the stats.
 pub(crate) struct GateMiddleware {
     pub(crate) gate: Option<RateGate>,
     pub(crate) policy: Arc<dyn PlatformPolicy>,
     pub(crate) stats: HttpStats,
+    /// The longest time from handing the request to the transport to its response headers.
+    pub(crate) headers_timeout: Duration,
 }
 
 #[async_trait::async_trait]
@@ -396,8 +441,11 @@ impl Middleware for GateMiddleware {
     ) -> reqwest_middleware::Result<Response> {
         let _guard = match &self.gate {
             Some(gate) => {
+                let limit = extensions
+                    .get::<AttemptBudget>()
+                    .map_or(gate.inner.max_wait, |b| b.0);
                 let waited = gate
-                    .acquire()
+                    .acquire_within(limit)
                     .await
                     .map_err(reqwest_middleware::Error::middleware)?;
                 self.stats.record_gate_wait(waited);
@@ -407,7 +455,25 @@ impl Middleware for GateMiddleware {
             None => None,
         };
         self.stats.record_sent();
-        let result = next.run(req, extensions).await;
+        // `next.run` resolves when the response head has arrived (the body is read later,
+        // under the client's whole-request timeout), so this bounds connect + send + wait
+        // for headers. It runs on tokio's timer like reqwest's own timeouts.
+        let result =
+            match tokio::time::timeout(self.headers_timeout, next.run(req, extensions)).await {
+                Ok(result) => result,
+                Err(_) => Err(reqwest_middleware::Error::middleware(
+                    Error::new(
+                        ErrorKind::Network,
+                        "timed out waiting for the response headers",
+                    )
+                    .temporary()
+                    .with_context(
+                        "headers_timeout_ms",
+                        u64::try_from(self.headers_timeout.as_millis()).unwrap_or(u64::MAX),
+                    )
+                    .set_source(SentWithoutAnswer("no response headers in time")),
+                )),
+            };
         match &result {
             Ok(resp) => {
                 self.stats.record_status(resp.status().as_u16());
@@ -478,12 +544,87 @@ mod tests {
             .with_clock(clock.clone())
             .with_max_wait(Duration::from_secs(10));
         let mut h = HeaderMap::new();
-        h.insert("retry-after", HeaderValue::from_static("3600"));
+        h.insert("retry-after", HeaderValue::from_static("8"));
         gate.observe(StatusCode::TOO_MANY_REQUESTS, &h, &DefaultPolicy);
-        let e = gate.acquire().await.unwrap_err();
+        // Less than the pause left of the retry budget: fail at once, no wait.
+        let e = gate
+            .acquire_within(Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::RateLimited);
-        assert_eq!(e.retry_after(), Some(Duration::from_secs(3600)));
+        assert!(e.is_temporary());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(8)));
         assert!(clock.sleeps().is_empty());
+        // A budget above max_wait is still capped by max_wait.
+        gate.pause_for(Duration::from_secs(10));
+        let e = gate.acquire_within(Duration::MAX).await;
+        assert!(e.is_ok());
+        assert_eq!(clock.sleeps(), vec![Duration::from_secs(10)]);
+    }
+
+    /// `Retry-After` values from a hostile server: never a panic, never a pause past
+    /// `max_wait`, and later requests get through after at most `max_wait`.
+    #[tokio::test]
+    async fn huge_hints_never_close_the_gate_beyond_max_wait() {
+        for v in [
+            "18446744073709551615",
+            "99999999",
+            "1e300",
+            "9223372036854775807",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            for status in [
+                StatusCode::TOO_MANY_REQUESTS,
+                StatusCode::SERVICE_UNAVAILABLE,
+            ] {
+                let clock = Arc::new(RecordingClock::new());
+                let gate = RateGate::unlimited()
+                    .with_clock(clock.clone())
+                    .with_max_wait(Duration::from_secs(60));
+                let mut h = HeaderMap::new();
+                h.insert("retry-after", HeaderValue::from_str(v).unwrap());
+                let t0 = clock.now();
+                gate.observe(status, &h, &DefaultPolicy);
+                let until = gate.paused_until().expect("paused");
+                assert!(until - t0 <= Duration::from_secs(60), "{v}: {until:?}");
+                let waited = gate.acquire().await.unwrap();
+                assert_eq!(waited, Duration::from_secs(60), "{v}");
+                assert!(gate.paused_until().is_none(), "{v}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn huge_resets_never_close_the_gate_beyond_max_wait() {
+        for reset in [
+            "1e300",
+            "18446744073709551615",
+            "99999999999999",
+            "9999999999",
+        ] {
+            let clock = Arc::new(RecordingClock::new());
+            let gate = RateGate::unlimited()
+                .with_clock(clock.clone())
+                .with_reset_margin(Duration::MAX)
+                .with_max_wait(Duration::from_secs(30));
+            let mut h = HeaderMap::new();
+            h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+            h.insert("x-ratelimit-reset", HeaderValue::from_str(reset).unwrap());
+            gate.observe(StatusCode::OK, &h, &DefaultPolicy);
+            let waited = gate.acquire().await.unwrap();
+            assert!(waited <= Duration::from_secs(30), "{reset}: {waited:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn pause_for_saturates() {
+        let clock = Arc::new(RecordingClock::new());
+        let gate = RateGate::unlimited()
+            .with_clock(clock.clone())
+            .with_max_wait(Duration::MAX);
+        gate.pause_for(Duration::MAX);
+        assert!(gate.paused_until().is_some());
+        assert_eq!(gate.max_wait(), Duration::MAX);
     }
 
     /// A fixed-window server: `limit` requests per `window`, reset in whole seconds (ceil).

@@ -26,8 +26,17 @@
 //! request helpers ([`HttpClient::get_json`] and friends), never inside the stack: the raw
 //! [`HttpClient::middleware_client`] returns responses as they came (after retries).
 //!
-//! Pagination links are followed only on the connection's API hosts
-//! ([`HttpClient::follow_url`]), and redirects only to those hosts.
+//! Pagination links are followed only when they are absolute URLs on the connection's API
+//! origins (scheme, host and port: [`HttpClient::follow_url`]), and redirects only to those
+//! origins; the auth layer never attaches credentials to a request for any other origin.
+//! [`LinkGuard`] catches pagination cycles and runs of pages without new records, and
+//! [`check_page_len`] pages far larger than the `limit` asked for. Ids go into paths through
+//! [`path_segment`].
+//!
+//! Timeouts, outermost first: the retry layer's total budget ([`RetryConfig::max_elapsed`],
+//! waits and attempts together), the whole-attempt timeout (connect to the end of the body,
+//! [`HttpClientBuilder::timeout`]), the time to response headers
+//! ([`HttpClientBuilder::headers_timeout`]) and the connect timeout.
 
 mod auth;
 mod client;
@@ -35,19 +44,25 @@ mod clock;
 mod credentials;
 mod gate;
 mod hosts;
+mod paging;
+mod path;
 mod policy;
 mod retry;
 mod stats;
 mod trace;
 
-pub use client::{DEFAULT_MAX_BODY_BYTES, HttpClient, HttpClientBuilder};
+pub use client::{DEFAULT_HEADERS_TIMEOUT, DEFAULT_MAX_BODY_BYTES, HttpClient, HttpClientBuilder};
 pub use clock::{Clock, RecordingClock, TokioClock};
 pub use credentials::{Credentials, StaticToken};
-pub use gate::RateGate;
+pub use gate::{DEFAULT_MAX_WAIT, RateGate};
 pub use governor::Quota;
-pub use policy::{
-    DefaultPolicy, PlatformPolicy, RateState, classify_status, reset_to_duration, retry_after,
-    with_request_context, x_ratelimit_state,
+pub use paging::{
+    DEFAULT_MAX_LINKS, DEFAULT_MAX_STALE_PAGES, LinkGuard, check_page_len, page_len_slack,
 };
-pub use retry::{Idempotent, RetryConfig};
+pub use path::path_segment;
+pub use policy::{
+    DefaultPolicy, MAX_RETRY_HINT, PlatformPolicy, RateState, classify_status, reset_to_duration,
+    retry_after, with_request_context, x_ratelimit_state,
+};
+pub use retry::{IdempotencyExt, IdempotencyKey, Idempotent, RetryConfig};
 pub use stats::{HttpStats, HttpStatsSnapshot};

@@ -81,19 +81,52 @@ pub struct DefaultPolicy;
 
 impl PlatformPolicy for DefaultPolicy {}
 
+/// The longest wait any hint from the network is read as: one day. A larger `Retry-After`
+/// or reset is capped here (so adding it to an instant can never overflow); the HTTP stack
+/// then compares it with the maximum wait (see [`RateGate::with_max_wait`](super::RateGate::with_max_wait))
+/// and fails the request instead of waiting that long.
+pub const MAX_RETRY_HINT: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Parses `Retry-After` (delta seconds or an HTTP-date, relative to `now`).
 ///
-/// A date in the past gives `Duration::ZERO`; an unparsable value gives `None`.
+/// # Behavior
+/// - Whole seconds (`"7"`), decimal or exponent notation (`"1.5"`, `"1e3"`) and HTTP dates
+///   are read; the result is capped at [`MAX_RETRY_HINT`], so any number (up to
+///   `18446744073709551615` and beyond, `1e300`) gives at most one day.
+/// - A date in the past gives `Duration::ZERO`.
+/// - Negative numbers, `NaN`, `inf` and anything unparsable give `None` (the caller falls
+///   back to its own backoff).
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let v = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    parse_retry_after(v, now)
+}
+
+fn parse_retry_after(v: &str, now: SystemTime) -> Option<Duration> {
     if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_HINT));
+    }
+    if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() {
+        // More digits than a u64 holds: a (very) large number of seconds.
+        return Some(MAX_RETRY_HINT);
     }
     if let Ok(secs) = v.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(1e9)));
+        return secs_to_hint(secs);
     }
     let at = httpdate::parse_http_date(v).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_HINT),
+    )
+}
+
+/// Seconds as a hint: `None` unless finite and not negative; capped at [`MAX_RETRY_HINT`].
+fn secs_to_hint(secs: f64) -> Option<Duration> {
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    let capped = secs.min(MAX_RETRY_HINT.as_secs_f64());
+    Some(Duration::try_from_secs_f64(capped).map_or(MAX_RETRY_HINT, |d| d.min(MAX_RETRY_HINT)))
 }
 
 /// Reads `x-ratelimit-limit`, `x-ratelimit-remaining` and `x-ratelimit-reset`.
@@ -114,6 +147,12 @@ pub fn x_ratelimit_state(headers: &HeaderMap, now: SystemTime) -> Option<RateSta
 
 /// Turns a reset value into a duration from `now`: seconds from now, or a Unix timestamp in
 /// seconds (above 10^9) or milliseconds (above 10^12).
+///
+/// # Behavior
+/// - Zero, negative, `NaN` and infinite values, and timestamps in the past, give
+///   `Duration::ZERO`.
+/// - The result is capped at [`MAX_RETRY_HINT`] (a larger value is a misreading, not a plan),
+///   so `1e300` or `u64::MAX` give one day, never a panic or a wrap.
 pub fn reset_to_duration(value: f64, now: SystemTime) -> Duration {
     if !value.is_finite() || value <= 0.0 {
         return Duration::ZERO;
@@ -129,11 +168,10 @@ pub fn reset_to_duration(value: f64, now: SystemTime) -> Duration {
     } else {
         value
     };
-    if secs <= 0.0 {
+    if secs.is_nan() || secs <= 0.0 {
         Duration::ZERO
     } else {
-        // Cap at a day: a larger value is a misreading, not a plan.
-        Duration::from_secs_f64(secs.min(86_400.0))
+        secs_to_hint(secs).unwrap_or(Duration::ZERO)
     }
 }
 
@@ -298,6 +336,145 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(retry_after(&headers(&[("retry-after", "soon")]), now), None);
+    }
+
+    #[test]
+    fn retry_after_extremes_never_panic_and_are_capped() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let day = MAX_RETRY_HINT;
+        let cases: &[(&str, Option<Duration>)] = &[
+            ("0", Some(Duration::ZERO)),
+            ("+5", Some(Duration::from_secs(5))),
+            ("86400", Some(day)),
+            ("86401", Some(day)),
+            ("99999999", Some(day)),
+            ("18446744073709551615", Some(day)),
+            ("18446744073709551616", Some(day)),
+            ("999999999999999999999999999999999999", Some(day)),
+            ("9223372036854775807", Some(day)),
+            ("1.5", Some(Duration::from_millis(1500))),
+            ("1e3", Some(Duration::from_secs(1000))),
+            ("1e300", Some(day)),
+            ("1.7976931348623157e308", Some(day)),
+            ("1e-300", Some(Duration::ZERO)),
+            ("-0", Some(Duration::ZERO)),
+            ("-1", None),
+            ("-9223372036854775808", None),
+            ("-1e300", None),
+            ("NaN", None),
+            ("nan", None),
+            ("inf", None),
+            ("-inf", None),
+            ("infinity", None),
+            ("", None),
+            ("soon", None),
+            ("Fri, 31 Dec 9999 23:59:59 GMT", Some(day)),
+            ("Thu, 01 Jan 1970 00:00:00 GMT", Some(Duration::ZERO)),
+        ];
+        for (v, want) in cases {
+            let got = retry_after(&headers(&[("retry-after", v)]), now);
+            assert_eq!(got, *want, "Retry-After: {v:?}");
+        }
+        // A clock before the epoch (or far in the future) does not matter either.
+        assert_eq!(
+            retry_after(
+                &headers(&[("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT")]),
+                UNIX_EPOCH
+            ),
+            Some(day)
+        );
+    }
+
+    #[test]
+    fn reset_extremes_never_panic_and_are_capped() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let day = MAX_RETRY_HINT;
+        let cases: &[(f64, Duration)] = &[
+            (0.0, Duration::ZERO),
+            (-0.0, Duration::ZERO),
+            (-1.0, Duration::ZERO),
+            (i64::MIN as f64, Duration::ZERO),
+            (f64::NAN, Duration::ZERO),
+            (f64::INFINITY, Duration::ZERO),
+            (f64::NEG_INFINITY, Duration::ZERO),
+            (2.5, Duration::from_millis(2500)),
+            (86_400.0, day),
+            (999_999_999.0, day),
+            // Epoch seconds: past, near future, far future.
+            (1_600_000_000.0, Duration::ZERO),
+            (1_700_000_010.0, Duration::from_secs(10)),
+            (9_999_999_999.0, day),
+            // Epoch milliseconds.
+            (1_700_000_000_500.0, Duration::from_millis(500)),
+            (1_600_000_000_000.0, Duration::ZERO),
+            (i64::MAX as f64, day),
+            (u64::MAX as f64, day),
+            (1e300, day),
+            (f64::MAX, day),
+            (f64::MIN_POSITIVE, Duration::ZERO),
+        ];
+        for (v, want) in cases {
+            assert_eq!(reset_to_duration(*v, now), *want, "reset {v:e}");
+        }
+        assert_eq!(reset_to_duration(1e300, UNIX_EPOCH), day);
+    }
+
+    #[test]
+    fn x_ratelimit_headers_at_the_extremes() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for (remaining, reset, want) in [
+            (
+                "18446744073709551615",
+                "1e300",
+                Some((u64::MAX, MAX_RETRY_HINT)),
+            ),
+            ("-5", "-5", Some((0, Duration::ZERO))),
+            (
+                "1e300",
+                "18446744073709551615",
+                Some((u64::MAX, MAX_RETRY_HINT)),
+            ),
+            ("NaN", "5", None),
+            ("5", "inf", None),
+            ("0", "nan", None),
+            ("0.5", "0.25", Some((0, Duration::from_millis(250)))),
+        ] {
+            let h = headers(&[
+                ("x-ratelimit-remaining", remaining),
+                ("x-ratelimit-reset", reset),
+                ("x-ratelimit-limit", "-1e400"),
+            ]);
+            let got = x_ratelimit_state(&h, now).map(|s| (s.remaining, s.reset_after));
+            assert_eq!(got, want, "{remaining} {reset}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn retry_after_never_panics_and_stays_under_the_cap(
+            v in "[-+0-9.eE]{0,30}|[ -~]{0,40}|(NaN|inf|-inf|infinity)",
+            now_secs in 0u64..=253_402_300_799,
+        ) {
+            let now = UNIX_EPOCH + Duration::from_secs(now_secs);
+            if let Ok(hv) = http::HeaderValue::from_str(&v) {
+                let mut h = HeaderMap::new();
+                h.insert(header::RETRY_AFTER, hv.clone());
+                if let Some(d) = retry_after(&h, now) {
+                    proptest::prop_assert!(d <= MAX_RETRY_HINT);
+                }
+                h.insert("x-ratelimit-remaining", http::HeaderValue::from_static("0"));
+                h.insert("x-ratelimit-reset", hv);
+                if let Some(s) = x_ratelimit_state(&h, now) {
+                    proptest::prop_assert!(s.reset_after <= MAX_RETRY_HINT);
+                }
+            }
+        }
+
+        #[test]
+        fn reset_never_panics_and_stays_under_the_cap(v in proptest::num::f64::ANY, now_secs in 0u64..=u32::MAX as u64 * 8) {
+            let now = UNIX_EPOCH + Duration::from_secs(now_secs);
+            proptest::prop_assert!(reset_to_duration(v, now) <= MAX_RETRY_HINT);
+        }
     }
 
     #[test]
