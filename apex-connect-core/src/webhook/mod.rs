@@ -256,10 +256,10 @@ impl fmt::Debug for WebhookSecrets {
     }
 }
 
-/// Unix milliseconds of `t` (0 before the epoch).
+/// Unix milliseconds of `t` (0 before the epoch, `i64::MAX` beyond what `i64` holds).
 pub fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
 
@@ -273,7 +273,7 @@ pub fn check_tolerance(
     tolerance: Duration,
 ) -> Result<(), WebhookError> {
     let skew_ms = timestamp_ms.saturating_sub(unix_ms(now));
-    if skew_ms.unsigned_abs() > tolerance.as_millis() as u64 {
+    if u128::from(skew_ms.unsigned_abs()) > tolerance.as_millis() {
         return Err(WebhookError::OutsideTolerance {
             skew_secs: skew_ms / 1000,
             tolerance_secs: tolerance.as_secs(),
