@@ -10,6 +10,7 @@ use hmac::Mac;
 use hmac::digest::KeyInit;
 use http::{HeaderMap, Method, Uri};
 use secrecy::{ExposeSecret, SecretSlice};
+use subtle::ConstantTimeEq;
 
 mod standard;
 
@@ -226,14 +227,35 @@ impl WebhookSecrets {
     /// The index of the first secret whose `M` MAC over the concatenation of `parts` equals
     /// `expected`, compared in constant time.
     pub fn find_mac<M: Mac + KeyInit>(&self, parts: &[&[u8]], expected: &[u8]) -> Option<usize> {
-        self.iter().position(|key| {
-            let mut mac =
-                <M as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
-            for p in parts {
-                mac.update(p);
+        self.find_mac_among::<M>(parts, &[expected])
+    }
+
+    /// The index of the first secret whose `M` MAC over the concatenation of `parts` equals
+    /// one of `candidates` (the entries of a header that carries several signatures).
+    ///
+    /// Each secret's MAC is computed once, however many candidates there are, and compared
+    /// with every candidate in constant time. More than [`MAX_SIGNATURES`] candidates: `None`
+    /// without computing anything (a request with a thousand entries costs nothing).
+    pub fn find_mac_among<M: Mac + KeyInit>(
+        &self,
+        parts: &[&[u8]],
+        candidates: &[&[u8]],
+    ) -> Option<usize> {
+        if candidates.is_empty() || candidates.len() > MAX_SIGNATURES {
+            return None;
+        }
+        let mut found = None;
+        for (index, key) in self.iter().enumerate() {
+            let computed = mac_of::<M>(key, parts);
+            let mut matched = subtle::Choice::from(0);
+            for candidate in candidates {
+                matched |= computed.ct_eq(candidate);
             }
-            mac.verify_slice(expected).is_ok()
-        })
+            if bool::from(matched) && found.is_none() {
+                found = Some(index);
+            }
+        }
+        found
     }
 
     /// The `M` MAC of the concatenation of `parts` with the current secret.
@@ -241,13 +263,34 @@ impl WebhookSecrets {
     /// # Errors
     /// `NoSecret` when empty.
     pub fn mac<M: Mac + KeyInit>(&self, parts: &[&[u8]]) -> Result<Vec<u8>, WebhookError> {
-        let mut mac =
-            <M as KeyInit>::new_from_slice(self.current()?).expect("HMAC takes keys of any length");
-        for p in parts {
-            mac.update(p);
-        }
-        Ok(mac.finalize().into_bytes().to_vec())
+        Ok(mac_of::<M>(self.current()?, parts))
     }
+}
+
+/// The most signature entries a verifier looks at in one request (Standard Webhooks sends one
+/// per active secret, so a handful at most). A request with more is refused as
+/// [`WebhookError::BadSignature`] before any MAC is computed.
+pub const MAX_SIGNATURES: usize = 16;
+
+/// The `M` MAC of the concatenation of `parts` under `key`.
+fn mac_of<M: Mac + KeyInit>(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    #[cfg(test)]
+    MACS_COMPUTED.with(|n| n.set(n.get() + 1));
+    // HMAC accepts keys of any length: `new_from_slice` cannot fail for it. For a MAC that
+    // does refuse this key, an empty output matches no signature.
+    let Ok(mut mac) = <M as KeyInit>::new_from_slice(key) else {
+        return Vec::new();
+    };
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// MACs computed on this thread (tests count them).
+    pub(crate) static MACS_COMPUTED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl fmt::Debug for WebhookSecrets {
