@@ -152,6 +152,15 @@ impl VerifiedWebhook {
 /// - Accepts a signature made with any configured secret (rotation), reporting which.
 /// - Refuses a signed timestamp outside the tolerance (past or future) with `OutsideTolerance`.
 /// - A missing signature header is `MissingHeader`, never a panic.
+/// - Refusals are consistent across platforms: a request that is not correctly signed is
+///   `BadSignature` or `MissingHeader` (hosts answer 401), whatever else is wrong with it
+///   (an empty, undecodable or oversized signature header included); `Malformed` (400) is
+///   kept for requests whose signature verifies but whose signed parts are unusable (a
+///   timestamp that is not a number; a body the connector's `webhook_events` cannot split).
+/// - Several signatures in one request (Standard Webhooks): at most [`MAX_SIGNATURES`] are
+///   looked at, and each secret's MAC is computed once ([`WebhookSecrets::find_mac_among`]).
+/// - Arbitrary header values and bodies never panic, and no signature verifies over a body
+///   other than the one it was made for (each verifier has a property test of both).
 /// - `verify(sign(req, now), now)` succeeds.
 pub trait WebhookVerifier: Send + Sync + fmt::Debug {
     /// Checks a request.

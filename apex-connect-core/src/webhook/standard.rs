@@ -52,6 +52,8 @@ fn family(req: &WebhookRequest<'_>) -> Family {
 ///   versions are skipped. More than [`super::MAX_SIGNATURES`] entries: `BadSignature`, before
 ///   any MAC is computed. The MAC is computed once per configured secret and compared with
 ///   every entry in constant time.
+/// - A timestamp that is not an integer is `Malformed` when the request is correctly signed,
+///   `BadSignature` otherwise; one outside the tolerance is `OutsideTolerance`.
 /// - [`WebhookVerifier::sign`] writes the `webhook-*` headers.
 ///
 /// # Examples
@@ -119,11 +121,6 @@ impl WebhookVerifier for StandardWebhooksVerifier {
         let id = req.require_header(id_header)?;
         let ts = req.require_header(ts_header)?;
         let sigs = req.require_header(sig_header)?;
-        let ts_secs: i64 = ts.trim().parse().map_err(|_| {
-            WebhookError::Malformed(format!("{ts_header} is not an integer").into())
-        })?;
-        let ts_ms = ts_secs.saturating_mul(1000);
-        check_tolerance(ts_ms, now, self.tolerance)?;
         let entries: Vec<&str> = sigs
             .split(' ')
             .filter(|s| !s.is_empty())
@@ -141,10 +138,22 @@ impl WebhookVerifier for StandardWebhooksVerifier {
             .collect();
         let candidates: Vec<&[u8]> = candidates.iter().map(Vec::as_slice).collect();
         let parts: [&[u8]; 5] = [id.as_bytes(), b".", ts.trim().as_bytes(), b".", req.body];
-        let index = self
-            .secrets
-            .find_mac_among::<Hmac<Sha256>>(&parts, &candidates)
-            .ok_or(WebhookError::BadSignature)?;
+        let signed = || {
+            self.secrets
+                .find_mac_among::<Hmac<Sha256>>(&parts, &candidates)
+                .ok_or(WebhookError::BadSignature)
+        };
+        let Ok(ts_secs) = ts.trim().parse::<i64>() else {
+            // Malformed only if it is signed; unsigned junk is a bad signature.
+            signed()?;
+            return Err(WebhookError::Malformed(
+                format!("{ts_header} is not an integer").into(),
+            ));
+        };
+        let ts_ms = ts_secs.saturating_mul(1000);
+        // The cheap check first: a stale or future timestamp costs no HMAC.
+        check_tolerance(ts_ms, now, self.tolerance)?;
+        let index = signed()?;
         Ok(Verified {
             event_id: Some(id.to_string()),
             timestamp_ms: Some(ts_ms),
@@ -256,10 +265,33 @@ mod tests {
             check(&v, &h, BODY, now),
             Err(WebhookError::MissingHeader(SIGNATURE))
         );
-        assert!(matches!(
+        // A timestamp that is not a number: unsigned, a bad signature (401); signed,
+        // malformed (400).
+        assert_eq!(
             check(&v, &headers(SIG, "soon"), BODY, now),
+            Err(WebhookError::BadSignature)
+        );
+        let (m, u) = (Method::POST, Uri::from_static("/"));
+        let mut h = headers(SIG, "soon");
+        let mac = v
+            .secrets
+            .mac::<Hmac<Sha256>>(&[ID_V.as_bytes(), b".soon.", BODY])
+            .unwrap();
+        h.insert(
+            SIGNATURE,
+            format!("v1,{}", B64.encode(mac)).parse().unwrap(),
+        );
+        assert!(matches!(
+            v.verify(&WebhookRequest::new(&m, &u, &h, BODY), now),
             Err(WebhookError::Malformed(_))
         ));
+        // Extremes: refused, no overflow.
+        for ts in [i64::MIN, -1, 0, i64::MAX] {
+            assert!(matches!(
+                check(&v, &headers(SIG, &ts.to_string()), BODY, now),
+                Err(WebhookError::OutsideTolerance { .. })
+            ));
+        }
     }
 
     fn svix(h: &HeaderMap) -> HeaderMap {
