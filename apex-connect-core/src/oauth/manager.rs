@@ -218,6 +218,46 @@ struct Flight {
     dead: Option<u64>,
     /// A refreshed token set the store refused to save (I/O, not a lost race).
     unsaved: Option<Unsaved>,
+    /// The refresh task under way (it outlives a cancelled caller; see
+    /// [`TokenManager::attempt`]), and the stored version it started from.
+    in_flight: Option<tokio::task::JoinHandle<Attempt>>,
+    orphan_base: u64,
+}
+
+/// What a refresh task did.
+struct Attempt {
+    base_version: u64,
+    refreshed: Result<TokenSet>,
+    /// The compare-and-swap save of the refreshed set (`None` when the refresh failed).
+    saved: Option<Result<u64>>,
+}
+
+/// A refresh task's outcome, once recorded.
+enum Settled {
+    /// Refreshed and saved.
+    Saved(TokenSet),
+    /// Refreshed, not saved yet (kept in memory).
+    Unsaved(TokenSet),
+    /// Refreshed, but the store changed meanwhile: the stored set wins.
+    Lost,
+    /// The grant is gone.
+    Dead(Error),
+    /// The refresh failed otherwise.
+    Failed(Error),
+}
+
+/// The attempt of a joined task; a task that panicked is a failed refresh.
+fn joined_attempt(
+    joined: std::result::Result<Attempt, tokio::task::JoinError>,
+    base_version: u64,
+) -> Attempt {
+    joined.unwrap_or_else(|e| Attempt {
+        base_version,
+        refreshed: Err(
+            Error::new(ErrorKind::Unexpected, "the token refresh task failed").set_source(e),
+        ),
+        saved: None,
+    })
 }
 
 /// A refreshed token set not yet in the store. It may hold the only copy of a rotated
@@ -267,6 +307,9 @@ enum Need<'a> {
 ///   calls (waits from the poll interval doubling up to 30 s) until the store takes it. It is
 ///   lost only if the process ends first (an error is logged when the manager is dropped with
 ///   it). Meanwhile other processes see this process's lease until it runs out.
+/// - A refresh and the save of its result run as a task of their own: a caller cancelled
+///   meanwhile (a timeout, a `select!`) does not cut the platform's rotation of the refresh
+///   token off from its save; the next caller waits for that task and uses its result.
 /// - A refresh that fails temporarily (token endpoint 5xx or 429, connect error, timeout) while
 ///   no valid token is left is retried here with bounded backoff ([`default_refresh_retry`]),
 ///   so direct callers get the same resilience as the HTTP stack. A refresh ahead of expiry
@@ -406,6 +449,9 @@ impl TokenManager {
     /// `Storage` from the store; `Conflict` if the store keeps changing under us.
     pub async fn replace(&self, tokens: TokenSet) -> Result<()> {
         let mut flight = self.flight.lock().await;
+        // A refresh whose caller was cancelled finishes first, so that it cannot touch the
+        // state after the new tokens are in.
+        self.settle_orphan(&mut flight).await;
         for _ in 0..5 {
             let current = self.store.load(&self.connection).await?.map(|v| v.version);
             match self.store.save(&self.connection, &tokens, current).await {
@@ -568,8 +614,119 @@ impl TokenManager {
         (wait <= remaining).then_some(wait)
     }
 
+    /// One refresh and the save of its result, run as a task of its own: if the caller is
+    /// cancelled (a timeout, a `select!`) while the platform is rotating the refresh token,
+    /// the task still saves the result, and the next caller settles it (see
+    /// [`TokenManager::settle_orphan`]) before doing anything else. The handle waits in
+    /// `flight.in_flight` until it is settled.
+    async fn attempt(&self, flight: &mut Flight, current: &Versioned<TokenSet>) -> Settled {
+        let refresher = self.refresher.clone();
+        let store = self.store.clone();
+        let connection = self.connection.clone();
+        let base = current.clone();
+        let work = async move {
+            let refreshed = refresher.refresh(&base.value).await.map(|mut new| {
+                new.refresh_lease = None;
+                new
+            });
+            let saved = match &refreshed {
+                Ok(new) => Some(store.save(&connection, new, Some(base.version)).await),
+                Err(_) => None,
+            };
+            Attempt {
+                base_version: base.version,
+                refreshed,
+                saved,
+            }
+        };
+        let handle = match tokio::runtime::Handle::try_current() {
+            Ok(rt) => rt.spawn(work),
+            // Not inside a runtime (cannot happen with reqwest): run it here.
+            Err(_) => {
+                let attempt = work.await;
+                return self.settle(flight, attempt);
+            }
+        };
+        flight.orphan_base = current.version;
+        let handle = flight.in_flight.insert(handle);
+        let joined = handle.await;
+        flight.in_flight = None;
+        self.settle(flight, joined_attempt(joined, current.version))
+    }
+
+    /// Settles a refresh whose caller was cancelled before it finished.
+    async fn settle_orphan(&self, flight: &mut Flight) {
+        if let Some(handle) = flight.in_flight.as_mut() {
+            let base = flight.orphan_base;
+            let joined = handle.await;
+            flight.in_flight = None;
+            tracing::info!(connection = %self.connection,
+                "settling a token refresh whose caller was cancelled");
+            let _ = self.settle(flight, joined_attempt(joined, base));
+        }
+    }
+
+    /// Records the outcome of a refresh attempt (cache, unsaved set, dead grant, hook).
+    fn settle(&self, flight: &mut Flight, attempt: Attempt) -> Settled {
+        let base = attempt.base_version;
+        match (attempt.refreshed, attempt.saved) {
+            (Ok(new), Some(Ok(version))) => {
+                self.set_unsaved(flight, None);
+                self.write_cache(Some(Versioned {
+                    value: new.clone(),
+                    version,
+                }));
+                Settled::Saved(new)
+            }
+            (Ok(_), Some(Err(e))) if e.kind() == ErrorKind::Conflict => {
+                // Our lease was taken over (it outlived the lease time), or the connection
+                // was re-authorized: the stored set wins; reload and use it, or refresh again.
+                tracing::warn!(connection = %self.connection,
+                    "refreshed token lost the store race; using the stored one");
+                self.set_unsaved(flight, None);
+                self.write_cache(None);
+                Settled::Lost
+            }
+            (Ok(new), saved) => {
+                // The platform may have rotated the refresh token: this set may be its only
+                // copy. Keep it, use it, save it later.
+                let error = saved.and_then(|r| r.err());
+                tracing::error!(connection = %self.connection, error = ?error,
+                    "cannot save the refreshed token set; keeping it in memory and retrying \
+                     the save");
+                self.write_cache(Some(Versioned {
+                    value: new.clone(),
+                    version: base,
+                }));
+                self.set_unsaved(
+                    flight,
+                    Some(Unsaved {
+                        tokens: new.clone(),
+                        base,
+                        next_try: tokio::time::Instant::now() + self.poll,
+                        delay: self.poll,
+                    }),
+                );
+                Settled::Unsaved(new)
+            }
+            (Err(e), _) if e.kind() == ErrorKind::Unauthenticated => {
+                flight.dead = Some(base);
+                self.set_unsaved(flight, None);
+                self.write_cache(None);
+                tracing::warn!(connection = %self.connection,
+                    "token refresh says the grant is gone; connection needs re-authorization");
+                if let Some(hook) = &self.on_reauth_needed {
+                    hook(&self.connection);
+                }
+                Settled::Dead(e.with_context("connection", &self.connection))
+            }
+            (Err(e), _) => Settled::Failed(e),
+        }
+    }
+
     /// The slow path, under the single-flight lock.
     async fn obtain(&self, flight: &mut Flight, need: Need<'_>) -> Result<TokenSet> {
+        self.settle_orphan(flight).await;
         self.flush_unsaved(flight, false).await;
         // Another task may have refreshed while we waited for the lock.
         if let Some(t) = self.cached_if(need) {
@@ -653,70 +810,17 @@ impl TokenManager {
             attempts += 1;
             tracing::debug!(connection = %self.connection, attempt = attempts,
                 "refreshing access token");
-            match self.refresher.refresh(&current.value).await {
-                Ok(mut new) => {
-                    new.refresh_lease = None;
-                    match self
-                        .store
-                        .save(&self.connection, &new, Some(current.version))
-                        .await
-                    {
-                        Ok(v) => {
-                            self.set_unsaved(flight, None);
-                            self.write_cache(Some(Versioned {
-                                value: new.clone(),
-                                version: v,
-                            }));
-                            return Ok(new);
-                        }
-                        Err(e) if e.kind() == ErrorKind::Conflict => {
-                            // Our lease was taken over (it outlived the lease time), or the
-                            // connection was re-authorized: the stored set wins; reload and
-                            // use it, or refresh again.
-                            tracing::warn!(connection = %self.connection,
-                                "refreshed token lost the store race; using the stored one");
-                            self.set_unsaved(flight, None);
-                            conflicts += 1;
-                            if conflicts > 4 {
-                                return Err(self.too_many_conflicts());
-                            }
-                            continue;
-                        }
-                        Err(e) => {
-                            // The platform may have rotated the refresh token: this set may
-                            // be its only copy. Keep it, use it, save it later.
-                            tracing::error!(connection = %self.connection, error = %e,
-                                "cannot save the refreshed token set; keeping it in memory \
-                                 and retrying the save");
-                            self.write_cache(Some(Versioned {
-                                value: new.clone(),
-                                version: current.version,
-                            }));
-                            self.set_unsaved(
-                                flight,
-                                Some(Unsaved {
-                                    tokens: new.clone(),
-                                    base: current.version,
-                                    next_try: tokio::time::Instant::now() + self.poll,
-                                    delay: self.poll,
-                                }),
-                            );
-                            return Ok(new);
-                        }
+            match self.attempt(flight, &current).await {
+                Settled::Saved(new) | Settled::Unsaved(new) => return Ok(new),
+                Settled::Lost => {
+                    conflicts += 1;
+                    if conflicts > 4 {
+                        return Err(self.too_many_conflicts());
                     }
+                    continue;
                 }
-                Err(e) if e.kind() == ErrorKind::Unauthenticated => {
-                    flight.dead = Some(current.version);
-                    self.set_unsaved(flight, None);
-                    self.write_cache(None);
-                    tracing::warn!(connection = %self.connection,
-                        "token refresh says the grant is gone; connection needs re-authorization");
-                    if let Some(hook) = &self.on_reauth_needed {
-                        hook(&self.connection);
-                    }
-                    return Err(e.with_context("connection", &self.connection));
-                }
-                Err(e) => {
+                Settled::Dead(e) => return Err(e),
+                Settled::Failed(e) => {
                     if !from_memory {
                         // Release the lease so that another process may try at once.
                         let mut released = current.value.clone();
@@ -1300,6 +1404,48 @@ mod tests {
             .build();
         assert_eq!(secret(&cold.force_refresh().await.unwrap()), "access-3");
         assert_eq!(endpoint.calls(), 3);
+        assert_eq!(endpoint.reuse.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_cancelled_mid_refresh_loses_no_rotated_token() {
+        let clock = Manual::default();
+        let c = ConnectionId::from("c");
+        let store = Arc::new(FlakyStore::default());
+        store
+            .save(&c, &seeded(&clock, Some(0)), None)
+            .await
+            .unwrap();
+        let endpoint = Arc::new(
+            Endpoint::new(Duration::from_secs(3600), &clock)
+                .with_latency(Duration::from_millis(50)),
+        );
+        let m = TokenManager::builder(c.clone(), store.clone(), endpoint.clone())
+            .clock(clock.clock())
+            .build();
+        // The caller gives up while the platform is rotating r0 -> r1.
+        let cut = tokio::time::timeout(Duration::from_millis(10), m.access_token()).await;
+        assert!(cut.is_err(), "the caller was cancelled");
+        // The next caller gets the rotated set: no second refresh, no reuse of r0.
+        assert_eq!(m.access_token().await.unwrap().expose_secret(), "access-1");
+        assert_eq!(endpoint.calls(), 1);
+        assert_eq!(endpoint.reuse.load(Ordering::SeqCst), 0);
+        let stored = store.load(&c).await.unwrap().unwrap().value;
+        assert_eq!(stored.refresh_token.as_ref().unwrap().expose_secret(), "r1");
+
+        // Same when the save of the orphaned refresh fails: the set is kept in memory.
+        clock.advance(7200);
+        store.fail.store(1, Ordering::SeqCst);
+        let cut = tokio::time::timeout(Duration::from_millis(10), m.access_token()).await;
+        assert!(cut.is_err());
+        assert_eq!(m.access_token().await.unwrap().expose_secret(), "access-2");
+        assert_eq!(endpoint.calls(), 2);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        m.access_token().await.unwrap();
+        let stored = store.load(&c).await.unwrap().unwrap().value;
+        assert_eq!(stored.refresh_token.as_ref().unwrap().expose_secret(), "r2");
+        clock.advance(7200);
+        assert_eq!(m.access_token().await.unwrap().expose_secret(), "access-3");
         assert_eq!(endpoint.reuse.load(Ordering::SeqCst), 0);
     }
 }
