@@ -29,6 +29,13 @@ pub struct TokenSet {
     /// When the access token expires, Unix milliseconds. `None`: unknown (Salesforce), so it
     /// is refreshed when the API answers 401.
     pub expires_at_ms: Option<i64>,
+    /// When the access token was issued, Unix milliseconds (the server's `issued_at` when it
+    /// sent one that is not in the future, else when the answer arrived). With
+    /// `expires_at_ms` it gives the token's lifetime, which caps how early the
+    /// [`crate::oauth::TokenManager`] refreshes. `None`: unknown (tokens stored before this
+    /// field existed); the refresh margin is then not capped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at_ms: Option<i64>,
     /// The token type, usually `"Bearer"`.
     pub token_type: String,
     /// Granted scopes, when the server said.
@@ -43,6 +50,15 @@ pub struct TokenSet {
     /// instead of spending the same (rotating) refresh token. `None` normally.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_lease: Option<RefreshLease>,
+}
+
+/// The longest access-token lifetime taken from a token answer (10 years): larger
+/// `expires_in` / `expires_at` values are clamped to it, so no arithmetic on them can overflow.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// `d` in whole milliseconds, saturating at `i64::MAX`.
+pub(crate) fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// A claim on the next refresh of a stored token set (see [`TokenSet::refresh_lease`]).
@@ -72,6 +88,7 @@ impl TokenSet {
             access_token: SecretString::from(access_token.into()),
             refresh_token: None,
             expires_at_ms: None,
+            issued_at_ms: None,
             token_type: "Bearer".into(),
             scopes: Vec::new(),
             instance_url: None,
@@ -91,10 +108,27 @@ impl TokenSet {
         self
     }
 
-    /// Sets the expiry from an `expires_in` relative to `now`.
+    /// Sets the expiry from an `expires_in` relative to `now`, and the issue time to `now`.
+    /// The lifetime is capped at [`MAX_TOKEN_LIFETIME`] (no overflow, whatever the input).
     pub fn with_expires_in(mut self, expires_in: Duration, now: SystemTime) -> Self {
-        self.expires_at_ms = Some(unix_ms(now + expires_in));
+        let now_ms = unix_ms(now);
+        self.expires_at_ms =
+            Some(now_ms.saturating_add(duration_ms(expires_in.min(MAX_TOKEN_LIFETIME))));
+        self.issued_at_ms = Some(now_ms);
         self
+    }
+
+    /// Sets when the access token was issued.
+    pub fn with_issued_at(mut self, at: SystemTime) -> Self {
+        self.issued_at_ms = Some(unix_ms(at));
+        self
+    }
+
+    /// The access token's lifetime (expiry minus issue time), when both are known.
+    pub fn lifetime(&self) -> Option<Duration> {
+        let (issued, expires) = (self.issued_at_ms?, self.expires_at_ms?);
+        let ms = expires.saturating_sub(issued).max(0);
+        Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
     }
 
     /// Sets the instance URL.
@@ -106,7 +140,7 @@ impl TokenSet {
     /// Whether the access token expires within `skew` of `now` (never, when the expiry is unknown).
     pub fn expires_within(&self, skew: Duration, now: SystemTime) -> bool {
         match self.expires_at_ms {
-            Some(at) => at <= unix_ms(now) + skew.as_millis() as i64,
+            Some(at) => at <= unix_ms(now).saturating_add(duration_ms(skew)),
             None => false,
         }
     }
@@ -126,6 +160,7 @@ impl fmt::Debug for TokenSet {
                 &self.refresh_token.as_ref().map(|_| "[redacted]"),
             )
             .field("expires_at_ms", &self.expires_at_ms)
+            .field("issued_at_ms", &self.issued_at_ms)
             .field("token_type", &self.token_type)
             .field("scopes", &self.scopes)
             .field("instance_url", &self.instance_url)
@@ -279,6 +314,44 @@ mod tests {
         let got = s.load(&c).await.unwrap().unwrap();
         assert_eq!(got.version, 2);
         assert_eq!(got.value.access_token.expose_secret(), "b");
+    }
+
+    #[test]
+    fn expiry_arithmetic_saturates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let now_ms = 1_700_000_000_000i64;
+        let max = now_ms + duration_ms(MAX_TOKEN_LIFETIME);
+        for (d, expected) in [
+            (Duration::ZERO, now_ms),
+            (Duration::from_secs(1), now_ms + 1000),
+            (Duration::from_secs(u64::MAX), max),
+            (Duration::MAX, max),
+            (Duration::from_secs(200_000_000_000_000_000), max),
+        ] {
+            let t = TokenSet::bearer("a").with_expires_in(d, now);
+            assert_eq!(t.expires_at_ms, Some(expected), "{d:?}");
+            assert_eq!(t.issued_at_ms, Some(now_ms));
+            assert!(t.lifetime().unwrap() <= MAX_TOKEN_LIFETIME);
+        }
+        let t = TokenSet::bearer("a").with_expires_in(Duration::from_secs(60), now);
+        assert!(t.expires_within(Duration::MAX, now));
+        assert!(!t.expires_within(Duration::ZERO, now));
+        assert!(t.expires_within(Duration::ZERO, now + Duration::from_secs(60)));
+        let mut odd = TokenSet::bearer("a");
+        odd.issued_at_ms = Some(i64::MAX);
+        odd.expires_at_ms = Some(i64::MIN);
+        assert_eq!(odd.lifetime(), Some(Duration::ZERO));
+        odd.issued_at_ms = Some(i64::MIN);
+        odd.expires_at_ms = Some(i64::MAX);
+        assert!(odd.lifetime().is_some());
+        assert!(!odd.expires_within(Duration::ZERO, now));
+        // Far-future and pre-epoch clocks.
+        assert_eq!(unix_ms(SystemTime::UNIX_EPOCH - Duration::from_secs(1)), 0);
+        if let Some(far) =
+            SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(i64::MAX as u64 / 1000 * 2))
+        {
+            assert_eq!(unix_ms(far), i64::MAX);
+        }
     }
 
     #[test]

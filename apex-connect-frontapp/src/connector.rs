@@ -1450,13 +1450,14 @@ impl Connector for FrontConnector {
     }
 
     /// One event per delivery (Front sends one event per webhook), keyed by the verifier's
-    /// event id, else the body's `payload.id` or `id`, else the body hash; never an error.
+    /// event id, else the body's `payload.id` or `id`, else the body hash. A body that is not
+    /// a JSON object is `Malformed` (see [`delivery_events`]).
     fn webhook_events(
         &self,
         verified: &Verified,
         body: &Bytes,
     ) -> std::result::Result<Vec<WebhookEvent>, WebhookError> {
-        Ok(delivery_events(verified, body))
+        delivery_events(verified, body)
     }
 
     async fn parse_webhook(&self, webhook: &VerifiedWebhook) -> Result<Vec<Change>> {

@@ -28,9 +28,21 @@ pub const CHALLENGE_HEADER: &str = "x-front-challenge";
 /// (10^11 ms is March 1973; 10^11 s is the year 5138).
 const MS_THRESHOLD: i64 = 100_000_000_000;
 
+/// The signature bytes; a value that is not base64 cannot match, so it is a bad signature
+/// (`401`), like every other wrong signature.
 fn decode_signature(sig: &str) -> Result<Vec<u8>, WebhookError> {
     B64.decode(sig.trim())
-        .map_err(|_| WebhookError::Malformed("x-front-signature is not base64".into()))
+        .map_err(|_| WebhookError::BadSignature)
+}
+
+/// A Front timestamp in milliseconds: values below [`MS_THRESHOLD`] in magnitude are seconds.
+/// No overflow at the extremes (`i64::MIN` has no absolute value in `i64`).
+fn timestamp_ms(ts: i64) -> i64 {
+    if ts.unsigned_abs() < MS_THRESHOLD.unsigned_abs() {
+        ts.saturating_mul(1000)
+    } else {
+        ts
+    }
 }
 
 fn header_value(s: &str) -> Result<HeaderValue, WebhookError> {
@@ -52,20 +64,33 @@ fn body_event_id(body: &[u8]) -> Option<String> {
 /// The inbox event of a verified Front delivery (what `FrontConnector::webhook_events`
 /// returns): always one event with the whole body, keyed by the verifier's event id, else
 /// the body's `payload.id` (application webhooks) or `id` (rule webhooks), else
-/// [`apex_connect_core::body_hash`] of the body (also for a body that is not JSON: Front
-/// webhooks are never split, so there is nothing to refuse here).
-pub fn delivery_events(verified: &Verified, body: &Bytes) -> Vec<WebhookEvent> {
+/// [`apex_connect_core::body_hash`] of the body.
+///
+/// # Errors
+/// `Malformed` when the body is not a JSON object: Front sends one JSON object per webhook,
+/// so anything else, even correctly signed, is refused at once (the receiver answers `400` and
+/// stores nothing) rather than stored and dead-lettered later by the worker.
+pub fn delivery_events(
+    verified: &Verified,
+    body: &Bytes,
+) -> Result<Vec<WebhookEvent>, WebhookError> {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|_| WebhookError::Malformed("Front webhook body is not JSON".into()))?;
+    if !value.is_object() {
+        return Err(WebhookError::Malformed(
+            "Front webhook body is not a JSON object".into(),
+        ));
+    }
     if verified.event_id.is_none()
-        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
-        && let Some(id) = v
+        && let Some(id) = value
             .get("payload")
             .and_then(|p| p.get("id"))
-            .or_else(|| v.get("id"))
+            .or_else(|| value.get("id"))
             .and_then(serde_json::Value::as_str)
     {
-        return vec![WebhookEvent::new(id, body.clone())];
+        return Ok(vec![WebhookEvent::new(id, body.clone())]);
     }
-    vec![WebhookEvent::whole_delivery(verified, body)]
+    Ok(vec![WebhookEvent::whole_delivery(verified, body)])
 }
 
 /// Verifies Front **application webhooks**.
@@ -152,21 +177,18 @@ impl WebhookVerifier for FrontAppWebhookVerifier {
         }
         let sig = request.require_header(SIGNATURE_HEADER)?;
         let ts_text = request.require_header(TIMESTAMP_HEADER)?.trim();
-        let ts: i64 = ts_text.parse().map_err(|_| {
-            WebhookError::Malformed("x-front-request-timestamp is not an integer".into())
-        })?;
-        let ts_ms = if ts.abs() < MS_THRESHOLD {
-            ts.saturating_mul(1000)
-        } else {
-            ts
-        };
         let expected = decode_signature(sig)?;
-        // The signature is checked before the timestamp so that an attacker learns nothing
-        // about the tolerance from unsigned requests.
+        // The signature (over the timestamp's text) is checked before the timestamp is read,
+        // so that an unsigned request is always `BadSignature` and an attacker learns nothing
+        // about the timestamp rules or the tolerance.
         let index = self
             .secrets
             .find_mac::<Hmac<Sha256>>(&[ts_text.as_bytes(), b":", request.body], &expected)
             .ok_or(WebhookError::BadSignature)?;
+        let ts: i64 = ts_text.parse().map_err(|_| {
+            WebhookError::Malformed("x-front-request-timestamp is not an integer".into())
+        })?;
+        let ts_ms = timestamp_ms(ts);
         check_tolerance(ts_ms, now, self.tolerance)?;
         let mut verified = Verified::default();
         verified.timestamp_ms = Some(ts_ms);
@@ -371,15 +393,26 @@ mod tests {
             verify(&v, &no_ts, APP_BODY, now),
             Err(WebhookError::MissingHeader(TIMESTAMP_HEADER))
         );
+        // Unsigned junk is a bad signature (401), whatever is wrong with it...
         let junk = headers(&[(TIMESTAMP_HEADER, "soon"), (SIGNATURE_HEADER, sig)]);
-        assert!(matches!(
+        assert_eq!(
             verify(&v, &junk, APP_BODY, now),
-            Err(WebhookError::Malformed(_))
-        ));
-        let junk = headers(&[
-            (TIMESTAMP_HEADER, "1700000123456"),
-            (SIGNATURE_HEADER, "%%%"),
-        ]);
+            Err(WebhookError::BadSignature)
+        );
+        for bad_sig in ["%%%", "", "   ", "not base64!"] {
+            let junk = headers(&[
+                (TIMESTAMP_HEADER, "1700000123456"),
+                (SIGNATURE_HEADER, bad_sig),
+            ]);
+            assert_eq!(
+                verify(&v, &junk, APP_BODY, now),
+                Err(WebhookError::BadSignature),
+                "{bad_sig:?}"
+            );
+        }
+        // ...while a correctly signed timestamp that is not a number is malformed (400).
+        let signed_junk = v.signature("soon", APP_BODY).unwrap();
+        let junk = headers(&[(TIMESTAMP_HEADER, "soon"), (SIGNATURE_HEADER, &signed_junk)]);
         assert!(matches!(
             verify(&v, &junk, APP_BODY, now),
             Err(WebhookError::Malformed(_))
@@ -472,22 +505,172 @@ mod tests {
     #[test]
     fn delivery_event_id_is_the_verifier_id_then_payload_id_then_id_then_hash() {
         let app = Bytes::from_static(br#"{"type":"tag","payload":{"id":"evt_9","type":"tag"}}"#);
-        let events = delivery_events(&Verified::default(), &app);
+        let events = delivery_events(&Verified::default(), &app).unwrap();
         assert_eq!(events, vec![WebhookEvent::new("evt_9", app.clone())]);
         let rule = Bytes::from_static(br#"{"id":"evt_7","type":"untag"}"#);
-        assert_eq!(delivery_events(&Verified::default(), &rule)[0].id, "evt_7");
+        assert_eq!(
+            delivery_events(&Verified::default(), &rule).unwrap()[0].id,
+            "evt_7"
+        );
         let mut v = Verified::default();
         v.event_id = Some("evt_1".into());
-        assert_eq!(delivery_events(&v, &app)[0].id, "evt_1");
-        // No id anywhere, or not JSON: one event keyed by the body hash.
+        assert_eq!(delivery_events(&v, &app).unwrap()[0].id, "evt_1");
+        // No id anywhere: one event keyed by the body hash.
+        let body = Bytes::from_static(br#"{"type":"tag","payload":{}}"#);
+        let events = delivery_events(&Verified::default(), &body).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].id, apex_connect_core::body_hash(&body));
+        assert_eq!(events[0].body, body);
+    }
+
+    #[test]
+    fn signed_bodies_that_are_not_a_json_object_are_malformed() {
+        let mut with_id = Verified::default();
+        with_id.event_id = Some("evt_1".into());
         for body in [
-            Bytes::from_static(br#"{"type":"tag","payload":{}}"#),
-            Bytes::from_static(b"not json"),
+            &b"not json"[..],
+            b"",
+            b"[]",
+            br#"[{"id":"evt_1"}]"#,
+            b"42",
+            br#""evt_1""#,
+            b"null",
+            br#"{"id":"evt_1""#,
         ] {
-            let events = delivery_events(&Verified::default(), &body);
-            assert_eq!(events.len(), 1);
-            assert_eq!(events[0].id, apex_connect_core::body_hash(&body));
-            assert_eq!(events[0].body, body);
+            let body = Bytes::copy_from_slice(body);
+            for v in [&Verified::default(), &with_id] {
+                assert!(
+                    matches!(delivery_events(v, &body), Err(WebhookError::Malformed(_))),
+                    "{}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn timestamps_at_the_extremes_never_overflow() {
+        let v = FrontAppWebhookVerifier::new(["apex-front-secret"]);
+        let now = at_ms(1_700_000_123_456);
+        for ts in [
+            i64::MIN,
+            i64::MIN + 1,
+            -MS_THRESHOLD,
+            -MS_THRESHOLD + 1,
+            -1,
+            0,
+            1,
+            MS_THRESHOLD - 1,
+            MS_THRESHOLD,
+            i64::MAX / 1000 + 1,
+            i64::MAX,
+        ] {
+            let text = ts.to_string();
+            let sig = v.signature(&text, APP_BODY).unwrap();
+            let h = headers(&[(TIMESTAMP_HEADER, &text), (SIGNATURE_HEADER, &sig)]);
+            assert!(
+                matches!(
+                    verify(&v, &h, APP_BODY, now),
+                    Err(WebhookError::OutsideTolerance { .. })
+                ),
+                "{ts}"
+            );
+        }
+        assert_eq!(timestamp_ms(i64::MIN), i64::MIN);
+        assert_eq!(timestamp_ms(-5), -5000);
+        assert_eq!(timestamp_ms(MS_THRESHOLD - 1), (MS_THRESHOLD - 1) * 1000);
+        // Out of i64 altogether: malformed once signed, bad signature otherwise.
+        let text = "9223372036854775808";
+        let sig = v.signature(text, APP_BODY).unwrap();
+        let h = headers(&[(TIMESTAMP_HEADER, text), (SIGNATURE_HEADER, &sig)]);
+        assert!(matches!(
+            verify(&v, &h, APP_BODY, now),
+            Err(WebhookError::Malformed(_))
+        ));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                vec(any::<u8>(), 0..48),
+                any::<i64>().prop_map(|n| n.to_string().into_bytes()),
+                vec(any::<u8>(), 0..40).prop_map(|b| B64.encode(b).into_bytes()),
+            ]
+        }
+
+        /// A body different from `body`: a flipped byte, one byte fewer, or an extra byte.
+        fn mutate(body: &[u8], kind: u8, at: usize, flip: u8) -> Vec<u8> {
+            let mut out = body.to_vec();
+            match (kind % 3, out.is_empty()) {
+                (0, false) => {
+                    let i = at % out.len();
+                    out[i] ^= flip.max(1);
+                }
+                (1, false) => {
+                    out.remove(at % out.len());
+                }
+                _ => out.insert(at % (out.len() + 1), flip),
+            }
+            out
+        }
+
+        fn verifiers() -> [Box<dyn WebhookVerifier>; 2] {
+            [
+                Box::new(FrontAppWebhookVerifier::new(["apex-front-secret"])),
+                Box::new(FrontRuleWebhookVerifier::new(["apex-rule-secret"])),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_requests_never_panic(
+                sig in header_bytes(),
+                ts in header_bytes(),
+                challenge in proptest::option::of(header_bytes()),
+                body in vec(any::<u8>(), 0..128),
+                now_ms in 0u64..(1 << 50),
+            ) {
+                let mut h = HeaderMap::new();
+                for (name, value) in [(SIGNATURE_HEADER, Some(&sig)), (TIMESTAMP_HEADER, Some(&ts)), (CHALLENGE_HEADER, challenge.as_ref())] {
+                    if let Some(Ok(value)) = value.map(|v| HeaderValue::from_bytes(v)) {
+                        h.insert(name, value);
+                    }
+                }
+                for v in verifiers() {
+                    if let Ok(ok) = verify(v.as_ref(), &h, &body, at_ms(now_ms)) {
+                        // Only a signed request gets here; its body is then classified.
+                        let _ = delivery_events(&ok, &Bytes::from(body.clone()));
+                    }
+                }
+            }
+
+            #[test]
+            fn a_mutated_body_never_verifies(
+                body in vec(any::<u8>(), 0..128),
+                kind in any::<u8>(),
+                pos in any::<usize>(),
+                flip in any::<u8>(),
+                // Real clocks: Unix milliseconds (which is what `sign` sends) since 1973.
+                now_ms in (MS_THRESHOLD as u64)..(1 << 45),
+            ) {
+                let (m, u) = (Method::POST, Uri::from_static("/hook"));
+                let now = at_ms(now_ms);
+                for v in verifiers() {
+                    let signed = v
+                        .sign(&WebhookRequest::new(&m, &u, &HeaderMap::new(), &body), now)
+                        .unwrap();
+                    prop_assert!(verify(v.as_ref(), &signed, &body, now).is_ok());
+                    let other = mutate(&body, kind, pos, flip);
+                    prop_assert_eq!(
+                        verify(v.as_ref(), &signed, &other, now),
+                        Err(WebhookError::BadSignature)
+                    );
+                }
+            }
         }
     }
 }

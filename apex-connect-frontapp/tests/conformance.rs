@@ -9,7 +9,7 @@ use apex_connect_core::oauth::{OAuthClient, TokenManager};
 use apex_connect_core::webhook::{WebhookRequest, unix_ms};
 use apex_connect_core::{
     ConnectionId, Connector, ConnectorExt, CursorToken, MemoryTokenStore, Op, StreamId, SyncCursor,
-    TokenStore, VerifiedWebhook, WebhookVerifier, WriteAction, WriteOp,
+    TokenStore, VerifiedWebhook, WebhookError, WebhookVerifier, WriteAction, WriteOp,
 };
 use apex_connect_frontapp::{FrontConnector, FrontSim, FrontSimConfig, FrontSimHandle, streams};
 use apex_connect_testkit::conformance::{ConformanceFixture, SignedWebhook};
@@ -379,6 +379,20 @@ async fn webhooks_verify_parse_and_handshake() {
     let mut unverified = verified.clone();
     unverified.event_id = None;
     assert_eq!(front.webhook_events(&unverified, &body).unwrap()[0].id, evt);
+    // A correctly signed body that is not a JSON object is refused here (400, nothing
+    // stored), not accepted and dead-lettered later.
+    for junk in [&b"not json"[..], b"[1,2]", b"42"] {
+        let h = verifier
+            .sign(&WebhookRequest::new(&m, &u, &HeaderMap::new(), junk), now)
+            .unwrap();
+        let signed = verifier
+            .verify(&WebhookRequest::new(&m, &u, &h, junk), now)
+            .unwrap();
+        let e = front
+            .webhook_events(&signed, &bytes::Bytes::copy_from_slice(junk))
+            .unwrap_err();
+        assert!(matches!(e, WebhookError::Malformed(_)), "{e:?}");
+    }
     let changes = front
         .parse_webhook(&VerifiedWebhook::new(verified, headers, body, now))
         .await

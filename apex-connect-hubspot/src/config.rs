@@ -44,8 +44,8 @@ pub struct HubSpotConfig {
     #[serde(with = "vec_secret")]
     pub previous_client_secrets: Vec<SecretString>,
     /// The webhook target URL exactly as configured in HubSpot. v2 and v3 signatures cover
-    /// the URL HubSpot called; when set, it is used instead of the request's URI (which a
-    /// proxy may have rewritten).
+    /// the URL HubSpot called; when set, its scheme, host and path are used instead of the
+    /// request's (which a proxy may have rewritten), with the request's own query string.
     pub webhook_target_url: Option<String>,
     /// Signature versions accepted on incoming webhooks (default v3, v2 and v1; v1 and v2
     /// carry no timestamp, so a captured delivery can be replayed: leave only `V3` to refuse

@@ -54,10 +54,17 @@ pub enum SignatureVersion {
 /// # Behavior
 /// - A request with `X-HubSpot-Signature-v3` is verified as v3 (when v3 is accepted);
 ///   otherwise `X-HubSpot-Signature-Version` selects v1 or v2.
-/// - The URI signed is the configured target URL when set, else the request's URI (which
-///   must then be absolute for v2 and v3, as HubSpot signs the full URL).
+/// - The URI signed is the configured target URL when set (scheme, host and path as HubSpot
+///   calls them, whatever a proxy rewrote) with the request's own query string (HubSpot signs
+///   the full URL it called, query included; the configured URL's query is used only when the
+///   request has none). Without a target URL it is the request's URI, which must then be
+///   absolute for v2 and v3.
 /// - Signatures are compared in constant time against every configured secret (rotation).
 /// - v3 timestamps more than 5 minutes from `now` (past or future) are refused.
+/// - Refusals are consistent: a missing, empty, undecodable or wrong signature, or a request
+///   signed only with a version this verifier does not accept, is `BadSignature` or
+///   `MissingHeader` (the server answers 401). Only a request whose signature verifies but
+///   whose v3 timestamp is not a number is `Malformed` (400).
 #[derive(Clone)]
 pub struct HubSpotWebhookVerifier {
     secrets: WebhookSecrets,
@@ -114,16 +121,22 @@ impl HubSpotWebhookVerifier {
         self
     }
 
-    /// Uses `url` as the signed URI instead of the request's.
+    /// Signs and verifies against `url` (the public target URL configured in HubSpot) instead
+    /// of the request's URI: its scheme, host and path, with the request's own query string
+    /// (`url`'s query only when the request has none).
     pub fn with_target_url(mut self, url: impl Into<String>) -> Self {
         self.target_url = Some(url.into());
         self
     }
 
     fn uri(&self, request: &WebhookRequest<'_>) -> String {
-        match &self.target_url {
-            Some(u) => u.clone(),
-            None => request.uri.to_string(),
+        match (&self.target_url, request.uri.query()) {
+            (Some(target), Some(query)) => {
+                let base = target.split(['?', '#']).next().unwrap_or(target);
+                format!("{base}?{query}")
+            }
+            (Some(target), None) => target.clone(),
+            (None, _) => request.uri.to_string(),
         }
     }
 
@@ -178,20 +191,28 @@ impl HubSpotWebhookVerifier {
         now: SystemTime,
     ) -> Result<Verified, WebhookError> {
         let sig = request.require_header(SIGNATURE_V3_HEADER)?;
-        let ts_text = request.require_header(TIMESTAMP_HEADER)?;
-        let ts: i64 = ts_text.trim().parse().map_err(|_| {
-            WebhookError::Malformed("X-HubSpot-Request-Timestamp is not a number".into())
-        })?;
-        check_tolerance(ts, now, self.tolerance)?;
+        let ts_text = request.require_header(TIMESTAMP_HEADER)?.trim();
+        // Not base64: it cannot match, a bad signature like any other.
         let expected = STANDARD
             .decode(sig.trim())
-            .map_err(|_| WebhookError::Malformed("X-HubSpot-Signature-v3 is not base64".into()))?;
+            .map_err(|_| WebhookError::BadSignature)?;
         let uri = self.uri(request);
-        let source = v3_source(request.method.as_str(), &uri, request.body, ts_text.trim());
-        let index = self
-            .secrets
-            .find_mac::<Hmac<Sha256>>(&[&source], &expected)
-            .ok_or(WebhookError::BadSignature)?;
+        let signed = || {
+            let source = v3_source(request.method.as_str(), &uri, request.body, ts_text);
+            self.secrets
+                .find_mac::<Hmac<Sha256>>(&[&source], &expected)
+                .ok_or(WebhookError::BadSignature)
+        };
+        let Ok(ts) = ts_text.parse::<i64>() else {
+            // Malformed only if it is signed; unsigned junk is a bad signature.
+            signed()?;
+            return Err(WebhookError::Malformed(
+                "X-HubSpot-Request-Timestamp is not a number".into(),
+            ));
+        };
+        // The cheap check first: a stale or future timestamp costs no HMAC.
+        check_tolerance(ts, now, self.tolerance)?;
+        let index = signed()?;
         let mut v = Verified::default();
         v.timestamp_ms = Some(ts);
         v.secret_index = index;
@@ -204,9 +225,8 @@ impl HubSpotWebhookVerifier {
         request: &WebhookRequest<'_>,
     ) -> Result<Verified, WebhookError> {
         let sig = request.require_header(SIGNATURE_HEADER)?;
-        let expected = decode_hex(sig.trim()).ok_or_else(|| {
-            WebhookError::Malformed("X-HubSpot-Signature is not hex SHA-256".into())
-        })?;
+        // Empty, not hex, or not 32 bytes: it cannot match, a bad signature like any other.
+        let expected = decode_hex(sig.trim()).ok_or(WebhookError::BadSignature)?;
         let uri = self.uri(request);
         let mut found = None;
         for (i, secret) in self.secrets.iter().enumerate() {
@@ -252,16 +272,13 @@ impl WebhookVerifier for HubSpotWebhookVerifier {
             Some(v) if v.eq_ignore_ascii_case("v2") && accepts(SignatureVersion::V2) => {
                 self.verify_v12(SignatureVersion::V2, request)
             }
-            Some(_) => Err(WebhookError::Malformed(
-                "signature version not accepted by this verifier".into(),
-            )),
-            None if accepts(SignatureVersion::V3) => {
-                // Report what is missing of the preferred scheme.
-                request
-                    .require_header(SIGNATURE_V3_HEADER)
-                    .map(|_| Verified::default())
+            // No signature this verifier accepts (none, or only a version it does not take):
+            // report what is missing of the preferred scheme (401 either way).
+            _ if accepts(SignatureVersion::V3) => {
+                Err(WebhookError::MissingHeader(SIGNATURE_V3_HEADER))
             }
             None => Err(WebhookError::MissingHeader("X-HubSpot-Signature-Version")),
+            Some(_) => Err(WebhookError::BadSignature),
         }
     }
 
@@ -766,6 +783,107 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(body)
             );
+        }
+    }
+
+    mod props {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                vec(any::<u8>(), 0..72),
+                any::<i64>().prop_map(|n| n.to_string().into_bytes()),
+                vec(any::<u8>(), 0..40).prop_map(|b| STANDARD.encode(b).into_bytes()),
+                vec(any::<u8>(), 32).prop_map(|b| hex(&b).into_bytes()),
+                prop_oneof![Just("v1"), Just("v2"), Just("V3"), Just("")]
+                    .prop_map(|v| v.as_bytes().to_vec()),
+            ]
+        }
+
+        /// A body different from `body`: a flipped byte, one byte fewer, or an extra byte.
+        fn mutate(body: &[u8], kind: u8, at: usize, flip: u8) -> Vec<u8> {
+            let mut out = body.to_vec();
+            match (kind % 3, out.is_empty()) {
+                (0, false) => {
+                    let i = at % out.len();
+                    out[i] ^= flip.max(1);
+                }
+                (1, false) => {
+                    out.remove(at % out.len());
+                }
+                _ => out.insert(at % (out.len() + 1), flip),
+            }
+            out
+        }
+
+        const URIS: [&str; 3] = [
+            "https://www.example.com/webhook_uri",
+            "/webhooks/hubspot/acme?portalId=1&x=%3A%zz",
+            "https://h.example/%E2%82%AC/%3a?%",
+        ];
+
+        proptest! {
+            #[test]
+            fn arbitrary_requests_never_panic(
+                sig in header_bytes(),
+                version in header_bytes(),
+                sig3 in header_bytes(),
+                ts in header_bytes(),
+                body in vec(any::<u8>(), 0..128),
+                uri in 0usize..3,
+                target in any::<bool>(),
+                now_ms in 0u64..(1 << 50),
+            ) {
+                let mut v = HubSpotWebhookVerifier::new(WebhookSecrets::single(SECRET));
+                if target {
+                    v = v.with_target_url("https://hooks.example.com/hs?old=1");
+                }
+                let mut h = HeaderMap::new();
+                for (name, value) in [
+                    (SIGNATURE_HEADER, &sig),
+                    (SIGNATURE_VERSION_HEADER, &version),
+                    (SIGNATURE_V3_HEADER, &sig3),
+                    (TIMESTAMP_HEADER, &ts),
+                ] {
+                    if let Ok(value) = HeaderValue::from_bytes(value) {
+                        h.insert(name, value);
+                    }
+                }
+                let u: Uri = URIS[uri].parse().unwrap();
+                let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
+                if let Ok(ok) = v.verify(&WebhookRequest::new(&Method::POST, &u, &h, &body), now) {
+                    let _ = delivery_events(&ok, &Bytes::from(body.clone()));
+                }
+                let _ = delivery_events(&Verified::default(), &Bytes::from(body));
+            }
+
+            #[test]
+            fn a_mutated_body_never_verifies(
+                body in vec(any::<u8>(), 0..128),
+                kind in any::<u8>(),
+                pos in any::<usize>(),
+                flip in any::<u8>(),
+                uri in 0usize..3,
+                now_ms in 0u64..(1 << 45),
+            ) {
+                let v = HubSpotWebhookVerifier::new(WebhookSecrets::single(SECRET));
+                let u: Uri = URIS[uri].parse().unwrap();
+                let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
+                let other = mutate(&body, kind, pos, flip);
+                for version in [SignatureVersion::V1, SignatureVersion::V2, SignatureVersion::V3] {
+                    let h = v
+                        .sign_with(version, &WebhookRequest::new(&Method::POST, &u, &HeaderMap::new(), &body), now)
+                        .unwrap();
+                    prop_assert!(v.verify(&WebhookRequest::new(&Method::POST, &u, &h, &body), now).is_ok());
+                    prop_assert_eq!(
+                        v.verify(&WebhookRequest::new(&Method::POST, &u, &h, &other), now),
+                        Err(WebhookError::BadSignature),
+                        "{:?}", version
+                    );
+                }
+            }
         }
     }
 }

@@ -146,11 +146,7 @@ impl<'a> FactoryContext<'a> {
             Error::config("the connection has no OAuth settings (`client_id`, `token_url`)")
                 .with_context("connection", &c.id)
         })?;
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| Error::config("cannot build the OAuth HTTP client").set_source(e))?;
-        let client = OAuthClient::new(config, http)?;
+        let client = OAuthClient::with_default_http(config)?;
         let store: Arc<dyn StateStore> = self.store.clone();
         let tokens: Arc<dyn TokenStore> = store.clone();
         let platform = c.platform.clone();

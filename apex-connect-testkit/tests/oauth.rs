@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use apex_connect_core::http::Credentials;
+use apex_connect_core::http::{Credentials, RetryConfig};
 use apex_connect_core::oauth::{
     CallbackParams, ClientAuth, ClientCredentialsRefresher, Clock, JwtAssertion,
     JwtBearerRefresher, OAuthClient, OAuthConfig, PkceVerifier, StateToken, TokenManager,
@@ -651,12 +651,23 @@ async fn token_endpoint_failures_are_temporary_and_a_still_valid_token_is_kept()
         .await
         .unwrap();
     let hook = Arc::new(AtomicUsize::new(0));
-    let m = manager(
-        "c",
-        store,
-        Arc::new(client(&handle, &clock)),
-        &clock,
-        hook.clone(),
+    // Retrying inside the manager is off here, so each scheduled fault surfaces (the retrying
+    // is tested in `transient_token_endpoint_failures_are_retried_inside_the_manager`).
+    let m = Arc::new(
+        TokenManager::builder(
+            ConnectionId::from("c"),
+            store,
+            Arc::new(client(&handle, &clock)),
+        )
+        .clock(clock.clock())
+        .refresh_retry(RetryConfig::none())
+        .on_reauth_needed({
+            let hook = hook.clone();
+            move |_: &ConnectionId| {
+                hook.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .build(),
     );
 
     // Within the skew but not expired: a failed refresh keeps the current token.
@@ -686,4 +697,315 @@ async fn token_endpoint_failures_are_temporary_and_a_still_valid_token_is_kept()
     assert!(server.validate_access_token(h.to_str().unwrap()));
     assert_eq!(server.stats().refresh_token, 1);
     assert_eq!(hook.load(Ordering::SeqCst), 0);
+}
+
+/// Retries with waits short enough for a loopback test (bounded all the same).
+fn quick_retry() -> RetryConfig {
+    RetryConfig {
+        max_attempts: 4,
+        max_elapsed: Duration::from_secs(10),
+        min_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(5),
+        factor: 2.0,
+        jitter: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_token_endpoint_failures_are_retried_inside_the_manager() {
+    use apex_connect_testkit::sim::{FaultKind, Faults, SimServer};
+    let server = OAuthServer::new(OAuthServerConfig::new(CLIENT_ID, CLIENT_SECRET));
+    let faults = Faults::new(1);
+    let handle = SimServer::start(server.router().layer(faults.layer()))
+        .await
+        .unwrap();
+    let clock = ManualClock::default();
+    let store: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::new());
+    let conn = ConnectionId::from("c");
+    store
+        .save(&conn, &server.issue_token_set(None), None)
+        .await
+        .unwrap();
+    let m = TokenManager::builder(conn.clone(), store, Arc::new(client(&handle, &clock)))
+        .clock(clock.clock())
+        .refresh_retry(quick_retry())
+        .build();
+    clock.advance(Duration::from_secs(3600));
+    faults.push_scheduled(FaultKind::BAD_GATEWAY);
+    faults.push_scheduled(FaultKind::ConnectionReset);
+    faults.push_scheduled(FaultKind::UNAVAILABLE);
+    // A direct caller of access_token() sees none of the three failures.
+    let t = m.access_token().await.unwrap();
+    assert!(server.validate_access_token(t.expose_secret()));
+    assert_eq!(server.stats().refresh_token, 1);
+
+    // Failing for longer than the attempts: the last error, temporary.
+    clock.advance(Duration::from_secs(3600));
+    for _ in 0..4 {
+        faults.push_scheduled(FaultKind::BAD_GATEWAY);
+    }
+    let e = m.access_token().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Upstream, "{e}");
+    assert!(e.is_temporary());
+    assert_eq!(server.stats().refresh_token, 1);
+    // invalid_grant is not retried: one request.
+    server.revoke_all();
+    let before = server.stats().token_requests;
+    let e = m.access_token().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unauthenticated, "{e}");
+    assert_eq!(server.stats().token_requests, before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_invalid_grant_no_dead_token_is_handed_out_and_no_request_is_spent() {
+    let (server, handle) = serve(OAuthServerConfig::new(CLIENT_ID, CLIENT_SECRET)).await;
+    let clock = ManualClock::default();
+    let store: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::new());
+    let conn = ConnectionId::from("c1");
+    store
+        .save(&conn, &server.issue_token_set(None), None)
+        .await
+        .unwrap();
+    let hook = Arc::new(AtomicUsize::new(0));
+    let m = manager(
+        "c1",
+        store.clone(),
+        Arc::new(client(&handle, &clock)),
+        &clock,
+        hook.clone(),
+    );
+    // The access token is far from expiry; the API rejects it (revoked) and the refresh
+    // says invalid_grant.
+    let h = m.authorization().await.unwrap();
+    server.revoke_all();
+    let e = m.refresh_after_unauthorized(&h).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unauthenticated, "{e}");
+    let spent = server.stats().token_requests;
+    assert_eq!(spent, 1);
+    for _ in 0..5 {
+        let e = m.access_token().await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unauthenticated, "{e}");
+        assert!(!e.is_temporary());
+        assert_eq!(e.context_value("action"), Some("needs re-authorization"));
+        assert!(m.authorization().await.is_err());
+        assert!(m.refresh_after_unauthorized(&h).await.is_err());
+        assert!(m.force_refresh().await.is_err());
+    }
+    assert_eq!(server.stats().token_requests, spent);
+    assert_eq!(hook.load(Ordering::SeqCst), 1);
+
+    // Re-authorized elsewhere (another process saved new tokens): used, no request.
+    let v = store.load(&conn).await.unwrap().unwrap().version;
+    let reauthorized = server.issue_token_set(None);
+    store.save(&conn, &reauthorized, Some(v)).await.unwrap();
+    let t = m.access_token().await.unwrap();
+    assert_eq!(t.expose_secret(), reauthorized.access_token.expose_secret());
+    assert!(server.validate_access_token(t.expose_secret()));
+    assert_eq!(server.stats().token_requests, spent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_second_tokens_and_twenty_callers_cause_one_refresh() {
+    let (server, handle) = serve(
+        OAuthServerConfig::new(CLIENT_ID, CLIENT_SECRET)
+            .with_rotation(true)
+            .with_access_ttl(Some(Duration::from_secs(2)))
+            .with_latency(Duration::from_millis(20)),
+    )
+    .await;
+    let clock = ManualClock::default();
+    let store: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::new());
+    let conn = ConnectionId::from("c1");
+    store
+        .save(&conn, &server.issue_token_set(None), None)
+        .await
+        .unwrap();
+    let m = manager(
+        "c1",
+        store.clone(),
+        Arc::new(client(&handle, &clock)),
+        &clock,
+        Arc::new(AtomicUsize::new(0)),
+    );
+    clock.advance(Duration::from_secs(3));
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let m = m.clone();
+            tokio::spawn(async move { m.authorization().await })
+        })
+        .collect();
+    let mut headers = Vec::new();
+    for t in tasks {
+        headers.push(t.await.unwrap().unwrap());
+    }
+    let stats = server.stats();
+    assert_eq!(stats.refresh_token, 1, "{stats:?}");
+    assert!(headers.iter().all(|h| *h == headers[0]));
+    assert_eq!(stats.reuse_detected, 0);
+}
+
+/// A token store whose saves of refreshed sets (those without a refresh lease) fail with a
+/// storage error while `fail` is above zero, as a full disk or a busy database would.
+#[derive(Debug)]
+struct FlakyStore {
+    inner: MemoryTokenStore,
+    fail: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl TokenStore for FlakyStore {
+    async fn load(
+        &self,
+        c: &ConnectionId,
+    ) -> apex_connect_core::Result<Option<apex_connect_core::Versioned<TokenSet>>> {
+        self.inner.load(c).await
+    }
+
+    async fn save(
+        &self,
+        c: &ConnectionId,
+        t: &TokenSet,
+        expected: Option<u64>,
+    ) -> apex_connect_core::Result<u64> {
+        if t.refresh_lease.is_none()
+            && self
+                .fail
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(apex_connect_core::Error::storage("disk full"));
+        }
+        self.inner.save(c, t, expected).await
+    }
+
+    async fn delete(&self, c: &ConnectionId) -> apex_connect_core::Result<()> {
+        self.inner.delete(c).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_refresh_token_survives_failed_saves() {
+    let (server, handle) =
+        serve(OAuthServerConfig::new(CLIENT_ID, CLIENT_SECRET).with_rotation(true)).await;
+    let clock = ManualClock::default();
+    let flaky = Arc::new(FlakyStore {
+        inner: MemoryTokenStore::new(),
+        fail: AtomicUsize::new(0),
+    });
+    let store: Arc<dyn TokenStore> = flaky.clone();
+    let conn = ConnectionId::from("c1");
+    store
+        .save(&conn, &server.issue_token_set(None), None)
+        .await
+        .unwrap();
+    let hook = Arc::new(AtomicUsize::new(0));
+    let m = manager(
+        "c1",
+        store.clone(),
+        Arc::new(client(&handle, &clock)),
+        &clock,
+        hook.clone(),
+    );
+    flaky.fail.store(3, Ordering::SeqCst);
+    clock.advance(Duration::from_secs(3600));
+    // The refresh rotated the refresh token; its save failed; the new access token works.
+    let t = m.access_token().await.unwrap();
+    assert!(server.validate_access_token(t.expose_secret()));
+    assert_eq!(server.stats().refresh_token, 1);
+    // Later calls retry the save until the store takes it (bounded: the waits double from
+    // the 5 ms poll interval).
+    for _ in 0..200 {
+        if flaky.fail.load(Ordering::SeqCst) == 0
+            && store
+                .load(&conn)
+                .await
+                .unwrap()
+                .is_some_and(|v| Some(rt_of(&v.value)) == server.latest_refresh_token())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        m.access_token().await.unwrap();
+    }
+    let stored = store.load(&conn).await.unwrap().unwrap().value;
+    assert_eq!(Some(rt_of(&stored)), server.latest_refresh_token());
+
+    // The store fails across a whole expiry: the next refresh spends the unsaved refresh
+    // token, never the stored one; once the store recovers it holds the newest.
+    flaky.fail.store(1000, Ordering::SeqCst);
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(3600));
+        let t = m.access_token().await.unwrap();
+        assert!(server.validate_access_token(t.expose_secret()));
+    }
+    flaky.fail.store(0, Ordering::SeqCst);
+    for _ in 0..400 {
+        let v = store.load(&conn).await.unwrap().unwrap().value;
+        if Some(rt_of(&v)) == server.latest_refresh_token() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        m.access_token().await.unwrap();
+    }
+    let stored = store.load(&conn).await.unwrap().unwrap().value;
+    assert_eq!(Some(rt_of(&stored)), server.latest_refresh_token());
+    // A new manager (a restart) refreshes from the store: the grant is intact.
+    clock.advance(Duration::from_secs(3600));
+    let fresh = manager(
+        "c1",
+        store.clone(),
+        Arc::new(client(&handle, &clock)),
+        &clock,
+        hook.clone(),
+    );
+    let t = fresh.access_token().await.unwrap();
+    assert!(server.validate_access_token(t.expose_secret()));
+    let stats = server.stats();
+    assert_eq!(stats.reuse_detected, 0, "{stats:?}");
+    assert_eq!(stats.errors, 0, "{stats:?}");
+    assert_eq!(stats.refresh_token, 5, "{stats:?}");
+    assert_eq!(hook.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_force_refresh_calls_cause_one_refresh() {
+    let (server, handle) = serve(
+        OAuthServerConfig::new(CLIENT_ID, CLIENT_SECRET)
+            .with_rotation(true)
+            .with_latency(Duration::from_millis(30)),
+    )
+    .await;
+    let clock = ManualClock::default();
+    let store: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::new());
+    let conn = ConnectionId::from("c1");
+    let seeded = server.issue_token_set(None);
+    store.save(&conn, &seeded, None).await.unwrap();
+    let m = manager(
+        "c1",
+        store.clone(),
+        Arc::new(client(&handle, &clock)),
+        &clock,
+        Arc::new(AtomicUsize::new(0)),
+    );
+    m.access_token().await.unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let m = m.clone();
+            tokio::spawn(async move { m.force_refresh().await })
+        })
+        .collect();
+    for t in tasks {
+        let t = t.await.unwrap().unwrap();
+        assert_ne!(
+            t.access_token.expose_secret(),
+            seeded.access_token.expose_secret()
+        );
+        assert!(server.validate_access_token(t.access_token.expose_secret()));
+    }
+    let stats = server.stats();
+    assert_eq!(stats.refresh_token, 1, "{stats:?}");
+    m.force_refresh().await.unwrap();
+    assert_eq!(server.stats().refresh_token, 2);
+    let stored = store.load(&conn).await.unwrap().unwrap().value;
+    assert_eq!(Some(rt_of(&stored)), server.latest_refresh_token());
 }

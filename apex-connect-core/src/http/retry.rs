@@ -94,7 +94,7 @@ impl RetryConfig {
         Ok(())
     }
 
-    fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
+    pub(crate) fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
         let b = ExponentialBuilder::default()
             .with_min_delay(self.min_delay)
             .with_max_delay(self.max_delay)

@@ -14,10 +14,10 @@ use oauth2::basic::{
     BasicTokenType,
 };
 use oauth2::{
-    AsyncHttpClient, AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
-    EndpointMaybeSet, EndpointNotSet, EndpointSet, ExtraTokenFields, HttpRequest, HttpResponse,
+    AccessToken, AsyncHttpClient, AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret,
+    CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet, HttpRequest, HttpResponse,
     PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, Scope,
-    StandardRevocableToken, StandardTokenResponse, TokenResponse, TokenUrl,
+    StandardRevocableToken, TokenResponse, TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -27,29 +27,154 @@ use url::Url;
 use super::config::{ClientAuth, OAuthConfig};
 use super::{Clock, system_clock};
 use crate::error::{Error, ErrorKind, Result, redact_url};
-use crate::token::TokenSet;
+use crate::token::{MAX_TOKEN_LIFETIME, TokenSet, duration_ms};
 use crate::webhook::unix_ms;
 
 /// The grant type URI of RFC 7523 (JWT bearer assertion).
 pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
-/// Fields some platforms add to the token answer (kept by `oauth2` as extra token fields).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct PlatformFields {
+/// The token endpoint's answer (RFC 6749 §5.1 plus the fields platforms add), parsed leniently
+/// where platforms differ: numbers may be integers, floats, exponents or strings holding
+/// them, `token_type` may be missing or in any case, and a platform field of an unexpected type
+/// is ignored rather than failing the answer. Only `access_token` is required.
+///
+/// Every duration and timestamp goes through [`expires_in_duration`] / [`timestamp_ms`]:
+/// checked, clamped to [`MAX_TOKEN_LIFETIME`], never an overflow.
+#[derive(Clone, Serialize, Deserialize)]
+struct PlatformTokenResponse {
+    access_token: AccessToken,
+    #[serde(default = "bearer_type", deserialize_with = "de_token_type")]
+    token_type: BasicTokenType,
+    /// Seconds from now (RFC 6749); see [`expires_in_duration`].
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+    #[serde(default)]
+    refresh_token: Option<RefreshToken>,
+    #[serde(rename = "scope", default, deserialize_with = "de_scopes")]
+    scopes: Option<Vec<Scope>>,
     /// Front: absolute expiry, seconds or milliseconds (decided by magnitude).
     #[serde(default)]
     expires_at: Option<serde_json::Value>,
     /// Salesforce: the API host of the org.
     #[serde(default)]
-    instance_url: Option<String>,
-    /// Salesforce: when the token was issued (ms in practice); informative only.
+    instance_url: Option<serde_json::Value>,
+    /// Salesforce: when the token was issued, seconds or milliseconds (ms in practice).
     #[serde(default)]
     issued_at: Option<serde_json::Value>,
 }
 
-impl ExtraTokenFields for PlatformFields {}
+impl fmt::Debug for PlatformTokenResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PlatformTokenResponse")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
 
-type PlatformTokenResponse = StandardTokenResponse<PlatformFields, BasicTokenType>;
+fn bearer_type() -> BasicTokenType {
+    BasicTokenType::Bearer
+}
+
+fn de_token_type<'de, D: serde::Deserializer<'de>>(
+    de: D,
+) -> std::result::Result<BasicTokenType, D::Error> {
+    let v = Option::<serde_json::Value>::deserialize(de)?;
+    Ok(match v.as_ref().and_then(serde_json::Value::as_str) {
+        Some(t) if t.eq_ignore_ascii_case("bearer") => BasicTokenType::Bearer,
+        Some(t) if t.eq_ignore_ascii_case("mac") => BasicTokenType::Mac,
+        Some(t) => BasicTokenType::Extension(t.to_string()),
+        None => BasicTokenType::Bearer,
+    })
+}
+
+/// `scope`: a space-delimited string (RFC 6749), or an array of strings (some platforms).
+fn de_scopes<'de, D: serde::Deserializer<'de>>(
+    de: D,
+) -> std::result::Result<Option<Vec<Scope>>, D::Error> {
+    let v = Option::<serde_json::Value>::deserialize(de)?;
+    Ok(match v {
+        Some(serde_json::Value::String(s)) => Some(
+            s.split_whitespace()
+                .map(|s| Scope::new(s.to_string()))
+                .collect(),
+        ),
+        Some(serde_json::Value::Array(a)) => Some(
+            a.iter()
+                .filter_map(serde_json::Value::as_str)
+                .map(|s| Scope::new(s.to_string()))
+                .collect(),
+        ),
+        _ => None,
+    })
+}
+
+impl TokenResponse for PlatformTokenResponse {
+    type TokenType = BasicTokenType;
+
+    fn access_token(&self) -> &AccessToken {
+        &self.access_token
+    }
+
+    fn token_type(&self) -> &BasicTokenType {
+        &self.token_type
+    }
+
+    fn expires_in(&self) -> Option<Duration> {
+        self.expires_in.as_ref().and_then(expires_in_duration)
+    }
+
+    fn refresh_token(&self) -> Option<&RefreshToken> {
+        self.refresh_token.as_ref()
+    }
+
+    fn scopes(&self) -> Option<&Vec<Scope>> {
+        self.scopes.as_ref()
+    }
+}
+
+/// A JSON number, or a string holding one (`"3600"`, `" 3.6e3 "`), as a finite `f64`.
+fn json_number(v: &serde_json::Value) -> Option<f64> {
+    let n = match v {
+        serde_json::Value::Number(n) => n.as_f64()?,
+        serde_json::Value::String(s) => s.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    n.is_finite().then_some(n)
+}
+
+/// `expires_in` as a lifetime: a positive number of seconds, clamped to
+/// [`MAX_TOKEN_LIFETIME`]. Zero, negative, non-finite or non-numeric values mean "unknown"
+/// (`None`): the token is then used until the API answers 401, rather than refreshed on
+/// every call.
+fn expires_in_duration(v: &serde_json::Value) -> Option<Duration> {
+    let secs = json_number(v)?;
+    if secs <= 0.0 {
+        return None;
+    }
+    // Finite, positive and at most the maximum: `from_secs_f64` cannot panic.
+    Some(Duration::from_secs_f64(
+        secs.min(MAX_TOKEN_LIFETIME.as_secs_f64()),
+    ))
+}
+
+/// Values at or above this are milliseconds, below it seconds (10^11 s is the year 5138;
+/// 10^11 ms is 1973).
+const MS_THRESHOLD: f64 = 1e11;
+
+/// An absolute time (`expires_at`, `issued_at`) in seconds or milliseconds, decided by
+/// magnitude, as Unix milliseconds. Zero, negative, non-finite or non-numeric: `None`.
+/// Saturates at `i64::MAX` (callers clamp further).
+fn timestamp_ms(v: &serde_json::Value) -> Option<i64> {
+    let n = json_number(v)?;
+    if n <= 0.0 {
+        return None;
+    }
+    let ms = if n >= MS_THRESHOLD { n } else { n * 1000.0 };
+    // `as` from a finite float saturates at the bounds of i64.
+    Some(ms as i64)
+}
 
 type Inner = oauth2::Client<
     BasicErrorResponse,
@@ -174,8 +299,11 @@ fn de_secret<'de, D: serde::Deserializer<'de>>(
 /// client credentials and JWT bearer (RFC 7523) grants.
 ///
 /// Token endpoint calls go through the plain `reqwest::Client` given to [`OAuthClient::new`]
-/// (no auth middleware). Give it a client that does not follow redirects
-/// (`redirect::Policy::none()`), as the `oauth2` crate recommends against SSRF.
+/// (no auth middleware). [`OAuthClient::with_default_http`] builds one with
+/// [`default_http_client`]: connect and request timeouts, no redirects (the `oauth2` crate
+/// recommends against following them: SSRF). A client given to [`OAuthClient::new`] should
+/// have both too, or a token endpoint that never answers holds every caller of the
+/// [`super::TokenManager`] forever.
 ///
 /// # Errors (all grant methods)
 /// - `Unauthenticated`, permanent, context `action=needs re-authorization`: `invalid_grant`
@@ -200,6 +328,34 @@ impl fmt::Debug for OAuthClient {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
+}
+
+/// The connect timeout of [`default_http_client`]: 10 s.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The request timeout of [`default_http_client`] (the whole exchange, answer included): 30 s.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `reqwest::Client` for OAuth endpoints (token, metadata): [`DEFAULT_CONNECT_TIMEOUT`],
+/// [`DEFAULT_REQUEST_TIMEOUT`], and no redirects followed.
+///
+/// # Errors
+/// `Config` when the TLS backend cannot be initialised.
+pub fn default_http_client() -> Result<reqwest::Client> {
+    http_client_with_timeouts(DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT)
+}
+
+/// Like [`default_http_client`], with other timeouts.
+///
+/// # Errors
+/// `Config` when the TLS backend cannot be initialised.
+pub fn http_client_with_timeouts(connect: Duration, request: Duration) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(connect)
+        .timeout(request)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("apex-connect/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| Error::config("cannot build the OAuth HTTP client").set_source(e))
 }
 
 fn parse_url(what: &'static str, url: &str) -> Result<Url> {
@@ -241,6 +397,15 @@ impl OAuthClient {
             transport: Transport { http },
             clock: system_clock(),
         })
+    }
+
+    /// A client for `config` over [`default_http_client`] (timeouts, no redirects).
+    ///
+    /// # Errors
+    /// `Config` when a URL in the configuration does not parse or the HTTP client cannot be
+    /// built.
+    pub fn with_default_http(config: OAuthConfig) -> Result<Self> {
+        Self::new(config, default_http_client()?)
     }
 
     /// Replaces the clock used to turn `expires_in` into an absolute expiry (tests).
@@ -452,11 +617,25 @@ fn token_set_from_response(
     now: SystemTime,
     previous: Option<&TokenSet>,
 ) -> TokenSet {
-    let extra = resp.extra_fields();
+    let now_ms = unix_ms(now);
+    let latest = now_ms.saturating_add(duration_ms(MAX_TOKEN_LIFETIME));
     let expires_at_ms = match resp.expires_in() {
-        Some(d) => Some(unix_ms(now + d)),
-        None => extra.expires_at.as_ref().and_then(expires_at_to_ms),
+        Some(d) => Some(now_ms.saturating_add(duration_ms(d))),
+        // An absolute expiry already past is a unit mix-up, not a token to refresh on every
+        // call: treat it as unknown (refresh after a 401).
+        None => resp
+            .expires_at
+            .as_ref()
+            .and_then(timestamp_ms)
+            .filter(|&at| at > now_ms)
+            .map(|at| at.min(latest)),
     };
+    // The server's issue time when it says (never later than now), else now.
+    let issued_at_ms = resp
+        .issued_at
+        .as_ref()
+        .and_then(timestamp_ms)
+        .map_or(now_ms, |at| at.min(now_ms));
     let refresh_token = resp
         .refresh_token()
         .map(|r| SecretString::from(r.secret().clone()))
@@ -465,34 +644,19 @@ fn token_set_from_response(
         Some(s) => s.iter().map(|s| s.to_string()).collect(),
         None => previous.map(|p| p.scopes.clone()).unwrap_or_default(),
     };
-    let instance_url = extra
+    let instance_url = resp
         .instance_url
-        .clone()
+        .as_ref()
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string)
         .or_else(|| previous.and_then(|p| p.instance_url.clone()));
     let mut t = TokenSet::bearer(resp.access_token().secret().clone());
     t.refresh_token = refresh_token;
     t.expires_at_ms = expires_at_ms;
+    t.issued_at_ms = Some(issued_at_ms);
     t.scopes = scopes;
     t.instance_url = instance_url;
     t
-}
-
-/// Front's `expires_at`: a number or numeric string, in seconds or milliseconds. Values at or
-/// above 10^11 are milliseconds (10^11 s is the year 5138; 10^11 ms is 1973).
-fn expires_at_to_ms(v: &serde_json::Value) -> Option<i64> {
-    let n = match v {
-        serde_json::Value::Number(n) => n.as_f64()?,
-        serde_json::Value::String(s) => s.trim().parse::<f64>().ok()?,
-        _ => return None,
-    };
-    if !n.is_finite() || n <= 0.0 {
-        return None;
-    }
-    Some(if n >= 1e11 {
-        n as i64
-    } else {
-        (n * 1000.0) as i64
-    })
 }
 
 fn needs_reauth(message: &'static str) -> Error {
@@ -518,9 +682,18 @@ fn map_request_error(
 ) -> Error {
     match e {
         RequestTokenError::Request(TransportError::Network(err)) => {
-            Error::new(ErrorKind::Network, "token endpoint unreachable")
+            let message = if err.is_timeout() {
+                "token endpoint timed out"
+            } else {
+                "token endpoint unreachable"
+            };
+            Error::new(ErrorKind::Network, message)
                 .temporary()
                 .set_source(err)
+        }
+        RequestTokenError::Request(TransportError::TooLarge) => {
+            Error::invalid_response("token endpoint answer is too large")
+                .with_context("limit_bytes", MAX_TOKEN_RESPONSE_BYTES)
         }
         RequestTokenError::Request(TransportError::Status {
             status,
@@ -593,10 +766,39 @@ struct Transport {
     http: reqwest::Client,
 }
 
+/// The largest token-endpoint answer read (token answers are a few hundred bytes).
+const MAX_TOKEN_RESPONSE_BYTES: usize = 256 * 1024;
+
+/// The body of `response`, refusing more than [`MAX_TOKEN_RESPONSE_BYTES`].
+async fn read_capped(
+    mut response: reqwest::Response,
+) -> std::result::Result<Vec<u8>, TransportError> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_TOKEN_RESPONSE_BYTES as u64)
+    {
+        return Err(TransportError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| TransportError::Network(e.without_url()))?
+    {
+        if body.len().saturating_add(chunk.len()) > MAX_TOKEN_RESPONSE_BYTES {
+            return Err(TransportError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 #[derive(Debug, thiserror::Error)]
 enum TransportError {
     #[error("token endpoint unreachable")]
     Network(#[source] reqwest::Error),
+    #[error("token endpoint answer is too large")]
+    TooLarge,
     #[error("token endpoint answered HTTP {status}")]
     Status {
         status: StatusCode,
@@ -629,10 +831,7 @@ impl<'c> AsyncHttpClient<'c> for Transport {
                 .map_err(|e| TransportError::Network(e.without_url()))?;
             let status = response.status();
             let headers = response.headers().clone();
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| TransportError::Network(e.without_url()))?;
+            let body = read_capped(response).await?;
             if status != StatusCode::OK {
                 let parsed: Option<ErrorBody> = serde_json::from_slice(&body).ok();
                 let retry_after = headers
@@ -653,7 +852,7 @@ impl<'c> AsyncHttpClient<'c> for Transport {
             }
             let mut out = http::Response::builder()
                 .status(status)
-                .body(body.to_vec())
+                .body(body)
                 .map_err(|_| TransportError::Status {
                     status,
                     retry_after: None,
@@ -673,24 +872,25 @@ mod tests {
     #[test]
     fn expires_at_seconds_or_millis() {
         let s = serde_json::json!(1_700_000_000);
-        assert_eq!(expires_at_to_ms(&s), Some(1_700_000_000_000));
+        assert_eq!(timestamp_ms(&s), Some(1_700_000_000_000));
         let ms = serde_json::json!(1_700_000_000_123_i64);
-        assert_eq!(expires_at_to_ms(&ms), Some(1_700_000_000_123));
+        assert_eq!(timestamp_ms(&ms), Some(1_700_000_000_123));
         let st = serde_json::json!("1700000000");
-        assert_eq!(expires_at_to_ms(&st), Some(1_700_000_000_000));
-        assert_eq!(expires_at_to_ms(&serde_json::json!("soon")), None);
-        assert_eq!(expires_at_to_ms(&serde_json::json!(-5)), None);
+        assert_eq!(timestamp_ms(&st), Some(1_700_000_000_000));
+        assert_eq!(timestamp_ms(&serde_json::json!("soon")), None);
+        assert_eq!(timestamp_ms(&serde_json::json!(-5)), None);
     }
 
     #[test]
     fn token_answers_of_each_platform() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_699_000_000);
         let std: PlatformTokenResponse = serde_json::from_str(
             r#"{"access_token":"a","token_type":"bearer","expires_in":1800,"refresh_token":"r"}"#,
         )
         .unwrap();
         let t = token_set_from_response(&std, now, None);
-        assert_eq!(t.expires_at_ms, Some(1_000_000_000 + 1_800_000));
+        assert_eq!(t.expires_at_ms, Some(1_699_000_000_000 + 1_800_000));
+        assert_eq!(t.issued_at_ms, Some(1_699_000_000_000));
         assert!(t.refresh_token.is_some());
         let front: PlatformTokenResponse = serde_json::from_str(
             r#"{"access_token":"a","token_type":"Bearer","expires_at":1700000000123}"#,
@@ -713,6 +913,199 @@ mod tests {
         let t = token_set_from_response(&sf, now, None);
         assert_eq!(t.expires_at_ms, None);
         assert_eq!(t.instance_url.as_deref(), Some("https://na1.example.com"));
+    }
+
+    /// The expiry computed from a token answer with these extra JSON fields, at `NOW_MS`.
+    fn expiry_of(fields: &str) -> (Option<i64>, Option<i64>) {
+        let body = format!(r#"{{"access_token":"a","token_type":"bearer"{fields}}}"#);
+        let resp: PlatformTokenResponse =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{body}: {e}"));
+        let now = SystemTime::UNIX_EPOCH + Duration::from_millis(NOW_MS as u64);
+        let t = token_set_from_response(&resp, now, None);
+        (t.expires_at_ms, t.issued_at_ms)
+    }
+
+    const NOW_MS: i64 = 1_700_000_000_000;
+
+    #[test]
+    fn token_answer_numbers_at_the_extremes_never_overflow() {
+        let max = NOW_MS + duration_ms(MAX_TOKEN_LIFETIME);
+        let cases: &[(&str, Option<i64>)] = &[
+            (r#","expires_in":3600"#, Some(NOW_MS + 3_600_000)),
+            (r#","expires_in":"3600""#, Some(NOW_MS + 3_600_000)),
+            (r#","expires_in":" 3600 ""#, Some(NOW_MS + 3_600_000)),
+            (r#","expires_in":3600.5"#, Some(NOW_MS + 3_600_500)),
+            (r#","expires_in":3.6e3"#, Some(NOW_MS + 3_600_000)),
+            (r#","expires_in":"3.6E3""#, Some(NOW_MS + 3_600_000)),
+            (r#","expires_in":0"#, None),
+            (r#","expires_in":"0""#, None),
+            (r#","expires_in":-1"#, None),
+            (r#","expires_in":-9223372036854775808"#, None),
+            (r#","expires_in":18446744073709551615"#, Some(max)),
+            (r#","expires_in":9223372036854775807"#, Some(max)),
+            (r#","expires_in":2e17"#, Some(max)),
+            (r#","expires_in":200000000000000000"#, Some(max)),
+            (r#","expires_in":1e308"#, Some(max)),
+            (r#","expires_in":"1e400""#, None),
+            (r#","expires_in":"NaN""#, None),
+            (r#","expires_in":"inf""#, None),
+            (r#","expires_in":"soon""#, None),
+            (r#","expires_in":null"#, None),
+            (r#","expires_in":true"#, None),
+            (r#","expires_in":[1]"#, None),
+            (r#","expires_in":{"s":1}"#, None),
+            // Absolute expiry: seconds or milliseconds by magnitude; past ones are unknown.
+            (r#","expires_at":1700003600"#, Some(NOW_MS + 3_600_000)),
+            (r#","expires_at":"1700003600""#, Some(NOW_MS + 3_600_000)),
+            (r#","expires_at":1700003600123"#, Some(NOW_MS + 3_600_123)),
+            (r#","expires_at":1.7000036e9"#, Some(NOW_MS + 3_600_000)),
+            (r#","expires_at":1699999999"#, None),
+            (r#","expires_at":0"#, None),
+            (r#","expires_at":-1700003600"#, None),
+            (r#","expires_at":9223372036854775807"#, Some(max)),
+            (r#","expires_at":18446744073709551615"#, Some(max)),
+            (r#","expires_at":-9223372036854775808"#, None),
+            (r#","expires_at":1e308"#, Some(max)),
+            (r#","expires_at":"x""#, None),
+            // expires_in wins over expires_at; an unusable expires_in falls back to it.
+            (
+                r#","expires_in":60,"expires_at":1700003600"#,
+                Some(NOW_MS + 60_000),
+            ),
+            (
+                r#","expires_in":-5,"expires_at":1700003600"#,
+                Some(NOW_MS + 3_600_000),
+            ),
+        ];
+        for (fields, expected) in cases {
+            assert_eq!(expiry_of(fields).0, *expected, "{fields}");
+        }
+    }
+
+    #[test]
+    fn issued_at_in_seconds_or_millis_never_after_now() {
+        let cases: &[(&str, i64)] = &[
+            (r#","issued_at":"1699999000000""#, NOW_MS - 1_000_000),
+            (r#","issued_at":1699999000"#, NOW_MS - 1_000_000),
+            (r#","issued_at":1699999000.5"#, NOW_MS - 999_500),
+            (r#","issued_at":1800000000000"#, NOW_MS),
+            (r#","issued_at":9223372036854775807"#, NOW_MS),
+            (r#","issued_at":18446744073709551615"#, NOW_MS),
+            (r#","issued_at":-1"#, NOW_MS),
+            (r#","issued_at":0"#, NOW_MS),
+            (r#","issued_at":"later""#, NOW_MS),
+            (r#","issued_at":1e999"#, NOW_MS),
+            ("", NOW_MS),
+        ];
+        for (fields, expected) in cases {
+            // serde_json refuses 1e999 as a number; only check what parses.
+            let body = format!(r#"{{"access_token":"a"{fields}}}"#);
+            if serde_json::from_str::<PlatformTokenResponse>(&body).is_err() {
+                assert!(fields.contains("1e999"), "{fields}");
+                continue;
+            }
+            assert_eq!(expiry_of(fields).1, Some(*expected), "{fields}");
+        }
+    }
+
+    #[test]
+    fn lenient_token_type_scope_and_platform_fields() {
+        for body in [
+            r#"{"access_token":"a"}"#,
+            r#"{"access_token":"a","token_type":null}"#,
+            r#"{"access_token":"a","token_type":"BEARER"}"#,
+        ] {
+            let r: PlatformTokenResponse = serde_json::from_str(body).unwrap();
+            assert_eq!(r.token_type(), &BasicTokenType::Bearer, "{body}");
+        }
+        let r: PlatformTokenResponse = serde_json::from_str(
+            r#"{"access_token":"a","token_type":"N_A","scope":["a","b"],"instance_url":42}"#,
+        )
+        .unwrap();
+        assert_eq!(r.token_type(), &BasicTokenType::Extension("N_A".into()));
+        assert_eq!(r.scopes().map(Vec::len), Some(2));
+        let t = token_set_from_response(&r, SystemTime::now(), None);
+        assert_eq!(t.instance_url, None);
+        let r: PlatformTokenResponse =
+            serde_json::from_str(r#"{"access_token":"a","scope":"x  y z"}"#).unwrap();
+        assert_eq!(r.scopes().map(Vec::len), Some(3));
+        assert!(
+            serde_json::from_str::<PlatformTokenResponse>(r#"{"token_type":"bearer"}"#).is_err()
+        );
+        // Debug never shows the tokens.
+        let r: PlatformTokenResponse =
+            serde_json::from_str(r#"{"access_token":"sekrit-a","refresh_token":"sekrit-r"}"#)
+                .unwrap();
+        assert!(!format!("{r:?}").contains("sekrit"));
+    }
+
+    #[tokio::test]
+    async fn token_requests_time_out_and_redirects_are_not_followed() {
+        use wiremock::matchers::path;
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+        let server = MockServer::start().await;
+        Mock::given(path("/slow"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(serde_json::json!({"access_token": "late"}))
+                    .set_delay(Duration::from_secs(3)),
+            )
+            .mount(&server)
+            .await;
+        Mock::given(path("/moved"))
+            .respond_with(
+                ResponseTemplate::new(307)
+                    .insert_header("location", format!("{}/elsewhere", server.uri())),
+            )
+            .mount(&server)
+            .await;
+        Mock::given(path("/elsewhere"))
+            .respond_with(
+                ResponseTemplate::new(200).set_body_json(serde_json::json!({"access_token": "x"})),
+            )
+            .expect(0)
+            .mount(&server)
+            .await;
+        let http =
+            http_client_with_timeouts(Duration::from_secs(1), Duration::from_millis(100)).unwrap();
+        let slow = OAuthClient::new(
+            OAuthConfig::new("id", format!("{}/slow", server.uri())),
+            http,
+        )
+        .unwrap();
+        let e = slow.client_credentials(&[]).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Network, "{e}");
+        assert!(e.is_temporary());
+        assert_eq!(e.message(), "token endpoint timed out");
+        let moved = OAuthClient::with_default_http(OAuthConfig::new(
+            "id",
+            format!("{}/moved", server.uri()),
+        ))
+        .unwrap();
+        let e = moved.client_credentials(&[]).await.unwrap_err();
+        assert_eq!(e.context_value("status"), Some("307"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn oversized_token_answers_are_refused() {
+        use wiremock::matchers::path;
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+        let server = MockServer::start().await;
+        let big = format!(
+            r#"{{"access_token":"a","pad":"{}"}}"#,
+            "x".repeat(MAX_TOKEN_RESPONSE_BYTES)
+        );
+        Mock::given(path("/token"))
+            .respond_with(ResponseTemplate::new(200).set_body_string(big))
+            .mount(&server)
+            .await;
+        let c = OAuthClient::with_default_http(OAuthConfig::new(
+            "id",
+            format!("{}/token", server.uri()),
+        ))
+        .unwrap();
+        let e = c.client_credentials(&[]).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidResponse, "{e}");
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub struct OAuthConfig {
     pub auth_url: Option<String>,
     /// The token endpoint.
     pub token_url: String,
+    /// The revocation endpoint (RFC 7009), when the platform has one: hosts revoke the
+    /// tokens there when a connection is removed.
+    #[serde(default)]
+    pub revocation_url: Option<String>,
     /// The redirect URI registered with the platform (authorization-code flow).
     #[serde(default)]
     pub redirect_url: Option<String>,
@@ -70,6 +74,7 @@ impl OAuthConfig {
             client_secret: None,
             auth_url: None,
             token_url: token_url.into(),
+            revocation_url: None,
             redirect_url: None,
             scopes: Vec::new(),
             client_auth: ClientAuth::default(),
@@ -86,6 +91,12 @@ impl OAuthConfig {
     /// Sets the authorization endpoint.
     pub fn with_auth_url(mut self, url: impl Into<String>) -> Self {
         self.auth_url = Some(url.into());
+        self
+    }
+
+    /// Sets the revocation endpoint (RFC 7009).
+    pub fn with_revocation_url(mut self, url: impl Into<String>) -> Self {
+        self.revocation_url = Some(url.into());
         self
     }
 
@@ -132,6 +143,7 @@ impl fmt::Debug for OAuthConfig {
             )
             .field("auth_url", &self.auth_url)
             .field("token_url", &self.token_url)
+            .field("revocation_url", &self.revocation_url)
             .field("redirect_url", &self.redirect_url)
             .field("scopes", &self.scopes)
             .field("client_auth", &self.client_auth)

@@ -10,6 +10,7 @@ use hmac::Mac;
 use hmac::digest::KeyInit;
 use http::{HeaderMap, Method, Uri};
 use secrecy::{ExposeSecret, SecretSlice};
+use subtle::ConstantTimeEq;
 
 mod standard;
 
@@ -151,6 +152,15 @@ impl VerifiedWebhook {
 /// - Accepts a signature made with any configured secret (rotation), reporting which.
 /// - Refuses a signed timestamp outside the tolerance (past or future) with `OutsideTolerance`.
 /// - A missing signature header is `MissingHeader`, never a panic.
+/// - Refusals are consistent across platforms: a request that is not correctly signed is
+///   `BadSignature` or `MissingHeader` (hosts answer 401), whatever else is wrong with it
+///   (an empty, undecodable or oversized signature header included); `Malformed` (400) is
+///   kept for requests whose signature verifies but whose signed parts are unusable (a
+///   timestamp that is not a number; a body the connector's `webhook_events` cannot split).
+/// - Several signatures in one request (Standard Webhooks): at most [`MAX_SIGNATURES`] are
+///   looked at, and each secret's MAC is computed once ([`WebhookSecrets::find_mac_among`]).
+/// - Arbitrary header values and bodies never panic, and no signature verifies over a body
+///   other than the one it was made for (each verifier has a property test of both).
 /// - `verify(sign(req, now), now)` succeeds.
 pub trait WebhookVerifier: Send + Sync + fmt::Debug {
     /// Checks a request.
@@ -226,14 +236,35 @@ impl WebhookSecrets {
     /// The index of the first secret whose `M` MAC over the concatenation of `parts` equals
     /// `expected`, compared in constant time.
     pub fn find_mac<M: Mac + KeyInit>(&self, parts: &[&[u8]], expected: &[u8]) -> Option<usize> {
-        self.iter().position(|key| {
-            let mut mac =
-                <M as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
-            for p in parts {
-                mac.update(p);
+        self.find_mac_among::<M>(parts, &[expected])
+    }
+
+    /// The index of the first secret whose `M` MAC over the concatenation of `parts` equals
+    /// one of `candidates` (the entries of a header that carries several signatures).
+    ///
+    /// Each secret's MAC is computed once, however many candidates there are, and compared
+    /// with every candidate in constant time. More than [`MAX_SIGNATURES`] candidates: `None`
+    /// without computing anything (a request with a thousand entries costs nothing).
+    pub fn find_mac_among<M: Mac + KeyInit>(
+        &self,
+        parts: &[&[u8]],
+        candidates: &[&[u8]],
+    ) -> Option<usize> {
+        if candidates.is_empty() || candidates.len() > MAX_SIGNATURES {
+            return None;
+        }
+        let mut found = None;
+        for (index, key) in self.iter().enumerate() {
+            let computed = mac_of::<M>(key, parts);
+            let mut matched = subtle::Choice::from(0);
+            for candidate in candidates {
+                matched |= computed.ct_eq(candidate);
             }
-            mac.verify_slice(expected).is_ok()
-        })
+            if bool::from(matched) && found.is_none() {
+                found = Some(index);
+            }
+        }
+        found
     }
 
     /// The `M` MAC of the concatenation of `parts` with the current secret.
@@ -241,13 +272,34 @@ impl WebhookSecrets {
     /// # Errors
     /// `NoSecret` when empty.
     pub fn mac<M: Mac + KeyInit>(&self, parts: &[&[u8]]) -> Result<Vec<u8>, WebhookError> {
-        let mut mac =
-            <M as KeyInit>::new_from_slice(self.current()?).expect("HMAC takes keys of any length");
-        for p in parts {
-            mac.update(p);
-        }
-        Ok(mac.finalize().into_bytes().to_vec())
+        Ok(mac_of::<M>(self.current()?, parts))
     }
+}
+
+/// The most signature entries a verifier looks at in one request (Standard Webhooks sends one
+/// per active secret, so a handful at most). A request with more is refused as
+/// [`WebhookError::BadSignature`] before any MAC is computed.
+pub const MAX_SIGNATURES: usize = 16;
+
+/// The `M` MAC of the concatenation of `parts` under `key`.
+fn mac_of<M: Mac + KeyInit>(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    #[cfg(test)]
+    MACS_COMPUTED.with(|n| n.set(n.get() + 1));
+    // HMAC accepts keys of any length: `new_from_slice` cannot fail for it. For a MAC that
+    // does refuse this key, an empty output matches no signature.
+    let Ok(mut mac) = <M as KeyInit>::new_from_slice(key) else {
+        return Vec::new();
+    };
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// MACs computed on this thread (tests count them).
+    pub(crate) static MACS_COMPUTED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl fmt::Debug for WebhookSecrets {
@@ -256,10 +308,10 @@ impl fmt::Debug for WebhookSecrets {
     }
 }
 
-/// Unix milliseconds of `t` (0 before the epoch).
+/// Unix milliseconds of `t` (0 before the epoch, `i64::MAX` beyond what `i64` holds).
 pub fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
 
@@ -273,7 +325,7 @@ pub fn check_tolerance(
     tolerance: Duration,
 ) -> Result<(), WebhookError> {
     let skew_ms = timestamp_ms.saturating_sub(unix_ms(now));
-    if skew_ms.unsigned_abs() > tolerance.as_millis() as u64 {
+    if u128::from(skew_ms.unsigned_abs()) > tolerance.as_millis() {
         return Err(WebhookError::OutsideTolerance {
             skew_secs: skew_ms / 1000,
             tolerance_secs: tolerance.as_secs(),

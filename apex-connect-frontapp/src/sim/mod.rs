@@ -454,9 +454,8 @@ impl FrontSimHandle {
         store: Arc<dyn TokenStore>,
         connection: ConnectionId,
     ) -> Result<TokenManager> {
-        let client = OAuthClient::new(
+        let client = OAuthClient::with_default_http(
             self.oauth_config(format!("{}/callback", self.base_url())),
-            reqwest::Client::new(),
         )?;
         let request = client.authorize_url()?;
         let callback = self.consent(request.url.as_str()).await?;

@@ -153,14 +153,35 @@ fn tampered_and_wrong_secret_are_bad_signatures() {
             );
         }
     }
-    let h = headers(&[
-        (SIGNATURE_HEADER, "not-hex"),
-        (SIGNATURE_VERSION_HEADER, "v1"),
-    ]);
-    assert!(matches!(
-        check(&good, Method::POST, URI, &h, body, now),
-        Err(WebhookError::Malformed(_))
-    ));
+    // A signature that cannot even be decoded is a bad signature too (401), like every other:
+    // empty, not hex, too short or too long, not base64.
+    for (version, sig) in [
+        ("v1", ""),
+        ("v1", " "),
+        ("v1", "not-hex"),
+        (
+            "v1",
+            "232db2615f3d666fe21a8ec971ac7b5402d33b9a925784df3ca654d05f4817",
+        ),
+        ("v2", ""),
+        ("v2", &"ab".repeat(33)),
+    ] {
+        let h = headers(&[(SIGNATURE_HEADER, sig), (SIGNATURE_VERSION_HEADER, version)]);
+        assert_eq!(
+            check(&good, Method::POST, URI, &h, body, now),
+            Err(WebhookError::BadSignature),
+            "{version} {sig:?}"
+        );
+    }
+    let ts = apex_connect_core::webhook::unix_ms(now).to_string();
+    for sig in ["", "%%%", "K36dawei4A+QBNolUOqo7s91KQDWQ5MXZ/QufNYuk/Y"] {
+        let h = headers(&[(SIGNATURE_V3_HEADER, sig), (TIMESTAMP_HEADER, &ts)]);
+        assert_eq!(
+            check(&good, Method::POST, URI, &h, body, now),
+            Err(WebhookError::BadSignature),
+            "v3 {sig:?}"
+        );
+    }
 }
 
 #[test]
@@ -186,11 +207,35 @@ fn v3_timestamps_outside_five_minutes_are_refused_both_ways() {
         ),
         "future"
     );
+    // A timestamp that is not a number: unsigned it is a bad signature (401), signed it is
+    // malformed (400).
     let h = headers(&[(SIGNATURE_V3_HEADER, &sig), (TIMESTAMP_HEADER, "soon")]);
+    assert_eq!(
+        check(&v, Method::POST, URI, &h, body, at(ts)),
+        Err(WebhookError::BadSignature)
+    );
+    let signed_soon = v3_base64(SECRET.as_bytes(), "POST", URI, body, "soon");
+    let h = headers(&[
+        (SIGNATURE_V3_HEADER, &signed_soon),
+        (TIMESTAMP_HEADER, "soon"),
+    ]);
     assert!(matches!(
         check(&v, Method::POST, URI, &h, body, at(ts)),
         Err(WebhookError::Malformed(_))
     ));
+    // Timestamps at the extremes: refused, no overflow.
+    for extreme in [i64::MIN, -1, 0, i64::MAX] {
+        let text = extreme.to_string();
+        let sig = v3_base64(SECRET.as_bytes(), "POST", URI, body, &text);
+        let h = headers(&[(SIGNATURE_V3_HEADER, &sig), (TIMESTAMP_HEADER, &text)]);
+        assert!(
+            matches!(
+                check(&v, Method::POST, URI, &h, body, at(ts)),
+                Err(WebhookError::OutsideTolerance { .. })
+            ),
+            "{extreme}"
+        );
+    }
 }
 
 #[test]
@@ -286,13 +331,111 @@ fn rotation_accepts_the_previous_secret_and_versions_can_be_restricted() {
             now,
         )
         .unwrap();
-    assert!(matches!(
+    // Signed only with a version this verifier refuses: what it needs is missing (401).
+    assert_eq!(
         check(&v3_only, Method::POST, URI, &h, b"[]", now),
-        Err(WebhookError::Malformed(_))
-    ));
+        Err(WebhookError::MissingHeader(SIGNATURE_V3_HEADER))
+    );
+    let v1_only = verifier().with_versions([SignatureVersion::V1]);
+    let mut h2 = h.clone();
+    h2.insert(SIGNATURE_VERSION_HEADER, HeaderValue::from_static("v2"));
+    assert_eq!(
+        check(&v1_only, Method::POST, URI, &h2, b"[]", now),
+        Err(WebhookError::BadSignature)
+    );
     let dbg = format!("{rotated:?}");
     assert!(
         !dbg.contains("old-secret") && !dbg.contains("new-secret"),
         "{dbg}"
     );
+}
+
+#[test]
+fn a_configured_target_url_keeps_the_request_query_string() {
+    // HubSpot's documented v3 construction, `method + URI + body + timestamp`, over the full
+    // URL it called, query string included (`%3A` decoded as the table says). Vectors computed
+    // with Python's hmac/hashlib:
+    //   v3: base64(HMAC-SHA256(secret, "POST" +
+    //       "https://www.example.com/webhook_uri?portalId=62515&name=a:b" + body + ts))
+    //   v2: hex(SHA-256(secret + "POST" +
+    //       "https://www.example.com/webhook_uri?portalId=62515&name=a%3Ab" + body))
+    let body = b"{'example_field':'example_value'}";
+    let ts = "1693657560000";
+    let now = at(1_693_657_560_000);
+    let pinned = verifier().with_target_url(URI);
+    // Behind a proxy the request arrives with another scheme, host and path, and its query.
+    let internal = "http://10.0.0.5:8080/internal/hubspot?portalId=62515&name=a%3Ab";
+    let h = headers(&[
+        (
+            SIGNATURE_V3_HEADER,
+            "E0BBDVpmHRf32mxQn4uCyPPuLC8oiZwQ8ZAaPDgW/0k=",
+        ),
+        (TIMESTAMP_HEADER, ts),
+    ]);
+    check(&pinned, Method::POST, internal, &h, body, now).unwrap();
+    // The path-only form a server sees works too.
+    check(
+        &pinned,
+        Method::POST,
+        "/webhooks/hubspot/acme?portalId=62515&name=a%3Ab",
+        &h,
+        body,
+        now,
+    )
+    .unwrap();
+    // Another query (or none) is another URL: refused.
+    assert_eq!(
+        check(
+            &pinned,
+            Method::POST,
+            "http://10.0.0.5:8080/internal/hubspot?portalId=62516&name=a%3Ab",
+            &h,
+            body,
+            now
+        ),
+        Err(WebhookError::BadSignature)
+    );
+    assert_eq!(
+        check(
+            &pinned,
+            Method::POST,
+            "http://10.0.0.5:8080/internal/hubspot",
+            &h,
+            body,
+            now
+        ),
+        Err(WebhookError::BadSignature)
+    );
+    // A query in the configured URL is replaced by the request's.
+    let pinned_with_query = verifier().with_target_url(format!("{URI}?stale=1"));
+    check(&pinned_with_query, Method::POST, internal, &h, body, now).unwrap();
+    let h = headers(&[
+        (
+            SIGNATURE_HEADER,
+            "744fe76832ae4164c7e683ecd9f10ef149bece81f626541068a278adc804bc38",
+        ),
+        (SIGNATURE_VERSION_HEADER, "v2"),
+    ]);
+    check(&pinned, Method::POST, internal, &h, body, now).unwrap();
+    // sign() builds the same URI, so a simulator and the verifier agree.
+    let uri: Uri = internal.parse().unwrap();
+    for version in [SignatureVersion::V2, SignatureVersion::V3] {
+        let signed = pinned
+            .sign_with(
+                version,
+                &WebhookRequest::new(&Method::POST, &uri, &HeaderMap::new(), body),
+                now,
+            )
+            .unwrap();
+        check(&pinned, Method::POST, internal, &signed, body, now).unwrap();
+        check(
+            &verifier(),
+            Method::POST,
+            &format!("{URI}?portalId=62515&name=a%3Ab"),
+            &signed,
+            body,
+            now,
+        )
+        .unwrap();
+    }
 }
