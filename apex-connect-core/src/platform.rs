@@ -625,6 +625,13 @@ pub fn oauth_config(
         .or_else(|| defaults.as_ref().map(|d| d.client_auth))
         .unwrap_or_default();
     config = config.with_client_auth(client_auth);
+    if let Some(url) = auth
+        .revoke_url
+        .clone()
+        .or_else(|| defaults.as_ref().and_then(|d| d.revoke_url.clone()))
+    {
+        config = config.with_revocation_url(url);
+    }
     if let Some(d) = &defaults {
         for (k, v) in &d.authorize_params {
             config = config.with_authorize_param(k.clone(), v.clone());
@@ -665,19 +672,6 @@ pub fn auth_mode(
     )
 }
 
-/// An HTTP client for token endpoints: connect and request timeouts, no redirects.
-///
-/// # Errors
-/// `Config` when the TLS backend cannot be initialised.
-pub fn oauth_http_client() -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| Error::config("cannot build the OAuth HTTP client").set_source(e))
-}
-
 /// What [`resolve_auth`] needs besides the platform and settings.
 #[non_exhaustive]
 pub struct AuthInputs<'a> {
@@ -692,7 +686,8 @@ pub struct AuthInputs<'a> {
     /// Called when the grant is gone (the host marks the connection as needing
     /// re-authorization).
     pub on_reauth_needed: Option<ReauthHook>,
-    /// The HTTP client for the token endpoint (default: [`oauth_http_client`]).
+    /// The HTTP client for the token endpoint (default:
+    /// [`default_http_client`](crate::oauth::default_http_client): timeouts, no redirects).
     pub http: Option<reqwest::Client>,
 }
 
@@ -790,7 +785,7 @@ pub fn resolve_auth(
     }
     let http = match inputs.http {
         Some(h) => h,
-        None => oauth_http_client()?,
+        None => crate::oauth::default_http_client()?,
     };
     let client = OAuthClient::new(config.clone(), http)?;
     let refresher: Arc<dyn TokenRefresher> = match mode {
@@ -849,4 +844,200 @@ pub fn resolve_auth(
 fn unreachable_token() -> Grant {
     // `resolve_auth` returns early for `AuthMode::Token`; kept total without a panic.
     Grant::RefreshToken
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::MemoryTokenStore;
+    use serde_json::json;
+
+    #[derive(Debug)]
+    struct Demo;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct DemoSettings {
+        #[serde(default)]
+        page_size: Option<u32>,
+    }
+
+    static SECRETS: &[SecretSpec] = &[
+        SecretSpec::new("api_token", SecretKind::Credential, "the API token"),
+        SecretSpec::new(
+            "client_secret",
+            SecretKind::OAuthClient,
+            "the OAuth client secret",
+        ),
+    ];
+
+    impl Platform for Demo {
+        fn name(&self) -> &'static str {
+            "demo"
+        }
+        fn description(&self) -> &'static str {
+            "a demo platform"
+        }
+        fn secrets(&self) -> &'static [SecretSpec] {
+            SECRETS
+        }
+        fn oauth(&self, _: &Settings) -> Result<Option<OAuthDefaults>> {
+            Ok(Some(
+                OAuthDefaults::new("https://demo.example/token")
+                    .auth_url("https://demo.example/authorize")
+                    .revoke_url("https://demo.example/revoke")
+                    .scopes(["read"])
+                    .grants([
+                        Grant::AuthorizationCode,
+                        Grant::RefreshToken,
+                        Grant::JwtBearer,
+                    ]),
+            ))
+        }
+        fn check_settings(&self, settings: &Settings) -> Result<()> {
+            settings.parse::<DemoSettings>().map(|_| ())
+        }
+        fn build(&self, _: &BuildContext<'_>) -> Result<Arc<dyn Connector>> {
+            Err(Error::unsupported("not needed here"))
+        }
+    }
+
+    fn settings(v: serde_json::Value) -> Settings {
+        Settings::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn platform_settings_leave_the_shared_auth_keys_out() {
+        let s = settings(json!({"page_size": 5, "client_id": "abc", "scopes": ["x"]}));
+        Demo.check_settings(&s).unwrap();
+        let e = Demo
+            .check_settings(&settings(json!({"page_sise": 5})))
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Config);
+        assert!(format!("{e}").contains("page_sise"), "{e}");
+        assert!(
+            settings(json!({"auth": "magic"})).auth().is_err(),
+            "unknown auth mode"
+        );
+        assert!(Settings::from_value(json!([1])).is_err());
+    }
+
+    #[test]
+    fn oauth_config_takes_defaults_and_overrides() {
+        let secrets = Secrets::from_values([("client_secret", "s3cret")]);
+        let c = oauth_config(&Demo, &settings(json!({"client_id": "abc"})), &secrets)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.token_url, "https://demo.example/token");
+        assert_eq!(
+            c.auth_url.as_deref(),
+            Some("https://demo.example/authorize")
+        );
+        assert_eq!(
+            c.revocation_url.as_deref(),
+            Some("https://demo.example/revoke")
+        );
+        assert_eq!(c.scopes, vec!["read".to_string()]);
+        assert!(c.client_secret.is_some());
+        let c = oauth_config(
+            &Demo,
+            &settings(
+                json!({"client_id": "abc", "token_url": "http://127.0.0.1:9/t", "scopes": []}),
+            ),
+            &secrets,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.token_url, "http://127.0.0.1:9/t");
+        assert!(c.scopes.is_empty());
+        assert!(
+            oauth_config(&Demo, &settings(json!({})), &secrets)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn the_auth_mode_follows_settings_credentials_and_stored_tokens() {
+        let none = Secrets::new();
+        let token = Secrets::from_values([("api_token", "t")]);
+        let oauth = settings(json!({"client_id": "abc"}));
+        assert_eq!(
+            auth_mode(&Demo, &settings(json!({})), &token, false).unwrap(),
+            AuthMode::Token
+        );
+        assert_eq!(
+            auth_mode(&Demo, &oauth, &none, false).unwrap(),
+            AuthMode::Oauth
+        );
+        assert_eq!(
+            auth_mode(&Demo, &oauth, &token, false).unwrap(),
+            AuthMode::Token
+        );
+        assert_eq!(
+            auth_mode(&Demo, &oauth, &token, true).unwrap(),
+            AuthMode::Oauth
+        );
+        let explicit = settings(json!({"client_id": "abc", "auth": "token"}));
+        assert_eq!(
+            auth_mode(&Demo, &explicit, &none, true).unwrap(),
+            AuthMode::Token
+        );
+    }
+
+    #[tokio::test]
+    async fn resolve_auth_builds_a_manager_per_grant() {
+        let store: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::new());
+        let id = ConnectionId::from("c1");
+        let none = Secrets::new();
+        let auth = resolve_auth(
+            &Demo,
+            &settings(json!({})),
+            AuthInputs::new(
+                &id,
+                &Secrets::from_values([("api_token", "t")]),
+                store.clone(),
+            ),
+        )
+        .unwrap();
+        assert!(matches!(auth, ConnectionAuth::Secrets));
+        let auth = resolve_auth(
+            &Demo,
+            &settings(json!({"client_id": "abc"})),
+            AuthInputs::new(&id, &none, store.clone()),
+        )
+        .unwrap();
+        assert!(matches!(auth, ConnectionAuth::OAuth(_)), "{auth:?}");
+        // JWT bearer needs the signing key from the secrets, never the settings.
+        let e = resolve_auth(
+            &Demo,
+            &settings(json!({"client_id": "abc", "auth": "jwt_bearer"})),
+            AuthInputs::new(&id, &none, store.clone()),
+        )
+        .unwrap_err();
+        assert!(format!("{e}").contains("private_key"), "{e}");
+        let e = resolve_auth(
+            &Demo,
+            &settings(json!({"client_id": "abc", "auth": "jwt_bearer"})),
+            AuthInputs::new(
+                &id,
+                &Secrets::from_values([("private_key", "not a pem")]),
+                store.clone(),
+            ),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Config);
+        // The demo platform supports no client-credentials grant.
+        let e = resolve_auth(
+            &Demo,
+            &settings(json!({"client_id": "abc", "auth": "client_credentials"})),
+            AuthInputs::new(&id, &none, store),
+        )
+        .unwrap_err();
+        assert!(format!("{e}").contains("grant"), "{e}");
+        // Secrets never show in Debug.
+        let shown = format!("{:?}", Secrets::from_values([("api_token", "zzz-secret")]));
+        assert!(!shown.contains("zzz"), "{shown}");
+    }
 }
