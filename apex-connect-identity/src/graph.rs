@@ -265,6 +265,26 @@ impl EntityGraph {
             .map(CanonicalId))
     }
 
+    /// The canonical entities of many source entities (aligned with `sources`; `None` for
+    /// unknown or deleted ones).
+    ///
+    /// # Errors
+    /// `Storage` on database failures.
+    pub async fn find_sources(&self, sources: &[SourceKey]) -> Result<Vec<Option<CanonicalId>>> {
+        let srcs: Vec<String> = sources.iter().map(SourceKey::to_stored).collect();
+        let mut tx = self.read().await?;
+        let found: std::collections::HashMap<String, Option<i64>> = tx
+            .nodes_by_src(&srcs)
+            .await?
+            .into_iter()
+            .map(|s| (s.src, if s.deleted { None } else { s.cluster }))
+            .collect();
+        Ok(srcs
+            .iter()
+            .map(|s| found.get(s).copied().flatten().map(CanonicalId))
+            .collect())
+    }
+
     /// The most recent joins and merges, newest first, each with the identities that joined
     /// them and the source entity whose arrival did it.
     ///
