@@ -91,7 +91,9 @@ pub(crate) async fn audit(tx: &mut dyn GraphTx, policy: &Policy) -> Result<Audit
     report.sources = nodes.len() as u64;
     let (empty, orphans) = tx.audit_orphans().await?;
     for c in empty {
-        report.violation(format!("canonical entity {c} is live without a live source"));
+        report.violation(format!(
+            "canonical entity {c} is live without a live source"
+        ));
     }
     for n in orphans {
         report.violation(format!("source entity {n} has no live canonical entity"));
@@ -164,7 +166,10 @@ pub(crate) async fn audit(tx: &mut dyn GraphTx, policy: &Policy) -> Result<Audit
     for n in nodes.values() {
         if let Some(c) = n.cluster {
             for k in &n.keys {
-                holders.entry((n.kind.as_str(), k.as_str())).or_default().insert(c);
+                holders
+                    .entry((n.kind.as_str(), k.as_str()))
+                    .or_default()
+                    .insert(c);
             }
         }
     }

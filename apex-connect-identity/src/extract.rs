@@ -51,7 +51,12 @@ impl SourceKey {
 
     /// The stored form: a JSON array of the four parts (unambiguous whatever the ids hold).
     pub(crate) fn to_stored(&self) -> String {
-        src_string(&self.connection, &self.platform, &self.object_type, &self.id)
+        src_string(
+            &self.connection,
+            &self.platform,
+            &self.object_type,
+            &self.id,
+        )
     }
 
     pub(crate) fn from_stored(s: &str) -> Option<SourceKey> {
@@ -197,13 +202,11 @@ fn field_value(entity: &Entity, path: &str) -> Option<String> {
         "attributes" => &entity.attributes,
         _ => return None,
     };
-    let v = map
-        .get(name)
-        .or_else(|| {
-            map.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v)
-        })?;
+    let v = map.get(name).or_else(|| {
+        map.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    })?;
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
@@ -253,17 +256,19 @@ pub(crate) fn node_write(
             } else {
                 role_for(KeyKind::Email)
             };
-            if person {
-                if let Some(d) = norm.email_org_domain(&e) {
-                    keys.add(IdentityKey::new(KeyKind::Domain, d), KeyRole::Link, raw);
-                }
+            if person && let Some(d) = norm.email_org_domain(&e) {
+                keys.add(IdentityKey::new(KeyKind::Domain, d), KeyRole::Link, raw);
             }
             keys.add(IdentityKey::new(KeyKind::Email, e.address), role, raw);
         }
     };
     let add_phone = |keys: &mut Keys, raw: &str| {
         if let Some(p) = normalize::phone(raw, region) {
-            keys.add(IdentityKey::new(KeyKind::Phone, p), role_for(KeyKind::Phone), raw);
+            keys.add(
+                IdentityKey::new(KeyKind::Phone, p),
+                role_for(KeyKind::Phone),
+                raw,
+            );
         }
     };
     for identity in &entity.identities {
@@ -339,17 +344,17 @@ pub(crate) fn node_write(
             }
         }
     }
-    if policy.is_target(&src.platform, &src.object_type) {
-        if let Some(id) = normalize::platform_id(&src.platform, &src.id) {
-            keys.add(
-                IdentityKey::new(
-                    KeyKind::External,
-                    format!("{}/{}:{}", src.platform, src.object_type, id),
-                ),
-                role_for(KeyKind::External),
-                &src.id,
-            );
-        }
+    if policy.is_target(&src.platform, &src.object_type)
+        && let Some(id) = normalize::platform_id(&src.platform, &src.id)
+    {
+        keys.add(
+            IdentityKey::new(
+                KeyKind::External,
+                format!("{}/{}:{}", src.platform, src.object_type, id),
+            ),
+            role_for(KeyKind::External),
+            &src.id,
+        );
     }
     let mut relations = Vec::new();
     for r in entity.relations.iter().take(MAX_RELATIONS_PER_ENTITY) {
@@ -372,7 +377,10 @@ pub(crate) fn node_write(
         fields.insert("name".into(), Value::String(n.clone()));
     }
     if !entity.attributes.is_empty() {
-        fields.insert("attributes".into(), Value::Object(entity.attributes.clone()));
+        fields.insert(
+            "attributes".into(),
+            Value::Object(entity.attributes.clone()),
+        );
     }
     if !entity.custom_fields.is_empty() {
         fields.insert(
@@ -534,13 +542,24 @@ mod tests {
     #[test]
     fn digest_follows_content() {
         let p = compiled();
-        let e = Entity::new(EntityKind::Person, SourceRef::new("frontapp", "contact", "c"))
-            .with_name("Ann");
+        let e = Entity::new(
+            EntityKind::Person,
+            SourceRef::new("frontapp", "contact", "c"),
+        )
+        .with_name("Ann");
         let a = node_write(&p, "f", "contacts", "c", Some(1), None, &e).unwrap();
         let b = node_write(&p, "f", "contacts", "c", Some(2), None, &e).unwrap();
         assert_eq!(a.digest, b.digest);
-        let c = node_write(&p, "f", "contacts", "c", Some(1), None, &e.clone().with_name("Bo"))
-            .unwrap();
+        let c = node_write(
+            &p,
+            "f",
+            "contacts",
+            "c",
+            Some(1),
+            None,
+            &e.clone().with_name("Bo"),
+        )
+        .unwrap();
         assert_ne!(a.digest, c.digest);
         let long = Entity::new(
             EntityKind::Person,

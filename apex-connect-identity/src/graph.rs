@@ -232,11 +232,13 @@ impl EntityGraph {
             let Some(c) = h.cluster else {
                 continue;
             };
-            let e = by_cluster.entry(c).or_insert_with(|| (h.kind.clone(), Vec::new()));
-            if let Some(s) = srcs.get(&h.node).and_then(|s| SourceKey::from_stored(s)) {
-                if !e.1.contains(&s) {
-                    e.1.push(s);
-                }
+            let e = by_cluster
+                .entry(c)
+                .or_insert_with(|| (h.kind.clone(), Vec::new()));
+            if let Some(s) = srcs.get(&h.node).and_then(|s| SourceKey::from_stored(s))
+                && !e.1.contains(&s)
+            {
+                e.1.push(s);
             }
         }
         let mut out = Vec::with_capacity(by_cluster.len());
@@ -441,7 +443,10 @@ impl EntityGraph {
         }
         let nodes: BTreeSet<NodeId> = ctx.tx.split_nodes(split).await?.into_iter().collect();
         ctx.merge_pass(&nodes).await?;
-        let cluster = ctx.resolve_alias(before.cluster).await?.unwrap_or(before.cluster);
+        let cluster = ctx
+            .resolve_alias(before.cluster)
+            .await?
+            .unwrap_or(before.cluster);
         ctx.events.push(crate::store::EventInsert {
             at: now,
             kind: "unsplit".into(),

@@ -168,9 +168,9 @@ const FIRST: &[&str] = &[
     "Ann", "Bob", "Carla", "David", "Elena", "Farid", "Grace", "Hugo", "Irene", "Jamal", "Kira",
     "Liam", "Maria", "Noah", "Olga", "Pedro", "Quinn", "Rosa", "Sam", "Tara", "Umar", "Vera",
     "Will", "Xena", "Yusuf", "Zoe", "Aiko", "Bruno", "Chloe", "Dmitri", "Emma", "Felix", "Gina",
-    "Hana", "Ivan", "Julia", "Karl", "Lena", "Mateo", "Nina", "Oscar", "Priya", "Rafael",
-    "Sofia", "Tom", "Uma", "Victor", "Wen", "Yara", "John", "Mary", "James", "Linda", "Robert",
-    "Patricia", "Michael", "Jennifer", "Daniel", "Laura", "Kevin",
+    "Hana", "Ivan", "Julia", "Karl", "Lena", "Mateo", "Nina", "Oscar", "Priya", "Rafael", "Sofia",
+    "Tom", "Uma", "Victor", "Wen", "Yara", "John", "Mary", "James", "Linda", "Robert", "Patricia",
+    "Michael", "Jennifer", "Daniel", "Laura", "Kevin",
 ];
 const LAST: &[&str] = &[
     "Smith", "Lee", "Garcia", "Müller", "Okafor", "Nguyen", "Rossi", "Kowalski", "Johnson",
@@ -178,18 +178,70 @@ const LAST: &[&str] = &[
     "Schmidt", "Williams", "Jones", "Miller", "Davis", "Martin", "Wilson", "Anderson", "Taylor",
     "Thomas", "Moore", "Jackson", "White", "Harris", "Clark", "Lewis", "Walker", "Hall", "Young",
     "King", "Wright", "Lopez", "Hill", "Scott", "Green", "Adams", "Baker", "Nelson", "Carter",
-    "Mitchell", "Perez", "Roberts", "Turner", "Phillips", "Campbell", "Parker", "Evans",
-    "Edwards", "Collins", "Stewart", "Morris",
+    "Mitchell", "Perez", "Roberts", "Turner", "Phillips", "Campbell", "Parker", "Evans", "Edwards",
+    "Collins", "Stewart", "Morris",
 ];
 const WORDS: &[&str] = &[
-    "acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "wonka", "tyrell",
-    "cyberdyne", "soylent", "aperture", "vandelay", "dunder", "pied", "massive", "oscorp",
-    "gringotts", "nakatomi", "monarch", "zorg", "virtucon", "prestige", "bluth", "sterling",
-    "kramerica", "duff", "contoso", "fabrikam", "northwind", "tailspin", "litware", "adatum",
-    "proseware", "wingtip", "fourth", "coho", "lucerne", "margie", "alpine", "blue", "city",
-    "consolidated", "datum", "fincher", "graphic", "humongous", "liberty", "nod", "relecloud",
-    "southridge", "trey", "wide", "woodgrove", "vanarsdel", "bellows", "lamna", "tasmanian",
-    "orbit", "quantum",
+    "acme",
+    "globex",
+    "initech",
+    "umbrella",
+    "hooli",
+    "stark",
+    "wayne",
+    "wonka",
+    "tyrell",
+    "cyberdyne",
+    "soylent",
+    "aperture",
+    "vandelay",
+    "dunder",
+    "pied",
+    "massive",
+    "oscorp",
+    "gringotts",
+    "nakatomi",
+    "monarch",
+    "zorg",
+    "virtucon",
+    "prestige",
+    "bluth",
+    "sterling",
+    "kramerica",
+    "duff",
+    "contoso",
+    "fabrikam",
+    "northwind",
+    "tailspin",
+    "litware",
+    "adatum",
+    "proseware",
+    "wingtip",
+    "fourth",
+    "coho",
+    "lucerne",
+    "margie",
+    "alpine",
+    "blue",
+    "city",
+    "consolidated",
+    "datum",
+    "fincher",
+    "graphic",
+    "humongous",
+    "liberty",
+    "nod",
+    "relecloud",
+    "southridge",
+    "trey",
+    "wide",
+    "woodgrove",
+    "vanarsdel",
+    "bellows",
+    "lamna",
+    "tasmanian",
+    "orbit",
+    "quantum",
 ];
 const TLDS: &[&str] = &["com", "com", "com", "com", "io", "co.uk", "de", "com.au"];
 const FREE_MAIL: &[&str] = &[
@@ -200,9 +252,17 @@ const FREE_MAIL: &[&str] = &[
     "icloud.com",
     "hotmail.co.uk",
 ];
-const US_AREAS: &[u32] = &[212, 415, 312, 617, 206, 512, 303, 404, 305, 213, 646, 718, 202];
+const US_AREAS: &[u32] = &[
+    212, 415, 312, 617, 206, 512, 303, 404, 305, 213, 646, 718, 202,
+];
 const TITLES: &[&str] = &[
-    "CEO", "CTO", "VP Sales", "Head of Support", "Engineer", "Buyer", "Office Manager",
+    "CEO",
+    "CTO",
+    "VP Sales",
+    "Head of Support",
+    "Engineer",
+    "Buyer",
+    "Office Manager",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,6 +424,9 @@ fn email_variant(rng: &mut StdRng, email: &str, platform: &str) -> String {
     base
 }
 
+/// The records of one (connection, stream) and their entities.
+type StreamData = (Vec<Record>, Vec<Option<Entity>>);
+
 struct Builder<'a> {
     rng: StdRng,
     shard: u64,
@@ -371,7 +434,7 @@ struct Builder<'a> {
     counter: u64,
     base_ms: i64,
     /// (connection, stream) -> records and entities.
-    streams: BTreeMap<(String, String), (Vec<Record>, Vec<Option<Entity>>)>,
+    streams: BTreeMap<(String, String), StreamData>,
     truth: Vec<(SourceKey, String)>,
 }
 
@@ -383,12 +446,8 @@ impl Builder<'_> {
 
     fn push(&mut self, connection: &str, stream: &str, id: &str, entity: Entity, truth: String) {
         let ms = self.base_ms + self.rng.random_range(0..86_400_000i64);
-        let record = Record::upsert(
-            StreamId::new(stream.to_string()),
-            id,
-            json!({ "id": id }),
-        )
-        .with_modified(ms);
+        let record = Record::upsert(StreamId::new(stream.to_string()), id, json!({ "id": id }))
+            .with_modified(ms);
         self.truth.push((
             SourceKey::new(
                 connection,
@@ -498,7 +557,10 @@ fn make_companies(b: &mut Builder<'_>) -> Vec<Company> {
         };
         let website = match &domain {
             Some(d) => d.clone(),
-            None => FREE_MAIL.choose(&mut b.rng).unwrap_or(&"gmail.com").to_string(),
+            None => FREE_MAIL
+                .choose(&mut b.rng)
+                .unwrap_or(&"gmail.com")
+                .to_string(),
         };
         let on_hs = b.rng.random_bool(0.85);
         let on_sf = b.rng.random_bool(0.65) || !on_hs;
@@ -671,13 +733,16 @@ fn emit_companies(b: &mut Builder<'_>, companies: &[Company]) -> Vec<Vec<SourceK
             let opp = on_sf.then(|| sf_id("006", n));
             if let (true, Some(company)) = (on_hs, &c.hubspot) {
                 let id = n.to_string();
-                let mut e = Entity::new(EntityKind::Deal, SourceRef::new("hubspot", "deal", id.clone()))
-                    .with_name(format!("{} renewal {n}", c.name))
-                    .with_attr("amount", json!(b.rng.random_range(1_000..100_000)))
-                    .with_relation(
-                        "deal_company",
-                        SourceRef::new("hubspot", "company", company.clone()),
-                    );
+                let mut e = Entity::new(
+                    EntityKind::Deal,
+                    SourceRef::new("hubspot", "deal", id.clone()),
+                )
+                .with_name(format!("{} renewal {n}", c.name))
+                .with_attr("amount", json!(b.rng.random_range(1_000..100_000)))
+                .with_relation(
+                    "deal_company",
+                    SourceRef::new("hubspot", "company", company.clone()),
+                );
                 if let (true, Some(o)) = (synced, &opp) {
                     let v = if b.rng.random_bool(0.3) {
                         o.to_ascii_lowercase()
@@ -697,8 +762,16 @@ fn emit_companies(b: &mut Builder<'_>, companies: &[Company]) -> Vec<Vec<SourceK
                 )
                 .with_name(format!("{} - Renewal", c.name))
                 .with_attr("amount", json!(b.rng.random_range(1_000..100_000)))
-                .with_relation("account", SourceRef::new("salesforce", "account", account.clone()));
-                keys.push(SourceKey::new(SALESFORCE, "salesforce", "opportunity", o.clone()));
+                .with_relation(
+                    "account",
+                    SourceRef::new("salesforce", "account", account.clone()),
+                );
+                keys.push(SourceKey::new(
+                    SALESFORCE,
+                    "salesforce",
+                    "opportunity",
+                    o.clone(),
+                ));
                 b.push(SALESFORCE, "Opportunity", o, e, truth.clone());
             }
         }
@@ -721,7 +794,13 @@ fn emit_people(
         let roll = b.rng.random_range(0..1000);
         if roll < 10 {
             // john.smith@outlook.com vs johnsmith@outlook.com: different mailboxes.
-            let local = format!("{}.{}{}x{}", ascii_lower(&p.first), ascii_lower(&p.last), b.shard, i);
+            let local = format!(
+                "{}.{}{}x{}",
+                ascii_lower(&p.first),
+                ascii_lower(&p.last),
+                b.shard,
+                i
+            );
             p.personal_email = Some(format!("{local}@outlook.com"));
             p.work_email = None;
             p.company = None;
@@ -738,9 +817,10 @@ fn emit_people(
                 let mut colleague = p.clone();
                 colleague.truth = format!("{}:colleague", p.truth);
                 colleague.first = FIRST[(i + 7) % FIRST.len()].to_string();
-                colleague.work_email = companies[c].domain.as_ref().map(|d| {
-                    format!("{}{}c{}@{d}", ascii_lower(&colleague.first), b.shard, i)
-                });
+                colleague.work_email = companies[c]
+                    .domain
+                    .as_ref()
+                    .map(|d| format!("{}{}c{}@{d}", ascii_lower(&colleague.first), b.shard, i));
                 colleague.personal_email = None;
                 colleague.twitter = None;
                 extra.push(colleague);
@@ -784,13 +864,26 @@ fn emit_people(
         }
         for k in 0..3 {
             let id = b.next_id().to_string();
-            let e = Entity::new(EntityKind::Person, SourceRef::new("hubspot", "contact", id.clone()))
-                .with_name(format!("{} {}", FIRST[(ci + k) % FIRST.len()], LAST[k % LAST.len()]))
-                .with_identity(Identity::Email(format!("Info@{d}")))
-                .with_identity(Identity::Phone(
-                    Phone::random(&mut b.rng, Country::Us).written(&mut b.rng, Country::Us),
-                ));
-            b.push(HUBSPOT, "contacts", &id, e, format!("person:{}:info{ci}-{k}", b.shard));
+            let e = Entity::new(
+                EntityKind::Person,
+                SourceRef::new("hubspot", "contact", id.clone()),
+            )
+            .with_name(format!(
+                "{} {}",
+                FIRST[(ci + k) % FIRST.len()],
+                LAST[k % LAST.len()]
+            ))
+            .with_identity(Identity::Email(format!("Info@{d}")))
+            .with_identity(Identity::Phone(
+                Phone::random(&mut b.rng, Country::Us).written(&mut b.rng, Country::Us),
+            ));
+            b.push(
+                HUBSPOT,
+                "contacts",
+                &id,
+                e,
+                format!("person:{}:info{ci}-{k}", b.shard),
+            );
         }
     }
 
@@ -809,22 +902,29 @@ fn emit_people(
         };
 
         if let Some(id) = &hs_id {
-            let mut e = Entity::new(EntityKind::Person, SourceRef::new("hubspot", "contact", id.clone()))
-                .with_name(p.name())
-                .with_identity(Identity::Email(email_variant(&mut b.rng, &primary, "hubspot")))
-                .with_attr("title", json!(p.title));
-            if let (Some(personal), true) = (&p.personal_email, p.work_email.is_some()) {
-                if b.rng.random_bool(0.4) {
-                    e = e.with_identity(Identity::Email(email_variant(&mut b.rng, personal, "hubspot")));
-                }
+            let mut e = Entity::new(
+                EntityKind::Person,
+                SourceRef::new("hubspot", "contact", id.clone()),
+            )
+            .with_name(p.name())
+            .with_identity(Identity::Email(email_variant(
+                &mut b.rng, &primary, "hubspot",
+            )))
+            .with_attr("title", json!(p.title));
+            if let (Some(personal), true) = (&p.personal_email, p.work_email.is_some())
+                && b.rng.random_bool(0.4)
+            {
+                e = e.with_identity(Identity::Email(email_variant(
+                    &mut b.rng, personal, "hubspot",
+                )));
             }
             // A duplicate within HubSpot (a form fill) is joined by the phone: the main
             // contact then carries it.
             let duplicate = b.rng.random_bool(0.03);
-            if let Some(ph) = &p.phone {
-                if duplicate || b.rng.random_bool(0.6) {
-                    e = e.with_identity(Identity::Phone(ph.written(&mut b.rng, Country::Us)));
-                }
+            if let Some(ph) = &p.phone
+                && (duplicate || b.rng.random_bool(0.6))
+            {
+                e = e.with_identity(Identity::Phone(ph.written(&mut b.rng, Country::Us)));
             }
             if let (Some(sf), true) = (&sf_contact, b.rng.random_bool(0.5)) {
                 let v = if b.rng.random_bool(0.3) {
@@ -832,19 +932,28 @@ fn emit_people(
                 } else {
                     sf.clone()
                 };
-                e.custom_fields.insert("salesforcecontactid".into(), json!(v));
+                e.custom_fields
+                    .insert("salesforcecontactid".into(), json!(v));
             }
             if let Some(hs_company) = company.and_then(|c| c.hubspot.as_ref()) {
-                e = e.with_relation("works_at", SourceRef::new("hubspot", "company", hs_company.clone()));
+                e = e.with_relation(
+                    "works_at",
+                    SourceRef::new("hubspot", "company", hs_company.clone()),
+                );
             }
             b.push(HUBSPOT, "contacts", id, e, p.truth.clone());
             // The duplicate: the personal email and the phone.
             if duplicate {
                 let dup = b.next_id().to_string();
-                let mut e = Entity::new(EntityKind::Person, SourceRef::new("hubspot", "contact", dup.clone()))
-                    .with_name(p.first.clone());
+                let mut e = Entity::new(
+                    EntityKind::Person,
+                    SourceRef::new("hubspot", "contact", dup.clone()),
+                )
+                .with_name(p.first.clone());
                 let email = p.personal_email.as_ref().unwrap_or(&primary).clone();
-                e = e.with_identity(Identity::Email(email_variant(&mut b.rng, &email, "hubspot")));
+                e = e.with_identity(Identity::Email(email_variant(
+                    &mut b.rng, &email, "hubspot",
+                )));
                 if let Some(ph) = &p.phone {
                     e = e.with_identity(Identity::Phone(ph.written(&mut b.rng, Country::Us)));
                 } else if email != primary {
@@ -854,33 +963,54 @@ fn emit_people(
             }
         }
         if let Some(id) = &sf_contact {
-            let mut e = Entity::new(EntityKind::Person, SourceRef::new("salesforce", "contact", id.clone()))
-                .with_name(if b.rng.random_bool(0.3) {
-                    format!("{} {}", p.first, p.last.to_uppercase())
-                } else {
-                    p.name()
-                })
-                .with_identity(Identity::Email(email_variant(&mut b.rng, &primary, "salesforce")))
-                .with_attr("title", json!(p.title.to_uppercase()));
-            if let Some(ph) = &p.phone {
-                if b.rng.random_bool(0.7) {
-                    e = e.with_identity(Identity::Phone(ph.written(&mut b.rng, Country::Gb)));
-                }
+            let mut e = Entity::new(
+                EntityKind::Person,
+                SourceRef::new("salesforce", "contact", id.clone()),
+            )
+            .with_name(if b.rng.random_bool(0.3) {
+                format!("{} {}", p.first, p.last.to_uppercase())
+            } else {
+                p.name()
+            })
+            .with_identity(Identity::Email(email_variant(
+                &mut b.rng,
+                &primary,
+                "salesforce",
+            )))
+            .with_attr("title", json!(p.title.to_uppercase()));
+            if let Some(ph) = &p.phone
+                && b.rng.random_bool(0.7)
+            {
+                e = e.with_identity(Identity::Phone(ph.written(&mut b.rng, Country::Gb)));
             }
             if let (Some(hs), true) = (&hs_id, b.rng.random_bool(0.2)) {
-                e.custom_fields.insert("HubSpot_Contact_ID__c".into(), json!(hs));
+                e.custom_fields
+                    .insert("HubSpot_Contact_ID__c".into(), json!(hs));
             }
             if let Some(acct) = company.and_then(|c| c.salesforce.as_ref()) {
-                e = e.with_relation("works_at", SourceRef::new("salesforce", "account", acct.clone()));
+                e = e.with_relation(
+                    "works_at",
+                    SourceRef::new("salesforce", "account", acct.clone()),
+                );
             }
             b.push(SALESFORCE, "Contact", id, e, p.truth.clone());
         }
         if on_front {
             let n = b.next_id();
             let id = format!("crd_{n:x}");
-            let mut e = Entity::new(EntityKind::Person, SourceRef::new("frontapp", "contact", id.clone()))
-                .with_name(p.name())
-                .with_attr("description", json!(format!("{} at {}", p.title, company.map_or("home", |c| c.name.as_str()))));
+            let mut e = Entity::new(
+                EntityKind::Person,
+                SourceRef::new("frontapp", "contact", id.clone()),
+            )
+            .with_name(p.name())
+            .with_attr(
+                "description",
+                json!(format!(
+                    "{} at {}",
+                    p.title,
+                    company.map_or("home", |c| c.name.as_str())
+                )),
+            );
             let hard = b.rng.random_bool(0.005) && (on_hs || on_sf);
             if hard {
                 // Known to Front only by an address nobody else has: cannot be joined.
@@ -892,20 +1022,22 @@ fn emit_people(
                 )));
             } else {
                 if b.rng.random_bool(0.5) {
-                    e = e.with_identity(Identity::Email(email_variant(&mut b.rng, &primary, "frontapp")));
+                    e = e.with_identity(Identity::Email(email_variant(
+                        &mut b.rng, &primary, "frontapp",
+                    )));
                 } else {
                     e = e.with_identity(Identity::Handle {
                         source: "email".into(),
                         value: email_variant(&mut b.rng, &primary, "frontapp"),
                     });
                 }
-                if let Some(ph) = &p.phone {
-                    if b.rng.random_bool(0.4) {
-                        e = e.with_identity(Identity::Handle {
-                            source: "phone".into(),
-                            value: ph.written(&mut b.rng, Country::Us),
-                        });
-                    }
+                if let Some(ph) = &p.phone
+                    && b.rng.random_bool(0.4)
+                {
+                    e = e.with_identity(Identity::Handle {
+                        source: "phone".into(),
+                        value: ph.written(&mut b.rng, Country::Us),
+                    });
                 }
             }
             if let Some(t) = &p.twitter {
@@ -929,27 +1061,42 @@ fn emit_people(
                     SourceRef::new("frontapp", "conversation", cid.clone()),
                 )
                 .with_name(format!("Question from {}", p.first))
-                .with_relation("recipient", SourceRef::new("frontapp", "contact", id.clone()));
-                b.push(FRONT, "conversations", &cid, e, format!("conversation:{}:{n}", b.shard));
+                .with_relation(
+                    "recipient",
+                    SourceRef::new("frontapp", "contact", id.clone()),
+                );
+                b.push(
+                    FRONT,
+                    "conversations",
+                    &cid,
+                    e,
+                    format!("conversation:{}:{n}", b.shard),
+                );
                 // A path to check when the person works at a company with deals and the
                 // contact carries the work email.
-                if let (Some(ci), false) = (p.company, hard) {
-                    if !deals[ci].is_empty() && p.work_email.is_some() {
-                        let c = &companies[ci];
-                        let organization = match (&c.hubspot, &c.salesforce) {
-                            (Some(h), _) => SourceKey::new(HUBSPOT, "hubspot", "company", h.clone()),
-                            (None, Some(s)) => {
-                                SourceKey::new(SALESFORCE, "salesforce", "account", s.clone())
-                            }
-                            (None, None) => continue,
-                        };
-                        paths.push(ExpectedPath {
-                            conversation: SourceKey::new(FRONT, "frontapp", "conversation", cid.clone()),
-                            person: contact_key.clone(),
-                            organization,
-                            deals: deals[ci].clone(),
-                        });
-                    }
+                if let (Some(ci), false) = (p.company, hard)
+                    && !deals[ci].is_empty()
+                    && p.work_email.is_some()
+                {
+                    let c = &companies[ci];
+                    let organization = match (&c.hubspot, &c.salesforce) {
+                        (Some(h), _) => SourceKey::new(HUBSPOT, "hubspot", "company", h.clone()),
+                        (None, Some(s)) => {
+                            SourceKey::new(SALESFORCE, "salesforce", "account", s.clone())
+                        }
+                        (None, None) => continue,
+                    };
+                    paths.push(ExpectedPath {
+                        conversation: SourceKey::new(
+                            FRONT,
+                            "frontapp",
+                            "conversation",
+                            cid.clone(),
+                        ),
+                        person: contact_key.clone(),
+                        organization,
+                        deals: deals[ci].clone(),
+                    });
                 }
             }
         }
@@ -1099,39 +1246,51 @@ async fn check_path(
         return Ok(Err(format!("conversation {conv} not found")));
     };
     if !c.neighbors().contains(&person) {
-        return Ok(Err(format!("conversation {conv} does not lead to person {person}")));
+        return Ok(Err(format!(
+            "conversation {conv} does not lead to person {person}"
+        )));
     }
     let Some(p) = load(graph, cache, person).await? else {
         return Ok(Err(format!("person {person} not found")));
     };
     if !p.neighbors().contains(&org) {
-        return Ok(Err(format!("person {person} does not lead to organization {org}")));
+        return Ok(Err(format!(
+            "person {person} does not lead to organization {org}"
+        )));
     }
     if !p
         .relations
         .iter()
         .any(|r| r.direction == Direction::Incoming && r.other == Some(conv))
     {
-        return Ok(Err(format!("person {person} does not lead back to conversation {conv}")));
+        return Ok(Err(format!(
+            "person {person} does not lead back to conversation {conv}"
+        )));
     }
     let Some(o) = load(graph, cache, org).await? else {
         return Ok(Err(format!("organization {org} not found")));
     };
     if !o.neighbors().contains(&person) {
-        return Ok(Err(format!("organization {org} does not lead back to person {person}")));
+        return Ok(Err(format!(
+            "organization {org} does not lead back to person {person}"
+        )));
     }
     for d in &path.deals {
         let Some(deal) = get(d) else {
             return Ok(Err(format!("deal {d:?} not resolved")));
         };
         if !o.neighbors().contains(&deal) {
-            return Ok(Err(format!("organization {org} does not lead to deal {deal}")));
+            return Ok(Err(format!(
+                "organization {org} does not lead to deal {deal}"
+            )));
         }
         let Some(dv) = load(graph, cache, deal).await? else {
             return Ok(Err(format!("deal {deal} not found")));
         };
         if !dv.neighbors().contains(&org) {
-            return Ok(Err(format!("deal {deal} does not lead back to organization {org}")));
+            return Ok(Err(format!(
+                "deal {deal} does not lead back to organization {org}"
+            )));
         }
     }
     Ok(Ok(()))
@@ -1149,7 +1308,10 @@ mod tests {
             ("a", CanonicalId(2)),
             ("b", CanonicalId(2)),
         ]);
-        assert_eq!((q.true_pairs, q.predicted_pairs, q.correct_pairs), (3, 2, 1));
+        assert_eq!(
+            (q.true_pairs, q.predicted_pairs, q.correct_pairs),
+            (3, 2, 1)
+        );
         assert!((q.precision - 0.5).abs() < 1e-9);
         assert!((q.recall - 1.0 / 3.0).abs() < 1e-9);
     }
@@ -1162,7 +1324,11 @@ mod tests {
         assert_eq!(a.truth, b.truth);
         assert_eq!(a.entities(), b.entities());
         let other = generate_shard(&c, 1);
-        assert!(a.truth.iter().all(|(k, _)| !other.truth.iter().any(|(o, _)| o == k)));
+        assert!(
+            a.truth
+                .iter()
+                .all(|(k, _)| !other.truth.iter().any(|(o, _)| o == k))
+        );
         assert!(sf_id("003", 1).len() == 18);
     }
 }

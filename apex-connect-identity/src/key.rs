@@ -129,8 +129,10 @@ impl KeyRole {
             "weak" => KeyRole::Weak,
             "link" => KeyRole::Link,
             other => {
-                return Err(Error::storage("stored key role is not one this version knows")
-                    .with_context("role", other.chars().take(16).collect::<String>()));
+                return Err(
+                    Error::storage("stored key role is not one this version knows")
+                        .with_context("role", other.chars().take(16).collect::<String>()),
+                );
             }
         })
     }

@@ -240,10 +240,12 @@ impl FromStr for Region {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let up = s.trim().to_ascii_uppercase();
-        phonenumber::country::Id::from_str(&up).map(Region).map_err(|_| {
-            apex_connect_core::Error::config("not a region the phone number metadata knows")
-                .with_context("region", s.chars().take(16).collect::<String>())
-        })
+        phonenumber::country::Id::from_str(&up)
+            .map(Region)
+            .map_err(|_| {
+                apex_connect_core::Error::config("not a region the phone number metadata knows")
+                    .with_context("region", s.chars().take(16).collect::<String>())
+            })
     }
 }
 
@@ -377,10 +379,10 @@ impl Normalizer {
                 local.truncate(plus);
             }
             local.retain(|c| c != '.');
-        } else if self.subaddress.contains(&domain) {
-            if let Some(plus) = local.find('+') {
-                local.truncate(plus);
-            }
+        } else if self.subaddress.contains(&domain)
+            && let Some(plus) = local.find('+')
+        {
+            local.truncate(plus);
         }
         if local.is_empty() {
             return None;
@@ -693,14 +695,23 @@ mod tests {
 
     #[test]
     fn emails_trim_and_lower_case() {
-        assert_eq!(email("  Ann.Lee@Acme.COM \n").as_deref(), Some("ann.lee@acme.com"));
-        assert_eq!(email("mailto:ann@acme.com").as_deref(), Some("ann@acme.com"));
+        assert_eq!(
+            email("  Ann.Lee@Acme.COM \n").as_deref(),
+            Some("ann.lee@acme.com")
+        );
+        assert_eq!(
+            email("mailto:ann@acme.com").as_deref(),
+            Some("ann@acme.com")
+        );
         assert_eq!(
             email("Ann Lee <Ann@Acme.com>").as_deref(),
             Some("ann@acme.com")
         );
         assert_eq!(email("ann@acme.com.").as_deref(), Some("ann@acme.com"));
-        assert_eq!(email("ann@bücher.de").as_deref(), Some("ann@xn--bcher-kva.de"));
+        assert_eq!(
+            email("ann@bücher.de").as_deref(),
+            Some("ann@xn--bcher-kva.de")
+        );
     }
 
     #[test]
@@ -718,9 +729,15 @@ mod tests {
             email("john.smith@outlook.com").as_deref(),
             Some("john.smith@outlook.com")
         );
-        assert_ne!(email("john.smith@outlook.com"), email("johnsmith@outlook.com"));
+        assert_ne!(
+            email("john.smith@outlook.com"),
+            email("johnsmith@outlook.com")
+        );
         // +tags only where the provider documents them.
-        assert_eq!(email("ann+x@fastmail.com").as_deref(), Some("ann@fastmail.com"));
+        assert_eq!(
+            email("ann+x@fastmail.com").as_deref(),
+            Some("ann@fastmail.com")
+        );
         assert_eq!(email("ann+x@proton.me").as_deref(), Some("ann@proton.me"));
         assert_eq!(email("ann+x@acme.com").as_deref(), Some("ann+x@acme.com"));
         assert_eq!(email("ann+x@yahoo.com").as_deref(), Some("ann+x@yahoo.com"));
@@ -770,7 +787,15 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(registrable_domain(input).as_deref(), Some(want), "{input}");
         }
-        for bad in ["", "localhost", "com", "n/a", "1.2.3.4", "http://[::1]/", "a..b"] {
+        for bad in [
+            "",
+            "localhost",
+            "com",
+            "n/a",
+            "1.2.3.4",
+            "http://[::1]/",
+            "a..b",
+        ] {
             assert_eq!(registrable_domain(bad), None, "{bad}");
         }
     }
@@ -778,7 +803,13 @@ mod tests {
     #[test]
     fn generic_domains_include_brands_under_any_suffix() {
         let n = n();
-        for d in ["gmail.com", "yahoo.co.uk", "hotmail.fr", "gmx.at", "linkedin.com"] {
+        for d in [
+            "gmail.com",
+            "yahoo.co.uk",
+            "hotmail.fr",
+            "gmx.at",
+            "linkedin.com",
+        ] {
             assert!(n.is_generic(d), "{d}");
         }
         for d in ["acme.com", "livenation.com", "acme.co.uk"] {
@@ -851,8 +882,14 @@ mod tests {
         let id18 = salesforce_id18(id15).unwrap();
         assert_eq!(id18.len(), 18);
         assert_eq!(salesforce_id(&id18).as_deref(), Some(id15));
-        assert_eq!(salesforce_id(&id18.to_ascii_lowercase()).as_deref(), Some(id15));
-        assert_eq!(salesforce_id(&id18.to_ascii_uppercase()).as_deref(), Some(id15));
+        assert_eq!(
+            salesforce_id(&id18.to_ascii_lowercase()).as_deref(),
+            Some(id15)
+        );
+        assert_eq!(
+            salesforce_id(&id18.to_ascii_uppercase()).as_deref(),
+            Some(id15)
+        );
         assert_eq!(salesforce_id(id15).as_deref(), Some(id15));
         assert_eq!(salesforce_id("001d000000AbCdE!!!"), None);
         assert_eq!(salesforce_id("short"), None);

@@ -363,9 +363,18 @@ pub(crate) fn resolve_fields(
 
 const VIA_LISTED: usize = 20;
 
-fn group_relations(
-    rows: Vec<(String, Direction, Option<ClusterId>, Option<String>, bool, RelationEvidence)>,
-) -> Vec<RelationView> {
+/// One source-level relation before grouping: kind, direction, the other end's cluster and
+/// kind, whether inferred, and the evidence.
+type RelationRowView = (
+    String,
+    Direction,
+    Option<ClusterId>,
+    Option<String>,
+    bool,
+    RelationEvidence,
+);
+
+fn group_relations(rows: Vec<RelationRowView>) -> Vec<RelationView> {
     let mut grouped: BTreeMap<(Direction, String, Option<ClusterId>, String), RelationView> =
         BTreeMap::new();
     for (kind, direction, other, other_kind, inferred, via) in rows {

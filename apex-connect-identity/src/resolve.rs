@@ -49,6 +49,9 @@ pub struct ApplyReport {
     pub dissolved: u64,
 }
 
+/// `(from_src, kind, to_src)`.
+pub(crate) type RelationTriple = (String, String, String);
+
 /// A change prepared from a batch, normalized outside the write lock.
 #[derive(Debug, Default)]
 pub(crate) struct Prepared {
@@ -56,7 +59,7 @@ pub(crate) struct Prepared {
     /// Origins deleted, with the delete's version.
     pub(crate) deletes: Vec<(String, Option<i64>)>,
     /// Relation-only records upserted: origin and `(from, kind, to)` rows.
-    pub(crate) relation_only: Vec<(String, Vec<(String, String, String)>)>,
+    pub(crate) relation_only: Vec<(String, Vec<RelationTriple>)>,
     pub(crate) skipped: u64,
     pub(crate) ignored: u64,
 }
@@ -304,7 +307,13 @@ impl Engine {
             && !domains_a.is_disjoint(&b.email_domains)
     }
 
-    fn node_may_join(&self, node: NodeId, node_keys: &[String], c: ClusterId, via: &[String]) -> bool {
+    fn node_may_join(
+        &self,
+        node: NodeId,
+        node_keys: &[String],
+        c: ClusterId,
+        via: &[String],
+    ) -> bool {
         if self.crosses_cannot(&[node], c) {
             return false;
         }
@@ -410,7 +419,10 @@ impl Engine {
         self.node_comp.insert(node, own);
         self.node_emails.insert(
             node,
-            keys.iter().filter(|k| k.starts_with("email:")).cloned().collect(),
+            keys.iter()
+                .filter(|k| k.starts_with("email:"))
+                .cloned()
+                .collect(),
         );
         if let Some(comp) = self.comps.get_mut(&own) {
             comp.add_keys(keys);
@@ -557,7 +569,9 @@ impl Ctx<'_> {
             }
         }
         if members.is_empty() {
-            self.tx.retire_clusters(&[(cluster, None)], self.now).await?;
+            self.tx
+                .retire_clusters(&[(cluster, None)], self.now)
+                .await?;
             self.event(
                 "dissolve",
                 cluster,
@@ -709,11 +723,8 @@ impl Ctx<'_> {
                     engine.link(s.id, k, s.cluster, &mut alloc);
                 }
             }
-            let created: Vec<(ClusterId, String)> = engine
-                .created
-                .iter()
-                .map(|c| (*c, kind.clone()))
-                .collect();
+            let created: Vec<(ClusterId, String)> =
+                engine.created.iter().map(|c| (*c, kind.clone())).collect();
             self.tx.insert_clusters(&created, self.now).await?;
             let assign: Vec<(NodeId, ClusterId)> = engine
                 .assignments()
@@ -772,8 +783,10 @@ pub(crate) async fn resolve_alias(
             },
         }
     }
-    Err(Error::storage("canonical entity aliases form a chain too long to follow")
-        .with_context("id", id))
+    Err(
+        Error::storage("canonical entity aliases form a chain too long to follow")
+            .with_context("id", id),
+    )
 }
 
 /// Applies a prepared batch in one transaction.

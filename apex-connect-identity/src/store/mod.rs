@@ -280,8 +280,7 @@ pub trait GraphTx: Send {
     /// Nodes (live or tombstones) with these source keys.
     async fn nodes_by_src(&mut self, srcs: &[String]) -> Result<Vec<NodeState>>;
     /// Live nodes last written from these origins, with their origin.
-    async fn nodes_by_origin(&mut self, origins: &[String])
-    -> Result<Vec<(String, NodeState)>>;
+    async fn nodes_by_origin(&mut self, origins: &[String]) -> Result<Vec<(String, NodeState)>>;
     /// Nodes with these ids.
     async fn nodes_by_id(&mut self, ids: &[NodeId]) -> Result<Vec<NodeState>>;
     /// Inserts or updates nodes by source key (clearing any tombstone; the cluster is kept);
@@ -339,8 +338,12 @@ pub trait GraphTx: Send {
         pairs: &[(NodeId, NodeId)],
     ) -> Result<i64>;
     /// Activates or deactivates a split; returns it as it was before, if it exists.
-    async fn set_split_active(&mut self, split: i64, active: bool, at: i64)
-    -> Result<Option<SplitRow>>;
+    async fn set_split_active(
+        &mut self,
+        split: i64,
+        active: bool,
+        at: i64,
+    ) -> Result<Option<SplitRow>>;
     /// The nodes a split keeps apart.
     async fn split_nodes(&mut self, split: i64) -> Result<Vec<NodeId>>;
     /// Recent splits, newest first.

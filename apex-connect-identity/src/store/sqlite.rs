@@ -6,19 +6,17 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::json;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 
 use apex_connect_core::{Error, Result};
 
 use super::{
     ClusterId, ClusterRow, EventInsert, EventRow, GraphStats, GraphStore, GraphTx, Holder,
-    KeyInsert, KeyRecord, MemberKey, NodeId, NodeRow, NodeState, NodeUpsert, RelationRow,
-    SplitRow,
+    KeyInsert, KeyRecord, MemberKey, NodeId, NodeRow, NodeState, NodeUpsert, RelationRow, SplitRow,
 };
 use crate::key::KeyRole;
 
@@ -26,9 +24,65 @@ use crate::key::KeyRole;
 /// `_sqlx_migrations`, so both migrate one shared file independently.
 pub const MIGRATIONS_TABLE: &str = "_apex_identity_migrations";
 
-/// Rows per bulk statement (each bulk statement binds one JSON array).
+/// Ids or keys per `IN (SELECT value FROM json_each(?))` statement.
 const CHUNK: usize = 1000;
+/// Most rows per multi-row `VALUES` statement (at most 14 columns: far under SQLite's
+/// 32,766 bound parameters).
+const VALUES_ROWS: usize = 128;
+
+/// Splits `n` rows into statements of [`VALUES_ROWS`] rows and a remainder written as powers
+/// of two, so that each bulk statement comes in at most 8 shapes (the prepared-statement cache
+/// stays small and warm).
+fn chunk_sizes(n: usize) -> Vec<usize> {
+    let mut out = vec![VALUES_ROWS; n / VALUES_ROWS];
+    let mut rest = n % VALUES_ROWS;
+    let mut p = VALUES_ROWS / 2;
+    while rest > 0 {
+        if rest >= p {
+            out.push(p);
+            rest -= p;
+        }
+        p /= 2;
+    }
+    out
+}
+
+/// `head VALUES (?, ..), (?, ..) tail` for `rows` rows of `cols` columns. Only placeholders are
+/// generated: no value is ever part of the text.
+fn values_sql(head: &str, cols: usize, rows: usize, tail: &str) -> AssertSqlSafe<String> {
+    let mut sql = String::with_capacity(head.len() + tail.len() + rows * (cols * 2 + 3) + 8);
+    sql.push_str(head);
+    sql.push_str(" VALUES ");
+    for r in 0..rows {
+        if r > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                sql.push(',');
+            }
+            sql.push('?');
+        }
+        sql.push(')');
+    }
+    sql.push(' ');
+    sql.push_str(tail);
+    AssertSqlSafe(sql)
+}
+
+/// Consecutive slices of `items` sized by [`chunk_sizes`].
+fn slices<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut start = 0;
+    chunk_sizes(items.len()).into_iter().map(move |n| {
+        let s = &items[start..start + n];
+        start += n;
+        s
+    })
+}
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Page cache per connection, in KiB (`PRAGMA cache_size`).
+const CACHE_KIB: u32 = 64 * 1024;
 
 fn migrator() -> sqlx::migrate::Migrator {
     let mut m = sqlx::migrate!("./migrations/sqlite");
@@ -75,6 +129,16 @@ impl SqliteGraphStore {
         Self::with_options(options, false).await
     }
 
+    /// Opens a database with `options` of the caller's choosing (the store still sets WAL,
+    /// `synchronous=NORMAL`, the busy timeout and a 64 MiB page cache on top; pragmas given in
+    /// `options` afterwards, e.g. a larger `cache_size`, win).
+    ///
+    /// # Errors
+    /// `Storage` when it cannot be opened or migrated.
+    pub async fn connect_with(options: SqliteConnectOptions) -> Result<Self> {
+        Self::with_options(options, false).await
+    }
+
     /// Opens the database at a `sqlite:` URL (`sqlite::memory:` for a private in-memory one).
     ///
     /// # Errors
@@ -87,10 +151,13 @@ impl SqliteGraphStore {
     }
 
     async fn with_options(options: SqliteConnectOptions, in_memory: bool) -> Result<Self> {
+        // A larger page cache than SQLite's 2 MiB default: resolution looks keys and source
+        // entities up all over their indexes.
         let options = options
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            .pragma("cache_size", format!("-{}", CACHE_KIB));
         let pool = SqlitePoolOptions::new()
             .max_connections(if in_memory { 1 } else { 4 })
             .min_connections(if in_memory { 1 } else { 0 })
@@ -250,10 +317,7 @@ impl GraphTx for SqliteGraphTx {
         Ok(out)
     }
 
-    async fn nodes_by_origin(
-        &mut self,
-        origins: &[String],
-    ) -> Result<Vec<(String, NodeState)>> {
+    async fn nodes_by_origin(&mut self, origins: &[String]) -> Result<Vec<(String, NodeState)>> {
         let mut out = Vec::new();
         for chunk in origins.chunks(CHUNK) {
             let sql = concat!(
@@ -288,51 +352,42 @@ impl GraphTx for SqliteGraphTx {
 
     async fn upsert_nodes(&mut self, nodes: &[NodeUpsert]) -> Result<Vec<(String, NodeId)>> {
         let mut out = Vec::with_capacity(nodes.len());
-        for chunk in nodes.chunks(CHUNK) {
-            let rows: Vec<serde_json::Value> = chunk
-                .iter()
-                .map(|n| {
-                    json!([
-                        n.src,
-                        n.origin,
-                        n.connection,
-                        n.platform,
-                        n.object_type,
-                        n.source_id,
-                        n.stream,
-                        n.record_id,
-                        n.kind,
-                        n.version,
-                        n.updated_at,
-                        n.synced_at,
-                        n.digest,
-                        n.fields
-                    ])
-                })
-                .collect();
-            let param = serde_json::Value::Array(rows).to_string();
-            let returned = sqlx::query(
+        for chunk in slices(nodes) {
+            let sql = values_sql(
                 "INSERT INTO eg_nodes (src, origin, connection, platform, object_type, source_id, \
-                   stream, record_id, kind, version, updated_at, synced_at, deleted, digest, fields) \
-                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
-                   json_extract(value, '$[2]'), json_extract(value, '$[3]'), \
-                   json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
-                   json_extract(value, '$[6]'), json_extract(value, '$[7]'), \
-                   json_extract(value, '$[8]'), json_extract(value, '$[9]'), \
-                   json_extract(value, '$[10]'), json_extract(value, '$[11]'), 0, \
-                   json_extract(value, '$[12]'), json_extract(value, '$[13]') \
-                 FROM json_each(?1) WHERE true \
-                 ON CONFLICT (src) DO UPDATE SET origin = excluded.origin, \
+                   stream, record_id, kind, version, updated_at, synced_at, deleted, digest, fields)",
+                15,
+                chunk.len(),
+                "ON CONFLICT (src) DO UPDATE SET origin = excluded.origin, \
                    stream = excluded.stream, record_id = excluded.record_id, \
                    kind = excluded.kind, version = excluded.version, \
                    updated_at = excluded.updated_at, synced_at = excluded.synced_at, \
                    deleted = 0, digest = excluded.digest, fields = excluded.fields \
                  RETURNING id, src",
-            )
-            .bind(param)
-            .fetch_all(&mut *self.tx)
-            .await
-            .map_err(db_err("cannot write source entities"))?;
+            );
+            let mut q = sqlx::query(sql);
+            for n in chunk {
+                q = q
+                    .bind(&n.src)
+                    .bind(&n.origin)
+                    .bind(&n.connection)
+                    .bind(&n.platform)
+                    .bind(&n.object_type)
+                    .bind(&n.source_id)
+                    .bind(&n.stream)
+                    .bind(&n.record_id)
+                    .bind(&n.kind)
+                    .bind(n.version)
+                    .bind(n.updated_at)
+                    .bind(n.synced_at)
+                    .bind(0i64)
+                    .bind(&n.digest)
+                    .bind(&n.fields);
+            }
+            let returned = q
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(db_err("cannot write source entities"))?;
             for r in &returned {
                 out.push((
                     r.try_get("src").map_err(decode)?,
@@ -344,27 +399,25 @@ impl GraphTx for SqliteGraphTx {
     }
 
     async fn tombstone_nodes(&mut self, nodes: &[(NodeId, Option<i64>)], at: i64) -> Result<()> {
-        for chunk in nodes.chunks(CHUNK) {
-            let param = serde_json::to_string(chunk).unwrap_or_else(|_| "[]".into());
+        for (id, version) in nodes {
             sqlx::query(
                 "UPDATE eg_nodes SET deleted = 1, cluster = NULL, digest = '', synced_at = ?2, \
-                   version = COALESCE((SELECT json_extract(v.value, '$[1]') FROM json_each(?1) v \
-                                       WHERE json_extract(v.value, '$[0]') = eg_nodes.id), version) \
-                 WHERE id IN (SELECT json_extract(value, '$[0]') FROM json_each(?1))",
+                   version = COALESCE(?3, version) WHERE id = ?1",
             )
-            .bind(&param)
+            .bind(id)
             .bind(at)
+            .bind(version)
             .execute(&mut *self.tx)
             .await
             .map_err(db_err("cannot delete source entities"))?;
-            sqlx::query(
-                "DELETE FROM eg_keys WHERE node IN \
-                 (SELECT json_extract(value, '$[0]') FROM json_each(?1))",
-            )
-            .bind(&param)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_err("cannot delete identity keys"))?;
+        }
+        let ids: Vec<NodeId> = nodes.iter().map(|(id, _)| *id).collect();
+        for chunk in ids.chunks(CHUNK) {
+            sqlx::query("DELETE FROM eg_keys WHERE node IN (SELECT value FROM json_each(?1))")
+                .bind(ids_json(chunk))
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db_err("cannot delete identity keys"))?;
         }
         Ok(())
     }
@@ -414,22 +467,25 @@ impl GraphTx for SqliteGraphTx {
                 .await
                 .map_err(db_err("cannot replace identity keys"))?;
         }
-        for chunk in keys.chunks(CHUNK) {
-            let rows: Vec<serde_json::Value> = chunk
-                .iter()
-                .map(|k| json!([k.node, k.key, k.kind, k.role.as_str(), k.raw]))
-                .collect();
-            sqlx::query(
-                "INSERT INTO eg_keys (node, key, kind, role, raw) \
-                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
-                   json_extract(value, '$[2]'), json_extract(value, '$[3]'), \
-                   json_extract(value, '$[4]') \
-                 FROM json_each(?1) WHERE true ON CONFLICT (node, key) DO NOTHING",
-            )
-            .bind(serde_json::Value::Array(rows).to_string())
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_err("cannot write identity keys"))?;
+        for chunk in slices(keys) {
+            let sql = values_sql(
+                "INSERT INTO eg_keys (node, key, kind, role, raw)",
+                5,
+                chunk.len(),
+                "ON CONFLICT (node, key) DO NOTHING",
+            );
+            let mut q = sqlx::query(sql);
+            for k in chunk {
+                q = q
+                    .bind(k.node)
+                    .bind(&k.key)
+                    .bind(&k.kind)
+                    .bind(k.role.as_str())
+                    .bind(&k.raw);
+            }
+            q.execute(&mut *self.tx)
+                .await
+                .map_err(db_err("cannot write identity keys"))?;
         }
         Ok(())
     }
@@ -448,18 +504,20 @@ impl GraphTx for SqliteGraphTx {
             .await
             .map_err(db_err("cannot replace relations"))?;
         }
-        for chunk in rows.chunks(CHUNK) {
-            let param = serde_json::to_string(chunk).unwrap_or_else(|_| "[]".into());
-            sqlx::query(
-                "INSERT INTO eg_relations (origin, from_src, kind, to_src) \
-                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
-                   json_extract(value, '$[2]'), json_extract(value, '$[3]') \
-                 FROM json_each(?1) WHERE true ON CONFLICT DO NOTHING",
-            )
-            .bind(param)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_err("cannot write relations"))?;
+        for chunk in slices(rows) {
+            let sql = values_sql(
+                "INSERT INTO eg_relations (origin, from_src, kind, to_src)",
+                4,
+                chunk.len(),
+                "ON CONFLICT DO NOTHING",
+            );
+            let mut q = sqlx::query(sql);
+            for (origin, from, kind, to) in chunk {
+                q = q.bind(origin).bind(from).bind(kind).bind(to);
+            }
+            q.execute(&mut *self.tx)
+                .await
+                .map_err(db_err("cannot write relations"))?;
         }
         Ok(())
     }
@@ -533,10 +591,11 @@ impl GraphTx for SqliteGraphTx {
     }
 
     async fn has_active_splits(&mut self) -> Result<bool> {
-        let row: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM eg_splits WHERE active = 1 LIMIT 1")
-            .fetch_optional(&mut *self.tx)
-            .await
-            .map_err(db_err("cannot read splits"))?;
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT 1 FROM eg_splits WHERE active = 1 LIMIT 1")
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(db_err("cannot read splits"))?;
         Ok(row.is_some())
     }
 
@@ -567,35 +626,45 @@ impl GraphTx for SqliteGraphTx {
     }
 
     async fn insert_clusters(&mut self, clusters: &[(ClusterId, String)], at: i64) -> Result<()> {
-        for chunk in clusters.chunks(CHUNK) {
-            let param = serde_json::to_string(chunk).unwrap_or_else(|_| "[]".into());
-            sqlx::query(
-                "INSERT INTO eg_clusters (id, kind, created_at) \
-                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), ?2 \
-                 FROM json_each(?1)",
-            )
-            .bind(param)
-            .bind(at)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_err("cannot create canonical entities"))?;
+        for chunk in slices(clusters) {
+            let sql = values_sql(
+                "INSERT INTO eg_clusters (id, kind, created_at)",
+                3,
+                chunk.len(),
+                "",
+            );
+            let mut q = sqlx::query(sql);
+            for (id, kind) in chunk {
+                q = q.bind(id).bind(kind).bind(at);
+            }
+            q.execute(&mut *self.tx)
+                .await
+                .map_err(db_err("cannot create canonical entities"))?;
         }
         Ok(())
     }
 
     async fn assign(&mut self, pairs: &[(NodeId, ClusterId)]) -> Result<()> {
-        for chunk in pairs.chunks(CHUNK) {
-            let param = serde_json::to_string(chunk).unwrap_or_else(|_| "[]".into());
-            sqlx::query(
-                "WITH v(node, cluster) AS (SELECT json_extract(value, '$[0]'), \
-                   json_extract(value, '$[1]') FROM json_each(?1)) \
-                 UPDATE eg_nodes SET cluster = (SELECT v.cluster FROM v WHERE v.node = eg_nodes.id) \
-                 WHERE id IN (SELECT node FROM v)",
-            )
-            .bind(param)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_err("cannot assign canonical entities"))?;
+        for chunk in slices(pairs) {
+            // `WITH v(node, cluster) AS (VALUES ...) UPDATE ... FROM v`: one statement, each
+            // node found by its rowid.
+            let mut sql = String::from("WITH v(node, cluster) AS (VALUES ");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str("(?,?)");
+            }
+            sql.push_str(
+                ") UPDATE eg_nodes SET cluster = v.cluster FROM v WHERE eg_nodes.id = v.node",
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (node, cluster) in chunk {
+                q = q.bind(node).bind(cluster);
+            }
+            q.execute(&mut *self.tx)
+                .await
+                .map_err(db_err("cannot assign canonical entities"))?;
         }
         Ok(())
     }
@@ -618,22 +687,27 @@ impl GraphTx for SqliteGraphTx {
     }
 
     async fn insert_events(&mut self, events: &[EventInsert]) -> Result<()> {
-        for chunk in events.chunks(CHUNK) {
-            let rows: Vec<serde_json::Value> = chunk
-                .iter()
-                .map(|e| json!([e.at, e.kind, e.cluster, e.other, e.node, e.keys, e.detail]))
-                .collect();
-            sqlx::query(
-                "INSERT INTO eg_events (at, kind, cluster, other, node, keys, detail) \
-                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
-                   json_extract(value, '$[2]'), json_extract(value, '$[3]'), \
-                   json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
-                   json_extract(value, '$[6]') FROM json_each(?1)",
-            )
-            .bind(serde_json::Value::Array(rows).to_string())
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_err("cannot record events"))?;
+        for chunk in slices(events) {
+            let sql = values_sql(
+                "INSERT INTO eg_events (at, kind, cluster, other, node, keys, detail)",
+                7,
+                chunk.len(),
+                "",
+            );
+            let mut q = sqlx::query(sql);
+            for e in chunk {
+                q = q
+                    .bind(e.at)
+                    .bind(&e.kind)
+                    .bind(e.cluster)
+                    .bind(e.other)
+                    .bind(e.node)
+                    .bind(&e.keys)
+                    .bind(&e.detail);
+            }
+            q.execute(&mut *self.tx)
+                .await
+                .map_err(db_err("cannot record events"))?;
         }
         Ok(())
     }
@@ -655,18 +729,20 @@ impl GraphTx for SqliteGraphTx {
         .fetch_one(&mut *self.tx)
         .await
         .map_err(db_err("cannot record a split"))?;
-        for chunk in pairs.chunks(CHUNK) {
-            let param = serde_json::to_string(chunk).unwrap_or_else(|_| "[]".into());
-            sqlx::query(
-                "INSERT INTO eg_cannot_link (split, a, b) \
-                 SELECT ?2, json_extract(value, '$[0]'), json_extract(value, '$[1]') \
-                 FROM json_each(?1) WHERE true ON CONFLICT DO NOTHING",
-            )
-            .bind(param)
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_err("cannot record a split"))?;
+        for chunk in slices(pairs) {
+            let sql = values_sql(
+                "INSERT INTO eg_cannot_link (split, a, b)",
+                3,
+                chunk.len(),
+                "ON CONFLICT DO NOTHING",
+            );
+            let mut q = sqlx::query(sql);
+            for (a, b) in chunk {
+                q = q.bind(id).bind(a).bind(b);
+            }
+            q.execute(&mut *self.tx)
+                .await
+                .map_err(db_err("cannot record a split"))?;
         }
         Ok(id)
     }
@@ -939,5 +1015,31 @@ impl GraphTx for SqliteGraphTx {
             .commit()
             .await
             .map_err(db_err("cannot commit the entity graph"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_come_in_few_shapes() {
+        for n in [0, 1, 7, 127, 128, 129, 200, 1000] {
+            let sizes = chunk_sizes(n);
+            assert_eq!(sizes.iter().sum::<usize>(), n);
+            assert!(
+                sizes
+                    .iter()
+                    .all(|s| s.is_power_of_two() && *s <= VALUES_ROWS)
+            );
+        }
+        assert_eq!(chunk_sizes(200), vec![128, 64, 8]);
+        let items: Vec<usize> = (0..200).collect();
+        let joined: Vec<usize> = slices(&items).flatten().copied().collect();
+        assert_eq!(joined, items);
+        assert_eq!(
+            values_sql("INSERT INTO t (a, b)", 2, 2, "").0,
+            "INSERT INTO t (a, b) VALUES (?,?),(?,?) "
+        );
     }
 }

@@ -3,12 +3,12 @@
 use std::str::FromStr;
 
 use apex_connect_core::{
-    Batch, ConnectionId, Entity, EntityKind, EncryptionKey, Identity, Record, Sink, SourceRef,
+    Batch, ConnectionId, EncryptionKey, Entity, EntityKind, Identity, Record, Sink, SourceRef,
     SqliteStore, StreamId,
 };
 use apex_connect_identity::{
-    CanonicalId, Direction, EntityGraph, EntityGraphSink, EventKind, IdentityKey, KeyKind,
-    Policy, Region, SourceKey,
+    CanonicalId, Direction, EntityGraph, EntityGraphSink, EventKind, IdentityKey, KeyKind, Policy,
+    Region, SourceKey,
 };
 use serde_json::json;
 
@@ -19,7 +19,10 @@ fn person(platform: &'static str, object: &'static str, id: &str) -> Entity {
 }
 
 fn org(platform: &'static str, object: &'static str, id: &str) -> Entity {
-    Entity::new(EntityKind::Organization, SourceRef::new(platform, object, id))
+    Entity::new(
+        EntityKind::Organization,
+        SourceRef::new(platform, object, id),
+    )
 }
 
 async fn graph() -> EntityGraph {
@@ -76,9 +79,8 @@ async fn one_person_across_platforms_with_explanations() {
         vec![(
             "003A",
             1,
-            person("salesforce", "contact", "003A").with_identity(Identity::Phone(
-                "+1 415-555-2671".into(),
-            )),
+            person("salesforce", "contact", "003A")
+                .with_identity(Identity::Phone("+1 415-555-2671".into())),
         )],
     )
     .await;
@@ -90,12 +92,9 @@ async fn one_person_across_platforms_with_explanations() {
     let ann = g.canonical(CanonicalId(a)).await.unwrap().unwrap();
     assert_eq!(ann.sources.len(), 3);
     assert_eq!(ann.kind, "person");
-    assert!(
-        ann.identities
-            .iter()
-            .any(|i| i.key == IdentityKey::new(KeyKind::Phone, "+14155552671")
-                && i.asserted_by.len() == 2)
-    );
+    assert!(ann.identities.iter().any(|i| i.key
+        == IdentityKey::new(KeyKind::Phone, "+14155552671")
+        && i.asserted_by.len() == 2));
     // Find by any identity, normalized the same way.
     for identity in [
         Identity::Email("ANN.LEE@acme.com".into()),
@@ -111,7 +110,10 @@ async fn one_person_across_platforms_with_explanations() {
     assert_eq!(merges.len(), 2);
     let sf = &merges[0];
     assert_eq!(sf.kind, EventKind::Join);
-    assert_eq!(sf.keys, vec![IdentityKey::new(KeyKind::Phone, "+14155552671")]);
+    assert_eq!(
+        sf.keys,
+        vec![IdentityKey::new(KeyKind::Phone, "+14155552671")]
+    );
     assert_eq!(sf.trigger.as_ref().unwrap().platform, "salesforce");
     assert_eq!(sf.current, Some(CanonicalId(a)));
     assert_eq!(
@@ -162,11 +164,7 @@ async fn clusters_merge_and_keep_the_older_id() {
     let merged = cluster_of(&g, "hubspot", "hubspot", "contact", "9").await;
     assert_eq!(merged, a.min(b));
     // The absorbed id still resolves, to the survivor.
-    let via_old = g
-        .canonical(CanonicalId(a.max(b)))
-        .await
-        .unwrap()
-        .unwrap();
+    let via_old = g.canonical(CanonicalId(a.max(b))).await.unwrap().unwrap();
     assert_eq!(via_old.id.0, merged);
     assert_eq!(via_old.requested.0, a.max(b));
     let m = &g.recent_merges(1).await.unwrap()[0];
@@ -210,7 +208,10 @@ async fn deletes_leave_and_split_when_evidence_is_gone() {
     )
     .await;
     let all = cluster_of(&g, "front", "frontapp", "contact", "c1").await;
-    assert_eq!(all, cluster_of(&g, "front", "frontapp", "contact", "c2").await);
+    assert_eq!(
+        all,
+        cluster_of(&g, "front", "frontapp", "contact", "c2").await
+    );
 
     // The bridge is deleted: the rest no longer hangs together.
     let r = delete(&g, "hubspot", "contacts", "9", 2).await;
@@ -302,12 +303,19 @@ async fn user_splits_survive_resyncs_until_unsplit() {
     put(&g, "front", "contacts", vec![("c1", 1, ann_front())]).await;
     put(&g, "hubspot", "contacts", vec![("7", 1, ann_hs())]).await;
     let both = cluster_of(&g, "front", "frontapp", "contact", "c1").await;
-    assert_eq!(both, cluster_of(&g, "hubspot", "hubspot", "contact", "7").await);
+    assert_eq!(
+        both,
+        cluster_of(&g, "hubspot", "hubspot", "contact", "7").await
+    );
 
     // The user says the HubSpot contact is someone else.
     let hs = SourceKey::new("hubspot", "hubspot", "contact", "7");
     let out = g
-        .split(CanonicalId(both), std::slice::from_ref(&hs), Some("different people"))
+        .split(
+            CanonicalId(both),
+            std::slice::from_ref(&hs),
+            Some("different people"),
+        )
         .await
         .unwrap();
     assert_eq!(out.clusters.len(), 2);
@@ -317,8 +325,20 @@ async fn user_splits_survive_resyncs_until_unsplit() {
     assert_eq!(front_now, both, "the rest keeps the id");
 
     // The next sync brings both records again (changed): no re-merge.
-    put(&g, "front", "contacts", vec![("c1", 2, ann_front().with_name("Ann"))]).await;
-    put(&g, "hubspot", "contacts", vec![("7", 2, ann_hs().with_name("Ann B"))]).await;
+    put(
+        &g,
+        "front",
+        "contacts",
+        vec![("c1", 2, ann_front().with_name("Ann"))],
+    )
+    .await;
+    put(
+        &g,
+        "hubspot",
+        "contacts",
+        vec![("7", 2, ann_hs().with_name("Ann B"))],
+    )
+    .await;
     assert_ne!(
         cluster_of(&g, "front", "frontapp", "contact", "c1").await,
         cluster_of(&g, "hubspot", "hubspot", "contact", "7").await
@@ -361,7 +381,10 @@ async fn user_splits_survive_resyncs_until_unsplit() {
     let stranger = SourceKey::new("x", "y", "z", "w");
     let err = g.split(id, &[stranger], None).await.unwrap_err();
     assert_eq!(err.kind(), apex_connect_core::ErrorKind::InvalidInput);
-    let err = g.split(CanonicalId(999_999), &[hs], None).await.unwrap_err();
+    let err = g
+        .split(CanonicalId(999_999), &[hs], None)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), apex_connect_core::ErrorKind::NotFound);
     assert_eq!(
         g.unsplit(12345).await.unwrap_err().kind(),
@@ -395,11 +418,38 @@ async fn fields_resolve_by_source_priority_then_recency() {
             .with_identity(Identity::email("ann@acme.com"))
             .with_attr("title", json!(title))
     };
-    write("front", "contacts", "c1", 300, mk("frontapp", "contact", "c1", "Annie", "Boss")).await;
-    write("hs", "contacts", "1", 100, mk("hubspot", "contact", "1", "Ann L.", "CTO")).await;
-    write("hs", "contacts", "2", 200, mk("hubspot", "contact", "2", "Ann Lee", "VP")).await;
-    write("sf", "Contact", "003", 50, mk("salesforce", "contact", "003", "Ann Lee-Smith", "Chief"))
-        .await;
+    write(
+        "front",
+        "contacts",
+        "c1",
+        300,
+        mk("frontapp", "contact", "c1", "Annie", "Boss"),
+    )
+    .await;
+    write(
+        "hs",
+        "contacts",
+        "1",
+        100,
+        mk("hubspot", "contact", "1", "Ann L.", "CTO"),
+    )
+    .await;
+    write(
+        "hs",
+        "contacts",
+        "2",
+        200,
+        mk("hubspot", "contact", "2", "Ann Lee", "VP"),
+    )
+    .await;
+    write(
+        "sf",
+        "Contact",
+        "003",
+        50,
+        mk("salesforce", "contact", "003", "Ann Lee-Smith", "Chief"),
+    )
+    .await;
     let id = g.find(&Identity::email("ann@acme.com")).await.unwrap()[0].id;
     let ann = g.canonical(id).await.unwrap().unwrap();
     // Source priority: Salesforce first for every field...
@@ -517,8 +567,11 @@ async fn relations_cross_platforms_in_both_directions() {
         vec![(
             "006A",
             1,
-            Entity::new(EntityKind::Deal, SourceRef::new("salesforce", "opportunity", "006A"))
-                .with_relation("account", SourceRef::new("salesforce", "account", "001A")),
+            Entity::new(
+                EntityKind::Deal,
+                SourceRef::new("salesforce", "opportunity", "006A"),
+            )
+            .with_relation("account", SourceRef::new("salesforce", "account", "001A")),
         )],
     )
     .await;
@@ -526,28 +579,55 @@ async fn relations_cross_platforms_in_both_directions() {
     let conv = cluster_of(&g, "front", "frontapp", "conversation", "cnv_1").await;
     let person_id = cluster_of(&g, "front", "frontapp", "contact", "crd_1").await;
     let org_id = cluster_of(&g, "hs", "hubspot", "company", "c9").await;
-    assert_eq!(org_id, cluster_of(&g, "sf", "salesforce", "account", "001A").await);
+    assert_eq!(
+        org_id,
+        cluster_of(&g, "sf", "salesforce", "account", "001A").await
+    );
     let deal_hs = cluster_of(&g, "hs", "hubspot", "deal", "d1").await;
     let deal_sf = cluster_of(&g, "sf", "salesforce", "opportunity", "006A").await;
 
     // conversation -> person -> organization -> deals
     let c = g.canonical(CanonicalId(conv)).await.unwrap().unwrap();
-    assert_eq!(c.related("recipient", Direction::Outgoing), vec![CanonicalId(person_id)]);
+    assert_eq!(
+        c.related("recipient", Direction::Outgoing),
+        vec![CanonicalId(person_id)]
+    );
     let p = g.canonical(CanonicalId(person_id)).await.unwrap().unwrap();
-    assert_eq!(p.related("works_at", Direction::Outgoing), vec![CanonicalId(org_id)]);
+    assert_eq!(
+        p.related("works_at", Direction::Outgoing),
+        vec![CanonicalId(org_id)]
+    );
     let inferred: Vec<_> = p.relations.iter().filter(|r| r.inferred).collect();
     assert_eq!(inferred.len(), 1);
     assert_eq!(inferred[0].other, Some(CanonicalId(org_id)));
     assert_eq!(inferred[0].kind, "email_domain");
     let o = g.canonical(CanonicalId(org_id)).await.unwrap().unwrap();
-    assert_eq!(o.related("deal_company", Direction::Incoming), vec![CanonicalId(deal_hs)]);
-    assert_eq!(o.related("account", Direction::Incoming), vec![CanonicalId(deal_sf)]);
+    assert_eq!(
+        o.related("deal_company", Direction::Incoming),
+        vec![CanonicalId(deal_hs)]
+    );
+    assert_eq!(
+        o.related("account", Direction::Incoming),
+        vec![CanonicalId(deal_sf)]
+    );
     // ...and back: deal -> organization -> person -> conversation
     let d = g.canonical(CanonicalId(deal_hs)).await.unwrap().unwrap();
-    assert_eq!(d.related("deal_company", Direction::Outgoing), vec![CanonicalId(org_id)]);
-    assert_eq!(o.related("works_at", Direction::Incoming), vec![CanonicalId(person_id)]);
-    assert_eq!(o.related("email_domain", Direction::Incoming), vec![CanonicalId(person_id)]);
-    assert_eq!(p.related("recipient", Direction::Incoming), vec![CanonicalId(conv)]);
+    assert_eq!(
+        d.related("deal_company", Direction::Outgoing),
+        vec![CanonicalId(org_id)]
+    );
+    assert_eq!(
+        o.related("works_at", Direction::Incoming),
+        vec![CanonicalId(person_id)]
+    );
+    assert_eq!(
+        o.related("email_domain", Direction::Incoming),
+        vec![CanonicalId(person_id)]
+    );
+    assert_eq!(
+        p.related("recipient", Direction::Incoming),
+        vec![CanonicalId(conv)]
+    );
 }
 
 #[tokio::test]
@@ -589,10 +669,14 @@ async fn generic_domains_never_merge_organizations_or_link_people() {
         ],
     )
     .await;
-    let ids: std::collections::BTreeSet<i64> = futures_ids(&g, ["001A", "001B", "001C", "001D"]).await;
+    let ids: std::collections::BTreeSet<i64> =
+        futures_ids(&g, ["001A", "001B", "001C", "001D"]).await;
     assert_eq!(ids.len(), 4);
     // Findable, but weak.
-    assert_eq!(g.find(&Identity::domain("gmail.com")).await.unwrap().len(), 2);
+    assert_eq!(
+        g.find(&Identity::domain("gmail.com")).await.unwrap().len(),
+        2
+    );
     // A person at gmail is linked to no organization.
     put(
         &g,
@@ -688,20 +772,24 @@ async fn phone_guard_keeps_colleagues_apart() {
 
 #[tokio::test]
 async fn external_ids_join_platforms() {
-    let g = graph().await.with_policy(
-        Policy::default().with_external_id(apex_connect_identity::ExternalIdRule::new(
-            "salesforce",
-            Some("contact"),
-            "custom_fields.HubSpot_Contact_ID__c",
-            "hubspot",
-            "contact",
-        )),
-    );
+    let g = graph()
+        .await
+        .with_policy(Policy::default().with_external_id(
+            apex_connect_identity::ExternalIdRule::new(
+                "salesforce",
+                Some("contact"),
+                "custom_fields.HubSpot_Contact_ID__c",
+                "hubspot",
+                "contact",
+            ),
+        ));
     let id15 = "003d000000AbCdE";
     let id18 = apex_connect_identity::normalize::salesforce_id18(id15).unwrap();
     let mut hs = person("hubspot", "contact", "77");
-    hs.custom_fields
-        .insert("salesforcecontactid".into(), json!(id18.to_ascii_lowercase()));
+    hs.custom_fields.insert(
+        "salesforcecontactid".into(),
+        json!(id18.to_ascii_lowercase()),
+    );
     put(&g, "hs", "contacts", vec![("77", 1, hs)]).await;
     put(
         &g,
@@ -716,15 +804,25 @@ async fn external_ids_join_platforms() {
     );
     // The other direction: a Salesforce record naming a HubSpot contact.
     let mut sf = person("salesforce", "contact", "003d000000ZzZzZ");
-    sf.custom_fields.insert("hubspot_contact_id__c".into(), json!(88));
+    sf.custom_fields
+        .insert("hubspot_contact_id__c".into(), json!(88));
     put(&g, "sf", "Contact", vec![("003d000000ZzZzZ", 1, sf)]).await;
-    put(&g, "hs", "contacts", vec![("88", 1, person("hubspot", "contact", "88"))]).await;
+    put(
+        &g,
+        "hs",
+        "contacts",
+        vec![("88", 1, person("hubspot", "contact", "88"))],
+    )
+    .await;
     assert_eq!(
         cluster_of(&g, "hs", "hubspot", "contact", "88").await,
         cluster_of(&g, "sf", "salesforce", "contact", "003d000000ZzZzZ").await
     );
     let m = &g.recent_merges(1).await.unwrap()[0];
-    assert_eq!(m.keys, vec![IdentityKey::new(KeyKind::External, "hubspot/contact:88")]);
+    assert_eq!(
+        m.keys,
+        vec![IdentityKey::new(KeyKind::External, "hubspot/contact:88")]
+    );
 }
 
 #[tokio::test]
@@ -766,7 +864,9 @@ async fn replays_and_hostile_entities_change_nothing() {
 async fn sink_shares_the_state_database() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
-    let store = SqliteStore::open(&path, EncryptionKey::generate()).await.unwrap();
+    let store = SqliteStore::open(&path, EncryptionKey::generate())
+        .await
+        .unwrap();
     let graph = EntityGraph::new(std::sync::Arc::new(
         apex_connect_identity::SqliteGraphStore::from_pool(store.pool().clone())
             .await
@@ -777,8 +877,9 @@ async fn sink_shares_the_state_database() {
     let conn = ConnectionId::from("hs");
     let stream = StreamId::from("contacts");
     let records = vec![Record::upsert(stream.clone(), "1", json!({})).with_version(1)];
-    let entities =
-        vec![Some(person("hubspot", "contact", "1").with_identity(Identity::email("a@b.com")))];
+    let entities = vec![Some(
+        person("hubspot", "contact", "1").with_identity(Identity::email("a@b.com")),
+    )];
     let ack = sink
         .write(Batch::new(&conn, &stream, &records).with_entities(&entities))
         .await
@@ -787,7 +888,9 @@ async fn sink_shares_the_state_database() {
     drop(sink);
     store.close().await;
     // Both migrators run again on reopen, each with its own table.
-    let store = SqliteStore::open(&path, EncryptionKey::generate()).await.unwrap();
+    let store = SqliteStore::open(&path, EncryptionKey::generate())
+        .await
+        .unwrap();
     let graph = EntityGraph::open_sqlite(&path).await.unwrap();
     assert_eq!(graph.stats().await.unwrap().sources, 1);
     let tables: Vec<(String,)> = sqlx::query_as(

@@ -33,7 +33,11 @@ fn assert_quality(e: &groundtruth::Evaluation) {
         "precision {} below 99.5%",
         e.overall.precision
     );
-    assert!(e.overall.recall >= 0.99, "recall {} below 99%", e.overall.recall);
+    assert!(
+        e.overall.recall >= 0.99,
+        "recall {} below 99%",
+        e.overall.recall
+    );
     for kind in ["person", "org"] {
         let q = &e.by_kind[kind];
         assert!(q.precision >= 0.995, "{kind} precision {}", q.precision);

@@ -20,7 +20,8 @@ pub(crate) async fn put(
     let mut entities = Vec::new();
     for (id, version, e) in items {
         records.push(
-            Record::upsert(stream.clone(), id, serde_json::json!({ "id": id })).with_modified(version),
+            Record::upsert(stream.clone(), id, serde_json::json!({ "id": id }))
+                .with_modified(version),
         );
         entities.push(Some(e));
     }

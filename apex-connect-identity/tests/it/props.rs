@@ -163,12 +163,24 @@ const DOMAINS: &[&str] = &["x.com", "y.com", "gmail.com"];
 #[derive(Debug, Clone)]
 enum Op {
     /// Upsert node `n` with the identities picked by the masks.
-    Upsert { n: usize, emails: u8, phones: u8, domains: u8 },
-    Delete { n: usize },
+    Upsert {
+        n: usize,
+        emails: u8,
+        phones: u8,
+        domains: u8,
+    },
+    Delete {
+        n: usize,
+    },
     /// Split the entity of node `n`: the members picked by `mask` (in source order).
-    Split { n: usize, mask: u16 },
+    Split {
+        n: usize,
+        mask: u16,
+    },
     /// Undo the `k`-th split (modulo their number).
-    Unsplit { k: usize },
+    Unsplit {
+        k: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -225,13 +237,22 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     for op in ops {
         version += 1;
         match op {
-            Op::Upsert { n, emails, phones, domains } => {
+            Op::Upsert {
+                n,
+                emails,
+                phones,
+                domains,
+            } => {
                 let stream = if n < 7 { "contacts" } else { "companies" };
                 put(
                     &g,
                     "hs",
                     stream,
-                    vec![(n.to_string().as_str(), version, entity(n, emails, phones, domains))],
+                    vec![(
+                        n.to_string().as_str(),
+                        version,
+                        entity(n, emails, phones, domains),
+                    )],
                 )
                 .await;
                 last.insert(n, (emails, phones, domains, version));
@@ -246,8 +267,11 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     continue;
                 };
                 let entity = g.canonical(id).await.unwrap().unwrap();
-                let members: Vec<SourceKey> =
-                    entity.sources.iter().map(|s| s.provenance.source.clone()).collect();
+                let members: Vec<SourceKey> = entity
+                    .sources
+                    .iter()
+                    .map(|s| s.provenance.source.clone())
+                    .collect();
                 let picked: Vec<SourceKey> = members
                     .iter()
                     .enumerate()
@@ -259,8 +283,11 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         prop_assert!(!picked.is_empty() && picked.len() < members.len());
                         // The picked sources and the others are in different entities now.
                         let picked_ids = g.find_sources(&picked).await.unwrap();
-                        let others: Vec<SourceKey> =
-                            members.iter().filter(|m| !picked.contains(m)).cloned().collect();
+                        let others: Vec<SourceKey> = members
+                            .iter()
+                            .filter(|m| !picked.contains(m))
+                            .cloned()
+                            .collect();
                         let other_ids = g.find_sources(&others).await.unwrap();
                         for p in &picked_ids {
                             prop_assert!(!other_ids.contains(p));
@@ -289,7 +316,13 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let before = g.stats().await.unwrap();
     for (n, (e, p, d, v)) in &last {
         let stream = if *n < 7 { "contacts" } else { "companies" };
-        let r = put(&g, "hs", stream, vec![(n.to_string().as_str(), *v, entity(*n, *e, *p, *d))]).await;
+        let r = put(
+            &g,
+            "hs",
+            stream,
+            vec![(n.to_string().as_str(), *v, entity(*n, *e, *p, *d))],
+        )
+        .await;
         prop_assert_eq!(r.applied, 0);
     }
     prop_assert_eq!(g.stats().await.unwrap(), before);
@@ -302,8 +335,16 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Cases of the union-find property: 96, or `PROPTEST_CASES` for a longer run.
+fn uf_cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(96)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: uf_cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn union_find_stays_consistent(ops in prop::collection::vec(op(), 1..30)) {
