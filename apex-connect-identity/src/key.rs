@@ -67,6 +67,14 @@ impl IdentityKey {
         }
     }
 
+    /// The key of a record id on a platform, normalized as external ids are
+    /// ([`crate::normalize::platform_id`]: Salesforce ids to their 15-character form, HubSpot
+    /// ids as digits). `None` when `id` is no id of that platform.
+    pub fn external(platform: &str, object_type: &str, id: &str) -> Option<Self> {
+        crate::normalize::platform_id(platform, id)
+            .map(|id| IdentityKey::new(KeyKind::External, format!("{platform}/{object_type}:{id}")))
+    }
+
     /// The stored form, `"<kind>:<value>"`.
     pub fn to_stored(&self) -> String {
         format!("{}:{}", self.kind.as_str(), self.value)

@@ -823,6 +823,59 @@ async fn external_ids_join_platforms() {
         m.keys,
         vec![IdentityKey::new(KeyKind::External, "hubspot/contact:88")]
     );
+    // Found by the external id, in any of its forms.
+    let key = IdentityKey::external("salesforce", "contact", &id18.to_ascii_uppercase()).unwrap();
+    let found = g.find_keys(&[key]).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        found[0].id.0,
+        cluster_of(&g, "hs", "hubspot", "contact", "77").await
+    );
+}
+
+#[tokio::test]
+async fn a_source_that_changes_kind_leaves_its_entity() {
+    let g = graph().await;
+    put(
+        &g,
+        "hs",
+        "contacts",
+        vec![
+            (
+                "1",
+                1,
+                person("hubspot", "contact", "1").with_identity(Identity::email("a@x.com")),
+            ),
+            (
+                "2",
+                1,
+                person("hubspot", "contact", "2").with_identity(Identity::email("a@x.com")),
+            ),
+        ],
+    )
+    .await;
+    let both = cluster_of(&g, "hs", "hubspot", "contact", "1").await;
+    assert_eq!(both, cluster_of(&g, "hs", "hubspot", "contact", "2").await);
+    // Record 2 now maps to an organization (same source ref): it leaves the person.
+    let r = put(
+        &g,
+        "hs",
+        "contacts",
+        vec![(
+            "2",
+            2,
+            org("hubspot", "contact", "2").with_identity(Identity::email("a@x.com")),
+        )],
+    )
+    .await;
+    assert_eq!(r.applied, 1);
+    let org_id = cluster_of(&g, "hs", "hubspot", "contact", "2").await;
+    assert_ne!(org_id, both);
+    let org_view = g.canonical(CanonicalId(org_id)).await.unwrap().unwrap();
+    assert_eq!(org_view.kind, "organization");
+    let person_view = g.canonical(CanonicalId(both)).await.unwrap().unwrap();
+    assert_eq!(person_view.sources.len(), 1);
+    assert!(g.audit().await.unwrap().is_consistent());
 }
 
 #[tokio::test]
