@@ -45,6 +45,12 @@ struct PlatformFields {
     /// Salesforce: when the token was issued (ms in practice); informative only.
     #[serde(default)]
     issued_at: Option<serde_json::Value>,
+    /// Salesforce: the identity URL (signed together with `issued_at`).
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+    /// Salesforce: Base64 HMAC-SHA256 of `id` + `issued_at`, keyed with the client secret.
+    #[serde(default)]
+    signature: Option<serde_json::Value>,
 }
 
 impl ExtraTokenFields for PlatformFields {}
@@ -474,6 +480,11 @@ fn token_set_from_response(
     t.expires_at_ms = expires_at_ms;
     t.scopes = scopes;
     t.instance_url = instance_url;
+    t.identity = crate::token_identity::TokenIdentity::from_answer(
+        extra.id.as_ref(),
+        extra.issued_at.as_ref(),
+        extra.signature.as_ref(),
+    );
     t
 }
 
@@ -713,6 +724,10 @@ mod tests {
         let t = token_set_from_response(&sf, now, None);
         assert_eq!(t.expires_at_ms, None);
         assert_eq!(t.instance_url.as_deref(), Some("https://na1.example.com"));
+        let identity = t.identity.expect("identity fields kept");
+        assert_eq!(identity.id, "https://login/id/x/y");
+        assert_eq!(identity.issued_at, "1726235737296");
+        assert_eq!(identity.signature.as_deref(), Some("zz"));
     }
 
     #[test]
