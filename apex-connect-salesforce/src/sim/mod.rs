@@ -551,7 +551,8 @@ impl SalesforceSim {
         {
             let id = self.state.new_id(o);
             v["Id"] = json!(id);
-            let s = stamp + i64::try_from(k).unwrap_or(0);
+            // Distinct past seconds: visible to a walk that starts in this second.
+            let s = stamp - 1000 * (i64::try_from(k).unwrap_or(0) + 1);
             v["SystemModstamp"] = json!(sf_datetime(s));
             let raw = serde_json::to_string(&v).unwrap_or_else(|_| "{}".into());
             let fields = match v {
