@@ -338,8 +338,8 @@ impl SalesforceSettings {
             return Err(Error::config("query_batch_size must be between 200 and 2000")
                 .with_context("value", self.query_batch_size));
         }
-        if self.max_query_url < 2048 {
-            return Err(Error::config("max_query_url must be at least 2048")
+        if self.max_query_url < 512 {
+            return Err(Error::config("max_query_url must be at least 512")
                 .with_context("value", self.max_query_url));
         }
         if self.bulk_page_records == 0 || self.bulk_page_records > 1_000_000 {

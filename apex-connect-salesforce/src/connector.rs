@@ -242,6 +242,28 @@ fn now_secs_ms() -> i64 {
     unix_ms(SystemTime::now()).div_euclid(1000) * 1000
 }
 
+/// The keyset mark the next query continues after: the last record read (or the one the walk
+/// must skip to), unless a finished window already moved the lower bound past it.
+fn keyset(w: &Walk) -> Option<&Mark> {
+    w.last
+        .as_ref()
+        .or(w.skip_to.as_ref())
+        .filter(|m| floor_sec(m.ms) >= w.lo_ms)
+}
+
+/// After a window smaller than the walk (a `QUERY_TIMEOUT` halved it) is read: the next one
+/// is twice as wide, up to the walk's upper bound.
+fn next_window(walk: &mut Walk) {
+    match walk.window_ms {
+        Some(span) => {
+            let grow = span.saturating_mul(2);
+            walk.window_hi_ms = floor_sec(walk.window_hi_ms.saturating_add(grow)).min(walk.hi_ms);
+            walk.window_ms = (walk.window_hi_ms < walk.hi_ms).then_some(grow);
+        }
+        None => walk.window_hi_ms = walk.hi_ms,
+    }
+}
+
 fn floor_sec(ms: i64) -> i64 {
     ms.div_euclid(1000).saturating_mul(1000)
 }
@@ -349,6 +371,7 @@ impl SalesforceConnector {
             bulk: None,
             rest_only: false,
             query_all_done: false,
+            window_ms: None,
         }
     }
 
@@ -365,12 +388,13 @@ impl SalesforceConnector {
             match self.api.query(&soql, all).await {
                 Ok(p) => return Ok(p),
                 Err(e) if error_code(&e) == Some("QUERY_TIMEOUT") && halvings < MAX_HALVINGS => {
-                    let lower = walk.last.as_ref().map_or(walk.lo_ms, |m| floor_sec(m.ms));
+                    let lower = walk.last.as_ref().map_or(walk.lo_ms, |m| floor_sec(m.ms).max(walk.lo_ms));
                     let span = walk.window_hi_ms.saturating_sub(lower);
                     if span < 2_000 {
                         return Err(e);
                     }
                     walk.window_hi_ms = floor_sec(lower.saturating_add(span / 2));
+                    walk.window_ms = Some(walk.window_hi_ms.saturating_sub(lower).max(1000));
                     halvings += 1;
                     tracing::info!(window_ms = span / 2, "QUERY_TIMEOUT: halving the query's date window");
                 }
@@ -503,11 +527,10 @@ impl SalesforceConnector {
             return self.step_bulk(stream, plan, walk, bulk).await.map(|s| (s, false));
         }
         let mut guard = LinkGuard::new();
+        let mut empty_windows = 0u32;
         loop {
             let rk = plan.replication_key.clone();
-            let where_ = |w: &Walk| {
-                models::soql_where(&rk, w.lo_ms, w.last.as_ref().or(w.skip_to.as_ref()), w.window_hi_ms, None)
-            };
+            let where_ = |w: &Walk| models::soql_where(&rk, w.lo_ms, keyset(w), w.window_hi_ms, None);
             let (head, tail) = self.split_fields(plan, &where_(walk));
             let page = match walk.next_url.clone() {
                 Some(next) => {
@@ -565,12 +588,13 @@ impl SalesforceConnector {
             let got = step.records.len() + step.rejects.len() - before;
             if walk.next_url.is_none() {
                 if walk.window_hi_ms < walk.hi_ms {
-                    if walk.last.is_none() {
-                        walk.lo_ms = walk.window_hi_ms.saturating_add(1000);
-                    }
-                    walk.window_hi_ms = walk.hi_ms;
-                    if got == 0 {
-                        guard.record_page(0)?;
+                    // Everything up to the window's end is read: the next window starts after it.
+                    walk.lo_ms = walk.window_hi_ms.saturating_add(1000);
+                    next_window(walk);
+                    // An empty window moves the walk on; after many, hand back an empty
+                    // page (the cursor holds the progress) rather than query on and on.
+                    empty_windows += 1;
+                    if got == 0 && empty_windows < 32 {
                         continue;
                     }
                     return Ok((step, false));
@@ -676,7 +700,7 @@ impl SalesforceConnector {
                     self.start_query(
                         walk,
                         |w| {
-                            let where_ = models::soql_where(&rk, w.lo_ms, w.last.as_ref(), w.window_hi_ms, Some("IsDeleted = TRUE"));
+                            let where_ = models::soql_where(&rk, w.lo_ms, keyset(w), w.window_hi_ms, Some("IsDeleted = TRUE"));
                             models::soql_select(&fields, &obj, &where_, &rk, true)
                         },
                         true,
@@ -688,10 +712,9 @@ impl SalesforceConnector {
             self.take_records(stream, plan, walk, page.records, true, &mut step, true);
             if walk.next_url.is_none() {
                 if walk.window_hi_ms < walk.hi_ms {
-                    if walk.last.is_none() {
-                        walk.lo_ms = walk.window_hi_ms.saturating_add(1000);
-                    }
-                    walk.window_hi_ms = walk.hi_ms;
+                    // Everything up to the window's end is read: the next window starts after it.
+                    walk.lo_ms = walk.window_hi_ms.saturating_add(1000);
+                    next_window(walk);
                     return Ok((step, false));
                 }
                 walk.query_all_done = true;
@@ -734,6 +757,7 @@ impl SalesforceConnector {
             bulk: None,
             rest_only: false,
             query_all_done: false,
+            window_ms: None,
         }
     }
 

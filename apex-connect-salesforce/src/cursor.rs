@@ -79,6 +79,10 @@ pub struct Walk {
     /// Deletes walks: whether the `queryAll` part is done (then `getDeleted`, if used).
     #[serde(default)]
     pub query_all_done: bool,
+    /// The span of the current query window after `QUERY_TIMEOUT` made it smaller (ms); the
+    /// next window doubles it until the walk's upper bound is reached.
+    #[serde(default)]
+    pub window_ms: Option<i64>,
 }
 
 /// The cursor of one Salesforce stream (one sObject).
@@ -154,6 +158,7 @@ mod tests {
             bulk: None,
             rest_only: false,
             query_all_done: false,
+            window_ms: None,
         });
         let t = c.to_token();
         assert_eq!(

@@ -239,9 +239,22 @@ pub fn error_for_response(status: u16, body: &[u8], hint: Option<Duration>) -> E
     }
 }
 
-/// The Salesforce error code of a core error (its `error_code` context), if it has one.
+/// The [`SalesforceApiError`] behind a core error, anywhere in its source chain.
+pub fn api_error(err: &Error) -> Option<&SalesforceApiError> {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(s) = src {
+        if let Some(e) = s.downcast_ref::<SalesforceApiError>() {
+            return Some(e);
+        }
+        src = s.source();
+    }
+    None
+}
+
+/// The Salesforce error code of a core error (from its source chain, else its `error_code`
+/// context), if it has one.
 pub fn error_code(err: &Error) -> Option<&str> {
-    err.downcast_source::<SalesforceApiError>()
+    api_error(err)
         .and_then(|p| p.code())
         .or_else(|| err.context_value("error_code"))
 }

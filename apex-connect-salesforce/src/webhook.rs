@@ -91,7 +91,7 @@ fn local(name: &[u8]) -> &[u8] {
 /// notifications or fields, too deep.
 pub fn parse_outbound(body: &[u8]) -> std::result::Result<OutboundMessage, String> {
     let mut reader = quick_xml::Reader::from_reader(body);
-    reader.config_mut().trim_text(true);
+    reader.config_mut().trim_text(false);
     let mut stack: Vec<Vec<u8>> = Vec::new();
     let mut text = String::new();
     let mut org: Option<String> = None;

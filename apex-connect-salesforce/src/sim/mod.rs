@@ -435,6 +435,15 @@ impl SalesforceSim {
             .ok_or_else(|| Error::new(ErrorKind::NotFound, "the simulator has no such object").with_context("object", object))
     }
 
+    /// The current fields of record `id` of `object` (`None`: no such record, or deleted).
+    pub fn record(&self, object: &str, id: &str) -> Option<Value> {
+        let o = self.state.spec(object)?;
+        self.state
+            .current(o, id)
+            .filter(|(_, deleted)| !deleted)
+            .map(|(m, _)| Value::Object(m))
+    }
+
     /// Changes `fields` of record `id` (stamped now). Returns the new stamp.
     ///
     /// # Errors
