@@ -15,7 +15,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use apex_connect_core::{ConnectionId, MemoryStore, MemoryTokenStore, NullSink, StateStore, StreamId, SyncEngine, SyncOptions};
+use apex_connect_core::{
+    ConnectionId, MemoryStore, MemoryTokenStore, NullSink, StateStore, StreamId, SyncEngine,
+    SyncOptions,
+};
 use apex_connect_salesforce::{SalesforceSim, SalesforceSimConfig};
 use serde_json::json;
 
@@ -28,11 +31,23 @@ fn status_kb(key: &str) -> Option<u64> {
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
-async fn backfill(label: &str, n: u64, extra: serde_json::Value) -> Result<(), Box<dyn std::error::Error>> {
-    let sim = SalesforceSim::start(SalesforceSimConfig::default().count("Account", n).per_second(100)).await?;
+async fn backfill(
+    label: &str,
+    n: u64,
+    extra: serde_json::Value,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let sim = SalesforceSim::start(
+        SalesforceSimConfig::default()
+            .count("Account", n)
+            .per_second(100),
+    )
+    .await?;
     let conn = ConnectionId::from("bench");
     let mut settings = json!({"objects": ["Account"]});
     if let serde_json::Value::Object(m) = extra {
@@ -40,12 +55,22 @@ async fn backfill(label: &str, n: u64, extra: serde_json::Value) -> Result<(), B
             settings[k] = v;
         }
     }
-    let connector = sim.connector(&conn, Arc::new(MemoryTokenStore::new()), settings).await?;
+    let connector = sim
+        .connector(&conn, Arc::new(MemoryTokenStore::new()), settings)
+        .await?;
     let engine = SyncEngine::new(Arc::new(MemoryStore::new()) as Arc<dyn StateStore>);
     let sink = NullSink::new();
     let rss_before = status_kb("VmRSS:").unwrap_or(0);
     let t = Instant::now();
-    let r = engine.run(connector.as_ref(), &conn, &StreamId::from("Account"), &sink, SyncOptions::new()).await?;
+    let r = engine
+        .run(
+            connector.as_ref(),
+            &conn,
+            &StreamId::from("Account"),
+            &sink,
+            SyncOptions::new(),
+        )
+        .await?;
     let secs = t.elapsed().as_secs_f64();
     println!(
         "{label:<28} {:>9} records  {:>8.0} records/s  {:>6.2} s  {:>5} requests  {:>5} pages  RSS before {:>4} MB, peak {:>4} MB",
@@ -63,7 +88,15 @@ async fn backfill(label: &str, n: u64, extra: serde_json::Value) -> Result<(), B
         sim.touch_range("Account", 0..changes)?;
         let before = sim.stats().requests();
         let t = Instant::now();
-        let r = engine.run(connector.as_ref(), &conn, &StreamId::from("Account"), &sink, SyncOptions::new()).await?;
+        let r = engine
+            .run(
+                connector.as_ref(),
+                &conn,
+                &StreamId::from("Account"),
+                &sink,
+                SyncOptions::new(),
+            )
+            .await?;
         println!(
             "{:<28} {:>9} records  {:>8.0} records/s  {:>6.2} s  {:>5} requests  {:>5} pages",
             format!("incremental, {changes} changes"),
@@ -87,6 +120,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         json!({"bulk_threshold": 50_000, "bulk_page_records": 10_000}),
     )
     .await?;
-    backfill("REST backfill", rest, json!({"bulk_threshold": 100_000_000, "lookback": "0s"})).await?;
+    backfill(
+        "REST backfill",
+        rest,
+        json!({"bulk_threshold": 100_000_000, "lookback": "0s"}),
+    )
+    .await?;
     Ok(())
 }

@@ -273,7 +273,10 @@ impl fmt::Debug for SalesforceApi {
             .field("auth", &self.auth)
             .field("api_version", &self.config.api_version)
             .field("usage", &self.usage.get())
-            .field("client_secret", &self.client_secret.as_ref().map(|_| "[redacted]"))
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "[redacted]"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -334,9 +337,12 @@ impl SalesforceApi {
 
     fn remember_instance(&self, url: &Url, signature: Option<String>) -> Result<String> {
         check_origin("instance_url", url).map_err(|e| {
-            Error::new(ErrorKind::Unauthenticated, "the token's instance_url is not a usable origin")
-                .permanent()
-                .set_source(e)
+            Error::new(
+                ErrorKind::Unauthenticated,
+                "the token's instance_url is not a usable origin",
+            )
+            .permanent()
+            .set_source(e)
         })?;
         if !self.instance_allowed(url) {
             return Err(Error::new(
@@ -365,7 +371,12 @@ impl SalesforceApi {
     pub async fn instance(&self) -> Result<String> {
         match &self.auth {
             SalesforceAuth::Static { instance_url, .. } => {
-                if let Some((o, _)) = self.instance.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                if let Some((o, _)) = self
+                    .instance
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                {
                     return Ok(o.clone());
                 }
                 self.remember_instance(instance_url, None)
@@ -373,11 +384,18 @@ impl SalesforceApi {
             SalesforceAuth::OAuth(m) => {
                 let t = m.token().await?;
                 let raw = t.instance_url.as_deref().ok_or_else(|| {
-                    Error::new(ErrorKind::Unauthenticated, "the token answer has no instance_url")
-                        .permanent()
+                    Error::new(
+                        ErrorKind::Unauthenticated,
+                        "the token answer has no instance_url",
+                    )
+                    .permanent()
                 })?;
                 let sig = t.identity.as_ref().and_then(|i| i.signature.clone());
-                if let Some((o, seen)) = self.instance.read().unwrap_or_else(|p| p.into_inner()).as_ref()
+                if let Some((o, seen)) = self
+                    .instance
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
                     && seen == &sig
                     && Url::parse(raw).is_ok_and(|u| u.origin().ascii_serialization() == *o)
                 {
@@ -400,9 +418,12 @@ impl SalesforceApi {
                     .with_context("connector", NAME));
                 }
                 let url = Url::parse(raw.trim()).map_err(|e| {
-                    Error::new(ErrorKind::Unauthenticated, "the token's instance_url is not a URL")
-                        .permanent()
-                        .set_source(e)
+                    Error::new(
+                        ErrorKind::Unauthenticated,
+                        "the token's instance_url is not a URL",
+                    )
+                    .permanent()
+                    .set_source(e)
                 })?;
                 self.remember_instance(&url, sig)
             }
@@ -471,9 +492,11 @@ impl SalesforceApi {
         let versions: Vec<&str> = list.iter().filter_map(|v| v.version.as_deref()).collect();
         if !versions.contains(&self.config.api_version.as_str()) {
             let shown: Vec<&str> = versions.iter().rev().take(8).copied().collect();
-            return Err(Error::config("the org does not support the configured API version")
-                .with_context("api_version", &self.config.api_version)
-                .with_context("supported_newest", shown.join(",")));
+            return Err(
+                Error::config("the org does not support the configured API version")
+                    .with_context("api_version", &self.config.api_version)
+                    .with_context("supported_newest", shown.join(",")),
+            );
         }
         self.versions_checked.store(true, Ordering::Relaxed);
         Ok(())
@@ -499,9 +522,10 @@ impl SalesforceApi {
             .data_url(if all { "/queryAll/" } else { "/query/" })
             .await?;
         let url = with_query(&url, &[("q", soql)])?;
-        let rb = self
-            .request(Method::GET, &url)?
-            .header("sforce-query-options", format!("batchSize={}", self.config.query_batch_size));
+        let rb = self.request(Method::GET, &url)?.header(
+            "sforce-query-options",
+            format!("batchSize={}", self.config.query_batch_size),
+        );
         let (_, body) = self.send_bytes(rb).await?;
         let page = QueryPage::parse(&body)?;
         apex_connect_core::http::check_page_len(page.records.len(), 2000)?;
@@ -533,9 +557,10 @@ impl SalesforceApi {
         }
         let url = format!("{}{next}", self.instance().await?);
         let url = self.http.follow_url(&url)?;
-        let rb = self
-            .request(Method::GET, url.as_str())?
-            .header("sforce-query-options", format!("batchSize={}", self.config.query_batch_size));
+        let rb = self.request(Method::GET, url.as_str())?.header(
+            "sforce-query-options",
+            format!("batchSize={}", self.config.query_batch_size),
+        );
         let (_, body) = self.send_bytes(rb).await?;
         let page = QueryPage::parse(&body)?;
         apex_connect_core::http::check_page_len(page.records.len(), 2000)?;
@@ -630,7 +655,10 @@ impl SalesforceApi {
                 Some((id.to_string(), ms))
             })
             .collect();
-        Ok((ids, a.latest.as_deref().and_then(crate::models::parse_datetime)))
+        Ok((
+            ids,
+            a.latest.as_deref().and_then(crate::models::parse_datetime),
+        ))
     }
 }
 
@@ -639,7 +667,8 @@ impl SalesforceApi {
 /// # Errors
 /// `InvalidInput` when `url` does not parse.
 pub fn with_query(url: &str, pairs: &[(&str, &str)]) -> Result<String> {
-    let mut u = Url::parse(url).map_err(|e| Error::invalid_input("invalid request URL").set_source(e))?;
+    let mut u =
+        Url::parse(url).map_err(|e| Error::invalid_input("invalid request URL").set_source(e))?;
     if !pairs.is_empty() {
         u.query_pairs_mut().extend_pairs(pairs.iter().copied());
     }
@@ -649,18 +678,24 @@ pub fn with_query(url: &str, pairs: &[(&str, &str)]) -> Result<String> {
 /// Reads a body of at most `max` bytes.
 pub(crate) async fn read_capped(mut resp: Response, max: usize) -> Result<Bytes> {
     if resp.content_length().is_some_and(|l| l > max as u64) {
-        return Err(Error::new(ErrorKind::InvalidResponse, "response body exceeds the limit")
-            .permanent()
-            .with_context("limit", max));
+        return Err(Error::new(
+            ErrorKind::InvalidResponse,
+            "response body exceeds the limit",
+        )
+        .permanent()
+        .with_context("limit", max));
     }
     let mut buf = BytesMut::new();
     loop {
         match resp.chunk().await {
             Ok(Some(c)) => {
                 if buf.len().saturating_add(c.len()) > max {
-                    return Err(Error::new(ErrorKind::InvalidResponse, "response body exceeds the limit")
-                        .permanent()
-                        .with_context("limit", max));
+                    return Err(Error::new(
+                        ErrorKind::InvalidResponse,
+                        "response body exceeds the limit",
+                    )
+                    .permanent()
+                    .with_context("limit", max));
                 }
                 buf.extend_from_slice(&c);
             }
@@ -689,7 +724,10 @@ mod tests {
             Some((7, 100))
         );
         assert_eq!(parse_limit_info("api-usage=1/0"), None);
-        assert_eq!(parse_limit_info("api-usage=99999999999999999999999/1"), None);
+        assert_eq!(
+            parse_limit_info("api-usage=99999999999999999999999/1"),
+            None
+        );
         assert_eq!(parse_limit_info("api-usage=-1/10"), None);
         assert_eq!(parse_limit_info("garbage"), None);
         let u = ApiUsage::new();
@@ -701,17 +739,41 @@ mod tests {
         h.insert(LIMIT_INFO, "api-usage=80000/100000".parse().unwrap());
         u.observe(&h);
         assert!(u.reached(0.8));
-        h.insert(LIMIT_INFO, format!("api-usage={}/{}", u64::MAX, u64::MAX).parse().unwrap());
+        h.insert(
+            LIMIT_INFO,
+            format!("api-usage={}/{}", u64::MAX, u64::MAX)
+                .parse()
+                .unwrap(),
+        );
         u.observe(&h);
         assert!(u.reached(1.0));
     }
 
     #[test]
     fn signatures() {
-        let sig = sign_identity("https://login.salesforce.com/id/00D/005", "1278448384422", "s3cret");
-        assert!(signature_matches("https://login.salesforce.com/id/00D/005", "1278448384422", &sig, "s3cret"));
-        assert!(!signature_matches("https://login.salesforce.com/id/00D/006", "1278448384422", &sig, "s3cret"));
-        assert!(!signature_matches("https://login.salesforce.com/id/00D/005", "1278448384422", &sig, "other"));
+        let sig = sign_identity(
+            "https://login.salesforce.com/id/00D/005",
+            "1278448384422",
+            "s3cret",
+        );
+        assert!(signature_matches(
+            "https://login.salesforce.com/id/00D/005",
+            "1278448384422",
+            &sig,
+            "s3cret"
+        ));
+        assert!(!signature_matches(
+            "https://login.salesforce.com/id/00D/006",
+            "1278448384422",
+            &sig,
+            "s3cret"
+        ));
+        assert!(!signature_matches(
+            "https://login.salesforce.com/id/00D/005",
+            "1278448384422",
+            &sig,
+            "other"
+        ));
         assert!(!signature_matches("x", "1", "not base64!", "s"));
         assert_eq!(
             identity_ids("https://login.salesforce.com/id/00Dx0000000001/005x0000000001"),

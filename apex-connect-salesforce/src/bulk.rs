@@ -73,14 +73,17 @@ impl SalesforceApi {
             "columnDelimiter": "COMMA",
             "lineEnding": "LF",
         });
-        let (_, body) = self.send_bytes(self.request(Method::POST, &url)?.json(&body)).await?;
+        let (_, body) = self
+            .send_bytes(self.request(Method::POST, &url)?.json(&body))
+            .await?;
         let v: JobView<'_> =
             serde_json::from_slice(&body).map_err(|e| Error::from_json(e, "bulk job"))?;
-        let id = v
-            .id
-            .non_empty()
-            .filter(|id| crate::config::is_api_name(id) || id.bytes().all(|b| b.is_ascii_alphanumeric()))
-            .ok_or_else(|| Error::invalid_response("the bulk job answer has no usable id"))?;
+        let id =
+            v.id.non_empty()
+                .filter(|id| {
+                    crate::config::is_api_name(id) || id.bytes().all(|b| b.is_ascii_alphanumeric())
+                })
+                .ok_or_else(|| Error::invalid_response("the bulk job answer has no usable id"))?;
         Ok(id.to_string())
     }
 
@@ -116,11 +119,13 @@ impl SalesforceApi {
             match s.state.as_str() {
                 "JobComplete" => return Ok(s),
                 "Failed" | "Aborted" => {
-                    return Err(Error::new(ErrorKind::Upstream, "the Bulk API query job failed")
-                        .permanent()
-                        .with_context("job", id)
-                        .with_context("state", &s.state)
-                        .with_context("message", s.error.as_deref().unwrap_or("")));
+                    return Err(
+                        Error::new(ErrorKind::Upstream, "the Bulk API query job failed")
+                            .permanent()
+                            .with_context("job", id)
+                            .with_context("state", &s.state)
+                            .with_context("message", s.error.as_deref().unwrap_or("")),
+                    );
                 }
                 _ => {}
             }
@@ -212,7 +217,9 @@ impl SalesforceApi {
             }
         })
         .await
-        .map_err(|e| Error::new(ErrorKind::Unexpected, "the CSV parser task failed").set_source(e))??;
+        .map_err(|e| {
+            Error::new(ErrorKind::Unexpected, "the CSV parser task failed").set_source(e)
+        })??;
         Ok(ResultsPage {
             records: parsed.0,
             rejects: parsed.1,
@@ -265,10 +272,10 @@ impl RowSpec {
             columns.push((name, kind));
         }
         let (Some(id_col), Some(rk_col)) = (id_col, rk_col) else {
-            return Err(Error::invalid_response(
-                "bulk results have no Id or replication column",
-            )
-            .with_context("object", &self.object));
+            return Err(
+                Error::invalid_response("bulk results have no Id or replication column")
+                    .with_context("object", &self.object),
+            );
         };
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
         buf.push(b'[');
@@ -281,7 +288,9 @@ impl RowSpec {
             if !more {
                 break;
             }
-            if marks.len() >= max_rows.saturating_add(apex_connect_core::http::page_len_slack(max_rows)) {
+            if marks.len()
+                >= max_rows.saturating_add(apex_connect_core::http::page_len_slack(max_rows))
+            {
                 return Err(Error::new(
                     ErrorKind::InvalidResponse,
                     "bulk results page holds far more rows than maxRecords",
@@ -410,7 +419,11 @@ fn csv_error(e: csv::Error) -> Error {
             "bulk results are not the CSV expected"
         },
     );
-    let err = if temporary { err.temporary() } else { err.permanent() };
+    let err = if temporary {
+        err.temporary()
+    } else {
+        err.permanent()
+    };
     err.set_source(e)
 }
 
@@ -462,6 +475,9 @@ mod tests {
         }
         assert!(spec.parse(csv.as_bytes(), 10).is_err());
         assert!(spec.parse("Name\nx\n".as_bytes(), 10).is_err());
-        assert!(spec.parse("Id,SystemModstamp\n1,2,3\n".as_bytes(), 10).is_err());
+        assert!(
+            spec.parse("Id,SystemModstamp\n1,2,3\n".as_bytes(), 10)
+                .is_err()
+        );
     }
 }

@@ -280,17 +280,16 @@ impl SalesforceSettings {
     pub fn resolve(&self) -> Result<SalesforceConfig> {
         let login_url = login_url(&self.login_host)?;
         let v = self.api_version.trim();
-        let valid_version = v
-            .split_once('.')
-            .is_some_and(|(a, b)| {
-                !a.is_empty()
-                    && !b.is_empty()
-                    && a.bytes().all(|c| c.is_ascii_digit())
-                    && b.bytes().all(|c| c.is_ascii_digit())
-            });
+        let valid_version = v.split_once('.').is_some_and(|(a, b)| {
+            !a.is_empty()
+                && !b.is_empty()
+                && a.bytes().all(|c| c.is_ascii_digit())
+                && b.bytes().all(|c| c.is_ascii_digit())
+        });
         if !valid_version || v.len() > 8 {
-            return Err(Error::config("api_version must look like \"64.0\"")
-                .with_context("value", v));
+            return Err(
+                Error::config("api_version must look like \"64.0\"").with_context("value", v)
+            );
         }
         let mut objects: Vec<String> = Vec::new();
         let base: Vec<String> = match &self.objects {
@@ -335,16 +334,20 @@ impl SalesforceSettings {
                 .with_context("value", self.daily_api_share));
         }
         if !(200..=2000).contains(&self.query_batch_size) {
-            return Err(Error::config("query_batch_size must be between 200 and 2000")
-                .with_context("value", self.query_batch_size));
+            return Err(
+                Error::config("query_batch_size must be between 200 and 2000")
+                    .with_context("value", self.query_batch_size),
+            );
         }
         if self.max_query_url < 512 {
             return Err(Error::config("max_query_url must be at least 512")
                 .with_context("value", self.max_query_url));
         }
         if self.bulk_page_records == 0 || self.bulk_page_records > 1_000_000 {
-            return Err(Error::config("bulk_page_records must be between 1 and 1,000,000")
-                .with_context("value", self.bulk_page_records));
+            return Err(
+                Error::config("bulk_page_records must be between 1 and 1,000,000")
+                    .with_context("value", self.bulk_page_records),
+            );
         }
         let instance_url = match &self.instance_url {
             Some(u) => {
@@ -358,16 +361,22 @@ impl SalesforceSettings {
             }
             None => None,
         };
-        let instance_hosts = self
-            .instance_hosts
-            .clone()
-            .unwrap_or_else(|| DEFAULT_INSTANCE_HOSTS.iter().map(|s| s.to_string()).collect());
+        let instance_hosts = self.instance_hosts.clone().unwrap_or_else(|| {
+            DEFAULT_INSTANCE_HOSTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        });
         let organization_id = match &self.organization_id {
             Some(id) => {
                 let id = id.trim();
-                if !(id.len() == 15 || id.len() == 18) || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                    return Err(Error::config("organization_id must be a 15 or 18 character id")
-                        .with_context("value", id));
+                if !(id.len() == 15 || id.len() == 18)
+                    || !id.bytes().all(|b| b.is_ascii_alphanumeric())
+                {
+                    return Err(
+                        Error::config("organization_id must be a 15 or 18 character id")
+                            .with_context("value", id),
+                    );
                 }
                 Some(id.to_string())
             }
@@ -413,7 +422,10 @@ mod tests {
 
     #[test]
     fn hosts_and_names() {
-        assert_eq!(login_url("test").unwrap().as_str(), "https://test.salesforce.com/");
+        assert_eq!(
+            login_url("test").unwrap().as_str(),
+            "https://test.salesforce.com/"
+        );
         assert_eq!(
             login_url("acme.my.salesforce.com").unwrap().as_str(),
             "https://acme.my.salesforce.com/"
@@ -435,7 +447,10 @@ mod tests {
             extra_objects: vec!["Bad Name".into()],
             ..Default::default()
         };
-        assert_eq!(bad.resolve().unwrap_err().kind(), apex_connect_core::ErrorKind::Config);
+        assert_eq!(
+            bad.resolve().unwrap_err().kind(),
+            apex_connect_core::ErrorKind::Config
+        );
         let bad = SalesforceSettings {
             daily_api_share: 1.5,
             ..Default::default()

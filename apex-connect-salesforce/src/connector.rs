@@ -10,8 +10,8 @@ use apex_connect_core::http::{HttpClient, LinkGuard, RetryConfig, StaticToken, p
 use apex_connect_core::webhook::unix_ms;
 use apex_connect_core::{
     Capabilities, Connector, ConnectorInfo, CursorToken, Entity, Error, ErrorKind, Page, RawJson,
-    Record, Reject, Result, StreamId, StreamSchema, SyncCursor, TokenManager, Webhooks, WriteAction,
-    WriteOp, WriteReport, WriteResult, async_trait,
+    Record, Reject, Result, StreamId, StreamSchema, SyncCursor, TokenManager, Webhooks,
+    WriteAction, WriteOp, WriteReport, WriteResult, async_trait,
 };
 use bytes::Bytes;
 use http::Method;
@@ -20,7 +20,9 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::NAME;
-use crate::api::{ApiUsage, QueryPage, SalesforceApi, SalesforceAuth, SalesforcePolicy, identity_ids};
+use crate::api::{
+    ApiUsage, QueryPage, SalesforceApi, SalesforceAuth, SalesforcePolicy, identity_ids,
+};
 use crate::config::{DeleteMode, SalesforceConfig, SalesforceSettings};
 use crate::cursor::{BulkState, Mark, SalesforceCursor, Walk, WalkKind};
 use crate::error::{SalesforceApiError, SalesforceErrorItem, error_code, kind_for};
@@ -132,7 +134,14 @@ impl SalesforceConnectorBuilder {
                 .collect();
             if !unknown.is_empty() {
                 return Err(Error::config("a stream to sync is not a configured object")
-                    .with_context("streams", unknown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")));
+                    .with_context(
+                        "streams",
+                        unknown
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ));
             }
             config.objects.retain(|o| self.streams.contains(o));
         }
@@ -145,7 +154,10 @@ impl SalesforceConnectorBuilder {
         let mut http = HttpClient::builder(base.clone())
             .policy(Arc::new(SalesforcePolicy::new(usage.clone())))
             .retry(self.retry.unwrap_or_default())
-            .user_agent(concat!("apex-connect-salesforce/", env!("CARGO_PKG_VERSION")));
+            .user_agent(concat!(
+                "apex-connect-salesforce/",
+                env!("CARGO_PKG_VERSION")
+            ));
         let auth = match self.auth {
             Some(AuthChoice::OAuth(m)) => {
                 http = http.credentials(m.clone());
@@ -156,7 +168,9 @@ impl SalesforceConnectorBuilder {
                     .instance_url
                     .clone()
                     .or_else(|| url::Url::parse(&base).ok())
-                    .ok_or_else(|| Error::config("a static access token needs the instance_url setting"))?;
+                    .ok_or_else(|| {
+                        Error::config("a static access token needs the instance_url setting")
+                    })?;
                 http = http.credentials(Arc::new(StaticToken::bearer(t.expose_secret())));
                 SalesforceAuth::Static {
                     token: t,
@@ -271,7 +285,11 @@ fn floor_sec(ms: i64) -> i64 {
 /// A copy of `e` (errors are not `Clone`) for each operation of a failed call.
 fn copy_err(e: &Error) -> Error {
     let mut c = Error::new(e.kind(), e.message().to_string());
-    c = if e.is_temporary() { c.temporary() } else { c.permanent() };
+    c = if e.is_temporary() {
+        c.temporary()
+    } else {
+        c.permanent()
+    };
     for (k, v) in e.context() {
         c = c.with_context(k, v);
     }
@@ -320,7 +338,10 @@ impl SalesforceConnector {
         }
         let body = self.api.describe(object).await?;
         let d = ObjectDescribe::parse(&body)?;
-        let plan = Arc::new(ObjectPlan::new(d, self.config.fields.get(object).map(Vec::as_slice))?);
+        let plan = Arc::new(ObjectPlan::new(
+            d,
+            self.config.fields.get(object).map(Vec::as_slice),
+        )?);
         for (f, why) in &plan.skipped {
             tracing::debug!(object, field = %f, reason = why, "field not read");
         }
@@ -328,7 +349,10 @@ impl SalesforceConnector {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .learn(&plan.describe);
-        self.plans.write().await.insert(object.to_string(), plan.clone());
+        self.plans
+            .write()
+            .await
+            .insert(object.to_string(), plan.clone());
         Ok(plan)
     }
 
@@ -388,7 +412,10 @@ impl SalesforceConnector {
             match self.api.query(&soql, all).await {
                 Ok(p) => return Ok(p),
                 Err(e) if error_code(&e) == Some("QUERY_TIMEOUT") && halvings < MAX_HALVINGS => {
-                    let lower = walk.last.as_ref().map_or(walk.lo_ms, |m| floor_sec(m.ms).max(walk.lo_ms));
+                    let lower = walk
+                        .last
+                        .as_ref()
+                        .map_or(walk.lo_ms, |m| floor_sec(m.ms).max(walk.lo_ms));
                     let span = walk.window_hi_ms.saturating_sub(lower);
                     if span < 2_000 {
                         return Err(e);
@@ -396,7 +423,10 @@ impl SalesforceConnector {
                     walk.window_hi_ms = floor_sec(lower.saturating_add(span / 2));
                     walk.window_ms = Some(walk.window_hi_ms.saturating_sub(lower).max(1000));
                     halvings += 1;
-                    tracing::info!(window_ms = span / 2, "QUERY_TIMEOUT: halving the query's date window");
+                    tracing::info!(
+                        window_ms = span / 2,
+                        "QUERY_TIMEOUT: halving the query's date window"
+                    );
                 }
                 Err(e) => return Err(e),
             }
@@ -406,7 +436,13 @@ impl SalesforceConnector {
     /// Splits the plan's fields into the set a query URL can carry and the rest (read by id).
     fn split_fields(&self, plan: &ObjectPlan, where_: &str) -> (Vec<String>, Vec<String>) {
         let fits = |n: usize| {
-            let q = models::soql_select(&plan.fields[..n], &plan.object, where_, &plan.replication_key, true);
+            let q = models::soql_select(
+                &plan.fields[..n],
+                &plan.object,
+                where_,
+                &plan.replication_key,
+                true,
+            );
             self.api.query_url_len(&q) <= self.config.max_query_url
         };
         if fits(plan.fields.len()) {
@@ -424,14 +460,23 @@ impl SalesforceConnector {
     }
 
     /// Joins the `tail` fields of the page's records, read by id, into each record.
-    async fn join_tail(&self, plan: &ObjectPlan, page: QueryPage, tail: &[String]) -> Result<Vec<RawJson>> {
+    async fn join_tail(
+        &self,
+        plan: &ObjectPlan,
+        page: QueryPage,
+        tail: &[String],
+    ) -> Result<Vec<RawJson>> {
         if tail.len() <= 1 || page.records.is_empty() {
             return Ok(page.records);
         }
         let ids: Vec<Option<String>> = page
             .records
             .iter()
-            .map(|r| models::envelope(r.as_bytes(), &plan.replication_key).ok().map(|e| e.0))
+            .map(|r| {
+                models::envelope(r.as_bytes(), &plan.replication_key)
+                    .ok()
+                    .map(|e| e.0)
+            })
             .collect();
         let known: Vec<String> = ids.iter().flatten().cloned().collect();
         let mut extra: HashMap<String, RawJson> = HashMap::new();
@@ -443,7 +488,8 @@ impl SalesforceConnector {
                 }
             }
         }
-        let mut buf: Vec<u8> = Vec::with_capacity(page.records.iter().map(RawJson::len).sum::<usize>() * 2 + 2);
+        let mut buf: Vec<u8> =
+            Vec::with_capacity(page.records.iter().map(RawJson::len).sum::<usize>() * 2 + 2);
         buf.push(b'[');
         for (i, (r, id)) in page.records.iter().zip(&ids).enumerate() {
             if i > 0 {
@@ -477,10 +523,14 @@ impl SalesforceConnector {
         let body = Bytes::from(buf);
         let items: Vec<&RawValue> = serde_json::from_slice(&body)
             .map_err(|e| Error::invalid_response("joined records are not JSON").set_source(e))?;
-        Ok(items.iter().map(|r| RawJson::from_raw_in(&body, r)).collect())
+        Ok(items
+            .iter()
+            .map(|r| RawJson::from_raw_in(&body, r))
+            .collect())
     }
 
     /// Turns raw records into upserts (or deletes), skipping what the walk already read.
+    #[allow(clippy::too_many_arguments)]
     fn take_records(
         &self,
         stream: &StreamId,
@@ -521,16 +571,29 @@ impl SalesforceConnector {
     }
 
     /// One step of an upserts walk.
-    async fn step_upserts(&self, stream: &StreamId, plan: &ObjectPlan, walk: &mut Walk) -> Result<(Step, bool)> {
-        let mut step = Step { records: Vec::new(), rejects: Vec::new(), has_more: true };
+    async fn step_upserts(
+        &self,
+        stream: &StreamId,
+        plan: &ObjectPlan,
+        walk: &mut Walk,
+    ) -> Result<(Step, bool)> {
+        let mut step = Step {
+            records: Vec::new(),
+            rejects: Vec::new(),
+            has_more: true,
+        };
         if let Some(bulk) = walk.bulk.clone() {
-            return self.step_bulk(stream, plan, walk, bulk).await.map(|s| (s, false));
+            return self
+                .step_bulk(stream, plan, walk, bulk)
+                .await
+                .map(|s| (s, false));
         }
         let mut guard = LinkGuard::new();
         let mut empty_windows = 0u32;
         loop {
             let rk = plan.replication_key.clone();
-            let where_ = |w: &Walk| models::soql_where(&rk, w.lo_ms, keyset(w), w.window_hi_ms, None);
+            let where_ =
+                |w: &Walk| models::soql_where(&rk, w.lo_ms, keyset(w), w.window_hi_ms, None);
             let (head, tail) = self.split_fields(plan, &where_(walk));
             let page = match walk.next_url.clone() {
                 Some(next) => {
@@ -567,14 +630,23 @@ impl SalesforceConnector {
                         let soql = models::soql_select(
                             &plan.fields,
                             &plan.object,
-                            &models::soql_where(&rk, walk.lo_ms, walk.skip_to.as_ref(), walk.hi_ms, None),
+                            &models::soql_where(
+                                &rk,
+                                walk.lo_ms,
+                                walk.skip_to.as_ref(),
+                                walk.hi_ms,
+                                None,
+                            ),
                             &rk,
                             false,
                         );
                         let job = self.api.bulk_create(&soql).await?;
                         tracing::info!(object = %plan.object, total = page.total_size, job = %job, "large walk: reading through Bulk API 2.0");
                         walk.window_hi_ms = walk.hi_ms;
-                        walk.bulk = Some(BulkState { job_id: job, locator: None });
+                        walk.bulk = Some(BulkState {
+                            job_id: job,
+                            locator: None,
+                        });
                         return Ok((step, false));
                     }
                     page
@@ -608,8 +680,18 @@ impl SalesforceConnector {
         }
     }
 
-    async fn step_bulk(&self, stream: &StreamId, plan: &ObjectPlan, walk: &mut Walk, bulk: BulkState) -> Result<Step> {
-        let mut step = Step { records: Vec::new(), rejects: Vec::new(), has_more: true };
+    async fn step_bulk(
+        &self,
+        stream: &StreamId,
+        plan: &ObjectPlan,
+        walk: &mut Walk,
+        bulk: BulkState,
+    ) -> Result<Step> {
+        let mut step = Step {
+            records: Vec::new(),
+            rejects: Vec::new(),
+            has_more: true,
+        };
         let restart = |walk: &mut Walk, why: &Error| {
             tracing::warn!(error = %why, "bulk job unusable: reading the walk through REST");
             walk.bulk = None;
@@ -618,9 +700,16 @@ impl SalesforceConnector {
             walk.rest_only = true;
         };
         if bulk.locator.is_none() {
-            match self.api.bulk_wait(&bulk.job_id, self.config.bulk_poll_timeout).await {
+            match self
+                .api
+                .bulk_wait(&bulk.job_id, self.config.bulk_poll_timeout)
+                .await
+            {
                 Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound || (e.kind() == ErrorKind::Upstream && !e.is_temporary()) => {
+                Err(e)
+                    if e.kind() == ErrorKind::NotFound
+                        || (e.kind() == ErrorKind::Upstream && !e.is_temporary()) =>
+                {
                     restart(walk, &e);
                     return Ok(step);
                 }
@@ -629,7 +718,13 @@ impl SalesforceConnector {
         }
         let page = match self
             .api
-            .bulk_results(&bulk.job_id, bulk.locator.as_deref(), self.config.bulk_page_records, plan, stream)
+            .bulk_results(
+                &bulk.job_id,
+                bulk.locator.as_deref(),
+                self.config.bulk_page_records,
+                plan,
+                stream,
+            )
             .await
         {
             Ok(p) => p,
@@ -649,15 +744,22 @@ impl SalesforceConnector {
             if walk.last.as_ref().is_none_or(|l| &mark > l) {
                 walk.last = Some(mark.clone());
             }
-            step.records.push(Record::upsert(stream.clone(), mark.id, raw).with_modified(mark.ms));
+            step.records
+                .push(Record::upsert(stream.clone(), mark.id, raw).with_modified(mark.ms));
         }
         step.rejects = page.rejects;
         match page.next_locator {
             Some(l) => {
                 if bulk.locator.as_deref() == Some(l.as_str()) {
-                    return Err(Error::invalid_response("Sforce-Locator repeats the current locator").permanent());
+                    return Err(Error::invalid_response(
+                        "Sforce-Locator repeats the current locator",
+                    )
+                    .permanent());
                 }
-                walk.bulk = Some(BulkState { job_id: bulk.job_id, locator: Some(l) });
+                walk.bulk = Some(BulkState {
+                    job_id: bulk.job_id,
+                    locator: Some(l),
+                });
             }
             None => {
                 self.api.bulk_delete(&bulk.job_id).await;
@@ -669,7 +771,8 @@ impl SalesforceConnector {
     }
 
     fn uses_query_all(&self, plan: &ObjectPlan) -> bool {
-        matches!(self.config.deletes, DeleteMode::QueryAll | DeleteMode::Both) && plan.has_is_deleted
+        matches!(self.config.deletes, DeleteMode::QueryAll | DeleteMode::Both)
+            && plan.has_is_deleted
     }
 
     fn uses_get_deleted(&self, plan: &ObjectPlan) -> bool {
@@ -681,15 +784,27 @@ impl SalesforceConnector {
     }
 
     /// One step of a deletes walk; `true` when the walk is done.
-    async fn step_deletes(&self, stream: &StreamId, plan: &ObjectPlan, walk: &mut Walk) -> Result<(Step, bool)> {
-        let mut step = Step { records: Vec::new(), rejects: Vec::new(), has_more: true };
+    async fn step_deletes(
+        &self,
+        stream: &StreamId,
+        plan: &ObjectPlan,
+        walk: &mut Walk,
+    ) -> Result<(Step, bool)> {
+        let mut step = Step {
+            records: Vec::new(),
+            rejects: Vec::new(),
+            has_more: true,
+        };
         if !walk.query_all_done && self.uses_query_all(plan) {
             let rk = plan.replication_key.clone();
             let fields = vec!["Id".to_string(), rk.clone()];
             let page = match walk.next_url.clone() {
                 Some(next) => match self.api.query_more(&next).await {
                     Ok(p) => p,
-                    Err(e) if e.kind() == ErrorKind::NotFound || error_code(&e) == Some("INVALID_QUERY_LOCATOR") => {
+                    Err(e)
+                        if e.kind() == ErrorKind::NotFound
+                            || error_code(&e) == Some("INVALID_QUERY_LOCATOR") =>
+                    {
                         walk.next_url = None;
                         return Ok((step, false));
                     }
@@ -700,7 +815,13 @@ impl SalesforceConnector {
                     self.start_query(
                         walk,
                         |w| {
-                            let where_ = models::soql_where(&rk, w.lo_ms, keyset(w), w.window_hi_ms, Some("IsDeleted = TRUE"));
+                            let where_ = models::soql_where(
+                                &rk,
+                                w.lo_ms,
+                                keyset(w),
+                                w.window_hi_ms,
+                                Some("IsDeleted = TRUE"),
+                            );
                             models::soql_select(&fields, &obj, &where_, &rk, true)
                         },
                         true,
@@ -731,7 +852,8 @@ impl SalesforceConnector {
             let start = walk.lo_ms.max(oldest).min(end.saturating_sub(60_000));
             let (ids, _) = self.api.get_deleted(&plan.object, start, end).await?;
             for (id, ms) in ids {
-                step.records.push(Record::delete(stream.clone(), id).with_modified(ms));
+                step.records
+                    .push(Record::delete(stream.clone(), id).with_modified(ms));
             }
         }
         Ok((step, true))
@@ -783,7 +905,13 @@ impl SalesforceConnector {
     /// `LastModifiedById`) is the echo of a write this connector made within the echo window:
     /// we wrote it, nobody else modified it since (the modification time is within seconds of
     /// our write, and the modifier is our user when the token says who we are).
-    pub fn is_echo(&self, object: &str, id: &str, last_modified_ms: Option<i64>, last_modified_by: Option<&str>) -> bool {
+    pub fn is_echo(
+        &self,
+        object: &str,
+        id: &str,
+        last_modified_ms: Option<i64>,
+        last_modified_by: Option<&str>,
+    ) -> bool {
         let now = unix_ms(SystemTime::now());
         let window = i64::try_from(self.echo_window.as_millis()).unwrap_or(i64::MAX);
         let written = {
@@ -795,7 +923,13 @@ impl SalesforceConnector {
             return false;
         }
         let close = last_modified_ms.is_some_and(|m| m.abs_diff(written) <= 5_000);
-        let user_ok = match (self.user_id.read().unwrap_or_else(|p| p.into_inner()).as_deref(), last_modified_by) {
+        let user_ok = match (
+            self.user_id
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_deref(),
+            last_modified_by,
+        ) {
             (Some(me), Some(by)) => me.get(..15) == by.get(..15),
             _ => true,
         };
@@ -803,10 +937,21 @@ impl SalesforceConnector {
     }
 
     async fn learn_user(&self) {
-        if self.user_id.read().unwrap_or_else(|p| p.into_inner()).is_some() {
+        if self
+            .user_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
             return;
         }
-        if let Some((_, user)) = self.api.identity_url().await.as_deref().and_then(identity_ids) {
+        if let Some((_, user)) = self
+            .api
+            .identity_url()
+            .await
+            .as_deref()
+            .and_then(identity_ids)
+        {
             *self.user_id.write().unwrap_or_else(|p| p.into_inner()) = Some(user);
         }
     }
@@ -816,17 +961,29 @@ impl SalesforceConnector {
     }
 
     /// Runs one collections call; per-record results in request order.
-    async fn collection_call(&self, method: Method, url: &str, body: Option<Value>, n: usize) -> Result<Vec<Result<String>>> {
-        let mut rb = self.api.request(method, url)?.header("sforce-call-options", self.call_options());
+    async fn collection_call(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<Value>,
+        n: usize,
+    ) -> Result<Vec<Result<String>>> {
+        let mut rb = self
+            .api
+            .request(method, url)?
+            .header("sforce-call-options", self.call_options());
         if let Some(b) = body {
             rb = rb.json(&b);
         }
         let (_, bytes) = self.api.send_bytes(rb).await?;
-        let items: Vec<Value> = serde_json::from_slice(&bytes).map_err(|e| Error::from_json(e, "collection results"))?;
+        let items: Vec<Value> = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::from_json(e, "collection results"))?;
         if items.len() != n {
-            return Err(Error::invalid_response("sObject Collections answered another number of results")
-                .with_context("sent", n)
-                .with_context("got", items.len()));
+            return Err(Error::invalid_response(
+                "sObject Collections answered another number of results",
+            )
+            .with_context("sent", n)
+            .with_context("got", items.len()));
         }
         Ok(items
             .iter()
@@ -836,13 +993,27 @@ impl SalesforceConnector {
                 if ok {
                     return Ok(id.unwrap_or_default());
                 }
-                let errors = it.get("errors").map(SalesforceErrorItem::parse_list).unwrap_or_default();
-                let code = errors.first().map(|e| e.error_code.clone()).unwrap_or_default();
-                let msg = errors.first().map(|e| e.message.clone()).unwrap_or_else(|| "the record was not written".into());
+                let errors = it
+                    .get("errors")
+                    .map(SalesforceErrorItem::parse_list)
+                    .unwrap_or_default();
+                let code = errors
+                    .first()
+                    .map(|e| e.error_code.clone())
+                    .unwrap_or_default();
+                let msg = errors
+                    .first()
+                    .map(|e| e.message.clone())
+                    .unwrap_or_else(|| "the record was not written".into());
                 let (kind, temporary) = kind_for(&code, 0);
-                let mut err = Error::new(kind, format!("Salesforce: {code} {msg}").trim().to_string())
-                    .with_context("error_code", &code);
-                err = if temporary { err.temporary() } else { err.permanent() };
+                let mut err =
+                    Error::new(kind, format!("Salesforce: {code} {msg}").trim().to_string())
+                        .with_context("error_code", &code);
+                err = if temporary {
+                    err.temporary()
+                } else {
+                    err.permanent()
+                };
                 Err(err.set_source(SalesforceApiError { status: 0, errors }))
             })
             .collect())
@@ -865,7 +1036,9 @@ impl SalesforceConnector {
                     Value::Object(m) => m.clone(),
                     Value::Null => Map::new(),
                     _ => {
-                        results[*i] = Some(Err(Error::invalid_input("write fields must be a JSON object")));
+                        results[*i] = Some(Err(Error::invalid_input(
+                            "write fields must be a JSON object",
+                        )));
                         continue;
                     }
                 };
@@ -878,8 +1051,11 @@ impl SalesforceConnector {
                 }
                 match action {
                     WriteAction::Update | WriteAction::Delete => {
-                        let Some(id) = op.id.as_deref().filter(|id| models::looks_like_id(id)) else {
-                            results[*i] = Some(Err(Error::invalid_input("update and delete need the record's Id")));
+                        let Some(id) = op.id.as_deref().filter(|id| models::looks_like_id(id))
+                        else {
+                            results[*i] = Some(Err(Error::invalid_input(
+                                "update and delete need the record's Id",
+                            )));
                             continue;
                         };
                         rec.insert("id".into(), json!(id));
@@ -892,7 +1068,10 @@ impl SalesforceConnector {
                             continue;
                         };
                         if rec.get(field).is_none_or(Value::is_null) {
-                            results[*i] = Some(Err(Error::invalid_input("upsert fields lack the external id value").with_context("field", field)));
+                            results[*i] = Some(Err(Error::invalid_input(
+                                "upsert fields lack the external id value",
+                            )
+                            .with_context("field", field)));
                             continue;
                         }
                     }
@@ -907,19 +1086,38 @@ impl SalesforceConnector {
             let base = self.api.data_url("/composite/sobjects").await?;
             let outcome = match action {
                 WriteAction::Create => {
-                    self.collection_call(Method::POST, &base, Some(json!({"allOrNone": false, "records": records})), sent.len()).await
+                    self.collection_call(
+                        Method::POST,
+                        &base,
+                        Some(json!({"allOrNone": false, "records": records})),
+                        sent.len(),
+                    )
+                    .await
                 }
                 WriteAction::Update => {
-                    self.collection_call(Method::PATCH, &base, Some(json!({"allOrNone": false, "records": records})), sent.len()).await
+                    self.collection_call(
+                        Method::PATCH,
+                        &base,
+                        Some(json!({"allOrNone": false, "records": records})),
+                        sent.len(),
+                    )
+                    .await
                 }
                 WriteAction::Upsert => {
                     let field = ext.clone().unwrap_or_default();
                     let url = format!("{base}/{}/{}", path_segment(object)?, path_segment(&field)?);
-                    self.collection_call(Method::PATCH, &url, Some(json!({"allOrNone": false, "records": records})), sent.len()).await
+                    self.collection_call(
+                        Method::PATCH,
+                        &url,
+                        Some(json!({"allOrNone": false, "records": records})),
+                        sent.len(),
+                    )
+                    .await
                 }
                 WriteAction::Delete => {
                     let url = format!("{base}?ids={}&allOrNone=false", ids.join(","));
-                    self.collection_call(Method::DELETE, &url, None, sent.len()).await
+                    self.collection_call(Method::DELETE, &url, None, sent.len())
+                        .await
                 }
                 _ => Ok(Vec::new()),
             };
@@ -946,12 +1144,24 @@ impl SalesforceConnector {
     }
 
     /// Updates one record with `If-Unmodified-Since` (a 412 is a conflict).
-    async fn update_if_unmodified(&self, object: &str, op: &WriteOp, since_ms: i64) -> Result<String> {
-        let id = op.id.as_deref().filter(|id| models::looks_like_id(id))
+    async fn update_if_unmodified(
+        &self,
+        object: &str,
+        op: &WriteOp,
+        since_ms: i64,
+    ) -> Result<String> {
+        let id = op
+            .id
+            .as_deref()
+            .filter(|id| models::looks_like_id(id))
             .ok_or_else(|| Error::invalid_input("update needs the record's Id"))?;
         let url = self
             .api
-            .data_url(&format!("/sobjects/{}/{}", path_segment(object)?, path_segment(id)?))
+            .data_url(&format!(
+                "/sobjects/{}/{}",
+                path_segment(object)?,
+                path_segment(id)?
+            ))
             .await?;
         let mut fields = match &op.fields {
             Value::Object(m) => m.clone(),
@@ -985,9 +1195,17 @@ impl SalesforceConnector {
 
     /// The ids among `ops` whose `LastModifiedDate` is after their `if_unmodified_since`
     /// (conflicts), or that no longer exist.
-    async fn find_conflicts(&self, object: &str, ops: &[(usize, &WriteOp)]) -> Result<HashMap<usize, Error>> {
+    async fn find_conflicts(
+        &self,
+        object: &str,
+        ops: &[(usize, &WriteOp)],
+    ) -> Result<HashMap<usize, Error>> {
         let mut out = HashMap::new();
-        let ids: Vec<String> = ops.iter().filter_map(|(_, o)| o.id.clone()).filter(|id| models::looks_like_id(id)).collect();
+        let ids: Vec<String> = ops
+            .iter()
+            .filter_map(|(_, o)| o.id.clone())
+            .filter(|id| models::looks_like_id(id))
+            .collect();
         let mut modified: HashMap<String, Option<i64>> = HashMap::new();
         let fields = vec!["Id".to_string(), "LastModifiedDate".to_string()];
         for chunk in ids.chunks(RETRIEVE_SIZE) {
@@ -995,22 +1213,37 @@ impl SalesforceConnector {
             for (id, r) in chunk.iter().zip(got) {
                 let lm = r.and_then(|r| {
                     let v: Map<String, Value> = r.deserialize().ok()?;
-                    v.get("LastModifiedDate").and_then(Value::as_str).and_then(models::parse_datetime)
+                    v.get("LastModifiedDate")
+                        .and_then(Value::as_str)
+                        .and_then(models::parse_datetime)
                 });
                 modified.insert(id.clone(), lm);
             }
         }
         for (i, op) in ops {
-            let (Some(id), Some(since)) = (&op.id, op.if_unmodified_since) else { continue };
+            let (Some(id), Some(since)) = (&op.id, op.if_unmodified_since) else {
+                continue;
+            };
             match modified.get(id) {
                 Some(Some(lm)) if *lm > since => {
-                    out.insert(*i, Error::new(ErrorKind::Conflict, "the record changed since if_unmodified_since: not overwritten")
+                    out.insert(
+                        *i,
+                        Error::new(
+                            ErrorKind::Conflict,
+                            "the record changed since if_unmodified_since: not overwritten",
+                        )
                         .permanent()
                         .with_context("id", id)
-                        .with_context("last_modified_ms", lm));
+                        .with_context("last_modified_ms", lm),
+                    );
                 }
                 Some(None) | None => {
-                    out.insert(*i, Error::new(ErrorKind::NotFound, "the record no longer exists").permanent().with_context("id", id));
+                    out.insert(
+                        *i,
+                        Error::new(ErrorKind::NotFound, "the record no longer exists")
+                            .permanent()
+                            .with_context("id", id),
+                    );
                 }
                 _ => {}
             }
@@ -1028,7 +1261,9 @@ impl Connector for SalesforceConnector {
     async fn check(&self) -> Result<()> {
         self.api.check_version().await?;
         let url = self.api.data_url("/").await?;
-        self.api.send_bytes(self.api.request(Method::GET, &url)?).await?;
+        self.api
+            .send_bytes(self.api.request(Method::GET, &url)?)
+            .await?;
         Ok(())
     }
 
@@ -1061,7 +1296,8 @@ impl Connector for SalesforceConnector {
                         c.mark = Some(last);
                     }
                     if walk.full || self.config.deletes == DeleteMode::None {
-                        c.deletes_from_ms = Some(c.deletes_from_ms.unwrap_or(i64::MIN).max(walk.hi_ms));
+                        c.deletes_from_ms =
+                            Some(c.deletes_from_ms.unwrap_or(i64::MIN).max(walk.hi_ms));
                         c.walk = None;
                         has_more = false;
                     } else {
@@ -1091,7 +1327,9 @@ impl Connector for SalesforceConnector {
             .filter(|(_, o)| o.if_unmodified_since.is_some() && !o.force)
             .collect();
         let row_updates = conditional.len() <= MAX_ROW_PRECONDITIONS
-            && conditional.iter().all(|(_, o)| o.action == WriteAction::Update);
+            && conditional
+                .iter()
+                .all(|(_, o)| o.action == WriteAction::Update);
         if row_updates {
             for (i, op) in &conditional {
                 let since = op.if_unmodified_since.unwrap_or_default();
@@ -1102,29 +1340,36 @@ impl Connector for SalesforceConnector {
                 results[i] = Some(Err(e));
             }
         }
-        for action in [WriteAction::Create, WriteAction::Update, WriteAction::Upsert, WriteAction::Delete] {
+        for action in [
+            WriteAction::Create,
+            WriteAction::Update,
+            WriteAction::Upsert,
+            WriteAction::Delete,
+        ] {
             let batch: Vec<(usize, &WriteOp)> = ops
                 .iter()
                 .enumerate()
                 .filter(|(i, o)| o.action == action && results[*i].is_none())
                 .collect();
             if !batch.is_empty() {
-                self.write_chunked(&object, &action, batch, &mut results).await?;
+                self.write_chunked(&object, &action, batch, &mut results)
+                    .await?;
             }
         }
         let mut report = WriteReport::default();
         report.results = ops
-                .iter()
-                .zip(results)
-                .map(|(op, r)| match r {
-                    Some(Ok(id)) => WriteResult::ok(op.key.clone(), id),
-                    Some(Err(e)) => WriteResult::err(op.key.clone(), e),
-                    None => WriteResult::err(
-                        op.key.clone(),
-                        Error::unsupported("Salesforce has no such write action").with_context("action", format!("{:?}", op.action)),
-                    ),
-                })
-                .collect();
+            .iter()
+            .zip(results)
+            .map(|(op, r)| match r {
+                Some(Ok(id)) => WriteResult::ok(op.key.clone(), id),
+                Some(Err(e)) => WriteResult::err(op.key.clone(), e),
+                None => WriteResult::err(
+                    op.key.clone(),
+                    Error::unsupported("Salesforce has no such write action")
+                        .with_context("action", format!("{:?}", op.action)),
+                ),
+            })
+            .collect();
         Ok(report)
     }
 
@@ -1133,7 +1378,12 @@ impl Connector for SalesforceConnector {
         models::map_entity(record.stream.as_str(), record, &ctx)
     }
 
-    fn parse_record(&self, stream: &StreamId, raw: &RawJson, parent: Option<&str>) -> Result<Record> {
+    fn parse_record(
+        &self,
+        stream: &StreamId,
+        raw: &RawJson,
+        parent: Option<&str>,
+    ) -> Result<Record> {
         let _ = parent;
         let object = self.object_for(stream)?;
         let rk = self
@@ -1148,10 +1398,9 @@ impl Connector for SalesforceConnector {
     async fn discover(&self, stream: &StreamId) -> Result<StreamSchema> {
         let object = self.object_for(stream)?.to_string();
         let plan = self.plan(&object).await?;
-        let info = self
-            .info
-            .stream(stream)
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, "unknown stream").with_context("stream", stream))?;
+        let info = self.info.stream(stream).ok_or_else(|| {
+            Error::new(ErrorKind::NotFound, "unknown stream").with_context("stream", stream)
+        })?;
         Ok(plan.schema(info))
     }
 
@@ -1174,7 +1423,8 @@ impl SalesforceConnector {
             let list: Vec<String> = chunk.iter().map(|i| models::soql_string(i)).collect();
             let where_ = format!("Id IN ({})", list.join(", "));
             let (head, tail) = self.split_fields(&plan, &where_);
-            let soql = models::soql_select(&head, &plan.object, &where_, &plan.replication_key, false);
+            let soql =
+                models::soql_select(&head, &plan.object, &where_, &plan.replication_key, false);
             let mut page = self.api.query(&soql, false).await?;
             let mut guard = LinkGuard::new();
             loop {

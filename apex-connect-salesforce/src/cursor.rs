@@ -131,8 +131,10 @@ impl SalesforceCursor {
         if let Some(w) = &c.walk
             && (w.window_hi_ms > w.hi_ms || w.lo_ms > w.hi_ms.saturating_add(1000))
         {
-            return Err(Error::new(ErrorKind::InvalidInput, "cursor token is inconsistent")
-                .with_context("stream", stream));
+            return Err(
+                Error::new(ErrorKind::InvalidInput, "cursor token is inconsistent")
+                    .with_context("stream", stream),
+            );
         }
         Ok(c)
     }

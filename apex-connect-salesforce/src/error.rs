@@ -172,17 +172,29 @@ pub fn kind_for(code: &str, status: u16) -> (ErrorKind, bool) {
         "QUERY_TIMEOUT" => (ErrorKind::Upstream, false),
         "SERVER_UNAVAILABLE" => (ErrorKind::Upstream, true),
         "UNABLE_TO_LOCK_ROW" => (ErrorKind::Conflict, true),
-        "INVALID_QUERY_LOCATOR" | "INVALID_FIELD" | "MALFORMED_QUERY" | "INVALID_TYPE"
-        | "INVALID_TYPE_FOR_OPERATION" | "MALFORMED_ID" | "INVALID_ID_FIELD"
-        | "INVALID_FIELD_FOR_INSERT_UPDATE" | "REQUIRED_FIELD_MISSING" | "STRING_TOO_LONG"
-        | "DUPLICATE_VALUE" | "FIELD_CUSTOM_VALIDATION_EXCEPTION" | "INVALID_CROSS_REFERENCE_KEY"
-        | "JSON_PARSER_ERROR" | "INVALID_OPERATION" | "INVALID_REPLICATION_DATE"
+        "INVALID_QUERY_LOCATOR"
+        | "INVALID_FIELD"
+        | "MALFORMED_QUERY"
+        | "INVALID_TYPE"
+        | "INVALID_TYPE_FOR_OPERATION"
+        | "MALFORMED_ID"
+        | "INVALID_ID_FIELD"
+        | "INVALID_FIELD_FOR_INSERT_UPDATE"
+        | "REQUIRED_FIELD_MISSING"
+        | "STRING_TOO_LONG"
+        | "DUPLICATE_VALUE"
+        | "FIELD_CUSTOM_VALIDATION_EXCEPTION"
+        | "INVALID_CROSS_REFERENCE_KEY"
+        | "JSON_PARSER_ERROR"
+        | "INVALID_OPERATION"
+        | "INVALID_REPLICATION_DATE"
         | "EXCEEDED_ID_LIMIT" => (ErrorKind::InvalidInput, false),
-        "INSUFFICIENT_ACCESS" | "INSUFFICIENT_ACCESS_OR_READONLY"
-        | "INSUFFICIENT_ACCESS_ON_CROSS_REFERENCE_ENTITY" | "API_DISABLED_FOR_ORG"
-        | "API_CURRENTLY_DISABLED" | "FUNCTIONALITY_NOT_ENABLED" => {
-            (ErrorKind::PermissionDenied, false)
-        }
+        "INSUFFICIENT_ACCESS"
+        | "INSUFFICIENT_ACCESS_OR_READONLY"
+        | "INSUFFICIENT_ACCESS_ON_CROSS_REFERENCE_ENTITY"
+        | "API_DISABLED_FOR_ORG"
+        | "API_CURRENTLY_DISABLED"
+        | "FUNCTIONALITY_NOT_ENABLED" => (ErrorKind::PermissionDenied, false),
         "NOT_FOUND" | "ENTITY_IS_DELETED" => (ErrorKind::NotFound, false),
         "TXN_SECURITY_METERING_ERROR" => (ErrorKind::Config, false),
         _ => kind_for_status(status),
@@ -229,7 +241,10 @@ pub fn error_for_response(status: u16, body: &[u8], hint: Option<Duration>) -> E
         err = err.with_context("error_code", code);
     }
     if code == "REQUEST_LIMIT_EXCEEDED" {
-        err = err.with_retry_after(hint.unwrap_or(REQUEST_LIMIT_BACKOFF).max(REQUEST_LIMIT_BACKOFF));
+        err = err.with_retry_after(
+            hint.unwrap_or(REQUEST_LIMIT_BACKOFF)
+                .max(REQUEST_LIMIT_BACKOFF),
+        );
     } else if let Some(h) = hint {
         err = err.with_retry_after(h);
     }
@@ -265,7 +280,8 @@ mod tests {
 
     #[test]
     fn parses_the_documented_array() {
-        let body = br#"[{"message":"Session expired or invalid","errorCode":"INVALID_SESSION_ID"}]"#;
+        let body =
+            br#"[{"message":"Session expired or invalid","errorCode":"INVALID_SESSION_ID"}]"#;
         let e = SalesforceApiError::parse(401, body).unwrap();
         assert_eq!(e.code(), Some("INVALID_SESSION_ID"));
         let err = error_for_response(401, body, None);

@@ -160,14 +160,15 @@ impl ObjectDescribe {
     /// # Errors
     /// `InvalidResponse` when the body is not a JSON object with a `name`.
     pub fn parse(body: &[u8]) -> Result<ObjectDescribe> {
-        let v: Value = serde_json::from_slice(body)
-            .map_err(|e| Error::from_json(e, "describe"))?;
+        let v: Value = serde_json::from_slice(body).map_err(|e| Error::from_json(e, "describe"))?;
         let name = s_of(&v, "name")
             .ok_or_else(|| Error::invalid_response("describe answer has no object name"))?;
         let mut fields = Vec::new();
         if let Some(list) = v.get("fields").and_then(Value::as_array) {
             for f in list.iter().take(MAX_FIELDS) {
-                let Some(fname) = s_of(f, "name") else { continue };
+                let Some(fname) = s_of(f, "name") else {
+                    continue;
+                };
                 if !crate::config::is_api_name(&fname) {
                     continue;
                 }
@@ -205,7 +206,9 @@ impl ObjectDescribe {
 
     /// The field named `name` (case-insensitive, as Salesforce treats API names).
     pub fn field(&self, name: &str) -> Option<&FieldDescribe> {
-        self.fields.iter().find(|f| f.name.eq_ignore_ascii_case(name))
+        self.fields
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(name))
     }
 }
 
@@ -238,8 +241,10 @@ impl ObjectPlan {
     /// `Unsupported` when the object is not queryable or has no usable replication field.
     pub fn new(describe: ObjectDescribe, only: Option<&[String]>) -> Result<ObjectPlan> {
         if !describe.queryable {
-            return Err(Error::new(ErrorKind::Unsupported, "the object is not queryable")
-                .with_context("object", &describe.name));
+            return Err(
+                Error::new(ErrorKind::Unsupported, "the object is not queryable")
+                    .with_context("object", &describe.name),
+            );
         }
         let replication_key = REPLICATION_KEYS
             .iter()
@@ -253,8 +258,10 @@ impl ObjectPlan {
                 .with_context("object", &describe.name)
             })?;
         if describe.field("Id").is_none() {
-            return Err(Error::new(ErrorKind::Unsupported, "the object has no Id field")
-                .with_context("object", &describe.name));
+            return Err(
+                Error::new(ErrorKind::Unsupported, "the object has no Id field")
+                    .with_context("object", &describe.name),
+            );
         }
         let mut fields = vec!["Id".to_string(), replication_key.clone()];
         let mut kinds = HashMap::new();
@@ -270,7 +277,10 @@ impl ObjectPlan {
             }
             match f.kind() {
                 FieldKind::Compound => {
-                    skipped.push((f.name.clone(), "compound: read through its component fields"));
+                    skipped.push((
+                        f.name.clone(),
+                        "compound: read through its component fields",
+                    ));
                     continue;
                 }
                 FieldKind::Binary => {
@@ -291,7 +301,10 @@ impl ObjectPlan {
                         field = %name,
                         "field named in the settings is not readable for this user (or does not exist): skipped"
                     );
-                    skipped.push((name.clone(), "not readable for this user, or does not exist"));
+                    skipped.push((
+                        name.clone(),
+                        "not readable for this user, or does not exist",
+                    ));
                 }
             }
         }
@@ -325,7 +338,10 @@ impl ObjectPlan {
                 s = json!({"type": "string"});
             }
             if let (Some(f), Some(obj)) = (self.describe.field(name), s.as_object_mut()) {
-                obj.insert("description".into(), json!(format!("Salesforce {}", f.sf_type)));
+                obj.insert(
+                    "description".into(),
+                    json!(format!("Salesforce {}", f.sf_type)),
+                );
                 if !f.reference_to.is_empty() {
                     obj.insert("x-reference-to".into(), json!(f.reference_to));
                 }
@@ -342,7 +358,10 @@ impl ObjectPlan {
                 .iter()
                 .map(|(f, why)| format!("{f}: {why}"))
                 .collect();
-            obj.insert("$comment".into(), json!(format!("fields not read: {}", notes.join("; "))));
+            obj.insert(
+                "$comment".into(),
+                json!(format!("fields not read: {}", notes.join("; "))),
+            );
         }
         let custom: Vec<String> = self
             .fields
@@ -416,7 +435,11 @@ pub fn soql_where(
     match after {
         Some(m) => {
             let t = soql_datetime(m.ms);
-            let _ = write!(w, "{rk} >= {t} AND ({rk} > {t} OR Id > {})", soql_string(&m.id));
+            let _ = write!(
+                w,
+                "{rk} >= {t} AND ({rk} > {t} OR Id > {})",
+                soql_string(&m.id)
+            );
         }
         None => {
             let _ = write!(w, "{rk} >= {}", soql_datetime(lo_ms));
@@ -430,7 +453,13 @@ pub fn soql_where(
 }
 
 /// `SELECT fields FROM object WHERE where ORDER BY rk ASC, Id ASC`.
-pub fn soql_select(fields: &[String], object: &str, where_: &str, rk: &str, ordered: bool) -> String {
+pub fn soql_select(
+    fields: &[String],
+    object: &str,
+    where_: &str,
+    rk: &str,
+    ordered: bool,
+) -> String {
     let mut q = format!("SELECT {} FROM {object} WHERE {where_}", fields.join(", "));
     if ordered {
         let _ = write!(q, " ORDER BY {rk} ASC, Id ASC");
@@ -458,9 +487,8 @@ struct EnvelopeView<'a> {
 /// `InvalidResponse` when the JSON is not an object with a string `Id`, or its `rk` field is
 /// not a datetime.
 pub fn envelope(raw: &[u8], rk: &str) -> Result<(String, i64)> {
-    let v: EnvelopeView<'_> = serde_json::from_slice(raw).map_err(|e| {
-        Error::invalid_response("record has no string Id").set_source(e)
-    })?;
+    let v: EnvelopeView<'_> = serde_json::from_slice(raw)
+        .map_err(|e| Error::invalid_response("record has no string Id").set_source(e))?;
     if v.id.is_empty() || v.id.len() > 64 {
         return Err(Error::invalid_response("record Id is empty or too long"));
     }
@@ -530,7 +558,9 @@ fn text(v: &Map<String, Value>, k: &str) -> Option<String> {
 
 fn number(v: &Map<String, Value>, k: &str) -> Option<Value> {
     match v.get(k)? {
-        Value::Number(n) if n.as_f64().is_some_and(f64::is_finite) => Some(Value::Number(n.clone())),
+        Value::Number(n) if n.as_f64().is_some_and(f64::is_finite) => {
+            Some(Value::Number(n.clone()))
+        }
         Value::String(s) => {
             let f: f64 = s.trim().parse().ok()?;
             serde_json::Number::from_f64(f).map(Value::Number)
@@ -610,7 +640,10 @@ pub fn map_entity(object: &str, record: &Record, ctx: &MapContext) -> Result<Opt
         "OpportunityHistory" => EntityKind::Event,
         other => EntityKind::Other(other.to_string()),
     };
-    let mut e = Entity::new(kind, SourceRef::new(NAME, object.to_string(), record.id.clone()));
+    let mut e = Entity::new(
+        kind,
+        SourceRef::new(NAME, object.to_string(), record.id.clone()),
+    );
     let name = text(&v, "Name")
         .or_else(|| {
             let first = text(&v, "FirstName");
@@ -717,7 +750,11 @@ pub fn map_entity(object: &str, record: &Record, ctx: &MapContext) -> Result<Opt
         ("WhatId", "what", None),
         ("ConvertedAccountId", "converted_to", Some("Account")),
         ("ConvertedContactId", "converted_to", Some("Contact")),
-        ("ConvertedOpportunityId", "converted_to", Some("Opportunity")),
+        (
+            "ConvertedOpportunityId",
+            "converted_to",
+            Some("Opportunity"),
+        ),
     ];
     let refs = ctx.references.get(object);
     let mut done: Vec<&str> = Vec::new();
@@ -738,14 +775,19 @@ pub fn map_entity(object: &str, record: &Record, ctx: &MapContext) -> Result<Opt
         let target = target
             .map(str::to_string)
             .or_else(|| object_of_id(&id, &ctx.prefixes))
-            .or_else(|| refs.and_then(|r| r.get(*field)).and_then(|t| t.first().cloned()))
+            .or_else(|| {
+                refs.and_then(|r| r.get(*field))
+                    .and_then(|t| t.first().cloned())
+            })
             .unwrap_or_else(|| "unknown".into());
         e = e.with_relation(rel, SourceRef::new(NAME, target, id));
         done.push(field);
     }
     if let Some(refs) = refs {
         for (field, targets) in refs {
-            if done.contains(&field.as_str()) || matches!(field.as_str(), "CreatedById" | "LastModifiedById") {
+            if done.contains(&field.as_str())
+                || matches!(field.as_str(), "CreatedById" | "LastModifiedById")
+            {
                 continue;
             }
             let Some(id) = text(&v, field).filter(|s| looks_like_id(s)) else {
@@ -795,7 +837,10 @@ mod tests {
     fn plan_from_describe() {
         let p = ObjectPlan::new(describe(), None).unwrap();
         assert_eq!(p.replication_key, "SystemModstamp");
-        assert_eq!(&p.fields[..2], &["Id".to_string(), "SystemModstamp".to_string()]);
+        assert_eq!(
+            &p.fields[..2],
+            &["Id".to_string(), "SystemModstamp".to_string()]
+        );
         assert!(p.fields.contains(&"BillingCity".to_string()));
         assert!(!p.fields.contains(&"BillingAddress".to_string()));
         assert!(!p.fields.contains(&"Logo".to_string()));
@@ -813,12 +858,27 @@ mod tests {
         assert_eq!(soql_string("O'Brien\\"), "'O\\'Brien\\\\'");
         assert_eq!(soql_datetime(1_700_000_000_999), "2023-11-14T22:13:20Z");
         assert_eq!(soql_datetime(i64::MIN), "1970-01-01T00:00:00Z");
-        assert_eq!(parse_datetime("2023-11-14T22:13:20.000+0000"), Some(1_700_000_000_000));
-        assert_eq!(parse_datetime("2023-11-14T22:13:20.000Z"), Some(1_700_000_000_000));
+        assert_eq!(
+            parse_datetime("2023-11-14T22:13:20.000+0000"),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(
+            parse_datetime("2023-11-14T22:13:20.000Z"),
+            Some(1_700_000_000_000)
+        );
         assert_eq!(parse_datetime("yesterday"), None);
-        assert_eq!(parse_datetime(&sf_datetime(1_700_000_000_123)), Some(1_700_000_000_123));
+        assert_eq!(
+            parse_datetime(&sf_datetime(1_700_000_000_123)),
+            Some(1_700_000_000_123)
+        );
         let m = crate::cursor::Mark::new(1_700_000_000_000, "001x");
-        let w = soql_where("SystemModstamp", 0, Some(&m), 1_700_000_100_000, Some("IsDeleted = TRUE"));
+        let w = soql_where(
+            "SystemModstamp",
+            0,
+            Some(&m),
+            1_700_000_100_000,
+            Some("IsDeleted = TRUE"),
+        );
         assert_eq!(
             w,
             "SystemModstamp >= 2023-11-14T22:13:20Z AND (SystemModstamp > 2023-11-14T22:13:20Z OR Id > '001x') AND SystemModstamp <= 2023-11-14T22:15:00Z AND IsDeleted = TRUE"
@@ -833,18 +893,36 @@ mod tests {
         assert_eq!(ms, 1_704_067_200_000);
         assert!(envelope(br#"{"Id":1}"#, "SystemModstamp").is_err());
         assert!(envelope(br#"{"Id":"x","SystemModstamp":5}"#, "SystemModstamp").is_err());
-        let r = record(&StreamId::from("Contact"), RawJson::parse(bytes::Bytes::from_static(raw)).unwrap(), "SystemModstamp").unwrap();
-        let e = map_entity("Contact", &r, &MapContext::default()).unwrap().unwrap();
+        let r = record(
+            &StreamId::from("Contact"),
+            RawJson::parse(bytes::Bytes::from_static(raw)).unwrap(),
+            "SystemModstamp",
+        )
+        .unwrap();
+        let e = map_entity("Contact", &r, &MapContext::default())
+            .unwrap()
+            .unwrap();
         assert_eq!(e.kind, EntityKind::Person);
-        assert!(e.relations.iter().any(|r| r.kind == "works_at" && r.target.object_type == "Account"));
+        assert!(
+            e.relations
+                .iter()
+                .any(|r| r.kind == "works_at" && r.target.object_type == "Account")
+        );
     }
 
     #[test]
     fn polymorphic_references() {
         let raw = json!({"Id":"00T000000000001AAA","SystemModstamp":"2024-01-01T00:00:00.000+0000",
             "WhoId":"00Q000000000001AAA","WhatId":"006000000000001AAA","Subject":"Call"});
-        let r = record(&StreamId::from("Task"), RawJson::from(raw), "SystemModstamp").unwrap();
-        let e = map_entity("Task", &r, &MapContext::default()).unwrap().unwrap();
+        let r = record(
+            &StreamId::from("Task"),
+            RawJson::from(raw),
+            "SystemModstamp",
+        )
+        .unwrap();
+        let e = map_entity("Task", &r, &MapContext::default())
+            .unwrap()
+            .unwrap();
         let who = e.relations.iter().find(|r| r.kind == "who").unwrap();
         assert_eq!(who.target.object_type, "Lead");
         let what = e.relations.iter().find(|r| r.kind == "what").unwrap();

@@ -20,8 +20,8 @@ use std::time::SystemTime;
 
 use apex_connect_core::webhook::{Verified, WebhookReply, WebhookRequest};
 use apex_connect_core::{
-    Change, Error, ErrorKind, Op, Result, StreamId, VerifiedWebhook, WebhookError,
-    WebhookEvent, WebhookVerifier, Webhooks, async_trait,
+    Change, Error, ErrorKind, Op, Result, StreamId, VerifiedWebhook, WebhookError, WebhookEvent,
+    WebhookVerifier, Webhooks, async_trait,
 };
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
@@ -102,7 +102,9 @@ pub fn parse_outbound(body: &[u8]) -> std::result::Result<OutboundMessage, Strin
     let mut nil = false;
     let mut buf = Vec::new();
     loop {
-        let ev = reader.read_event_into(&mut buf).map_err(|e| format!("not XML: {e}"))?;
+        let ev = reader
+            .read_event_into(&mut buf)
+            .map_err(|e| format!("not XML: {e}"))?;
         match ev {
             Event::DocType(_) => return Err("a DOCTYPE is not allowed".into()),
             Event::Start(ref e) | Event::Empty(ref e) => {
@@ -112,7 +114,10 @@ pub fn parse_outbound(body: &[u8]) -> std::result::Result<OutboundMessage, Strin
                 let mut xsi_type: Option<String> = None;
                 for a in e.attributes().with_checks(false).flatten() {
                     let key = local(a.key.as_ref()).to_vec();
-                    let val = a.unescape_value().map(|v| v.into_owned()).unwrap_or_default();
+                    let val = a
+                        .unescape_value()
+                        .map(|v| v.into_owned())
+                        .unwrap_or_default();
                     if key == b"nil" && val.trim() == "true" {
                         nil = true;
                     }
@@ -151,7 +156,16 @@ pub fn parse_outbound(body: &[u8]) -> std::result::Result<OutboundMessage, Strin
                 }
                 text.clear();
                 if empty {
-                    close(&name, &stack, &mut text, nil, &mut org, &mut action, &mut cur, &mut notes)?;
+                    close(
+                        &name,
+                        &stack,
+                        &mut text,
+                        nil,
+                        &mut org,
+                        &mut action,
+                        &mut cur,
+                        &mut notes,
+                    )?;
                     nil = false;
                 } else {
                     stack.push(name);
@@ -175,7 +189,9 @@ pub fn parse_outbound(body: &[u8]) -> std::result::Result<OutboundMessage, Strin
                 let resolved = if r.is_char_ref() {
                     r.resolve_char_ref().ok().flatten().map(String::from)
                 } else {
-                    let name = r.decode().map_err(|e| format!("entity is not UTF-8: {e}"))?;
+                    let name = r
+                        .decode()
+                        .map_err(|e| format!("entity is not UTF-8: {e}"))?;
                     quick_xml::escape::resolve_predefined_entity(&name).map(str::to_string)
                 };
                 let s = resolved.ok_or_else(|| "unknown entity reference".to_string())?;
@@ -185,8 +201,19 @@ pub fn parse_outbound(body: &[u8]) -> std::result::Result<OutboundMessage, Strin
                 text.push_str(&s);
             }
             Event::End(_) => {
-                let name = stack.pop().ok_or_else(|| "unbalanced end tag".to_string())?;
-                close(&name, &stack, &mut text, nil, &mut org, &mut action, &mut cur, &mut notes)?;
+                let name = stack
+                    .pop()
+                    .ok_or_else(|| "unbalanced end tag".to_string())?;
+                close(
+                    &name,
+                    &stack,
+                    &mut text,
+                    nil,
+                    &mut org,
+                    &mut action,
+                    &mut cur,
+                    &mut notes,
+                )?;
                 nil = false;
             }
             Event::Eof => break,
@@ -290,7 +317,10 @@ impl OutboundMessages {
     /// Whether `org` is this connection's org (15-character prefixes compared: an 18-character
     /// id adds a checksum suffix).
     pub fn same_org(&self, org: &str) -> bool {
-        let a = self.organization_id.get(..15).unwrap_or(&self.organization_id);
+        let a = self
+            .organization_id
+            .get(..15)
+            .unwrap_or(&self.organization_id);
         let b = org.get(..15).unwrap_or(org);
         a.len() == 15 && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
     }
@@ -317,10 +347,16 @@ impl WebhookVerifier for OutboundMessages {
     /// - The URL must carry the secret (last path segment or `?secret=`): else `BadSignature`.
     /// - The body must be a `notifications` envelope (`Malformed`) of this org
     ///   (`BadSignature`). No timestamp is signed: Salesforce signs none.
-    fn verify(&self, request: &WebhookRequest<'_>, _now: SystemTime) -> std::result::Result<Verified, WebhookError> {
+    fn verify(
+        &self,
+        request: &WebhookRequest<'_>,
+        _now: SystemTime,
+    ) -> std::result::Result<Verified, WebhookError> {
         let ctype = request.require_header("content-type")?;
         if !ctype.to_ascii_lowercase().contains("xml") {
-            return Err(WebhookError::Malformed("an Outbound Message is text/xml".into()));
+            return Err(WebhookError::Malformed(
+                "an Outbound Message is text/xml".into(),
+            ));
         }
         if !self.secret_in(request.uri) {
             return Err(WebhookError::BadSignature);
@@ -334,9 +370,16 @@ impl WebhookVerifier for OutboundMessages {
 
     /// The headers Salesforce sends (`Content-Type: text/xml; charset=utf-8`, `SOAPAction`);
     /// the secret goes in the URL, which the sender chooses.
-    fn sign(&self, _request: &WebhookRequest<'_>, _now: SystemTime) -> std::result::Result<HeaderMap, WebhookError> {
+    fn sign(
+        &self,
+        _request: &WebhookRequest<'_>,
+        _now: SystemTime,
+    ) -> std::result::Result<HeaderMap, WebhookError> {
         let mut h = HeaderMap::new();
-        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/xml; charset=utf-8"));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/xml; charset=utf-8"),
+        );
         h.insert("soapaction", HeaderValue::from_static("\"\""));
         Ok(h)
     }
@@ -355,7 +398,8 @@ struct EventBody {
 fn notifications_of(body: &[u8]) -> Result<Vec<OutboundNotification>> {
     if body.first() == Some(&b'{') {
         let e: EventBody = serde_json::from_slice(body).map_err(|e| {
-            Error::invalid_input("the event is not a stored Outbound Message notification").set_source(e)
+            Error::invalid_input("the event is not a stored Outbound Message notification")
+                .set_source(e)
         })?;
         return Ok(vec![e.notification]);
     }
@@ -375,9 +419,17 @@ impl Webhooks for SalesforceConnector {
 
     /// One event per notification, keyed `<org>:<notification id>` (the same on every
     /// redelivery), its body the notification as JSON.
-    fn events(&self, _verified: &Verified, body: &Bytes) -> std::result::Result<Vec<WebhookEvent>, WebhookError> {
+    fn events(
+        &self,
+        _verified: &Verified,
+        body: &Bytes,
+    ) -> std::result::Result<Vec<WebhookEvent>, WebhookError> {
         let msg = parse_outbound(body).map_err(|e| WebhookError::Malformed(e.into()))?;
-        let org15 = msg.organization_id.get(..15).unwrap_or(&msg.organization_id).to_string();
+        let org15 = msg
+            .organization_id
+            .get(..15)
+            .unwrap_or(&msg.organization_id)
+            .to_string();
         msg.notifications
             .into_iter()
             .map(|n| {
@@ -482,20 +534,31 @@ struct NoWebhooks;
 static NO_WEBHOOKS: NoWebhooks = NoWebhooks;
 
 impl WebhookVerifier for NoWebhooks {
-    fn verify(&self, _: &WebhookRequest<'_>, _: SystemTime) -> std::result::Result<Verified, WebhookError> {
+    fn verify(
+        &self,
+        _: &WebhookRequest<'_>,
+        _: SystemTime,
+    ) -> std::result::Result<Verified, WebhookError> {
         Err(WebhookError::NoSecret)
     }
-    fn sign(&self, _: &WebhookRequest<'_>, _: SystemTime) -> std::result::Result<HeaderMap, WebhookError> {
+    fn sign(
+        &self,
+        _: &WebhookRequest<'_>,
+        _: SystemTime,
+    ) -> std::result::Result<HeaderMap, WebhookError> {
         Err(WebhookError::NoSecret)
     }
 }
 
-/// Builds a `notifications` envelope (simulators, tests): `records` are `(notification id,
-/// object, record id, fields)`.
+/// One notification for [`outbound_envelope`]: `(notification id, object, record id,
+/// fields)` (a `None` value is sent as `xsi:nil`).
+pub type NotificationSpec = (String, String, String, Vec<(String, Option<String>)>);
+
+/// Builds a `notifications` envelope (simulators, tests).
 pub fn outbound_envelope(
     organization_id: &str,
     action_id: &str,
-    records: &[(String, String, String, Vec<(String, Option<String>)>)],
+    records: &[NotificationSpec],
 ) -> String {
     let esc = |s: &str| quick_xml::escape::escape(s).into_owned();
     let mut x = String::from(

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use apex_connect_core::{ConnectionId, Connector, MemoryTokenStore, StreamId, WriteAction, WriteOp, async_trait};
+use apex_connect_core::{
+    ConnectionId, Connector, MemoryTokenStore, StreamId, WriteAction, WriteOp, async_trait,
+};
 use apex_connect_salesforce::{SalesforceSim, SalesforceSimConfig};
 use apex_connect_testkit::conformance::{ConformanceFixture, SignedWebhook};
 use apex_connect_testkit::sim::FaultKind;
@@ -21,9 +23,15 @@ struct Fixture {
 async fn fixture() -> Fixture {
     // Enough Accounts to go through Bulk API 2.0 (4 result pages), enough Contacts for 3
     // REST pages of 200.
-    let config = SalesforceSimConfig::default().count("Account", 500).count("Contact", 450);
+    let config = SalesforceSimConfig::default()
+        .count("Account", 500)
+        .count("Contact", 450);
     let sim = SalesforceSim::start(config).await.expect("simulator");
-    Fixture { sim, store: Arc::new(MemoryTokenStore::new()), webhooks: false }
+    Fixture {
+        sim,
+        store: Arc::new(MemoryTokenStore::new()),
+        webhooks: false,
+    }
 }
 
 #[async_trait]
@@ -44,12 +52,22 @@ impl ConformanceFixture for Fixture {
     }
 
     async fn inject_rate_limit(&self, retry_after: Duration) -> Option<()> {
-        self.sim.faults().push_scheduled(FaultKind::TooManyRequests { retry_after });
+        self.sim
+            .faults()
+            .push_scheduled(FaultKind::TooManyRequests { retry_after });
         Some(())
     }
 
     async fn rate_limited_seen(&self) -> Option<u64> {
-        Some(self.sim.faults().counts().by_status.get(&429).copied().unwrap_or(0))
+        Some(
+            self.sim
+                .faults()
+                .counts()
+                .by_status
+                .get(&429)
+                .copied()
+                .unwrap_or(0),
+        )
     }
 
     async fn inject_unauthorized_once(&self) -> Option<()> {
@@ -68,11 +86,16 @@ impl ConformanceFixture for Fixture {
         if !self.webhooks {
             return None;
         }
-        let ids = vec!["001000000000003AAA".to_string(), "003000000000004AAA".to_string()];
-        let body = self.sim.outbound_body("Account", &ids[..1]).ok()?;
-        let uri: Uri = "/webhooks/salesforce/conformance?secret=sim-outbound-secret".parse().ok()?;
+        let ids = ["001000000000003AAA".to_string()];
+        let body = self.sim.outbound_body("Account", &ids).ok()?;
+        let uri: Uri = "/webhooks/salesforce/conformance?secret=sim-outbound-secret"
+            .parse()
+            .ok()?;
         let mut h = HeaderMap::new();
-        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/xml; charset=utf-8"));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/xml; charset=utf-8"),
+        );
         h.insert("soapaction", HeaderValue::from_static("\"\""));
         Some((Method::POST, uri, h, body.into_bytes()))
     }
@@ -82,11 +105,19 @@ impl ConformanceFixture for Fixture {
     }
 
     async fn secrets(&self) -> Option<Vec<String>> {
-        let mut s = vec![self.sim.config().client_secret.clone(), "sim-outbound-secret".to_string()];
+        let mut s = vec![
+            self.sim.config().client_secret.clone(),
+            "sim-outbound-secret".to_string(),
+        ];
         if let Some(rt) = self.sim.oauth().latest_refresh_token() {
             s.push(rt);
         }
-        if let Ok(Some(t)) = apex_connect_core::TokenStore::load(self.store.as_ref(), &ConnectionId::from("conformance")).await {
+        if let Ok(Some(t)) = apex_connect_core::TokenStore::load(
+            self.store.as_ref(),
+            &ConnectionId::from("conformance"),
+        )
+        .await
+        {
             s.push(secrecy::ExposeSecret::expose_secret(&t.value.access_token).to_string());
         }
         Some(s)
@@ -95,9 +126,20 @@ impl ConformanceFixture for Fixture {
     async fn write_ops(&self, stream: &StreamId) -> Option<Vec<WriteOp>> {
         (stream.as_str() == "Account").then(|| {
             vec![
-                WriteOp::new(WriteAction::Create, None, json!({"Name": "New Co"})).with_key("create"),
-                WriteOp::new(WriteAction::Update, Some("001000000000002AAA".into()), json!({"Industry": "Energy"})).with_key("update"),
-                WriteOp::new(WriteAction::Delete, Some("001000000000003AAA".into()), json!(null)).with_key("delete"),
+                WriteOp::new(WriteAction::Create, None, json!({"Name": "New Co"}))
+                    .with_key("create"),
+                WriteOp::new(
+                    WriteAction::Update,
+                    Some("001000000000002AAA".into()),
+                    json!({"Industry": "Energy"}),
+                )
+                .with_key("update"),
+                WriteOp::new(
+                    WriteAction::Delete,
+                    Some("001000000000003AAA".into()),
+                    json!(null),
+                )
+                .with_key("delete"),
             ]
         })
     }
@@ -112,7 +154,9 @@ apex_connect_testkit::conformance!(fixture);
 /// The webhook behaviours that apply to Outbound Messages, with a fixture that sends them.
 mod webhook_behaviours {
     use super::*;
-    use apex_connect_testkit::conformance::{report, webhook_missing_signature_rejected, webhook_verifies};
+    use apex_connect_testkit::conformance::{
+        report, webhook_missing_signature_rejected, webhook_verifies,
+    };
 
     async fn with_webhooks() -> Fixture {
         let mut f = fixture().await;
@@ -122,7 +166,10 @@ mod webhook_behaviours {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn outbound_message_verifies_and_parses() {
-        report("webhook_verifies", webhook_verifies(&with_webhooks().await).await);
+        report(
+            "webhook_verifies",
+            webhook_verifies(&with_webhooks().await).await,
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -61,7 +61,9 @@ pub(crate) struct ObjectSpec {
 
 impl ObjectSpec {
     pub(crate) fn field(&self, name: &str) -> Option<&FieldSpec> {
-        self.fields.iter().find(|f| f.name.eq_ignore_ascii_case(name))
+        self.fields
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(name))
     }
 
     pub(crate) fn describe(&self) -> Value {
@@ -144,7 +146,10 @@ pub(crate) fn specs(counts: &HashMap<String, u64>) -> Vec<ObjectSpec> {
         r("ParentId", &["Account"]),
         f("Tier__c", "picklist"),
         f("Customer_Since__c", "date"),
-        FieldSpec { external_id: true, ..f("External_Id__c", "string") },
+        FieldSpec {
+            external_id: true,
+            ..f("External_Id__c", "string")
+        },
     ]);
     let mut contact = common(true, true, true);
     contact.extend([
@@ -229,7 +234,10 @@ pub(crate) fn specs(counts: &HashMap<String, u64>) -> Vec<ObjectSpec> {
     let mut invoice = common(true, true, true);
     invoice.extend([
         f("Name", "string"),
-        FieldSpec { cascade: true, ..r("Account__c", &["Account"]) },
+        FieldSpec {
+            cascade: true,
+            ..r("Account__c", &["Account"])
+        },
         f("Amount__c", "currency"),
         f("Status__c", "picklist"),
         f("Due_Date__c", "date"),
@@ -246,7 +254,12 @@ pub(crate) fn specs(counts: &HashMap<String, u64>) -> Vec<ObjectSpec> {
         mk("Contact", "003", contact, n("Contact", 80)),
         mk("Lead", "00Q", lead, n("Lead", 30)),
         mk("Opportunity", "006", opp, n("Opportunity", 40)),
-        mk("OpportunityHistory", "008", hist, n("OpportunityHistory", 60)),
+        mk(
+            "OpportunityHistory",
+            "008",
+            hist,
+            n("OpportunityHistory", 60),
+        ),
         mk("User", "005", user, n("User", 10)),
         mk("Task", "00T", task, n("Task", 50)),
         mk("Event", "00U", event, n("Event", 30)),
@@ -270,7 +283,14 @@ pub(crate) fn parse_gen_id(prefix: &str, id: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-const INDUSTRIES: &[&str] = &["Technology", "Finance", "Retail", "Healthcare", "Energy", "Media"];
+const INDUSTRIES: &[&str] = &[
+    "Technology",
+    "Finance",
+    "Retail",
+    "Healthcare",
+    "Energy",
+    "Media",
+];
 const STAGES: &[(&str, u8, bool, bool)] = &[
     ("Prospecting", 10, false, false),
     ("Qualification", 20, false, false),
@@ -324,7 +344,9 @@ impl Gen {
             (_, "IsDeleted") => raw!("false"),
             (_, "SystemModstamp") | (_, "LastModifiedDate") => put!("{}", sf_datetime(s)),
             (_, "CreatedDate") => put!("{}", sf_datetime(s - 86_400_000)),
-            (_, "CreatedById") | (_, "LastModifiedById") | (_, "OwnerId") => put!("{}", self.user(i)),
+            (_, "CreatedById") | (_, "LastModifiedById") | (_, "OwnerId") => {
+                put!("{}", self.user(i))
+            }
             ("Account", "Name") => put!("Acme {i}, Inc."),
             ("Opportunity", "Name") => put!("Deal {i}"),
             ("Invoice__c", "Name") => put!("INV-{i:06}"),
@@ -334,7 +356,14 @@ impl Gen {
             (_, "Email") => put!("first{i}.last{i}@example{}.com", i % 50),
             (_, "Phone") => put!("+1 555 {:04}", i % 10_000),
             (_, "Website") => put!("www.acme{i}.example.com"),
-            (_, "Type") => put!("{}", if i % 3 == 0 { "Customer" } else { "Prospect" }),
+            (_, "Type") => put!(
+                "{}",
+                if i.is_multiple_of(3) {
+                    "Customer"
+                } else {
+                    "Prospect"
+                }
+            ),
             (_, "Industry") => put!("{}", INDUSTRIES[(i % 6) as usize]),
             (_, "AnnualRevenue") => raw!("{}.0", (i * 1000) % 10_000_000),
             (_, "NumberOfEmployees") => raw!("{}", (i * 7) % 5000),
@@ -349,8 +378,15 @@ impl Gen {
             (_, "External_Id__c") => put!("EXT-{i}"),
             (_, "Title") => put!("Manager {}", i % 7),
             ("Contact", "AccountId") | ("Opportunity", "AccountId") => put!("{}", acc(i)),
-            (_, "ReportsToId") if i % 5 != 0 => put!("{}", gen_id("003", i - i % 5)),
-            (_, "Preferred_Channel__c") => put!("{}", if i % 2 == 0 { "Email" } else { "Phone" }),
+            (_, "ReportsToId") if !i.is_multiple_of(5) => put!("{}", gen_id("003", i - i % 5)),
+            (_, "Preferred_Channel__c") => put!(
+                "{}",
+                if i.is_multiple_of(2) {
+                    "Email"
+                } else {
+                    "Phone"
+                }
+            ),
             (_, "Company") => put!("Prospect Co {i}"),
             ("Lead", "Status") => put!("Open - Not Contacted"),
             (_, "LeadSource") => put!("Web"),
@@ -362,23 +398,37 @@ impl Gen {
             (_, "IsClosed") => raw!("{}", STAGES[(i % 6) as usize].2),
             (_, "IsWon") => raw!("{}", STAGES[(i % 6) as usize].3),
             (_, "ForecastCategoryName") => put!("Pipeline"),
-            (_, "Competitor__c") if i % 4 == 0 => put!("Globex"),
+            (_, "Competitor__c") if i.is_multiple_of(4) => put!("Globex"),
             (_, "OpportunityId") => put!("{}", gen_id("006", i % self.count("Opportunity"))),
             (_, "Username") => put!("user{i}@acme.example"),
             (_, "IsActive") => raw!("true"),
-            (_, "Subject") => put!("{} {i}", if obj.name == "Task" { "Call" } else { "Meeting" }),
-            ("Task", "Status") => put!("{}", if i % 2 == 0 { "Completed" } else { "Not Started" }),
+            (_, "Subject") => put!(
+                "{} {i}",
+                if obj.name == "Task" {
+                    "Call"
+                } else {
+                    "Meeting"
+                }
+            ),
+            ("Task", "Status") => put!(
+                "{}",
+                if i.is_multiple_of(2) {
+                    "Completed"
+                } else {
+                    "Not Started"
+                }
+            ),
             (_, "Priority") => put!("Normal"),
             (_, "ActivityDate") => put!("2024-02-{:02}", i % 28 + 1),
             (_, "WhoId") => {
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     put!("{}", gen_id("003", i % self.count("Contact")))
                 } else {
                     put!("{}", gen_id("00Q", i % self.count("Lead")))
                 }
             }
             (_, "WhatId") => {
-                if i % 3 == 0 {
+                if i.is_multiple_of(3) {
                     put!("{}", gen_id("006", i % self.count("Opportunity")))
                 } else {
                     put!("{}", acc(i))
@@ -386,13 +436,15 @@ impl Gen {
             }
             (_, "TaskSubtype") => put!("Call"),
             (_, "Description") => put!("Discussed renewal \"Q{}\"\nwith the team", i % 4 + 1),
-            (_, "StartDateTime") | (_, "ActivityDateTime") => put!("{}", sf_datetime(s + 3_600_000)),
+            (_, "StartDateTime") | (_, "ActivityDateTime") => {
+                put!("{}", sf_datetime(s + 3_600_000))
+            }
             (_, "EndDateTime") => put!("{}", sf_datetime(s + 7_200_000)),
             (_, "DurationInMinutes") => raw!("60"),
             (_, "Location") => put!("Room {}", i % 9),
             (_, "Account__c") => put!("{}", acc(i)),
             (_, "Amount__c") => raw!("{}.5", 100 + i % 900),
-            (_, "Status__c") => put!("{}", if i % 2 == 0 { "Paid" } else { "Open" }),
+            (_, "Status__c") => put!("{}", if i.is_multiple_of(2) { "Paid" } else { "Open" }),
             (_, "Due_Date__c") => put!("2024-03-{:02}", i % 28 + 1),
             _ => Out::Null,
         }

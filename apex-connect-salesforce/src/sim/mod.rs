@@ -179,7 +179,8 @@ impl SimState {
         let now = now.div_euclid(1000) * 1000;
         let last = i64::try_from(self.clock_ms.load(Ordering::SeqCst)).unwrap_or(0);
         let t = now.max(last);
-        self.clock_ms.store(u64::try_from(t).unwrap_or(0), Ordering::SeqCst);
+        self.clock_ms
+            .store(u64::try_from(t).unwrap_or(0), Ordering::SeqCst);
         t
     }
 
@@ -212,7 +213,13 @@ impl SimState {
     }
 
     /// Writes a record's new state (stamped now).
-    pub(crate) fn store(&self, obj: usize, id: String, mut fields: Map<String, Value>, deleted: bool) -> i64 {
+    pub(crate) fn store(
+        &self,
+        obj: usize,
+        id: String,
+        mut fields: Map<String, Value>,
+        deleted: bool,
+    ) -> i64 {
         let stamp = self.now_ms();
         let ts = Value::String(sf_datetime(stamp));
         fields.insert("SystemModstamp".into(), ts.clone());
@@ -227,7 +234,12 @@ impl SimState {
         self.overlay.write().unwrap_or_else(|p| p.into_inner())[obj].put(
             prefix,
             id,
-            ORec { stamp, deleted, fields, raw: None },
+            ORec {
+                stamp,
+                deleted,
+                fields,
+                raw: None,
+            },
         );
         stamp
     }
@@ -263,9 +275,17 @@ impl SalesforceSim {
     /// `Config` when no loopback port can be bound.
     pub async fn start(config: SalesforceSimConfig) -> Result<SalesforceSim> {
         let specs = data::specs(&config.counts);
-        let counts: HashMap<String, u64> = specs.iter().map(|s| (s.name.clone(), s.count)).collect();
-        let generator = Gen { seed: config.seed, per_second: config.per_second, counts };
-        let faults = config.faults.clone().unwrap_or_else(|| Faults::new(config.seed));
+        let counts: HashMap<String, u64> =
+            specs.iter().map(|s| (s.name.clone(), s.count)).collect();
+        let generator = Gen {
+            seed: config.seed,
+            per_second: config.per_second,
+            counts,
+        };
+        let faults = config
+            .faults
+            .clone()
+            .unwrap_or_else(|| Faults::new(config.seed));
         let stats = SimStats::new();
         let cell: Arc<std::sync::OnceLock<Arc<SimState>>> = Arc::new(std::sync::OnceLock::new());
         let instance_router = routes::instance_router(cell.clone())
@@ -278,7 +298,9 @@ impl SalesforceSim {
                 .with_access_ttl(None)
                 .with_rotation(config.rotate_refresh_tokens)
                 .with_instance_url(instance.base_url())
-                .with_jwt_public_key(include_bytes!("../../tests/fixtures/jwt_test_key.pub.pem").to_vec()),
+                .with_jwt_public_key(
+                    include_bytes!("../../tests/fixtures/jwt_test_key.pub.pem").to_vec(),
+                ),
         );
         let state = Arc::new(SimState {
             overlay: RwLock::new(specs.iter().map(|_| Overlay::default()).collect()),
@@ -299,7 +321,13 @@ impl SalesforceSim {
         let _ = cell.set(state.clone());
         let login = SimServer::start(routes::login_router(state.clone(), oauth)).await?;
         *state.login_url.write().unwrap_or_else(|p| p.into_inner()) = login.base_url().to_string();
-        Ok(SalesforceSim { login, instance, state, stats, faults })
+        Ok(SalesforceSim {
+            login,
+            instance,
+            state,
+            stats,
+            faults,
+        })
     }
 
     /// The login host (`http://127.0.0.1:<port>`): the `login_host` setting.
@@ -355,7 +383,11 @@ impl SalesforceSim {
 
     /// Forgets every query locator (the next `nextRecordsUrl` gets `INVALID_QUERY_LOCATOR`).
     pub fn expire_query_locators(&self) {
-        self.state.queries.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.state
+            .queries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Settings for a connection to this simulator (OAuth with `client_id`; the
@@ -390,7 +422,11 @@ impl SalesforceSim {
     ) -> Result<Arc<dyn Connector>> {
         if store.load(connection).await?.is_none() {
             store
-                .save(connection, &self.oauth().issue_token_set(Some("api refresh_token")), None)
+                .save(
+                    connection,
+                    &self.oauth().issue_token_set(Some("api refresh_token")),
+                    None,
+                )
                 .await?;
         }
         let mut settings = self.settings();
@@ -412,7 +448,9 @@ impl SalesforceSim {
     /// produce (its versions).
     pub fn expected(&self, object: &str) -> BTreeMap<String, Option<i64>> {
         let st = &self.state;
-        let Some(o) = st.spec(object) else { return BTreeMap::new() };
+        let Some(o) = st.spec(object) else {
+            return BTreeMap::new();
+        };
         let spec = &st.specs[o];
         let ov = st.overlay.read().unwrap_or_else(|p| p.into_inner());
         let mut out = BTreeMap::new();
@@ -430,9 +468,10 @@ impl SalesforceSim {
     }
 
     fn obj(&self, object: &str) -> Result<usize> {
-        self.state
-            .spec(object)
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, "the simulator has no such object").with_context("object", object))
+        self.state.spec(object).ok_or_else(|| {
+            Error::new(ErrorKind::NotFound, "the simulator has no such object")
+                .with_context("object", object)
+        })
     }
 
     /// The current fields of record `id` of `object` (`None`: no such record, or deleted).
@@ -450,11 +489,13 @@ impl SalesforceSim {
     /// `NotFound` for an unknown object or record.
     pub fn update(&self, object: &str, id: &str, fields: Value) -> Result<i64> {
         let o = self.obj(object)?;
-        let (mut cur, deleted) = self
-            .state
-            .current(o, id)
-            .filter(|(_, d)| !d)
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, "no such record").with_context("id", id))?;
+        let (mut cur, deleted) =
+            self.state
+                .current(o, id)
+                .filter(|(_, d)| !d)
+                .ok_or_else(|| {
+                    Error::new(ErrorKind::NotFound, "no such record").with_context("id", id)
+                })?;
         let _ = deleted;
         if let Value::Object(m) = fields {
             cur.extend(m);
@@ -479,8 +520,18 @@ impl SalesforceSim {
             if deleted {
                 continue;
             }
-            if cur.contains_key("Name") && spec.name != "Contact" && spec.name != "Lead" && spec.name != "User" {
-                cur.insert("Name".into(), json!(format!("{} (edited)", cur.get("Name").and_then(Value::as_str).unwrap_or(""))));
+            if cur.contains_key("Name")
+                && spec.name != "Contact"
+                && spec.name != "Lead"
+                && spec.name != "User"
+            {
+                cur.insert(
+                    "Name".into(),
+                    json!(format!(
+                        "{} (edited)",
+                        cur.get("Name").and_then(Value::as_str).unwrap_or("")
+                    )),
+                );
             }
             self.state.store(o, id.clone(), cur, false);
             ids.push(id);
@@ -494,12 +545,15 @@ impl SalesforceSim {
     /// `NotFound` for an unknown object or record.
     pub fn delete(&self, object: &str, id: &str) -> Result<()> {
         let o = self.obj(object)?;
-        let (cur, _) = self
-            .state
-            .current(o, id)
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, "no such record").with_context("id", id))?;
+        let (cur, _) = self.state.current(o, id).ok_or_else(|| {
+            Error::new(ErrorKind::NotFound, "no such record").with_context("id", id)
+        })?;
         let stamp = self.state.store(o, id.to_string(), cur, true);
-        self.state.deleted_log.lock().unwrap_or_else(|p| p.into_inner()).push((o, id.to_string(), stamp));
+        self.state
+            .deleted_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((o, id.to_string(), stamp));
         Ok(())
     }
 
@@ -510,8 +564,17 @@ impl SalesforceSim {
     /// `NotFound` for an unknown object.
     pub fn purge_recycle_bin(&self, object: &str) -> Result<()> {
         let o = self.obj(object)?;
-        let mut ov = self.state.overlay.write().unwrap_or_else(|p| p.into_inner());
-        let gone: Vec<String> = ov[o].recs.iter().filter(|(_, r)| r.deleted).map(|(id, _)| id.clone()).collect();
+        let mut ov = self
+            .state
+            .overlay
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<String> = ov[o]
+            .recs
+            .iter()
+            .filter(|(_, r)| r.deleted)
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in gone {
             ov[o].remove(&id);
         }
@@ -526,7 +589,11 @@ impl SalesforceSim {
         let o = self.obj(object)?;
         let stamp = self.state.now_ms();
         let mut ids = Vec::new();
-        let mut ov = self.state.overlay.write().unwrap_or_else(|p| p.into_inner());
+        let mut ov = self
+            .state
+            .overlay
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         for k in 0..n {
             let id = self.state.new_id(o);
             let mut fields = self.state.materialize(o, k);
@@ -535,7 +602,16 @@ impl SalesforceSim {
             if fields.contains_key("LastModifiedDate") {
                 fields.insert("LastModifiedDate".into(), json!(sf_datetime(stamp)));
             }
-            ov[o].put(self.state.specs[o].prefix, id.clone(), ORec { stamp, deleted: false, fields, raw: None });
+            ov[o].put(
+                self.state.specs[o].prefix,
+                id.clone(),
+                ORec {
+                    stamp,
+                    deleted: false,
+                    fields,
+                    raw: None,
+                },
+            );
             ids.push(id);
         }
         Ok(ids)
@@ -551,12 +627,14 @@ impl SalesforceSim {
         let o = self.obj(object)?;
         let example = self.state.materialize(o, 1);
         let mut example = Value::Object(example);
-        example["attributes"] = json!({"type": object, "url": format!("/services/data/v64.0/sobjects/{object}/x")});
+        example["attributes"] =
+            json!({"type": object, "url": format!("/services/data/v64.0/sobjects/{object}/x")});
         let stamp = self.state.now_ms();
         let mut ids = Vec::new();
-        for (k, mut v) in apex_connect_testkit::hostile::variants(&example, &["Id", "SystemModstamp"], seed, n)
-            .into_iter()
-            .enumerate()
+        for (k, mut v) in
+            apex_connect_testkit::hostile::variants(&example, &["Id", "SystemModstamp"], seed, n)
+                .into_iter()
+                .enumerate()
         {
             let id = self.state.new_id(o);
             v["Id"] = json!(id);
@@ -568,11 +646,20 @@ impl SalesforceSim {
                 Value::Object(m) => m,
                 _ => Map::new(),
             };
-            self.state.overlay.write().unwrap_or_else(|p| p.into_inner())[o].put(
-                self.state.specs[o].prefix,
-                id.clone(),
-                ORec { stamp: s, deleted: false, fields, raw: Some(raw) },
-            );
+            self.state
+                .overlay
+                .write()
+                .unwrap_or_else(|p| p.into_inner())[o]
+                .put(
+                    self.state.specs[o].prefix,
+                    id.clone(),
+                    ORec {
+                        stamp: s,
+                        deleted: false,
+                        fields,
+                        raw: Some(raw),
+                    },
+                );
             ids.push(id);
         }
         Ok(ids)
@@ -584,11 +671,22 @@ impl SalesforceSim {
     ///
     /// # Errors
     /// `NotFound` for an unknown object; `Network` when nothing answers.
-    pub async fn send_outbound(&self, url: &str, object: &str, ids: &[String]) -> Result<WebhookDelivery> {
+    pub async fn send_outbound(
+        &self,
+        url: &str,
+        object: &str,
+        ids: &[String],
+    ) -> Result<WebhookDelivery> {
         let body = self.outbound_body(object, ids)?;
-        let v = crate::webhook::OutboundMessages::new(secrecy::SecretString::from("x".to_string()), self.config().organization_id.clone());
+        let v = crate::webhook::OutboundMessages::new(
+            secrecy::SecretString::from("x".to_string()),
+            self.config().organization_id.clone(),
+        );
         apex_connect_testkit::sim::WebhookSender::new(Arc::new(v))
-            .with_header(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/xml; charset=utf-8"))
+            .with_header(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/xml; charset=utf-8"),
+            )
             .send(url, body)
             .await
     }
@@ -599,17 +697,31 @@ impl SalesforceSim {
     /// `NotFound` for an unknown object.
     pub fn outbound_body(&self, object: &str, ids: &[String]) -> Result<String> {
         let o = self.obj(object)?;
-        let records: Vec<(String, String, String, Vec<(String, Option<String>)>)> = ids
-            .iter()
-            .enumerate()
-            .map(|(k, id)| {
-                let name = self
-                    .state
-                    .current(o, id)
-                    .and_then(|(m, _)| m.get("Name").and_then(Value::as_str).map(str::to_string));
-                (format!("04l{:012}AAA", (k as u64) + 1 + (id.len() as u64) * 1000 + id.bytes().map(u64::from).sum::<u64>()), object.to_string(), id.clone(), vec![("Name".to_string(), name)])
-            })
-            .collect();
-        Ok(crate::webhook::outbound_envelope(&self.config().organization_id, "04k000000000001AAA", &records))
+        let records: Vec<crate::webhook::NotificationSpec> =
+            ids.iter()
+                .enumerate()
+                .map(|(k, id)| {
+                    let name = self.state.current(o, id).and_then(|(m, _)| {
+                        m.get("Name").and_then(Value::as_str).map(str::to_string)
+                    });
+                    (
+                        format!(
+                            "04l{:012}AAA",
+                            (k as u64)
+                                + 1
+                                + (id.len() as u64) * 1000
+                                + id.bytes().map(u64::from).sum::<u64>()
+                        ),
+                        object.to_string(),
+                        id.clone(),
+                        vec![("Name".to_string(), name)],
+                    )
+                })
+                .collect();
+        Ok(crate::webhook::outbound_envelope(
+            &self.config().organization_id,
+            "04k000000000001AAA",
+            &records,
+        ))
     }
 }

@@ -43,10 +43,18 @@ async fn add_identity(State(st): State<Arc<SimState>>, req: Request, next: Next)
     let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
         return Response::from_parts(parts, Body::from(bytes));
     };
-    let login = st.login_url.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let login = st
+        .login_url
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let id = format!("{login}/id/{}/{}", st.config.organization_id, st.api_user());
     let issued = v["issued_at"].as_str().unwrap_or("0").to_string();
-    let secret = if st.config.bad_signature { "not-the-secret" } else { st.config.client_secret.as_str() };
+    let secret = if st.config.bad_signature {
+        "not-the-secret"
+    } else {
+        st.config.client_secret.as_str()
+    };
     v["id"] = json!(id);
     v["signature"] = json!(crate::api::sign_identity(&id, &issued, secret));
     let out = serde_json::to_vec(&v).unwrap_or_default();
@@ -59,12 +67,20 @@ pub(crate) fn instance_router(cell: Cell) -> Router {
 }
 
 fn errors(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], json!([{"message": message, "errorCode": code}]).to_string())
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!([{"message": message, "errorCode": code}]).to_string(),
+    )
         .into_response()
 }
 
 fn json_ok(v: &Value) -> Response {
-    ([(header::CONTENT_TYPE, "application/json;charset=UTF-8")], v.to_string()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json;charset=UTF-8")],
+        v.to_string(),
+    )
+        .into_response()
 }
 
 fn query_param(uri: &Uri, name: &str) -> Option<String> {
@@ -73,13 +89,23 @@ fn query_param(uri: &Uri, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-async fn dispatch(State(cell): State<Cell>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn dispatch(
+    State(cell): State<Cell>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Some(st) = cell.get().cloned() else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
     let path = uri.path().to_string();
     let Some(rest) = path.strip_prefix("/services/data") else {
-        return errors(StatusCode::NOT_FOUND, "NOT_FOUND", "The requested resource does not exist");
+        return errors(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "The requested resource does not exist",
+        );
     };
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     if segs.is_empty() {
@@ -100,12 +126,20 @@ async fn dispatch(State(cell): State<Cell>, method: Method, uri: Uri, headers: H
         .unwrap_or("");
     let ok = token == st.config.static_token || st.oauth.validate_access_token(token);
     if st.unauthorized_once.swap(false, Ordering::SeqCst) || !ok {
-        return errors(StatusCode::UNAUTHORIZED, "INVALID_SESSION_ID", "Session expired or invalid");
+        return errors(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_SESSION_ID",
+            "Session expired or invalid",
+        );
     }
     let used = st.api_used.fetch_add(1, Ordering::SeqCst) + 1;
     let max = st.api_max.load(Ordering::SeqCst);
     let mut resp = if used > max {
-        errors(StatusCode::FORBIDDEN, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
+        errors(
+            StatusCode::FORBIDDEN,
+            "REQUEST_LIMIT_EXCEEDED",
+            "TotalRequests Limit exceeded.",
+        )
     } else {
         route(&st, &method, &uri, &headers, &body, &segs).await
     };
@@ -115,10 +149,21 @@ async fn dispatch(State(cell): State<Cell>, method: Method, uri: Uri, headers: H
     resp
 }
 
-async fn route(st: &Arc<SimState>, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes, segs: &[&str]) -> Response {
+async fn route(
+    st: &Arc<SimState>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+    segs: &[&str],
+) -> Response {
     let version = segs[0].strip_prefix('v').unwrap_or("");
     if !st.config.versions.iter().any(|v| v == version) {
-        return errors(StatusCode::NOT_FOUND, "NOT_FOUND", "The requested resource does not exist");
+        return errors(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "The requested resource does not exist",
+        );
     }
     let v = version.to_string();
     match (method.clone(), &segs[1..]) {
@@ -133,7 +178,11 @@ async fn route(st: &Arc<SimState>, method: &Method, uri: &Uri, headers: &HeaderM
         }})),
         (Method::GET, ["sobjects", obj, "describe"]) => match st.spec(obj) {
             Some(o) => json_ok(&st.specs[o].describe()),
-            None => errors(StatusCode::NOT_FOUND, "NOT_FOUND", "The requested resource does not exist"),
+            None => errors(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "The requested resource does not exist",
+            ),
         },
         (Method::GET, ["sobjects", obj, "deleted"]) => get_deleted(st, obj, uri),
         (Method::PATCH, ["sobjects", obj, id]) => patch_row(st, obj, id, headers, body),
@@ -145,16 +194,25 @@ async fn route(st: &Arc<SimState>, method: &Method, uri: &Uri, headers: &HeaderM
         (Method::POST, ["jobs", "query"]) => bulk_create(st, body),
         (Method::GET, ["jobs", "query", id]) => bulk_status(st, id),
         (Method::DELETE, ["jobs", "query", id]) => {
-            st.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(*id);
+            st.jobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(*id);
             StatusCode::NO_CONTENT.into_response()
         }
         (Method::GET, ["jobs", "query", id, "results"]) => bulk_results(st, &v, id, uri, headers),
         (Method::POST, ["composite", "sobjects"]) => collection_write(st, body, "create", None),
         (Method::PATCH, ["composite", "sobjects"]) => collection_write(st, body, "update", None),
-        (Method::PATCH, ["composite", "sobjects", obj, field]) => collection_write(st, body, "upsert", Some((obj, field))),
+        (Method::PATCH, ["composite", "sobjects", obj, field]) => {
+            collection_write(st, body, "upsert", Some((obj, field)))
+        }
         (Method::DELETE, ["composite", "sobjects"]) => collection_delete(st, uri),
         (Method::POST, ["composite", "sobjects", obj]) => retrieve(st, &v, obj, body),
-        _ => errors(StatusCode::NOT_FOUND, "NOT_FOUND", "The requested resource does not exist"),
+        _ => errors(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "The requested resource does not exist",
+        ),
     }
 }
 
@@ -168,7 +226,12 @@ enum At<'a> {
 
 /// Walks the virtual sequence of `obj` from `pos`: generated records in index order, then the
 /// snapshot's overlay records; calls `f(pos, record)` until it returns `false`.
-fn scan(st: &SimState, q: &QState, mut pos: u64, mut f: impl FnMut(u64, &dyn Fn(&str) -> Val, At<'_>) -> bool) {
+fn scan(
+    st: &SimState,
+    q: &QState,
+    mut pos: u64,
+    mut f: impl FnMut(u64, &dyn Fn(&str) -> Val, At<'_>) -> bool,
+) {
     let spec = &st.specs[q.obj];
     let ov = st.overlay.read().unwrap_or_else(|p| p.into_inner());
     let overlay = &ov[q.obj];
@@ -177,8 +240,7 @@ fn scan(st: &SimState, q: &QState, mut pos: u64, mut f: impl FnMut(u64, &dyn Fn(
         if !overlay.shadowed.contains(&pos) {
             let i = pos;
             let get = |field: &str| st.generator.val(spec, i, field);
-            let keep_going = if q.all || true { f(pos, &get, At::Gen(i)) } else { true };
-            if !keep_going {
+            if !f(pos, &get, At::Gen(i)) {
                 return;
             }
         }
@@ -193,7 +255,10 @@ fn scan(st: &SimState, q: &QState, mut pos: u64, mut f: impl FnMut(u64, &dyn Fn(
             let get = |field: &str| match field {
                 "IsDeleted" => Val::Bool(r.deleted),
                 "SystemModstamp" => Val::Ms(r.stamp),
-                _ => r.fields.get(field).map_or(Val::Null, |v| to_val(spec, field, v)),
+                _ => r
+                    .fields
+                    .get(field)
+                    .map_or(Val::Null, |v| to_val(spec, field, v)),
             };
             if !f(pos, &get, At::Over(id)) {
                 return;
@@ -230,7 +295,11 @@ fn render_json(st: &SimState, v: &str, q: &QState, at: &At<'_>, out: &mut Vec<u8
         }
         At::Gen(i) => {
             let id = gen_id(spec.prefix, *i);
-            let _ = write!(out, "{{\"attributes\":{{\"type\":\"{}\",\"url\":\"/services/data/v{v}/sobjects/{}/{id}\"}}", spec.name, spec.name);
+            let _ = write!(
+                out,
+                "{{\"attributes\":{{\"type\":\"{}\",\"url\":\"/services/data/v{v}/sobjects/{}/{id}\"}}",
+                spec.name, spec.name
+            );
             let mut s = String::new();
             for f in &q.q.fields {
                 s.clear();
@@ -274,7 +343,11 @@ fn render_csv(st: &SimState, q: &QState, at: &At<'_>, out: &mut Vec<u8>, scratch
                 let ov = st.overlay.read().unwrap_or_else(|p| p.into_inner());
                 let v = match f.as_str() {
                     "Id" => Value::String(id.to_string()),
-                    _ => ov[q.obj].recs.get(*id).and_then(|r| r.fields.get(f).cloned()).unwrap_or(Value::Null),
+                    _ => ov[q.obj]
+                        .recs
+                        .get(*id)
+                        .and_then(|r| r.fields.get(f).cloned())
+                        .unwrap_or(Value::Null),
                 };
                 match v {
                     Value::Null => {}
@@ -287,43 +360,81 @@ fn render_csv(st: &SimState, q: &QState, at: &At<'_>, out: &mut Vec<u8>, scratch
     out.push(b'\n');
 }
 
-fn parse_query(st: &SimState, soql_text: &str, all: bool) -> Result<QState, Response> {
-    let q = soql::parse(soql_text).map_err(|e| errors(StatusCode::BAD_REQUEST, "MALFORMED_QUERY", &e))?;
-    let obj = st
-        .spec(&q.object)
-        .ok_or_else(|| errors(StatusCode::BAD_REQUEST, "INVALID_TYPE", &format!("sObject type '{}' is not supported.", q.object)))?;
+fn parse_query(st: &SimState, soql_text: &str, all: bool) -> Result<QState, Box<Response>> {
+    let q = soql::parse(soql_text)
+        .map_err(|e| Box::new(errors(StatusCode::BAD_REQUEST, "MALFORMED_QUERY", &e)))?;
+    let obj = st.spec(&q.object).ok_or_else(|| {
+        Box::new(errors(
+            StatusCode::BAD_REQUEST,
+            "INVALID_TYPE",
+            &format!("sObject type '{}' is not supported.", q.object),
+        ))
+    })?;
     for f in &q.fields {
         if st.specs[obj].field(f).is_none() {
-            return Err(errors(StatusCode::BAD_REQUEST, "INVALID_FIELD", &format!("No such column '{f}' on entity '{}'", q.object)));
+            return Err(Box::new(errors(
+                StatusCode::BAD_REQUEST,
+                "INVALID_FIELD",
+                &format!("No such column '{f}' on entity '{}'", q.object),
+            )));
         }
     }
     if let Some(limit) = st.config.query_timeout_above {
         let (lo, hi) = q.filter.bounds("SystemModstamp");
         let wide = match (lo, hi) {
-            (Some(l), Some(h)) => u128::try_from(h.saturating_sub(l)).unwrap_or(0) > limit.as_millis(),
+            (Some(l), Some(h)) => {
+                u128::try_from(h.saturating_sub(l)).unwrap_or(0) > limit.as_millis()
+            }
             _ => q.filter.id_list().is_none(),
         };
         if wide {
-            return Err(errors(StatusCode::BAD_REQUEST, "QUERY_TIMEOUT", "Your query request was running for too long."));
+            return Err(Box::new(errors(
+                StatusCode::BAD_REQUEST,
+                "QUERY_TIMEOUT",
+                "Your query request was running for too long.",
+            )));
         }
     }
-    let snapshot: Vec<(i64, String)> = st.overlay.read().unwrap_or_else(|p| p.into_inner())[obj].order.iter().cloned().collect();
-    Ok(QState { obj, q, all, snapshot: Arc::new(snapshot) })
+    let snapshot: Vec<(i64, String)> = st.overlay.read().unwrap_or_else(|p| p.into_inner())[obj]
+        .order
+        .iter()
+        .cloned()
+        .collect();
+    Ok(QState {
+        obj,
+        q,
+        all,
+        snapshot: Arc::new(snapshot),
+    })
 }
 
 fn batch_size(headers: &HeaderMap) -> u64 {
     headers
         .get("sforce-query-options")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').find_map(|p| p.trim().strip_prefix("batchSize=")?.trim().parse::<u64>().ok()))
+        .and_then(|v| {
+            v.split(',').find_map(|p| {
+                p.trim()
+                    .strip_prefix("batchSize=")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+        })
         .unwrap_or(2000)
         .clamp(200, 2000)
 }
 
-fn start_query(st: &Arc<SimState>, v: &str, text: &str, all: bool, headers: &HeaderMap) -> Response {
+fn start_query(
+    st: &Arc<SimState>,
+    v: &str,
+    text: &str,
+    all: bool,
+    headers: &HeaderMap,
+) -> Response {
     let q = match parse_query(st, text, all) {
         Ok(q) => q,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut total = 0u64;
     scan(st, &q, 0, |_, get, _| {
@@ -350,23 +461,58 @@ fn start_query(st: &Arc<SimState>, v: &str, text: &str, all: bool, headers: &Hea
 fn query_more(st: &Arc<SimState>, v: &str, loc: &str, headers: &HeaderMap) -> Response {
     let parsed = loc.rsplit_once('-').and_then(|(qid, rest)| {
         let (pos, done) = rest.split_once('.')?;
-        Some((qid.to_string(), pos.parse::<u64>().ok()?, done.parse::<u64>().ok()?))
+        Some((
+            qid.to_string(),
+            pos.parse::<u64>().ok()?,
+            done.parse::<u64>().ok()?,
+        ))
     });
     let Some((qid, pos, done)) = parsed else {
-        return errors(StatusCode::BAD_REQUEST, "INVALID_QUERY_LOCATOR", "invalid query locator");
+        return errors(
+            StatusCode::BAD_REQUEST,
+            "INVALID_QUERY_LOCATOR",
+            "invalid query locator",
+        );
     };
-    let q = st.queries.lock().unwrap_or_else(|p| p.into_inner()).get(&qid).cloned();
+    let q = st
+        .queries
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&qid)
+        .cloned();
     match q {
         Some(q) => {
             let total = done + 1;
-            page(st, v, &qid, &q, pos, done, total.max(done), batch_size(headers))
+            page(
+                st,
+                v,
+                &qid,
+                &q,
+                pos,
+                done,
+                total.max(done),
+                batch_size(headers),
+            )
         }
-        None => errors(StatusCode::BAD_REQUEST, "INVALID_QUERY_LOCATOR", "invalid query locator"),
+        None => errors(
+            StatusCode::BAD_REQUEST,
+            "INVALID_QUERY_LOCATOR",
+            "invalid query locator",
+        ),
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn page(st: &SimState, v: &str, qid: &str, q: &QState, pos: u64, done: u64, total: u64, batch: u64) -> Response {
+fn page(
+    st: &SimState,
+    v: &str,
+    qid: &str,
+    q: &QState,
+    pos: u64,
+    done: u64,
+    total: u64,
+    batch: u64,
+) -> Response {
     let limit = q.q.limit.unwrap_or(u64::MAX);
     let mut taken = Vec::new();
     let mut next_pos = None;
@@ -401,24 +547,42 @@ fn page(st: &SimState, v: &str, qid: &str, q: &QState, pos: u64, done: u64, tota
     }
     out.push(b']');
     let records = String::from_utf8(out).unwrap_or_else(|_| "[]".into());
-    let mut body = format!("{{\"totalSize\":{},\"done\":{}", total.max(count), next_pos.is_none());
+    let mut body = format!(
+        "{{\"totalSize\":{},\"done\":{}",
+        total.max(count),
+        next_pos.is_none()
+    );
     if let Some(p) = next_pos {
-        body.push_str(&format!(",\"nextRecordsUrl\":\"/services/data/v{v}/query/{qid}-{p}.{count}\""));
+        body.push_str(&format!(
+            ",\"nextRecordsUrl\":\"/services/data/v{v}/query/{qid}-{p}.{count}\""
+        ));
     }
     body.push_str(",\"records\":");
     body.push_str(&records);
     body.push('}');
-    ([(header::CONTENT_TYPE, "application/json;charset=UTF-8")], body).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json;charset=UTF-8")],
+        body,
+    )
+        .into_response()
 }
 
 fn get_deleted(st: &SimState, obj: &str, uri: &Uri) -> Response {
     let Some(o) = st.spec(obj) else {
-        return errors(StatusCode::NOT_FOUND, "NOT_FOUND", "The requested resource does not exist");
+        return errors(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "The requested resource does not exist",
+        );
     };
     let start = query_param(uri, "start").and_then(|s| parse_datetime(&s));
     let end = query_param(uri, "end").and_then(|s| parse_datetime(&s));
     let (Some(start), Some(end)) = (start, end) else {
-        return errors(StatusCode::BAD_REQUEST, "INVALID_REPLICATION_DATE", "start and end are required");
+        return errors(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REPLICATION_DATE",
+            "start and end are required",
+        );
     };
     let log = st.deleted_log.lock().unwrap_or_else(|p| p.into_inner());
     let recs: Vec<Value> = log
@@ -426,20 +590,26 @@ fn get_deleted(st: &SimState, obj: &str, uri: &Uri) -> Response {
         .filter(|(lo, _, ms)| *lo == o && *ms >= start && *ms <= end + 59_999)
         .map(|(_, id, ms)| json!({"id": id, "deletedDate": sf_datetime(*ms)}))
         .collect();
-    json_ok(&json!({"deletedRecords": recs, "earliestDateAvailable": sf_datetime(super::data::BASE_MS), "latestDateCovered": sf_datetime(end)}))
+    json_ok(
+        &json!({"deletedRecords": recs, "earliestDateAvailable": sf_datetime(super::data::BASE_MS), "latestDateCovered": sf_datetime(end)}),
+    )
 }
 
 // ----- Bulk API 2.0 -----
 
 fn bulk_create(st: &Arc<SimState>, body: &Bytes) -> Response {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return errors(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", "body is not JSON");
+        return errors(
+            StatusCode::BAD_REQUEST,
+            "JSON_PARSER_ERROR",
+            "body is not JSON",
+        );
     };
     let op = v["operation"].as_str().unwrap_or("query");
     let text = v["query"].as_str().unwrap_or("");
     let q = match parse_query(st, text, op == "queryAll") {
         Ok(q) => q,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut total = 0u64;
     scan(st, &q, 0, |_, get, _| {
@@ -452,15 +622,25 @@ fn bulk_create(st: &Arc<SimState>, body: &Bytes) -> Response {
     let object = st.specs[q.obj].name.clone();
     st.jobs.lock().unwrap_or_else(|p| p.into_inner()).insert(
         id.clone(),
-        Job { q, polls_left: st.config.bulk_polls, total },
+        Job {
+            q,
+            polls_left: st.config.bulk_polls,
+            total,
+        },
     );
-    json_ok(&json!({"id": id, "operation": op, "object": object, "state": "UploadComplete", "contentType": "CSV", "apiVersion": 64.0}))
+    json_ok(
+        &json!({"id": id, "operation": op, "object": object, "state": "UploadComplete", "contentType": "CSV", "apiVersion": 64.0}),
+    )
 }
 
 fn bulk_status(st: &SimState, id: &str) -> Response {
     let mut jobs = st.jobs.lock().unwrap_or_else(|p| p.into_inner());
     let Some(job) = jobs.get_mut(id) else {
-        return errors(StatusCode::NOT_FOUND, "NOT_FOUND", "The requested resource does not exist");
+        return errors(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "The requested resource does not exist",
+        );
     };
     let state = if job.polls_left > 0 {
         job.polls_left -= 1;
@@ -469,21 +649,48 @@ fn bulk_status(st: &SimState, id: &str) -> Response {
         "JobComplete"
     };
     let processed = if state == "JobComplete" { job.total } else { 0 };
-    json_ok(&json!({"id": id, "operation": "query", "state": state, "numberRecordsProcessed": processed}))
+    json_ok(
+        &json!({"id": id, "operation": "query", "state": state, "numberRecordsProcessed": processed}),
+    )
 }
 
-fn bulk_results(st: &Arc<SimState>, _v: &str, id: &str, uri: &Uri, headers: &HeaderMap) -> Response {
+fn bulk_results(
+    st: &Arc<SimState>,
+    _v: &str,
+    id: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Response {
     let (qs, ready) = {
         let jobs = st.jobs.lock().unwrap_or_else(|p| p.into_inner());
         let Some(job) = jobs.get(id) else {
-            return errors(StatusCode::NOT_FOUND, "NOT_FOUND", "The requested resource does not exist");
+            return errors(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "The requested resource does not exist",
+            );
         };
-        (Arc::new(QState { obj: job.q.obj, q: job.q.q.clone(), all: job.q.all, snapshot: job.q.snapshot.clone() }), job.polls_left == 0)
+        (
+            Arc::new(QState {
+                obj: job.q.obj,
+                q: job.q.q.clone(),
+                all: job.q.all,
+                snapshot: job.q.snapshot.clone(),
+            }),
+            job.polls_left == 0,
+        )
     };
     if !ready {
-        return errors(StatusCode::BAD_REQUEST, "INVALIDJOBSTATE", "the job is not complete");
+        return errors(
+            StatusCode::BAD_REQUEST,
+            "INVALIDJOBSTATE",
+            "the job is not complete",
+        );
     }
-    let max = query_param(uri, "maxRecords").and_then(|m| m.parse::<u64>().ok()).unwrap_or(50_000).max(1);
+    let max = query_param(uri, "maxRecords")
+        .and_then(|m| m.parse::<u64>().ok())
+        .unwrap_or(50_000)
+        .max(1);
     let start = match query_param(uri, "locator") {
         Some(l) => match base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(l.as_bytes())
@@ -582,8 +789,9 @@ fn bulk_results(st: &Arc<SimState>, _v: &str, id: &str, uri: &Uri, headers: &Hea
             Some(gz) => {
                 let _ = gz.write_all(&out);
                 if s.finished {
-                    let gz = s.gz.take().map(|g| g.finish().unwrap_or_default()).unwrap_or_default();
-                    gz
+                    s.gz.take()
+                        .map(|g| g.finish().unwrap_or_default())
+                        .unwrap_or_default()
                 } else {
                     std::mem::take(gz.get_mut())
                 }
@@ -625,15 +833,32 @@ fn required(obj: &str) -> &'static [&'static str] {
     }
 }
 
-fn collection_write(st: &Arc<SimState>, body: &Bytes, op: &str, upsert: Option<(&&str, &&str)>) -> Response {
+fn collection_write(
+    st: &Arc<SimState>,
+    body: &Bytes,
+    op: &str,
+    upsert: Option<(&&str, &&str)>,
+) -> Response {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return errors(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", "body is not JSON");
+        return errors(
+            StatusCode::BAD_REQUEST,
+            "JSON_PARSER_ERROR",
+            "body is not JSON",
+        );
     };
     let Some(records) = v["records"].as_array() else {
-        return errors(StatusCode::BAD_REQUEST, "INVALID_FIELD", "records is required");
+        return errors(
+            StatusCode::BAD_REQUEST,
+            "INVALID_FIELD",
+            "records is required",
+        );
     };
     if records.len() > 200 {
-        return errors(StatusCode::BAD_REQUEST, "EXCEEDED_ID_LIMIT", "record limit is 200");
+        return errors(
+            StatusCode::BAD_REQUEST,
+            "EXCEEDED_ID_LIMIT",
+            "record limit is 200",
+        );
     }
     let mut out = Vec::new();
     for rec in records {
@@ -647,16 +872,28 @@ fn collection_write(st: &Arc<SimState>, body: &Bytes, op: &str, upsert: Option<(
             continue;
         };
         let spec = &st.specs[o];
-        let fields: Map<String, Value> = m.iter().filter(|(k, _)| *k != "attributes" && *k != "id").map(|(k, v)| (k.clone(), v.clone())).collect();
+        let fields: Map<String, Value> = m
+            .iter()
+            .filter(|(k, _)| *k != "attributes" && *k != "id")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         if let Some(bad) = fields.keys().find(|k| spec.field(k).is_none()) {
-            out.push(item_err("INVALID_FIELD", &format!("No such column '{bad}' on sobject of type {ty}"), &[bad.as_str()]));
+            out.push(item_err(
+                "INVALID_FIELD",
+                &format!("No such column '{bad}' on sobject of type {ty}"),
+                &[bad.as_str()],
+            ));
             continue;
         }
         let target: Option<String> = match (op, upsert) {
             ("update", _) => rec["id"].as_str().map(str::to_string),
             ("upsert", Some((_, field))) => {
                 let Some(val) = fields.get(&**field as &str).cloned() else {
-                    out.push(item_err("REQUIRED_FIELD_MISSING", "the external id is missing", &[field]));
+                    out.push(item_err(
+                        "REQUIRED_FIELD_MISSING",
+                        "the external id is missing",
+                        &[field],
+                    ));
                     continue;
                 };
                 find_by(st, o, field, &val)
@@ -674,24 +911,48 @@ fn collection_write(st: &Arc<SimState>, body: &Bytes, op: &str, upsert: Option<(
                     }
                     out.push(ok);
                 }
-                Some((_, true)) => out.push(item_err("ENTITY_IS_DELETED", "entity is deleted", &[])),
-                None => out.push(item_err("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", &[])),
+                Some((_, true)) => {
+                    out.push(item_err("ENTITY_IS_DELETED", "entity is deleted", &[]))
+                }
+                None => out.push(item_err(
+                    "INVALID_CROSS_REFERENCE_KEY",
+                    "invalid cross reference id",
+                    &[],
+                )),
             },
-            None if op == "update" => out.push(item_err("MALFORMED_ID", "the record id is missing or malformed", &["Id"])),
+            None if op == "update" => out.push(item_err(
+                "MALFORMED_ID",
+                "the record id is missing or malformed",
+                &["Id"],
+            )),
             None => {
-                let missing: Vec<&str> = required(ty).iter().copied().filter(|f| fields.get(*f).is_none_or(Value::is_null)).collect();
+                let missing: Vec<&str> = required(ty)
+                    .iter()
+                    .copied()
+                    .filter(|f| fields.get(*f).is_none_or(Value::is_null))
+                    .collect();
                 if !missing.is_empty() {
-                    out.push(item_err("REQUIRED_FIELD_MISSING", &format!("Required fields are missing: [{}]", missing.join(", ")), &missing));
+                    out.push(item_err(
+                        "REQUIRED_FIELD_MISSING",
+                        &format!("Required fields are missing: [{}]", missing.join(", ")),
+                        &missing,
+                    ));
                     continue;
                 }
                 let id = st.new_id(o);
-                let mut all: Map<String, Value> = spec.fields.iter().filter(|f| f.sf_type != "address").map(|f| (f.name.clone(), Value::Null)).collect();
+                let mut all: Map<String, Value> = spec
+                    .fields
+                    .iter()
+                    .filter(|f| f.sf_type != "address")
+                    .map(|f| (f.name.clone(), Value::Null))
+                    .collect();
                 all.extend(fields);
                 all.insert("Id".into(), json!(id));
                 let now = sf_datetime(st.now_ms());
                 all.insert("CreatedDate".into(), json!(now));
                 all.insert("CreatedById".into(), json!(st.api_user()));
-                if spec.field("OwnerId").is_some() && all.get("OwnerId").is_none_or(Value::is_null) {
+                if spec.field("OwnerId").is_some() && all.get("OwnerId").is_none_or(Value::is_null)
+                {
                     all.insert("OwnerId".into(), json!(st.api_user()));
                 }
                 st.store(o, id.clone(), all, false);
@@ -710,7 +971,11 @@ fn find_by(st: &SimState, o: usize, field: &str, val: &Value) -> Option<String> 
     let spec = &st.specs[o];
     {
         let ov = st.overlay.read().unwrap_or_else(|p| p.into_inner());
-        if let Some((id, _)) = ov[o].recs.iter().find(|(_, r)| !r.deleted && r.fields.get(field) == Some(val)) {
+        if let Some((id, _)) = ov[o]
+            .recs
+            .iter()
+            .find(|(_, r)| !r.deleted && r.fields.get(field) == Some(val))
+        {
             return Some(id.clone());
         }
         for i in 0..spec.count {
@@ -742,13 +1007,27 @@ fn collection_delete(st: &SimState, uri: &Uri) -> Response {
 
 fn retrieve(st: &SimState, _v: &str, obj: &str, body: &Bytes) -> Response {
     let Some(o) = st.spec(obj) else {
-        return errors(StatusCode::NOT_FOUND, "NOT_FOUND", "The requested resource does not exist");
+        return errors(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "The requested resource does not exist",
+        );
     };
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return errors(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", "body is not JSON");
+        return errors(
+            StatusCode::BAD_REQUEST,
+            "JSON_PARSER_ERROR",
+            "body is not JSON",
+        );
     };
-    let ids: Vec<&str> = v["ids"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-    let fields: Vec<&str> = v["fields"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let ids: Vec<&str> = v["ids"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let fields: Vec<&str> = v["fields"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
     if ids.len() > 2000 {
         return errors(StatusCode::BAD_REQUEST, "EXCEEDED_ID_LIMIT", "too many ids");
     }
@@ -772,22 +1051,49 @@ fn retrieve(st: &SimState, _v: &str, obj: &str, body: &Bytes) -> Response {
 
 fn patch_row(st: &SimState, obj: &str, id: &str, headers: &HeaderMap, body: &Bytes) -> Response {
     let Some(o) = st.spec(obj) else {
-        return errors(StatusCode::NOT_FOUND, "NOT_FOUND", "The requested resource does not exist");
+        return errors(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "The requested resource does not exist",
+        );
     };
     let Some((mut cur, false)) = st.current(o, id) else {
-        return errors(StatusCode::NOT_FOUND, "NOT_FOUND", "The requested resource does not exist");
+        return errors(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "The requested resource does not exist",
+        );
     };
-    if let Some(since) = headers.get(header::IF_UNMODIFIED_SINCE).and_then(|v| v.to_str().ok()) {
+    if let Some(since) = headers
+        .get(header::IF_UNMODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+    {
         let Ok(t) = chrono::DateTime::parse_from_rfc2822(since) else {
-            return errors(StatusCode::BAD_REQUEST, "INVALID_HEADER", "If-Unmodified-Since is not an HTTP date");
+            return errors(
+                StatusCode::BAD_REQUEST,
+                "INVALID_HEADER",
+                "If-Unmodified-Since is not an HTTP date",
+            );
         };
-        let lm = cur.get("LastModifiedDate").and_then(Value::as_str).and_then(parse_datetime).unwrap_or(0);
+        let lm = cur
+            .get("LastModifiedDate")
+            .and_then(Value::as_str)
+            .and_then(parse_datetime)
+            .unwrap_or(0);
         if lm > t.timestamp_millis() {
-            return errors(StatusCode::PRECONDITION_FAILED, "PRECONDITION_FAILED", "The record was modified since the If-Unmodified-Since date");
+            return errors(
+                StatusCode::PRECONDITION_FAILED,
+                "PRECONDITION_FAILED",
+                "The record was modified since the If-Unmodified-Since date",
+            );
         }
     }
     let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
-        return errors(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", "body is not a JSON object");
+        return errors(
+            StatusCode::BAD_REQUEST,
+            "JSON_PARSER_ERROR",
+            "body is not a JSON object",
+        );
     };
     cur.extend(fields);
     st.store(o, id.to_string(), cur, false);

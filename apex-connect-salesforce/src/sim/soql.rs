@@ -79,7 +79,9 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
                 let mut v = String::new();
                 i += 1;
                 loop {
-                    let Some(&c) = b.get(i) else { return Err("unterminated string".into()) };
+                    let Some(&c) = b.get(i) else {
+                        return Err("unterminated string".into());
+                    };
                     match c {
                         '\\' => {
                             let n = *b.get(i + 1).ok_or("bad escape")?;
@@ -120,9 +122,17 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
                 i += if op.len() == 2 || two == "<>" { 2 } else { 1 };
                 out.push(Tok::Op(op));
             }
-            c if c.is_alphanumeric() || c == '_' || c == '.' || c == '-' || c == ':' || c == '+' => {
+            c if c.is_alphanumeric()
+                || c == '_'
+                || c == '.'
+                || c == '-'
+                || c == ':'
+                || c == '+' =>
+            {
                 let start = i;
-                while i < b.len() && (b[i].is_alphanumeric() || matches!(b[i], '_' | '.' | '-' | ':' | '+')) {
+                while i < b.len()
+                    && (b[i].is_alphanumeric() || matches!(b[i], '_' | '.' | '-' | ':' | '+'))
+                {
                     i += 1;
                 }
                 out.push(Tok::Word(b[start..i].iter().collect()));
@@ -174,7 +184,11 @@ impl P {
             self.pos += 1;
             parts.push(self.and()?);
         }
-        Ok(if parts.len() == 1 { parts.remove(0) } else { Expr::Or(parts) })
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Expr::Or(parts)
+        })
     }
     fn and(&mut self) -> Result<Expr, String> {
         let mut parts = vec![self.unary()?];
@@ -182,7 +196,11 @@ impl P {
             self.pos += 1;
             parts.push(self.unary()?);
         }
-        Ok(if parts.len() == 1 { parts.remove(0) } else { Expr::And(parts) })
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Expr::And(parts)
+        })
     }
     fn unary(&mut self) -> Result<Expr, String> {
         if self.kw("NOT") {
@@ -252,7 +270,10 @@ impl P {
 
 /// Parses a query.
 pub(crate) fn parse(q: &str) -> Result<Query, String> {
-    let mut p = P { toks: tokenize(q)?, pos: 0 };
+    let mut p = P {
+        toks: tokenize(q)?,
+        pos: 0,
+    };
     p.expect_kw("SELECT")?;
     let mut fields = vec![p.word()?];
     while p.peek() == Some(&Tok::Comma) {
@@ -289,7 +310,12 @@ pub(crate) fn parse(q: &str) -> Result<Query, String> {
     if p.peek().is_some() {
         return Err(format!("unexpected {:?}", p.peek()));
     }
-    Ok(Query { fields, object, filter, limit })
+    Ok(Query {
+        fields,
+        object,
+        filter,
+        limit,
+    })
 }
 
 fn cmp(a: &Val, b: &Val) -> Option<Ordering> {

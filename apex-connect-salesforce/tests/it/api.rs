@@ -18,7 +18,8 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 use crate::fixture;
 
 fn settings(server: &MockServer, extra: serde_json::Value) -> SalesforceSettings {
-    let mut v = json!({"objects": ["Account"], "instance_url": server.uri(), "login_host": server.uri()});
+    let mut v =
+        json!({"objects": ["Account"], "instance_url": server.uri(), "login_host": server.uri()});
     if let serde_json::Value::Object(m) = extra {
         for (k, x) in m {
             v[k] = x;
@@ -30,12 +31,17 @@ fn settings(server: &MockServer, extra: serde_json::Value) -> SalesforceSettings
 async fn mount_basics(server: &MockServer) {
     Mock::given(method("GET"))
         .and(path("/services/data/"))
-        .respond_with(ResponseTemplate::new(200).set_body_raw(fixture("versions.json"), "application/json"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_raw(fixture("versions.json"), "application/json"),
+        )
         .mount(server)
         .await;
     Mock::given(method("GET"))
         .and(path("/services/data/v64.0/sobjects/Account/describe/"))
-        .respond_with(ResponseTemplate::new(200).set_body_raw(fixture("describe_account.json"), "application/json"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_raw(fixture("describe_account.json"), "application/json"),
+        )
         .mount(server)
         .await;
 }
@@ -79,22 +85,43 @@ async fn documented_query_pages_are_read_on_the_instance_host() {
     assert_eq!(records[0].id, "001D000000IqhSLIAZ");
     assert_eq!(records[2].version, Some(1_714_557_601_000));
     // A slice of the page body, byte for byte.
-    assert!(records[0].raw.as_str().contains("\"Express Logistics and Transport\""));
+    assert!(
+        records[0]
+            .raw
+            .as_str()
+            .contains("\"Express Logistics and Transport\"")
+    );
     assert_eq!(c.api_usage(), Some((10_019, 100_000)));
     // The SOQL: describe's fields, compound address left to its components, keyset order.
     let reqs = server.received_requests().await.unwrap();
     let q = reqs
         .iter()
         .find(|r| r.url.path() == "/services/data/v64.0/query/")
-        .map(|r| r.url.query_pairs().find(|(k, _)| k == "q").unwrap().1.into_owned())
+        .map(|r| {
+            r.url
+                .query_pairs()
+                .find(|(k, _)| k == "q")
+                .unwrap()
+                .1
+                .into_owned()
+        })
         .unwrap();
-    assert!(q.starts_with("SELECT Id, SystemModstamp, IsDeleted, Name"), "{q}");
-    assert!(q.contains("BillingCity") && !q.contains("BillingAddress"), "{q}");
+    assert!(
+        q.starts_with("SELECT Id, SystemModstamp, IsDeleted, Name"),
+        "{q}"
+    );
+    assert!(
+        q.contains("BillingCity") && !q.contains("BillingAddress"),
+        "{q}"
+    );
     assert!(q.ends_with("ORDER BY SystemModstamp ASC, Id ASC"), "{q}");
     // Lenient mapping of the documented record.
     let e = c.map_entity(&records[0]).unwrap().unwrap();
     assert_eq!(e.kind, EntityKind::Organization);
-    assert!(e.identities.contains(&Identity::Domain("expresslandt.net".into())));
+    assert!(
+        e.identities
+            .contains(&Identity::Domain("expresslandt.net".into()))
+    );
     assert_eq!(e.custom_fields["Tier__c"], "Gold");
     assert_eq!(e.attributes["employees"], 12300);
     let e = c.map_entity(&records[1]).unwrap().unwrap();
@@ -130,7 +157,9 @@ async fn request_limit_exceeded_is_typed_and_not_retried() {
     let server = MockServer::start().await;
     Mock::given(method("GET"))
         .and(path("/services/data/"))
-        .respond_with(ResponseTemplate::new(200).set_body_raw(fixture("versions.json"), "application/json"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_raw(fixture("versions.json"), "application/json"),
+        )
         .mount(&server)
         .await;
     Mock::given(method("GET"))
@@ -152,8 +181,14 @@ async fn request_limit_exceeded_is_typed_and_not_retried() {
     assert_eq!(e.kind(), ErrorKind::RateLimited);
     assert!(!e.is_temporary());
     assert!(e.retry_after().unwrap().as_secs() >= 3600);
-    assert_eq!(apex_connect_salesforce::error::error_code(&e), Some("REQUEST_LIMIT_EXCEEDED"));
-    assert_eq!(apex_connect_salesforce::error::api_error(&e).map(|a| a.status), Some(403));
+    assert_eq!(
+        apex_connect_salesforce::error::error_code(&e),
+        Some("REQUEST_LIMIT_EXCEEDED")
+    );
+    assert_eq!(
+        apex_connect_salesforce::error::api_error(&e).map(|a| a.status),
+        Some(403)
+    );
     assert_eq!(c.api_usage(), Some((100_001, 100_000)));
 }
 
@@ -175,9 +210,18 @@ async fn an_api_version_the_org_lacks_is_a_clear_error() {
 fn the_documented_signature_vector_verifies() {
     // Computed independently (Python hmac) for the fixture's id and issued_at.
     let t: serde_json::Value = serde_json::from_str(&fixture("token_answer.json")).unwrap();
-    let (id, iat, sig) = (t["id"].as_str().unwrap(), t["issued_at"].as_str().unwrap(), t["signature"].as_str().unwrap());
+    let (id, iat, sig) = (
+        t["id"].as_str().unwrap(),
+        t["issued_at"].as_str().unwrap(),
+        t["signature"].as_str().unwrap(),
+    );
     assert!(signature_matches(id, iat, sig, "test-consumer-secret"));
-    assert!(!signature_matches(id, "1278448384423", sig, "test-consumer-secret"));
+    assert!(!signature_matches(
+        id,
+        "1278448384423",
+        sig,
+        "test-consumer-secret"
+    ));
     assert!(!signature_matches(id, iat, sig, "another-secret"));
 }
 
@@ -188,8 +232,15 @@ async fn oauth_connector(server: &MockServer, store: Arc<MemoryTokenStore>) -> A
     settings.insert("login_host", json!(server.uri()));
     settings.insert("objects", json!(["Account"]));
     let secrets = Secrets::from_values([("client_secret", "test-consumer-secret")]);
-    let auth = resolve_auth(&PLATFORM, &settings, AuthInputs::new(&conn, &secrets, store).tokens_stored(true)).unwrap();
-    PLATFORM.build(&BuildContext::new(&conn, &settings, &secrets, auth)).unwrap()
+    let auth = resolve_auth(
+        &PLATFORM,
+        &settings,
+        AuthInputs::new(&conn, &secrets, store).tokens_stored(true),
+    )
+    .unwrap();
+    PLATFORM
+        .build(&BuildContext::new(&conn, &settings, &secrets, auth))
+        .unwrap()
 }
 
 #[tokio::test]
@@ -207,21 +258,33 @@ async fn invalid_session_refreshes_once_and_retries() {
     Mock::given(method("GET"))
         .and(path("/services/data/v64.0/query/"))
         .and(header("authorization", "Bearer expired-session"))
-        .respond_with(ResponseTemplate::new(401).set_body_raw(fixture("error_invalid_session.json"), "application/json"))
+        .respond_with(
+            ResponseTemplate::new(401)
+                .set_body_raw(fixture("error_invalid_session.json"), "application/json"),
+        )
         .expect(1)
         .mount(&server)
         .await;
     Mock::given(method("GET"))
         .and(path("/services/data/v64.0/query/"))
         .and(header("authorization", format!("Bearer {fresh}").as_str()))
-        .respond_with(ResponseTemplate::new(200).set_body_raw(fixture("query_page2.json"), "application/json"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_raw(fixture("query_page2.json"), "application/json"),
+        )
         .expect(1)
         .mount(&server)
         .await;
     let store = Arc::new(MemoryTokenStore::new());
     let conn = ConnectionId::from("acme");
     store
-        .save(&conn, &TokenSet::bearer("expired-session").with_refresh_token("rt-1").with_instance_url(server.uri()), None)
+        .save(
+            &conn,
+            &TokenSet::bearer("expired-session")
+                .with_refresh_token("rt-1")
+                .with_instance_url(server.uri()),
+            None,
+        )
         .await
         .unwrap();
     let c = oauth_connector(&server, store.clone()).await;
@@ -250,5 +313,8 @@ async fn a_token_whose_signature_does_not_match_is_refused() {
     let e = c.read(&StreamId::from("Account"), None).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unauthenticated);
     assert!(e.to_string().contains("signature"), "{e}");
-    assert!(server.received_requests().await.unwrap().is_empty(), "nothing may reach an unverified instance");
+    assert!(
+        server.received_requests().await.unwrap().is_empty(),
+        "nothing may reach an unverified instance"
+    );
 }

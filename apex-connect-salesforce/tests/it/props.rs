@@ -2,10 +2,10 @@
 //! with hostile variations always read (envelope) and map (leniently).
 
 use apex_connect_core::{RawJson, StreamId};
+use apex_connect_salesforce::SalesforceApiError;
 use apex_connect_salesforce::api::{parse_limit_info, signature_matches};
 use apex_connect_salesforce::models::{MapContext, map_entity, record};
 use apex_connect_salesforce::webhook::parse_outbound;
-use apex_connect_salesforce::SalesforceApiError;
 use apex_connect_testkit::hostile;
 use proptest::prelude::*;
 use serde_json::json;
