@@ -17,6 +17,7 @@ pub mod sink;
 pub mod sinks;
 pub mod store;
 pub mod token;
+pub mod token_identity;
 pub mod webhook;
 
 pub use async_trait::async_trait;
@@ -48,4 +49,5 @@ pub use store::{
     MemoryStore, RejectStore, RunId, RunKind, RunOutcome, RunStatus, RunStore, StateStore,
 };
 pub use token::{MemoryTokenStore, RefreshLease, TokenSet, TokenStore, Versioned};
+pub use token_identity::TokenIdentity;
 pub use webhook::{VerifiedWebhook, WebhookError, WebhookVerifier};
