@@ -36,7 +36,6 @@ pub async fn sqlite(dir: &std::path::Path, clock: &ManualClock) -> SqliteStore {
         .await
         .unwrap()
         .with_clock(clock.clock());
-    apex_connect_server::migrate(store.pool()).await.unwrap();
     store
 }
 
@@ -61,8 +60,9 @@ pub fn signed(
     h.insert("webhook-id", HeaderValue::from_str(msg_id).unwrap());
     let (m, u) = (Method::POST, Uri::from_static("/"));
     let mut headers = connector
-        .webhook_verifier()
+        .webhooks()
         .unwrap()
+        .verifier()
         .sign(&WebhookRequest::new(&m, &u, &h, &body), now)
         .unwrap();
     headers.insert("content-type", HeaderValue::from_static("application/json"));

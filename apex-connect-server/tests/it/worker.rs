@@ -3,10 +3,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use apex_connect_core::store::InboxEvent;
-use apex_connect_core::webhook::VerifiedWebhook;
+use apex_connect_core::webhook::{StandardWebhooksVerifier, VerifiedWebhook, WebhookSecrets};
 use apex_connect_core::{
     Ack, Batch, Capabilities, Change, ConnectionId, Connector, ConnectorInfo, CursorToken, Error,
-    ErrorKind, MemorySink, Op, Page, Record, Result, Sink, StreamId, StreamInfo, async_trait,
+    ErrorKind, MemorySink, Op, Page, Record, Result, Sink, StreamId, StreamInfo, WebhookVerifier,
+    Webhooks, async_trait,
 };
 use apex_connect_server::{ConnectionHandle, ServerState, WorkerConfig, Workers};
 
@@ -162,7 +163,7 @@ async fn failures_back_off_then_dead_letter_and_admin_requeues() {
 
 /// A connector whose webhook bodies are `{"id", "v", "at"}`: full objects, timed by `at`.
 #[derive(Debug)]
-struct Timed(ConnectorInfo);
+struct Timed(ConnectorInfo, StandardWebhooksVerifier);
 
 #[async_trait]
 impl Connector for Timed {
@@ -175,7 +176,17 @@ impl Connector for Timed {
     async fn read(&self, _: &StreamId, _: Option<&CursorToken>) -> Result<Page> {
         Ok(Page::new(vec![], None, false))
     }
-    async fn parse_webhook(&self, w: &VerifiedWebhook) -> Result<Vec<Change>> {
+    fn webhooks(&self) -> Option<&dyn Webhooks> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Webhooks for Timed {
+    fn verifier(&self) -> &dyn WebhookVerifier {
+        &self.1
+    }
+    async fn parse(&self, w: &VerifiedWebhook) -> Result<Vec<Change>> {
         let v: serde_json::Value =
             serde_json::from_slice(&w.body).map_err(|e| Error::from_json(e, "body"))?;
         let id = v["id"].as_str().unwrap_or_default().to_string();
@@ -203,7 +214,7 @@ impl Sink for Recorder {
             self.0
                 .lock()
                 .unwrap()
-                .push((r.id.clone(), r.raw["v"].clone()));
+                .push((r.id.clone(), r.raw.to_value().unwrap()["v"].clone()));
         }
         self.1.apply(batch)
     }
@@ -217,11 +228,12 @@ async fn an_older_change_never_overwrites_a_newer_one() {
     let info = ConnectorInfo::new(
         "timed",
         "1",
-        Capabilities::new(vec![StreamInfo::new("items", true)]).with_webhooks(),
+        Capabilities::new(vec![StreamInfo::new("items", true)]),
     );
+    let verifier = StandardWebhooksVerifier::new(WebhookSecrets::single(SECRET));
     let state = ServerState::builder(dyn_store(&store))
         .clock(clock.clock())
-        .connection(ConnectionHandle::new("acme", Arc::new(Timed(info))))
+        .connection(ConnectionHandle::new("acme", Arc::new(Timed(info, verifier))))
         .build();
     let sink = Arc::new(Recorder::default());
     let w = Workers::new(state.clone(), sink.clone(), config());
