@@ -35,7 +35,9 @@ pub fn platforms() -> Platforms {
     #[cfg(feature = "hubspot")]
     p.add(Arc::new(Registered(&apex_connect_hubspot::PLATFORM)));
     #[cfg(feature = "memory")]
-    p.add(Arc::new(Registered(&apex_connect_testkit::platform::MEMORY)));
+    p.add(Arc::new(Registered(
+        &apex_connect_testkit::platform::MEMORY,
+    )));
     p
 }
 

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use apex_connect_core::SqliteStore;
 use apex_connect_core::engine::CancellationToken;
 use apex_connect_core::sinks::LedgerSink;
-use apex_connect_core::store::prelude::*;
 use apex_connect_core::store::EncryptionKey;
+use apex_connect_core::store::prelude::*;
 use apex_connect_server::{
     ConnectionHandle, InboxAppender, ServerState, WorkerConfig, Workers, webhook_router,
 };

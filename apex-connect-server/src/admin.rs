@@ -268,7 +268,9 @@ async fn rejects_handler(
         .list_rejects(connection.as_ref(), stream.as_ref(), limit)
         .await
     {
-        Ok(rows) => axum::Json(rows.iter().map(RejectView::new).collect::<Vec<_>>()).into_response(),
+        Ok(rows) => {
+            axum::Json(rows.iter().map(RejectView::new).collect::<Vec<_>>()).into_response()
+        }
         Err(e) => {
             tracing::warn!(error = %e, "listing rejects failed");
             (StatusCode::SERVICE_UNAVAILABLE, "rejects unavailable").into_response()

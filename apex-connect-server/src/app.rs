@@ -206,13 +206,7 @@ impl App {
             max_backoff: parse_duration(&s.max_backoff)?,
             ..SchedulerConfig::default()
         };
-        Scheduler::new(
-            self.state.clone(),
-            self.jobs.clone(),
-            self.sink.clone(),
-            c,
-        )
-        .await
+        Scheduler::new(self.state.clone(), self.jobs.clone(), self.sink.clone(), c).await
     }
 
     /// Webhooks (plus the admin API unless `admin_listen` is set).

@@ -453,9 +453,15 @@ impl Runner {
             conn.id, request.url
         )
         .map_err(io)?;
-        writeln!(out, "Waiting for the callback on http://{addr}/callback ...").map_err(io)?;
+        writeln!(
+            out,
+            "Waiting for the callback on http://{addr}/callback ..."
+        )
+        .map_err(io)?;
         out.flush().map_err(io)?;
-        let callback = wait_for_callback(listener).await.map_err(|e| e.with_context("connection", &conn.id))?;
+        let callback = wait_for_callback(listener)
+            .await
+            .map_err(|e| e.with_context("connection", &conn.id))?;
         let tokens = client
             .exchange_code(&callback, &request.state, &request.pkce_verifier)
             .await?;
@@ -483,21 +489,20 @@ impl Runner {
         if base_url.is_some() {
             connection.base_url = base_url;
         }
-        let state = match state {
-            Some(path) => {
-                let text = read_file(&path, "the state file")?;
-                if text.trim().is_empty() {
-                    None
-                } else {
-                    Some(
-                        serde_json::from_str::<Value>(&text).map_err(|e| {
+        let state =
+            match state {
+                Some(path) => {
+                    let text = read_file(&path, "the state file")?;
+                    if text.trim().is_empty() {
+                        None
+                    } else {
+                        Some(serde_json::from_str::<Value>(&text).map_err(|e| {
                             Error::config("the state file is not JSON").set_source(e)
-                        })?,
-                    )
+                        })?)
+                    }
                 }
-            }
-            None => None,
-        };
+                None => None,
+            };
         let catalog = match catalog {
             Some(path) => Some(
                 serde_json::from_str::<Value>(&read_file(&path, "the catalog")?)
@@ -510,8 +515,7 @@ impl Runner {
         let store: Arc<dyn StateStore> = opened.store().clone();
         let secrets = self.env.secrets(&connection);
         let connector =
-            connections::build_with_secrets(&self.platforms, &connection, &secrets, &store)
-                .await?;
+            connections::build_with_secrets(&self.platforms, &connection, &secrets, &store).await?;
         let streams: Vec<StreamId> = connection
             .streams
             .iter()
@@ -611,14 +615,21 @@ async fn redrive(
     let engine = SyncEngine::new(app.state.store().clone());
     let stream = stream.map(StreamId::from);
     if let Some(c) = &connection
-        && app.state.connection(&ConnectionId::from(c.clone())).is_none()
+        && app
+            .state
+            .connection(&ConnectionId::from(c.clone()))
+            .is_none()
     {
-        return Err(Error::config("no such connection in the configuration")
-            .with_context("connection", c));
+        return Err(
+            Error::config("no such connection in the configuration").with_context("connection", c)
+        );
     }
     let mut failed = 0;
     for handle in app.state.connections() {
-        if connection.as_deref().is_some_and(|c| c != handle.id.as_str()) {
+        if connection
+            .as_deref()
+            .is_some_and(|c| c != handle.id.as_str())
+        {
             continue;
         }
         let report = engine
@@ -682,30 +693,28 @@ async fn wait_for_callback(listener: tokio::net::TcpListener) -> Result<Callback
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Answer>(1);
     let app = axum::Router::new().route(
         "/callback",
-        axum::routing::get(
-            move |q: axum::extract::Query<HashMap<String, String>>| {
-                let tx = tx.clone();
-                async move {
-                    let q = q.0;
-                    let (answer, page) = match (q.get("code"), q.get("state"), q.get("error")) {
-                        (Some(code), Some(state), _) => (
-                            Ok(CallbackParams::new(code.clone(), state.clone())),
-                            "Authorized: you can close this window and return to the terminal.",
-                        ),
-                        (_, _, error) => (
-                            // The platform's error code (e.g. `access_denied`), never echoed back
-                            // with anything else from the query.
-                            Err(error
-                                .map(|e| e.chars().take(64).collect())
-                                .unwrap_or_else(|| "no code in the callback".to_string())),
-                            "Authorization failed: see the terminal.",
-                        ),
-                    };
-                    let _ = tx.try_send(answer);
-                    page
-                }
-            },
-        ),
+        axum::routing::get(move |q: axum::extract::Query<HashMap<String, String>>| {
+            let tx = tx.clone();
+            async move {
+                let q = q.0;
+                let (answer, page) = match (q.get("code"), q.get("state"), q.get("error")) {
+                    (Some(code), Some(state), _) => (
+                        Ok(CallbackParams::new(code.clone(), state.clone())),
+                        "Authorized: you can close this window and return to the terminal.",
+                    ),
+                    (_, _, error) => (
+                        // The platform's error code (e.g. `access_denied`), never echoed back
+                        // with anything else from the query.
+                        Err(error
+                            .map(|e| e.chars().take(64).collect())
+                            .unwrap_or_else(|| "no code in the callback".to_string())),
+                        "Authorization failed: see the terminal.",
+                    ),
+                };
+                let _ = tx.try_send(answer);
+                page
+            }
+        }),
     );
     let done = CancellationToken::new();
     let server = tokio::spawn(

@@ -75,6 +75,7 @@ impl Environment {
             Error::config("the encryption key is not set (base64 of 32 bytes)")
                 .with_context("variable", ENCRYPTION_KEY_ENV)
         })?;
-        EncryptionKey::from_base64(&value).map_err(|e| e.with_context("variable", ENCRYPTION_KEY_ENV))
+        EncryptionKey::from_base64(&value)
+            .map_err(|e| e.with_context("variable", ENCRYPTION_KEY_ENV))
     }
 }

@@ -390,8 +390,9 @@ impl Scheduler {
         loop {
             tokio::time::sleep(every).await;
             let now = self.state.clock().now_ms();
-            let until = now
-                .saturating_add(i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX / 4));
+            let until = now.saturating_add(
+                i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX / 4),
+            );
             match self
                 .state
                 .store()

@@ -20,8 +20,8 @@ use apex_connect_core::{
     Connector, CursorToken, Error, Op, RawJson, Record, Result, StreamId, StreamInfo, read_pages,
 };
 use futures::StreamExt;
-use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
@@ -82,9 +82,7 @@ fn stream_ids(connector: &dyn Connector, streams: &[StreamId]) -> Result<Vec<Str
 
 /// Adds `_sdc_deleted` to a schema's properties for a stream that reports deletes.
 fn with_deleted_property(mut schema: Value, deletes: bool) -> Value {
-    if deletes
-        && let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut)
-    {
+    if deletes && let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
         props
             .entry(DELETED_PROPERTY)
             .or_insert_with(|| json!({"type": ["boolean", "null"]}));
@@ -183,7 +181,9 @@ fn metadata_at<'a>(entry: &'a Value, breadcrumb: &[&str]) -> Option<&'a Map<Stri
                 .and_then(Value::as_array)
                 .is_some_and(|b| {
                     b.len() == breadcrumb.len()
-                        && b.iter().zip(breadcrumb).all(|(x, y)| x.as_str() == Some(*y))
+                        && b.iter()
+                            .zip(breadcrumb)
+                            .all(|(x, y)| x.as_str() == Some(*y))
                 })
         })?
         .get("metadata")?
@@ -257,16 +257,19 @@ pub fn plan_from_catalog(connector: &dyn Connector, catalog: &Value) -> Result<V
         if info.deletes {
             always.insert(DELETED_PROPERTY.to_string());
         }
-        let has_field_metadata = entry
-            .get("metadata")
-            .and_then(Value::as_array)
-            .is_some_and(|ms| {
-                ms.iter().any(|m| {
-                    m.get("breadcrumb")
-                        .and_then(Value::as_array)
-                        .is_some_and(|b| b.first().and_then(Value::as_str) == Some("properties"))
-                })
-            });
+        let has_field_metadata =
+            entry
+                .get("metadata")
+                .and_then(Value::as_array)
+                .is_some_and(|ms| {
+                    ms.iter().any(|m| {
+                        m.get("breadcrumb")
+                            .and_then(Value::as_array)
+                            .is_some_and(|b| {
+                                b.first().and_then(Value::as_str) == Some("properties")
+                            })
+                    })
+                });
         let props: Vec<(String, Value)> = schema
             .get("properties")
             .and_then(Value::as_object)
@@ -276,7 +279,9 @@ pub fn plan_from_catalog(connector: &dyn Connector, catalog: &Value) -> Result<V
         let mut all = true;
         for (field, field_schema) in &props {
             let meta = metadata_at(entry, &["properties", field]);
-            let inclusion = meta.and_then(|m| m.get("inclusion")).and_then(Value::as_str);
+            let inclusion = meta
+                .and_then(|m| m.get("inclusion"))
+                .and_then(Value::as_str);
             let keep = if always.contains(field) || inclusion == Some("automatic") {
                 true
             } else if inclusion == Some("unsupported") {

@@ -501,7 +501,12 @@ impl Workers {
 }
 
 /// Records, their owners (claim index), their entities, and the rejects (with their owner).
-type Mapped = (Vec<Record>, Vec<usize>, Vec<Option<Entity>>, Vec<(usize, Reject)>);
+type Mapped = (
+    Vec<Record>,
+    Vec<usize>,
+    Vec<Option<Entity>>,
+    Vec<(usize, Reject)>,
+);
 
 /// Maps each pending record with `connector`; those that cannot be mapped become rejects.
 fn map_pending(connector: &dyn apex_connect_core::Connector, pending: Vec<Pending>) -> Mapped {

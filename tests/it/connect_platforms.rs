@@ -11,7 +11,6 @@ use serde_json::Value;
 
 use crate::process::{BIN, free_port};
 
-
 const OAUTH_SECRET_VAR: &str = "APEX_TEST_OAUTH_CLIENT_SECRET";
 
 /// A config with one OAuth connection to simulator `sim` (Front's or HubSpot's), a key, and

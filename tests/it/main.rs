@@ -13,7 +13,12 @@ mod process;
 ))]
 mod connect_platforms;
 
-#[cfg(all(feature = "server", feature = "frontapp", feature = "hubspot", feature = "sqlite"))]
+#[cfg(all(
+    feature = "server",
+    feature = "frontapp",
+    feature = "hubspot",
+    feature = "sqlite"
+))]
 mod platform_webhooks;
 
 #[cfg(all(feature = "frontapp", feature = "sqlite"))]

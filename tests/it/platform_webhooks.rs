@@ -49,7 +49,11 @@ async fn serve(state: ServerState) -> String {
 }
 
 /// The connector of the configuration's only connection, built through `platforms()`.
-async fn build(config: &ServerConfig, secrets: &Secrets, store: &Arc<dyn StateStore>) -> Arc<dyn apex_connect::Connector> {
+async fn build(
+    config: &ServerConfig,
+    secrets: &Secrets,
+    store: &Arc<dyn StateStore>,
+) -> Arc<dyn apex_connect::Connector> {
     apex_connect::server::connections::build_with_secrets(
         &apex_connect::platforms(),
         &config.connections[0],

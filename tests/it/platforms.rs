@@ -11,5 +11,8 @@ fn platforms_follow_the_features() {
     assert_eq!(memory.name(), "memory");
     assert!(memory.secrets().iter().any(|s| s.name == "webhook_secret"));
     let e = platforms.get("nope").unwrap_err();
-    assert!(e.to_string().contains("no connector for this platform"), "{e}");
+    assert!(
+        e.to_string().contains("no connector for this platform"),
+        "{e}"
+    );
 }

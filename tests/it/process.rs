@@ -369,7 +369,10 @@ fn check_singer(messages: &[Value]) -> BTreeMap<String, Vec<String>> {
                     .iter_errors(&m["record"])
                     .map(|e| e.to_string())
                     .collect();
-                assert!(errors.is_empty(), "RECORD does not match its SCHEMA: {errors:?}: {m}");
+                assert!(
+                    errors.is_empty(),
+                    "RECORD does not match its SCHEMA: {errors:?}: {m}"
+                );
                 records
                     .entry(stream)
                     .or_default()

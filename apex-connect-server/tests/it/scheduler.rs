@@ -64,15 +64,10 @@ async fn process(
     let mut config = SchedulerConfig::default();
     config.lease = Duration::from_secs(60);
     config.backoff = Duration::from_secs(30);
-    let scheduler = Scheduler::new(
-        state.clone(),
-        vec![job],
-        sink,
-        config,
-    )
-    .await
-    .unwrap()
-    .with_owner(owner);
+    let scheduler = Scheduler::new(state.clone(), vec![job], sink, config)
+        .await
+        .unwrap()
+        .with_owner(owner);
     Proc { state, scheduler }
 }
 
