@@ -483,3 +483,79 @@ fn sync_then_status_show_the_run() {
         "{err}"
     );
 }
+
+/// The binary holds exactly the platforms of the facade's features (`memory` here: this
+/// package's tests turn it on).
+#[test]
+fn the_binary_lists_the_platforms_of_its_features() {
+    let out = Command::new(BIN).arg("platforms").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("memory: "), "{text}");
+    assert!(text.contains("  secret webhook_secret: "), "{text}");
+    assert_eq!(
+        text.contains("frontapp: "),
+        cfg!(feature = "frontapp"),
+        "{text}"
+    );
+    assert_eq!(
+        text.contains("hubspot: "),
+        cfg!(feature = "hubspot"),
+        "{text}"
+    );
+}
+
+/// `tap --discover` prints a catalog; fed back with `--catalog` (or `--properties`) with one
+/// stream deselected, only the other is emitted, every RECORD valid against its SCHEMA.
+#[test]
+fn tap_discovers_a_catalog_and_runs_what_it_selects() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tap.json");
+    std::fs::write(
+        &config,
+        r#"{"streams": ["items", "users"], "settings": {"generated": {"items": 12, "users": 3}}}"#,
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["tap", "memory", "--config"])
+            .arg(&config)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let mut catalog: Value = serde_json::from_str(&run(&["--discover"])).unwrap();
+    let streams = catalog["streams"].as_array_mut().unwrap();
+    assert_eq!(streams.len(), 2);
+    for s in streams.iter_mut() {
+        let keep = s["tap_stream_id"] == "items";
+        for m in s["metadata"].as_array_mut().unwrap() {
+            if m["breadcrumb"] == serde_json::json!([]) {
+                assert_eq!(m["metadata"]["forced-replication-method"], "INCREMENTAL");
+                m["metadata"]["selected"] = Value::Bool(keep);
+            }
+        }
+    }
+    let path = dir.path().join("catalog.json");
+    std::fs::write(&path, catalog.to_string()).unwrap();
+    for flag in ["--catalog", "--properties"] {
+        let out = run(&[flag, path.to_str().unwrap()]);
+        let messages: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let records = check_singer(&messages);
+        assert_eq!(records.keys().collect::<Vec<_>>(), ["items"], "{flag}");
+        assert_eq!(records["items"].len(), 12, "{flag}");
+    }
+}

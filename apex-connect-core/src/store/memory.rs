@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::model::{ConnectionId, Reject, StreamId};
 use crate::token::{TokenSet, TokenStore, Versioned, conflict};
 
-/// A [`StateStore`] in memory: for tests and hosts that keep nothing across restarts.
+/// A [`StateStore`](super::StateStore) in memory: for tests and hosts that keep nothing across restarts.
 /// Tokens are held as they are (not encrypted: nothing is at rest).
 #[derive(Default)]
 pub struct MemoryStore {

@@ -261,7 +261,7 @@ impl RunStatus {
     }
 }
 
-/// How a run ended, recorded by [`StateStore::finish_run`].
+/// How a run ended, recorded by [`RunStore::finish_run`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RunOutcome {
@@ -405,7 +405,7 @@ impl InboxEvent {
     }
 }
 
-/// What [`StateStore::inbox_append`] did.
+/// What [`InboxStore::inbox_append`] (and each event of [`InboxStore::append_many`]) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppendOutcome {
     /// Stored as a new pending event.
@@ -414,7 +414,7 @@ pub enum AppendOutcome {
     Duplicate,
 }
 
-/// An inbox event handed to a worker by [`StateStore::inbox_claim`].
+/// An inbox event handed to a worker by [`InboxStore::inbox_claim`].
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct ClaimedEvent {

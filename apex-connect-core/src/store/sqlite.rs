@@ -32,7 +32,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pool size: SQLite has one writer at a time; a few connections let reads overlap it (WAL).
 const POOL_SIZE: u32 = 4;
 
-/// A [`StateStore`] in one SQLite file: WAL journal, `synchronous=NORMAL`, a busy timeout,
+/// A [`StateStore`](super::StateStore) in one SQLite file: WAL journal, `synchronous=NORMAL`, a busy timeout,
 /// foreign keys on, a small pool, and the versioned migrations run at open (idempotent:
 /// reopening an existing file is fine). Token sets are encrypted with the [`EncryptionKey`].
 ///

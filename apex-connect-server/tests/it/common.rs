@@ -32,11 +32,10 @@ impl ManualClock {
 }
 
 pub async fn sqlite(dir: &std::path::Path, clock: &ManualClock) -> SqliteStore {
-    let store = SqliteStore::open(dir.join("state.db"), EncryptionKey::from_bytes([7; 32]))
+    SqliteStore::open(dir.join("state.db"), EncryptionKey::from_bytes([7; 32]))
         .await
         .unwrap()
-        .with_clock(clock.clock());
-    store
+        .with_clock(clock.clock())
 }
 
 pub fn dyn_store(s: &SqliteStore) -> Arc<dyn StateStore> {
