@@ -462,8 +462,28 @@ fn signed_webhook(msg_id: &str, body: &Value, secret: &str) -> (HeaderMap, Vec<u
     (headers, body)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_platform_from_a_test_file_connects_syncs_taps_and_takes_webhooks() {
+/// The API, its authorization server, a configuration with one `notes` connection, and a
+/// runner with the `notes` platform registered.
+struct Setup {
+    oauth: OAuthServer,
+    api: Api,
+    // Keeps the API served.
+    _sim: apex_connect_testkit::sim::SimHandle,
+    base: String,
+    dir: tempfile::TempDir,
+    config_path: PathBuf,
+    listen: u16,
+    strict: Arc<AtomicBool>,
+    runner: Runner,
+}
+
+impl Setup {
+    fn config(&self) -> &str {
+        self.config_path.to_str().unwrap()
+    }
+}
+
+async fn setup() -> Setup {
     // The API with its authorization server (rotating refresh tokens, PKCE).
     let oauth = OAuthServer::new(
         OAuthServerConfig::new("notes-client", "notes-secret").with_rotation(true),
@@ -531,7 +551,6 @@ page_size = 2
         ),
     )
     .unwrap();
-    let config = config_path.to_str().unwrap();
     let key = apex_connect_core::store::EncryptionKey::generate()
         .to_base64()
         .expose_secret()
@@ -547,12 +566,23 @@ page_size = 2
     }));
     let runner = Runner::new(platforms).with_env(env);
 
-    // ---- `platforms`: the server lists what the host registered.
-    let listed = run(&runner, &["platforms"]).await.unwrap();
-    assert!(listed.starts_with("notes: "), "{listed}");
-    assert!(listed.contains("secret client_secret"), "{listed}");
+    Setup {
+        oauth,
+        api,
+        _sim: sim,
+        base,
+        dir,
+        config_path,
+        listen,
+        strict,
+        runner,
+    }
+}
 
-    // ---- `connect notes`: authorize URL with state + PKCE, the browser, the callback.
+/// `connect notes`: authorize URL with state + PKCE, the browser step, the callback; returns
+/// what the command printed.
+async fn connect(t: &Setup) -> Vec<String> {
+    let (runner, config, base) = (&t.runner, t.config(), t.base.as_str());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let connect = {
         let (runner, cli) = (
@@ -601,6 +631,30 @@ page_size = 2
     while let Ok(line) = rx.try_recv() {
         said.push(line);
     }
+    said
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_from_a_test_file_connects_syncs_taps_and_takes_webhooks() {
+    let t = setup().await;
+    let (oauth, api, base, dir, listen, strict, runner) = (
+        &t.oauth,
+        &t.api,
+        t.base.as_str(),
+        &t.dir,
+        t.listen,
+        &t.strict,
+        &t.runner,
+    );
+    let config = t.config();
+
+    // ---- `platforms`: the server lists what the host registered.
+    let listed = run(runner, &["platforms"]).await.unwrap();
+    assert!(listed.starts_with("notes: "), "{listed}");
+    assert!(listed.contains("secret client_secret"), "{listed}");
+
+    // ---- `connect notes`: authorize URL with state + PKCE, the browser, the callback.
+    let said = connect(&t).await;
     assert!(
         said.iter()
             .any(|l| l.contains("Tokens stored (encrypted) for acme-notes.")),
@@ -932,4 +986,47 @@ async fn settings_and_secret_names_are_checked_at_start() {
     )
     .unwrap();
     assert_eq!(s["connections"][0]["platform"], "notes");
+}
+
+/// A revoked grant: `sync` fails with the re-authorization error naming the command to run,
+/// the hook core's token manager calls marks the connection `needs_reauth` in the store, and
+/// `connect` makes it active again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_grant_needs_reauthorization_until_connected_again() {
+    let t = setup().await;
+    connect(&t).await;
+    run(&t.runner, &["sync", "acme-notes", "--config", t.config()])
+        .await
+        .unwrap();
+    t.oauth.revoke_all();
+    let e = run(&t.runner, &["sync", "acme-notes", "--config", t.config()])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("re-authorization"), "{e}");
+    assert!(
+        e.contains("apex-connect connect notes --connection acme-notes"),
+        "{e}"
+    );
+    let refresh = t.oauth.latest_refresh_token().unwrap();
+    assert!(!e.contains(&refresh), "{e}");
+    let s = status(&t.runner, t.config()).await;
+    let conn = &s["connections"][0];
+    assert_eq!(conn["status"], "needs_reauth", "{s}");
+    assert!(
+        conn["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("apex-connect connect notes --connection acme-notes")),
+        "{s}"
+    );
+    // Connecting again revives it.
+    connect(&t).await;
+    assert_eq!(
+        status(&t.runner, t.config()).await["connections"][0]["status"],
+        "active"
+    );
+    run(&t.runner, &["sync", "acme-notes", "--config", t.config()])
+        .await
+        .unwrap();
+    assert_eq!(t.oauth.stats().authorization_code, 2);
 }
