@@ -668,11 +668,11 @@ async fn a_platform_from_a_test_file_connects_syncs_taps_and_takes_webhooks() {
     );
 
     // ---- `sync`: with the stored tokens; the note that does not map is quarantined.
-    let out = run(&runner, &["sync", "acme-notes", "--config", config])
+    let out = run(runner, &["sync", "acme-notes", "--config", config])
         .await
         .unwrap();
     assert!(out.contains("1 records quarantined"), "{out}");
-    let s = status(&runner, config).await;
+    let s = status(runner, config).await;
     let conn = &s["connections"][0];
     assert_eq!(conn["id"], "acme-notes", "{s}");
     assert_eq!(conn["platform"], "notes", "{s}");
@@ -693,14 +693,14 @@ async fn a_platform_from_a_test_file_connects_syncs_taps_and_takes_webhooks() {
         sink_ids(dir.path()).await,
         BTreeSet::from(["n1", "n2", "n4", "n5"].map(String::from))
     );
-    let text = run(&runner, &["status", "--config", config]).await.unwrap();
+    let text = run(runner, &["status", "--config", config]).await.unwrap();
     assert!(
         text.contains("acme-notes (notes) active, 1 records quarantined"),
         "{text}"
     );
 
     // ---- `rejects list`, then the fix and `rejects retry`.
-    let listed = run(&runner, &["rejects", "list", "--config", config])
+    let listed = run(runner, &["rejects", "list", "--config", config])
         .await
         .unwrap();
     assert!(
@@ -710,7 +710,7 @@ async fn a_platform_from_a_test_file_connects_syncs_taps_and_takes_webhooks() {
     assert!(listed.contains("title is not a string"), "{listed}");
     let listed: Value = serde_json::from_str(
         &run(
-            &runner,
+            runner,
             &[
                 "rejects", "list", "--json", "--stream", "notes", "--config", config,
             ],
@@ -722,7 +722,7 @@ async fn a_platform_from_a_test_file_connects_syncs_taps_and_takes_webhooks() {
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
     strict.store(false, Ordering::SeqCst);
     let retried = run(
-        &runner,
+        runner,
         &[
             "rejects",
             "retry",
@@ -738,10 +738,7 @@ async fn a_platform_from_a_test_file_connects_syncs_taps_and_takes_webhooks() {
         retried.contains("acme-notes: 1 tried, 1 written, 0 failed again"),
         "{retried}"
     );
-    assert_eq!(
-        status(&runner, config).await["connections"][0]["rejects"],
-        0
-    );
+    assert_eq!(status(runner, config).await["connections"][0]["rejects"], 0);
     assert!(sink_ids(dir.path()).await.contains("n3"));
     // Only the authorization code was spent; the access token is still good.
     assert_eq!(oauth.stats().authorization_code, 1);
@@ -766,7 +763,7 @@ async fn a_platform_from_a_test_file_connects_syncs_taps_and_takes_webhooks() {
     .unwrap();
     let tap = tap_config.to_str().unwrap();
     let catalog: Value = serde_json::from_str(
-        &run(&runner, &["tap", "notes", "--config", tap, "--discover"])
+        &run(runner, &["tap", "notes", "--config", tap, "--discover"])
             .await
             .unwrap(),
     )
@@ -788,7 +785,7 @@ async fn a_platform_from_a_test_file_connects_syncs_taps_and_takes_webhooks() {
     );
     assert_eq!(meta[r#"["properties","title"]"#]["inclusion"], "available");
 
-    let out = run(&runner, &["tap", "notes", "--config", tap])
+    let out = run(runner, &["tap", "notes", "--config", tap])
         .await
         .unwrap();
     let records = crate::tap::check_singer(out.as_bytes());
@@ -825,7 +822,7 @@ async fn a_platform_from_a_test_file_connects_syncs_taps_and_takes_webhooks() {
     let catalog_path = dir.path().join("catalog.json");
     std::fs::write(&catalog_path, selected.to_string()).unwrap();
     let out = run(
-        &runner,
+        runner,
         &[
             "tap",
             "notes",
@@ -927,7 +924,7 @@ async fn settings_and_secret_names_are_checked_at_start() {
     let platforms = Platforms::new().with(Arc::new(NotesPlatform {
         strict: Default::default(),
     }));
-    let runner = Runner::new(platforms).with_env(Environment::from_map([("X", "y")]));
+    let runner = &Runner::new(platforms).with_env(Environment::from_map([("X", "y")]));
     let write = |extra: &str| {
         let path = dir.path().join("c.toml");
         std::fs::write(
@@ -942,7 +939,7 @@ async fn settings_and_secret_names_are_checked_at_start() {
     };
     let fails = async |extra: &str| -> String {
         let path = write(extra);
-        run(&runner, &["status", "--config", &path])
+        run(runner, &["status", "--config", &path])
             .await
             .unwrap_err()
             .to_string()
@@ -969,7 +966,7 @@ async fn settings_and_secret_names_are_checked_at_start() {
         "store = \"memory:\"\n[[connection]]\nid = \"n\"\nplatform = \"nope\"\n",
     )
     .unwrap();
-    let e = run(&runner, &["status", "--config", path.to_str().unwrap()])
+    let e = run(runner, &["status", "--config", path.to_str().unwrap()])
         .await
         .unwrap_err()
         .to_string();
@@ -980,7 +977,7 @@ async fn settings_and_secret_names_are_checked_at_start() {
     // And a valid one opens.
     let ok = write("[connection.settings]\nclient_id = \"c\"\npage_size = 3\n");
     let s: Value = serde_json::from_str(
-        &run(&runner, &["status", "--json", "--config", &ok])
+        &run(runner, &["status", "--json", "--config", &ok])
             .await
             .unwrap(),
     )
