@@ -46,9 +46,10 @@ pub struct WorkerConfig {
     pub parse_concurrency: usize,
     /// Hold the group-commit appender's [`WriteGate`](crate::inbox::WriteGate) around sink
     /// writes too (default `false`). Set it when the sink writes to the state database (the
-    /// `sqlite` and `ledger` sinks; `App` does), so the inbox writer never sleeps in SQLite's
-    /// busy handler behind a sink transaction; leave it off for sinks elsewhere (a slow remote
-    /// sink would hold up webhook answers). Claims and completions always take the gate.
+    /// store's `records` and `ledger` sinks; `App` does), so the inbox writer never sleeps in
+    /// SQLite's busy handler behind a sink transaction; leave it off for sinks elsewhere (a slow
+    /// remote sink would hold up webhook answers). Claims, completions and quarantines always
+    /// take the gate.
     pub gate_sink_writes: bool,
 }
 
