@@ -46,7 +46,8 @@ pub use sinks::{ChannelSink, JsonlSink, MemorySink, NullSink};
 pub use store::SqliteStore;
 pub use store::{
     Connection, ConnectionStatus, ConnectionStore, CursorStore, EncryptionKey, InboxStore,
-    MemoryStore, RejectStore, RunId, RunKind, RunOutcome, RunStatus, RunStore, StateStore,
+    MemoryStore, OpenedStore, RejectStore, RunId, RunKind, RunOutcome, RunStatus, RunStore,
+    ScheduleStore, StateStore,
 };
 pub use token::{MemoryTokenStore, RefreshLease, TokenSet, TokenStore, Versioned};
 pub use token_identity::TokenIdentity;

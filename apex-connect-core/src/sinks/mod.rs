@@ -1,4 +1,5 @@
-//! Built-in [`Sink`] implementations: SQLite table, JSONL file, channel, memory, null.
+//! Built-in [`Sink`] implementations: SQLite table, SQLite ledger, JSONL file, channel, memory,
+//! null.
 //!
 //! Every sink acknowledges a batch only once it holds it (as durably as it can), because the
 //! engine commits the cursor right after the acknowledgement. The SQLite and memory sinks
@@ -16,12 +17,16 @@ use crate::sink::{Ack, Batch, Sink};
 
 mod channel;
 mod jsonl;
+#[cfg(feature = "sqlite")]
+mod ledger;
 mod memory;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 pub use channel::{ChannelSink, OwnedBatch};
 pub use jsonl::JsonlSink;
+#[cfg(feature = "sqlite")]
+pub use ledger::{LedgerEntry, LedgerSink};
 pub use memory::{MemorySink, SinkKey};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteSink;

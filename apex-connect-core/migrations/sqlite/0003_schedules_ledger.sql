@@ -1,9 +1,9 @@
--- apex-connect-server schema, version 1 (migration table `_apex_server_migrations`, so it
--- lives beside the core store's migrations in the same database).
--- Portable to PostgreSQL: timestamps are Unix milliseconds; claims are one UPDATE statement.
+-- apex-connect state schema, version 3: the scheduler's jobs and the ledger sink's table.
+-- Both were the server's own migration (`_apex_server_migrations`) before they moved behind
+-- the store traits; `IF NOT EXISTS` keeps database files created by it working unchanged.
 
 -- One row per scheduled (connection, stream). A row whose `lease_until` is in the future is
--- running (owned by `lease_owner`); `next_due_at` survives restarts.
+-- running (owned by `lease_owner`); `next_due_at` survives restarts. Claims are one UPDATE.
 CREATE TABLE IF NOT EXISTS schedules (
     connection       TEXT    NOT NULL,
     stream           TEXT    NOT NULL,
