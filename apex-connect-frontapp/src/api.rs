@@ -14,8 +14,8 @@ use apex_connect_core::lenient::Lenient;
 use apex_connect_core::{Error, ErrorKind, RawJson, Result};
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use url::Url;
@@ -209,7 +209,10 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for ResultsSeed<T> {
     fn visit_none<E: de::Error>(self) -> std::result::Result<Self::Value, E> {
         Ok((Vec::new(), 0))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Self::Value, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
         let mut items = Vec::with_capacity(self.cap.min(128));
         while items.len() < self.cap {
             match seq.next_element::<T>()? {
@@ -280,7 +283,10 @@ impl<'de> Deserialize<'de> for IdOnly {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a conversation")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<IdOnly, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<IdOnly, A::Error> {
                 let mut id = None;
                 while let Some(key) = map.next_key::<IdKey>()? {
                     match key {
@@ -294,7 +300,10 @@ impl<'de> Deserialize<'de> for IdOnly {
                 }
                 Ok(IdOnly(id.filter(|s| !s.is_empty())))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<IdOnly, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<IdOnly, A::Error> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
                 Ok(IdOnly(None))
             }
@@ -469,7 +478,10 @@ mod tests {
             Some("https://acme.api.frontapp.com/tags?page_token=2")
         );
         assert_eq!(list.items.len(), 3);
-        assert_eq!(list.items[0].as_str(), r#"{"id": "tag_1", "x": [1, {"y": null}]}"#);
+        assert_eq!(
+            list.items[0].as_str(),
+            r#"{"id": "tag_1", "x": [1, {"y": null}]}"#
+        );
         assert_eq!(list.items[1].as_str(), "7");
         // No copy: the item points into the body.
         let start = body.as_ptr() as usize;
@@ -520,7 +532,11 @@ mod tests {
         assert_eq!(e.context_value("results"), Some("1000"));
         assert_eq!(e.context_value("limit"), Some("100"));
         assert_eq!(parse_list(&body, 1_000).unwrap().items.len(), 1_000);
-        assert_eq!(parse_list(&body, 950).unwrap().items.len(), 1_000, "10 % slack");
+        assert_eq!(
+            parse_list(&body, 950).unwrap().items.len(),
+            1_000,
+            "10 % slack"
+        );
         let e = parse_id_list(&body, 100).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidResponse);
     }

@@ -381,12 +381,16 @@ mod tests {
         assert_eq!(p.pending, None, "the page is read again");
         assert!(p.children_next.unwrap().ends_with("page_token=m2"));
         assert_eq!(p.started_at_ms, 77);
-        let ev = serde_json::json!({"phase": "events", "after_ms": 5, "next": null, "high_water_ms": 5});
+        let ev =
+            serde_json::json!({"phase": "events", "after_ms": 5, "next": null, "high_water_ms": 5});
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&ev).unwrap());
         let token = CursorToken::from_string(format!("frontapp.comments.v1.{payload}"));
         assert!(matches!(
             CommentsCursor::from_token(&token).unwrap(),
-            CommentsCursor::Events(EventsPosition { after_ms: Some(5), .. })
+            CommentsCursor::Events(EventsPosition {
+                after_ms: Some(5),
+                ..
+            })
         ));
         let junk = CursorToken::from_string("frontapp.comments.v1.e30");
         assert_eq!(

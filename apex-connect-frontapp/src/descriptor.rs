@@ -11,8 +11,7 @@ use std::time::Duration;
 use apex_connect_core::http::RateGate;
 use apex_connect_core::oauth::ClientAuth;
 use apex_connect_core::platform::{
-    BuildContext, ConnectionAuth, Grant, OAuthDefaults, Platform, SecretKind, SecretSpec,
-    Settings,
+    BuildContext, ConnectionAuth, Grant, OAuthDefaults, Platform, SecretKind, SecretSpec, Settings,
 };
 use apex_connect_core::{Connector, Error, Result};
 use serde::Deserialize;
@@ -226,11 +225,9 @@ impl Platform for FrontPlatform {
             }
             ConnectionAuth::OAuth(manager) => b.oauth(manager.clone()),
             other => {
-                return Err(
-                    Error::config("Front does not support this authentication")
-                        .with_context("auth", format!("{other:?}"))
-                        .with_context("connection", ctx.connection),
-                );
+                return Err(Error::config("Front does not support this authentication")
+                    .with_context("auth", format!("{other:?}"))
+                    .with_context("connection", ctx.connection));
             }
         };
         if let Some(gate) = settings.rate_gate()? {
@@ -275,7 +272,12 @@ mod tests {
         let names: Vec<&str> = PLATFORM.secrets().iter().map(|s| s.name).collect();
         assert_eq!(
             names,
-            ["api_token", "client_secret", "webhook_secret", "rule_webhook_secret"]
+            [
+                "api_token",
+                "client_secret",
+                "webhook_secret",
+                "rule_webhook_secret"
+            ]
         );
         let kinds: Vec<SecretKind> = PLATFORM.secrets().iter().map(|s| s.kind).collect();
         assert_eq!(
@@ -404,8 +406,8 @@ mod tests {
         let c = PLATFORM.build(&ctx).unwrap();
         assert!(c.info().capabilities.oauth_refresh, "no api_token needed");
         let streams = ["messages".to_string(), "contacts".to_string()];
-        let ctx = BuildContext::new(&connection, &s, &secrets, ctx.auth.clone())
-            .with_streams(&streams);
+        let ctx =
+            BuildContext::new(&connection, &s, &secrets, ctx.auth.clone()).with_streams(&streams);
         let c = PLATFORM.build(&ctx).unwrap();
         let names: Vec<&str> = c
             .info()

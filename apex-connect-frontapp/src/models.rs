@@ -16,8 +16,8 @@ use apex_connect_core::lenient::{
     Lenient, LenientBool, LenientF64, LenientI64, LenientStr, LenientVec, f64_to_i64,
 };
 use apex_connect_core::{
-    Entity, EntityKind, Error, ErrorKind, Identity, Op, RawJson, Record, Reject, Result,
-    SourceRef, StreamId,
+    Entity, EntityKind, Error, ErrorKind, Identity, Op, RawJson, Record, Reject, Result, SourceRef,
+    StreamId,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -648,12 +648,9 @@ fn view<'a, T: Deserialize<'a>>(record: &'a Record) -> Result<T> {
 /// (`tagged`) and the assignee (`assignee`); custom fields kept.
 fn conversation_entity(record: &Record) -> Result<Entity> {
     let c: ConversationView<'_> = view(record)?;
-    let mut e = Entity::new(
-        EntityKind::Conversation,
-        source("conversation", &record.id),
-    )
-    .with_attr("status", opt_str(&c.status))
-    .with_attr("created_at", opt_ms(c.created_at));
+    let mut e = Entity::new(EntityKind::Conversation, source("conversation", &record.id))
+        .with_attr("status", opt_str(&c.status))
+        .with_attr("created_at", opt_ms(c.created_at));
     if let Some(s) = c.subject.as_deref() {
         e = e.with_name(s);
     }
@@ -926,11 +923,17 @@ mod tests {
         assert_eq!((r.id.as_str(), r.version), ("cnv_1", Some(1_500)));
         assert_eq!(r.updated_at, Some(1_500));
         // No primary timestamp: the fallback, read leniently.
-        let r = rec(streams::CONTACTS, json!({"id": "crd_1", "created_at": "2.25"}));
+        let r = rec(
+            streams::CONTACTS,
+            json!({"id": "crd_1", "created_at": "2.25"}),
+        );
         assert_eq!(r.version, Some(2_250));
         let r = rec(streams::CONTACTS, json!({"id": "crd_1", "created_at": [1]}));
         assert_eq!(r.version, None);
-        let r = rec(streams::TEAMMATES, json!({"id": "tea_1", "updated_at": "x"}));
+        let r = rec(
+            streams::TEAMMATES,
+            json!({"id": "tea_1", "updated_at": "x"}),
+        );
         assert_eq!(r.version, None, "teammates have no version");
         let r = parse_record(
             streams::MESSAGES,
@@ -951,8 +954,8 @@ mod tests {
             json!(["cnv_1"]),
             json!("cnv_1"),
         ] {
-            let e = parse_record(streams::CONVERSATIONS, RawJson::from(bad.clone()), None)
-                .unwrap_err();
+            let e =
+                parse_record(streams::CONVERSATIONS, RawJson::from(bad.clone()), None).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidResponse, "{bad}");
         }
         let e = parse_record("deals", RawJson::from(json!({"id": "x"})), None).unwrap_err();
@@ -976,9 +979,16 @@ mod tests {
         assert_eq!(rejects.len(), 2);
         assert_eq!(rejects[0].id.as_deref(), Some("12"));
         assert_eq!(rejects[1].id.as_deref(), Some("msg_3"));
-        assert!(rejects.iter().all(|r| r.stage == RejectStage::Parse
-            && r.parent.as_deref() == Some("cnv_1")));
-        assert!(rejects[1].error.contains("not a number"), "{}", rejects[1].error);
+        assert!(
+            rejects
+                .iter()
+                .all(|r| r.stage == RejectStage::Parse && r.parent.as_deref() == Some("cnv_1"))
+        );
+        assert!(
+            rejects[1].error.contains("not a number"),
+            "{}",
+            rejects[1].error
+        );
         let kept: Value = serde_json::from_slice(&rejects[1].raw).unwrap();
         assert_eq!(kept, json!({"id": "msg_3", "created_at": "soon"}));
     }
@@ -1081,8 +1091,7 @@ mod tests {
             "recipients": [{"handle": "a@x.com", "role": "to", "_links": {"related": {"contact": 7}}},
                            {"handle": "b@x.com", "_links": {"related": {"contact": null}}}],
         });
-        let r = parse_record(streams::MESSAGES, RawJson::from(raw.clone()), Some("cnv_9"))
-            .unwrap();
+        let r = parse_record(streams::MESSAGES, RawJson::from(raw.clone()), Some("cnv_9")).unwrap();
         assert_eq!(r.raw, raw, "raw is kept as it came");
         let e = map_entity(&r).unwrap().unwrap();
         assert_eq!(e.attributes["author"], json!("Ann"));
@@ -1092,8 +1101,8 @@ mod tests {
             e.attributes["recipients"][1],
             json!({"handle": "b@x.com", "name": null, "role": null})
         );
-        let err = parse_record(streams::MESSAGES, RawJson::from(json!({"id": 5})), None)
-            .unwrap_err();
+        let err =
+            parse_record(streams::MESSAGES, RawJson::from(json!({"id": 5})), None).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidResponse);
         let contact = entity(
             streams::CONTACTS,
@@ -1149,7 +1158,10 @@ mod tests {
             json!({"id": "tag_1", "name": "VIP", "updated_at": 2.0}),
         );
         assert_eq!(t.version, Some(2000));
-        assert_eq!(map_entity(&t).unwrap().unwrap().name.as_deref(), Some("VIP"));
+        assert_eq!(
+            map_entity(&t).unwrap().unwrap().name.as_deref(),
+            Some("VIP")
+        );
         let ev = rec(
             streams::EVENTS,
             json!({"id": "evt_1", "type": "tag", "emitted_at": 3,

@@ -43,7 +43,20 @@ enum T {
 }
 
 const TEAMMATE_RESPONSE: &[(&str, T)] = &[
-    ("_links", T::Obj(&[("self", T::Str), ("related", T::Obj(&[("inboxes", T::Str), ("conversations", T::Str), ("botSource", T::Str)]))])),
+    (
+        "_links",
+        T::Obj(&[
+            ("self", T::Str),
+            (
+                "related",
+                T::Obj(&[
+                    ("inboxes", T::Str),
+                    ("conversations", T::Str),
+                    ("botSource", T::Str),
+                ]),
+            ),
+        ]),
+    ),
     ("id", T::Str),
     ("email", T::Str),
     ("username", T::Str),
@@ -57,14 +70,31 @@ const TEAMMATE_RESPONSE: &[(&str, T)] = &[
 ];
 
 const RECIPIENT_RESPONSE: &[(&str, T)] = &[
-    ("_links", T::Obj(&[("related", T::Obj(&[("contact", T::Str)]))])),
+    (
+        "_links",
+        T::Obj(&[("related", T::Obj(&[("contact", T::Str)]))]),
+    ),
     ("name", T::Str),
     ("handle", T::Str),
     ("role", T::Str),
 ];
 
 const TAG_RESPONSE: &[(&str, T)] = &[
-    ("_links", T::Obj(&[("self", T::Str), ("related", T::Obj(&[("conversations", T::Str), ("owner", T::Str), ("parent_tag", T::Str), ("children", T::Str)]))])),
+    (
+        "_links",
+        T::Obj(&[
+            ("self", T::Str),
+            (
+                "related",
+                T::Obj(&[
+                    ("conversations", T::Str),
+                    ("owner", T::Str),
+                    ("parent_tag", T::Str),
+                    ("children", T::Str),
+                ]),
+            ),
+        ]),
+    ),
     ("id", T::Str),
     ("name", T::Str),
     ("description", T::Str),
@@ -85,14 +115,33 @@ const LINK_RESPONSE: &[(&str, T)] = &[
 ];
 
 const REMINDER: &[(&str, T)] = &[
-    ("_links", T::Obj(&[("related", T::Obj(&[("owner", T::Str)]))])),
+    (
+        "_links",
+        T::Obj(&[("related", T::Obj(&[("owner", T::Str)]))]),
+    ),
     ("created_at", T::Num),
     ("scheduled_at", T::Num),
     ("updated_at", T::Num),
 ];
 
 const CONVERSATION_RESPONSE: &[(&str, T)] = &[
-    ("_links", T::Obj(&[("self", T::Str), ("related", T::Obj(&[("events", T::Str), ("followers", T::Str), ("messages", T::Str), ("comments", T::Str), ("inboxes", T::Str), ("last_message", T::Str)]))])),
+    (
+        "_links",
+        T::Obj(&[
+            ("self", T::Str),
+            (
+                "related",
+                T::Obj(&[
+                    ("events", T::Str),
+                    ("followers", T::Str),
+                    ("messages", T::Str),
+                    ("comments", T::Str),
+                    ("inboxes", T::Str),
+                    ("last_message", T::Str),
+                ]),
+            ),
+        ]),
+    ),
     ("id", T::Str),
     ("type", T::Str),
     ("subject", T::Str),
@@ -112,7 +161,10 @@ const CONVERSATION_RESPONSE: &[(&str, T)] = &[
     ("scheduled_reminders", T::Arr(&T::Obj(REMINDER))),
     ("description", T::Str),
     ("due_at", T::Num),
-    ("metadata", T::Obj(&[("external_conversation_ids", T::Arr(&T::Str))])),
+    (
+        "metadata",
+        T::Obj(&[("external_conversation_ids", T::Arr(&T::Str))]),
+    ),
 ];
 
 const ATTACHMENT: &[(&str, T)] = &[
@@ -121,15 +173,22 @@ const ATTACHMENT: &[(&str, T)] = &[
     ("url", T::Str),
     ("content_type", T::Str),
     ("size", T::Num),
-    ("metadata", T::Obj(&[("is_inline", T::Bool), ("cid", T::Str)])),
+    (
+        "metadata",
+        T::Obj(&[("is_inline", T::Bool), ("cid", T::Str)]),
+    ),
 ];
 
 const SIGNATURE_RESPONSE: &[(&str, T)] = &[
-    ("_links", T::Obj(&[("self", T::Str), ("related", T::Obj(&[("owner", T::Str)]))])),
+    (
+        "_links",
+        T::Obj(&[("self", T::Str), ("related", T::Obj(&[("owner", T::Str)]))]),
+    ),
     ("id", T::Str),
     ("name", T::Str),
     ("body", T::Str),
-    ("sender_info", T::Str),
+    // Typed as a string, documented with an object as its example: either is accepted.
+    ("sender_info", T::Any),
     ("is_visible_for_all_teammate_channels", T::Bool),
     ("is_default", T::Bool),
     ("is_private", T::Bool),
@@ -137,7 +196,20 @@ const SIGNATURE_RESPONSE: &[(&str, T)] = &[
 ];
 
 const MESSAGE_RESPONSE: &[(&str, T)] = &[
-    ("_links", T::Obj(&[("self", T::Str), ("related", T::Obj(&[("conversation", T::Str), ("message_replied_to", T::Str), ("message_seen", T::Str)]))])),
+    (
+        "_links",
+        T::Obj(&[
+            ("self", T::Str),
+            (
+                "related",
+                T::Obj(&[
+                    ("conversation", T::Str),
+                    ("message_replied_to", T::Str),
+                    ("message_seen", T::Str),
+                ]),
+            ),
+        ]),
+    ),
     ("id", T::Str),
     ("message_uid", T::Str),
     ("type", T::Str),
@@ -154,11 +226,39 @@ const MESSAGE_RESPONSE: &[(&str, T)] = &[
     ("text", T::Str),
     ("attachments", T::Arr(&T::Obj(ATTACHMENT))),
     ("signature", T::Obj(SIGNATURE_RESPONSE)),
-    ("metadata", T::Obj(&[("intercom_url", T::Str), ("duration", T::Num), ("have_been_answered", T::Bool), ("external_id", T::Str), ("twitter_url", T::Str), ("is_retweet", T::Bool), ("have_been_retweeted", T::Bool), ("have_been_favorited", T::Bool), ("thread_ref", T::Str), ("headers", T::Map), ("chat_visitor_url", T::Str)])),
+    (
+        "metadata",
+        T::Obj(&[
+            ("intercom_url", T::Str),
+            ("duration", T::Num),
+            ("have_been_answered", T::Bool),
+            ("external_id", T::Str),
+            ("twitter_url", T::Str),
+            ("is_retweet", T::Bool),
+            ("have_been_retweeted", T::Bool),
+            ("have_been_favorited", T::Bool),
+            ("thread_ref", T::Str),
+            ("headers", T::Map),
+            ("chat_visitor_url", T::Str),
+        ]),
+    ),
 ];
 
 const COMMENT_RESPONSE: &[(&str, T)] = &[
-    ("_links", T::Obj(&[("self", T::Str), ("related", T::Obj(&[("conversation", T::Str), ("mentions", T::Str), ("comment_replied_to", T::Str)]))])),
+    (
+        "_links",
+        T::Obj(&[
+            ("self", T::Str),
+            (
+                "related",
+                T::Obj(&[
+                    ("conversation", T::Str),
+                    ("mentions", T::Str),
+                    ("comment_replied_to", T::Str),
+                ]),
+            ),
+        ]),
+    ),
     ("id", T::Str),
     ("author", T::Obj(TEAMMATE_RESPONSE)),
     ("body", T::Str),
@@ -168,19 +268,38 @@ const COMMENT_RESPONSE: &[(&str, T)] = &[
 ];
 
 const CONTACT_LIST_RESPONSES: &[(&str, T)] = &[
-    ("_links", T::Obj(&[("self", T::Str), ("related", T::Obj(&[("contacts", T::Str), ("owner", T::Str)]))])),
+    (
+        "_links",
+        T::Obj(&[
+            ("self", T::Str),
+            (
+                "related",
+                T::Obj(&[("contacts", T::Str), ("owner", T::Str)]),
+            ),
+        ]),
+    ),
     ("id", T::Str),
     ("name", T::Str),
     ("is_private", T::Bool),
 ];
 
-const CONTACT_HANDLE: &[(&str, T)] = &[
-    ("handle", T::Str),
-    ("source", T::Str),
-];
+const CONTACT_HANDLE: &[(&str, T)] = &[("handle", T::Str), ("source", T::Str)];
 
 const CONTACT_RESPONSE: &[(&str, T)] = &[
-    ("_links", T::Obj(&[("self", T::Str), ("related", T::Obj(&[("notes", T::Str), ("conversations", T::Str), ("owner", T::Str)]))])),
+    (
+        "_links",
+        T::Obj(&[
+            ("self", T::Str),
+            (
+                "related",
+                T::Obj(&[
+                    ("notes", T::Str),
+                    ("conversations", T::Str),
+                    ("owner", T::Str),
+                ]),
+            ),
+        ]),
+    ),
     ("id", T::Str),
     ("name", T::Str),
     ("description", T::Str),
@@ -197,7 +316,21 @@ const CONTACT_RESPONSE: &[(&str, T)] = &[
 ];
 
 const INBOX_RESPONSE: &[(&str, T)] = &[
-    ("_links", T::Obj(&[("self", T::Str), ("related", T::Obj(&[("teammates", T::Str), ("conversations", T::Str), ("channels", T::Str), ("owner", T::Str)]))])),
+    (
+        "_links",
+        T::Obj(&[
+            ("self", T::Str),
+            (
+                "related",
+                T::Obj(&[
+                    ("teammates", T::Str),
+                    ("conversations", T::Str),
+                    ("channels", T::Str),
+                    ("owner", T::Str),
+                ]),
+            ),
+        ]),
+    ),
     ("id", T::Str),
     ("name", T::Str),
     ("is_private", T::Bool),
@@ -210,11 +343,16 @@ const EVENT_RESPONSE: &[(&str, T)] = &[
     ("id", T::Str),
     ("type", T::Str),
     ("emitted_at", T::Num),
-    ("source", T::Obj(&[("_meta", T::Obj(&[("type", T::Any)])), ("data", T::Any)])),
-    ("target", T::Obj(&[("_meta", T::Obj(&[("type", T::Any)])), ("data", T::Any)])),
+    (
+        "source",
+        T::Obj(&[("_meta", T::Obj(&[("type", T::Any)])), ("data", T::Any)]),
+    ),
+    (
+        "target",
+        T::Obj(&[("_meta", T::Obj(&[("type", T::Any)])), ("data", T::Any)]),
+    ),
     ("conversation", T::Obj(CONVERSATION_RESPONSE)),
 ];
-
 
 /// The fields of `stream`'s records, `None` for an unknown stream.
 fn fields(stream: &str) -> Option<&'static [(&'static str, T)]> {
@@ -335,14 +473,19 @@ pub fn json_schema(stream: &str) -> Option<Value> {
 /// `NotFound` for a stream the connector does not have.
 pub fn stream_schema(info: &StreamInfo, custom: &[CustomField]) -> Result<StreamSchema> {
     let fields = fields(info.id.as_str()).ok_or_else(|| {
-        Error::new(apex_connect_core::ErrorKind::NotFound, "unknown Front stream")
-            .with_context("stream", &info.id)
+        Error::new(
+            apex_connect_core::ErrorKind::NotFound,
+            "unknown Front stream",
+        )
+        .with_context("stream", &info.id)
     })?;
     let mut props = properties(fields);
     // The envelope: always a string id.
     props.insert("id".into(), json!({ "type": "string" }));
     if !custom.is_empty()
-        && let Some(cf) = props.get_mut("custom_fields").and_then(Value::as_object_mut)
+        && let Some(cf) = props
+            .get_mut("custom_fields")
+            .and_then(Value::as_object_mut)
     {
         let listed: Map<String, Value> = custom
             .iter()
@@ -406,7 +549,10 @@ mod tests {
         assert_eq!(s.custom_fields, ["Tier", "Renewal", "Seats"]);
         assert_eq!(s.replication_key.as_deref(), Some("updated_at"));
         let cf = &s.schema["properties"]["custom_fields"];
-        assert_eq!(cf["properties"]["Tier"], json!({"type": ["string", "null"]}));
+        assert_eq!(
+            cf["properties"]["Tier"],
+            json!({"type": ["string", "null"]})
+        );
         assert_eq!(
             cf["properties"]["Renewal"],
             json!({"type": ["number", "string", "null"]})

@@ -8,15 +8,47 @@ use std::time::{Duration, SystemTime};
 use apex_connect_core::oauth::{OAuthClient, TokenManager};
 use apex_connect_core::webhook::{WebhookRequest, unix_ms};
 use apex_connect_core::{
-    ConnectionId, Connector, ConnectorExt, CursorToken, MemoryTokenStore, Op, StreamId, SyncCursor,
-    TokenStore, VerifiedWebhook, WebhookVerifier, WriteAction, WriteOp,
+    ConnectionId, Connector, ConnectorExt, CursorToken, MemoryTokenStore, Op, Record, StreamId,
+    SyncCursor, TokenStore, VerifiedWebhook, WebhookVerifier, WriteAction, WriteOp,
 };
 use apex_connect_frontapp::{FrontConnector, FrontSim, FrontSimConfig, FrontSimHandle, streams};
 use apex_connect_testkit::conformance::{ConformanceFixture, SignedWebhook};
+use apex_connect_testkit::hostile;
 use apex_connect_testkit::sim::FaultKind;
 use futures::StreamExt;
 use http::{HeaderMap, Method, Uri};
 use secrecy::SecretString;
+use serde_json::Value;
+
+/// A record's raw JSON as a value (tests only).
+fn v(r: &Record) -> Value {
+    r.raw.to_value().expect("raw is JSON")
+}
+
+/// The fields each stream's envelope reads: kept valid in hostile variants.
+fn keep(stream: &str) -> &'static [&'static str] {
+    match stream {
+        streams::CONVERSATIONS | streams::CONTACTS | streams::TAGS => &["id", "updated_at"],
+        streams::MESSAGES => &["id", "created_at"],
+        streams::COMMENTS => &["id", "posted_at"],
+        streams::EVENTS => &["id", "emitted_at"],
+        _ => &["id"],
+    }
+}
+
+/// Front's documented example objects of `stream` (from its OpenAPI spec's examples).
+fn spec_examples(stream: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(format!(
+        "{}/tests/fixtures/spec_examples.json",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("spec examples");
+    let all: Value = serde_json::from_str(&text).expect("spec examples are JSON");
+    all["examples"][stream]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
 
 struct Fixture {
     sim: FrontSimHandle,
@@ -121,6 +153,16 @@ impl ConformanceFixture for Fixture {
         Some(s)
     }
 
+    /// Hostile variants of Front's documented example objects (the spec's examples), added
+    /// to the simulator as they are (see `FrontSimHandle::add_raw`).
+    async fn inject_hostile(&self, stream: &StreamId, seed: u64) -> Option<Vec<String>> {
+        let variants: Vec<Value> = spec_examples(stream.as_str())
+            .iter()
+            .flat_map(|e| hostile::variants(e, keep(stream.as_str()), seed, 12))
+            .collect();
+        self.sim.add_raw(stream.as_str(), variants).ok()
+    }
+
     async fn write_ops(&self, stream: &StreamId) -> Option<Vec<WriteOp>> {
         match stream.as_str() {
             streams::CONVERSATIONS => Some(vec![
@@ -199,14 +241,16 @@ async fn full_sync_with_api_token_equals_data_set() {
         let got = versions(&records);
         assert_eq!(got, sim.expected(s), "stream {s}");
         assert!(
-            records.iter().all(|r| r.entity.is_some()),
+            records
+                .iter()
+                .all(|r| front.map_entity(r).unwrap().is_some()),
             "stream {s} maps entities"
         );
     }
     // Each message names its conversation.
     let (messages, _) = read_all(&front, streams::MESSAGES, None).await;
     let m = &messages[0];
-    let rel = &m.entity.as_ref().unwrap().relations;
+    let rel = &front.map_entity(m).unwrap().unwrap().relations;
     assert!(rel.iter().any(|r| r.kind == "in_conversation"), "{rel:?}");
     assert!(sim.stats().requests > 0);
 }
@@ -270,7 +314,7 @@ async fn incremental_sync_picks_up_mutations_through_events() {
         msgs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
         vec![msg.as_str()]
     );
-    assert_eq!(msgs[0].raw["text"], "Where is my paper?");
+    assert_eq!(v(&msgs[0])["text"], "Where is my paper?");
 
     let (coms, _) = read_all(
         &front,
@@ -293,15 +337,15 @@ async fn incremental_sync_picks_up_mutations_through_events() {
         contacts.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
         vec![crd.as_str()]
     );
-    assert_eq!(contacts[0].raw["custom_fields"]["Tier"], "platinum");
+    assert_eq!(v(&contacts[0])["custom_fields"]["Tier"], "platinum");
 
     let (tags, _) = read_all(&front, streams::TAGS, cursors[streams::TAGS].clone()).await;
     assert!(tags.is_empty(), "no tag object changed: {tags:?}");
 
     let (events, _) = read_all(&front, streams::EVENTS, cursors[streams::EVENTS].clone()).await;
-    let kinds: Vec<&str> = events
+    let kinds: Vec<String> = events
         .iter()
-        .filter_map(|r| r.raw["type"].as_str())
+        .filter_map(|r| v(r)["type"].as_str().map(str::to_string))
         .collect();
     // The walk re-reads the 60 s lookback before the previous walk's newest event (here the
     // last generated one) but skips the events the previous walk read: only the new ones.
@@ -354,7 +398,8 @@ async fn webhooks_verify_parse_and_handshake() {
         .webhook_secret(sim.webhook_secret())
         .build()
         .unwrap();
-    let verifier = front.webhook_verifier().unwrap();
+    let hooks = front.webhooks().expect("a webhook secret is set");
+    let verifier = hooks.verifier();
     let c2 = sim.conversation_id(2);
     let mid = sim.add_message(&c2, "Need 500 reams", true).unwrap();
     let evt = sim.latest_event_id().unwrap();
@@ -370,7 +415,7 @@ async fn webhooks_verify_parse_and_handshake() {
     assert_eq!(verified.event_id.as_deref(), Some(evt.as_str()));
     // One inbox event, keyed by the event id, with the body as received.
     let body = bytes::Bytes::from(body);
-    let events = front.webhook_events(&verified, &body).unwrap();
+    let events = hooks.events(&verified, &body).unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(
         (events[0].id.as_str(), &events[0].body),
@@ -378,9 +423,9 @@ async fn webhooks_verify_parse_and_handshake() {
     );
     let mut unverified = verified.clone();
     unverified.event_id = None;
-    assert_eq!(front.webhook_events(&unverified, &body).unwrap()[0].id, evt);
-    let changes = front
-        .parse_webhook(&VerifiedWebhook::new(verified, headers, body, now))
+    assert_eq!(hooks.events(&unverified, &body).unwrap()[0].id, evt);
+    let changes = hooks
+        .parse(&VerifiedWebhook::new(verified, headers, body, now))
         .await
         .unwrap();
     let got: Vec<(&str, &str, &str)> = changes
@@ -396,7 +441,8 @@ async fn webhooks_verify_parse_and_handshake() {
     );
     // The event carried a message preview: the full message (with its text) was fetched.
     let msg = changes[0].record.as_ref().unwrap();
-    assert_eq!(msg.raw["text"], "Need 500 reams");
+    assert_eq!(v(msg)["text"], "Need 500 reams");
+    assert_eq!(msg.parent.as_deref(), Some(c2.as_str()));
     assert!(changes[0].occurred_at.unwrap() <= unix_ms(SystemTime::now()));
 
     // Handshake: the verifier answers Front's challenge.
@@ -432,7 +478,7 @@ async fn webhooks_verify_parse_and_handshake() {
             .into(),
         now,
     );
-    assert!(front.parse_webhook(&sync).await.unwrap().is_empty());
+    assert!(hooks.parse(&sync).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -470,14 +516,15 @@ async fn contact_update_webhook_end_to_end() {
                 let (front, got) = (front2.clone(), got.clone());
                 async move {
                     let now = SystemTime::now();
-                    let v = front.webhook_verifier().unwrap();
-                    let Ok(verified) =
-                        v.verify(&WebhookRequest::new(&method, &uri, &headers, &body), now)
+                    let hooks = front.webhooks().unwrap();
+                    let Ok(verified) = hooks
+                        .verifier()
+                        .verify(&WebhookRequest::new(&method, &uri, &headers, &body), now)
                     else {
                         return http::StatusCode::UNAUTHORIZED;
                     };
-                    let changes = front
-                        .parse_webhook(&VerifiedWebhook::new(verified, headers, body, now))
+                    let changes = hooks
+                        .parse(&VerifiedWebhook::new(verified, headers, body, now))
                         .await
                         .unwrap();
                     got.lock().await.extend(changes);
@@ -499,7 +546,7 @@ async fn contact_update_webhook_end_to_end() {
         ("contacts", crd.as_str(), "contact_updated")
     );
     let rec = c.record.as_ref().expect("the contact was fetched");
-    assert_eq!(rec.raw["custom_fields"]["Tier"], "platinum");
+    assert_eq!(v(rec)["custom_fields"]["Tier"], "platinum");
     assert_eq!(rec.version, sim.expected(streams::CONTACTS)[&crd]);
 
     // Front's write-back path (PATCH /contacts/{id}) emits the same event.
@@ -620,7 +667,7 @@ async fn write_back_against_simulator() {
     );
     let (contacts, _) = read_all(&front, streams::CONTACTS, None).await;
     let c = contacts.iter().find(|r| r.id == crd).unwrap();
-    assert_eq!(c.raw["custom_fields"]["Tier"], "gold+");
+    assert_eq!(v(c)["custom_fields"]["Tier"], "gold+");
 }
 
 #[tokio::test]
@@ -692,7 +739,7 @@ async fn million_message_account_is_generated_on_the_fly() {
         "lookback re-reads at most a minute of events: {}",
         events.len()
     );
-    assert_eq!(events.last().unwrap().raw["type"], "outbound");
+    assert_eq!(v(events.last().unwrap())["type"], "outbound");
 }
 
 #[tokio::test]
@@ -773,7 +820,8 @@ async fn rule_webhook_previews_are_completed_through_the_api() {
         .rule_webhook_secret(SecretString::from("rule-api-secret"))
         .build()
         .unwrap();
-    let verifier = front.webhook_verifier().unwrap();
+    let hooks = front.webhooks().expect("a rule webhook secret is set");
+    let verifier = hooks.verifier();
     let c5 = sim.conversation_id(5);
     let body = serde_json::to_vec(&serde_json::json!({
         "_links": {"self": format!("{}/events/evt_preview", sim.base_url())},
@@ -790,8 +838,8 @@ async fn rule_webhook_previews_are_completed_through_the_api() {
         .verify(&WebhookRequest::new(&m, &u, &headers, &body), now)
         .unwrap();
     assert_eq!(verified.event_id.as_deref(), Some("evt_preview"));
-    let changes = front
-        .parse_webhook(&VerifiedWebhook::new(verified, headers, body.into(), now))
+    let changes = hooks
+        .parse(&VerifiedWebhook::new(verified, headers, body.into(), now))
         .await
         .unwrap();
     assert_eq!(changes.len(), 1);
@@ -805,7 +853,7 @@ async fn rule_webhook_previews_are_completed_through_the_api() {
         .record
         .as_ref()
         .expect("the preview was completed with GET /conversations/{id}");
-    assert!(rec.raw["subject"].is_string());
+    assert!(v(rec)["subject"].is_string());
     assert_eq!(rec.version, sim.expected(streams::CONVERSATIONS)[&c5]);
 
     // Not an event at all: InvalidInput.
@@ -816,7 +864,7 @@ async fn rule_webhook_previews_are_completed_through_the_api() {
         now,
     );
     assert_eq!(
-        front.parse_webhook(&junk).await.unwrap_err().kind(),
+        hooks.parse(&junk).await.unwrap_err().kind(),
         apex_connect_core::ErrorKind::InvalidInput
     );
 }
