@@ -11,11 +11,12 @@
 //!   writes raw records) and prints, per stream, records, requests, wall time, records/s and
 //!   the CPU time of this process per record (`getrusage(RUSAGE_SELF)`, user + system, all
 //!   threads: parsing, HTTP, TLS-less loopback I/O, tokio). `cpu quick` uses smaller
-//!   accounts.
+//!   accounts; stream names after `cpu` read only those; `map` also maps every record to
+//!   its entity (`Connector::map_entity`, what an entity sink costs on top).
 //! - `mem` (issue 8): this process serves a ~31 MiB page of tiny records (`{"id":"c123"}`,
 //!   about 2.4 million of them where 100 were asked for) and a ~31 MiB page of 100 records of
 //!   310 KB each; a child process (this binary, `mem-read` mode) reads each once and reports
-//!   its peak RSS (`ru_maxrss`) before and after the read, against the bound of issue 8:
+//!   its peak RSS (`VmHWM`) before and after the read, against the bound of issue 8:
 //!   64 MB + 3 x the body.
 //!
 //! Figures only; nothing is asserted (the bound is checked by eye and reported).
@@ -31,6 +32,18 @@ use secrecy::SecretString;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Peak RSS of this process in MB (`VmHWM` of `/proc/self/status`: per address space, so a
+/// child's figure does not inherit its parent's, as `ru_maxrss` does across `execve`).
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_string();
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 /// CPU time (user + system) of this process, in seconds, and its peak RSS in MB.
 fn usage() -> (f64, f64) {
     // SAFETY: `getrusage` writes into the zeroed struct we pass and reads nothing else.
@@ -40,10 +53,7 @@ fn usage() -> (f64, f64) {
         return (0.0, 0.0);
     }
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (
-        secs(ru.ru_utime) + secs(ru.ru_stime),
-        ru.ru_maxrss as f64 / 1024.0,
-    )
+    (secs(ru.ru_utime) + secs(ru.ru_stime), peak_rss_mb())
 }
 
 /// Starts this binary in `mode` with `args`; returns the child and the first line it prints.
@@ -74,7 +84,7 @@ async fn serve_sim(args: &[String]) -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn cpu(quick: bool) -> Result<(), BoxError> {
+async fn cpu(quick: bool, map: bool, streams: &[String]) -> Result<(), BoxError> {
     let (conversations, per_conversation, contacts) = if quick {
         (2_000u64, 5u64, 2_000u64)
     } else {
@@ -88,12 +98,18 @@ async fn cpu(quick: bool) -> Result<(), BoxError> {
             contacts.to_string(),
         ],
     )?;
+    let streams: Vec<&str> = if streams.is_empty() {
+        vec!["conversations", "contacts", "messages"]
+    } else {
+        streams.iter().map(String::as_str).collect()
+    };
     let front = FrontConnector::builder()
         .base_url(base.clone())
         .api_token(SecretString::from(FrontSimConfig::default().api_token))
         .build()?;
     println!(
-        "front_read_bench cpu: simulator in process {} at {base}; {conversations} conversations x {per_conversation} messages, {contacts} contacts; {} CPUs",
+        "front_read_bench cpu{}: simulator in process {} at {base}; {conversations} conversations x {per_conversation} messages, {contacts} contacts; {} CPUs",
+        if map { " (with map_entity)" } else { "" },
         child.id(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
@@ -102,8 +118,8 @@ async fn cpu(quick: bool) -> Result<(), BoxError> {
         "stream", "records", "requests", "wall s", "records/s", "CPU us/record", "peak MB"
     );
     let mut result = Ok(());
-    for stream in ["conversations", "contacts", "messages"] {
-        let s = StreamId::from(stream);
+    for stream in streams {
+        let s = StreamId::from(stream.to_string());
         let requests = front.http_stats().requests_sent;
         let (cpu0, _) = usage();
         let started = Instant::now();
@@ -111,7 +127,16 @@ async fn cpu(quick: bool) -> Result<(), BoxError> {
         let mut pages = front.read_all(&s, None);
         while let Some(page) = pages.next().await {
             match page {
-                Ok(p) => records += p.records.len() as u64,
+                Ok(p) => {
+                    records += p.records.len() as u64;
+                    if map {
+                        for r in &p.records {
+                            if let Err(e) = front.map_entity(r) {
+                                result = Err(format!("{stream}: {e}").into());
+                            }
+                        }
+                    }
+                }
                 Err(e) => {
                     result = Err(format!("{stream}: {e}").into());
                     break;
@@ -258,7 +283,15 @@ async fn main() -> Result<(), BoxError> {
             .await
         }
         Some("mem") => mem().await,
-        Some("cpu") => cpu(args.iter().any(|a| a == "quick")).await,
-        _ => Err("usage: front_read_bench cpu [quick] | mem".into()),
+        Some("cpu") => {
+            let streams: Vec<String> = args[1..]
+                .iter()
+                .filter(|a| apex_connect_frontapp::streams::by_name(a).is_some())
+                .cloned()
+                .collect();
+            let flag = |f: &str| args.iter().any(|a| a == f);
+            cpu(flag("quick"), flag("map"), &streams).await
+        }
+        _ => Err("usage: front_read_bench cpu [quick] [map] [stream..] | mem".into()),
     }
 }

@@ -12,14 +12,19 @@
 //! attachment `size` of `-39484462`, an object where an array was documented, unknown keys)
 //! reads as absent or as what it is, and never fails the record.
 
+use std::marker::PhantomData;
+
 use apex_connect_core::lenient::{
-    Lenient, LenientBool, LenientF64, LenientI64, LenientStr, LenientVec, f64_to_i64,
+    Lenient, LenientBool, LenientF64, LenientI64, LenientStr, LenientVec, MAX_LENIENT_ELEMENTS,
+    f64_to_i64,
 };
 use apex_connect_core::{
     Entity, EntityKind, Error, ErrorKind, Identity, Op, RawJson, Record, Reject, Result, SourceRef,
     StreamId,
 };
 use serde::Deserialize;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -266,6 +271,149 @@ pub(crate) fn read_items_of(
 
 type Str<'a> = LenientStr<'a>;
 
+/// An object read as `T` in one pass, or absent when the value is not an object.
+///
+/// Core's [`Lenient<T>`] takes any `T`, so it captures the value's raw text and parses it
+/// again (a second scan, a third for a lenient object inside a lenient object, ...). The
+/// views here are made of lenient fields only, so they cannot fail on a field's value and
+/// can be read straight from the map: one pass over nested objects however deep. (A
+/// duplicate key still fails the object, and with it the mapping: the record is
+/// quarantined.)
+pub(crate) struct Obj<T>(pub(crate) Option<T>);
+
+impl<T> Default for Obj<T> {
+    fn default() -> Self {
+        Obj(None)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Obj<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<Obj<T>, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map)).map(|t| Obj(Some(t)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Obj<T>, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Obj(None))
+            }
+            fn visit_some<D: Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> std::result::Result<Obj<T>, D::Error> {
+                d.deserialize_any(self)
+            }
+            fn visit_none<E: de::Error>(self) -> std::result::Result<Obj<T>, E> {
+                Ok(Obj(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> std::result::Result<Obj<T>, E> {
+                Ok(Obj(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> std::result::Result<Obj<T>, E> {
+                Ok(Obj(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> std::result::Result<Obj<T>, E> {
+                Ok(Obj(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> std::result::Result<Obj<T>, E> {
+                Ok(Obj(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> std::result::Result<Obj<T>, E> {
+                Ok(Obj(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> std::result::Result<Obj<T>, E> {
+                Ok(Obj(None))
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
+/// An array of objects read as `T` in one pass (elements that are not objects skipped, at
+/// most [`MAX_LENIENT_ELEMENTS`] kept); anything else reads as empty.
+pub(crate) struct Objs<T>(Vec<T>);
+
+impl<T> Default for Objs<T> {
+    fn default() -> Self {
+        Objs(Vec::new())
+    }
+}
+
+impl<T> Objs<T> {
+    fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.0.iter()
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Objs<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Objs<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Objs<T>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(Obj(item)) = seq.next_element::<Obj<T>>()? {
+                    if let Some(item) = item
+                        && out.len() < MAX_LENIENT_ELEMENTS
+                    {
+                        out.push(item);
+                    }
+                }
+                Ok(Objs(out))
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Objs<T>, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Objs(Vec::new()))
+            }
+            fn visit_some<D: Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> std::result::Result<Objs<T>, D::Error> {
+                d.deserialize_any(self)
+            }
+            fn visit_none<E: de::Error>(self) -> std::result::Result<Objs<T>, E> {
+                Ok(Objs(Vec::new()))
+            }
+            fn visit_unit<E: de::Error>(self) -> std::result::Result<Objs<T>, E> {
+                Ok(Objs(Vec::new()))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> std::result::Result<Objs<T>, E> {
+                Ok(Objs(Vec::new()))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> std::result::Result<Objs<T>, E> {
+                Ok(Objs(Vec::new()))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> std::result::Result<Objs<T>, E> {
+                Ok(Objs(Vec::new()))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> std::result::Result<Objs<T>, E> {
+                Ok(Objs(Vec::new()))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> std::result::Result<Objs<T>, E> {
+                Ok(Objs(Vec::new()))
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
 /// An object of which only the `id` is read (leniently).
 #[derive(Default, Deserialize)]
 pub(crate) struct ObjRef<'a> {
@@ -288,7 +436,7 @@ struct TeammateView<'a> {
     #[serde(default)]
     is_admin: LenientBool,
     #[serde(default)]
-    custom_fields: Lenient<Map<String, Value>>,
+    custom_fields: Obj<Map<String, Value>>,
 }
 
 impl TeammateView<'_> {
@@ -322,7 +470,7 @@ impl TeammateView<'_> {
 #[derive(Default, Deserialize)]
 struct LinksView<'a> {
     #[serde(borrow, default)]
-    related: Lenient<RelatedView<'a>>,
+    related: Obj<RelatedView<'a>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -346,7 +494,7 @@ impl LinksView<'_> {
 #[derive(Default, Deserialize)]
 struct RecipientView<'a> {
     #[serde(rename = "_links", borrow, default)]
-    links: Lenient<LinksView<'a>>,
+    links: Obj<LinksView<'a>>,
     #[serde(borrow, default)]
     name: Str<'a>,
     #[serde(borrow, default)]
@@ -395,13 +543,13 @@ struct ConversationView<'a> {
     #[serde(borrow, default)]
     status: Str<'a>,
     #[serde(borrow, default)]
-    assignee: Lenient<TeammateView<'a>>,
+    assignee: Obj<TeammateView<'a>>,
     #[serde(borrow, default)]
-    recipient: Lenient<RecipientView<'a>>,
+    recipient: Obj<RecipientView<'a>>,
     #[serde(borrow, default)]
-    tags: LenientVec<TagView<'a>>,
+    tags: Objs<TagView<'a>>,
     #[serde(default)]
-    custom_fields: Lenient<Map<String, Value>>,
+    custom_fields: Obj<Map<String, Value>>,
     #[serde(default)]
     created_at: LenientF64,
 }
@@ -409,7 +557,7 @@ struct ConversationView<'a> {
 #[derive(Default, Deserialize)]
 struct MessageView<'a> {
     #[serde(rename = "_links", borrow, default)]
-    links: Lenient<LinksView<'a>>,
+    links: Obj<LinksView<'a>>,
     #[serde(rename = "type", borrow, default)]
     kind: Str<'a>,
     #[serde(default)]
@@ -421,27 +569,27 @@ struct MessageView<'a> {
     #[serde(borrow, default)]
     blurb: Str<'a>,
     #[serde(borrow, default)]
-    author: Lenient<TeammateView<'a>>,
+    author: Obj<TeammateView<'a>>,
     #[serde(borrow, default)]
-    recipients: LenientVec<RecipientView<'a>>,
+    recipients: Objs<RecipientView<'a>>,
     #[serde(borrow, default)]
     text: Str<'a>,
     #[serde(borrow, default)]
-    attachments: LenientVec<AttachmentView<'a>>,
+    attachments: Objs<AttachmentView<'a>>,
 }
 
 #[derive(Default, Deserialize)]
 struct CommentView<'a> {
     #[serde(rename = "_links", borrow, default)]
-    links: Lenient<LinksView<'a>>,
+    links: Obj<LinksView<'a>>,
     #[serde(borrow, default)]
-    author: Lenient<TeammateView<'a>>,
+    author: Obj<TeammateView<'a>>,
     #[serde(borrow, default)]
     body: Str<'a>,
     #[serde(default)]
     posted_at: LenientF64,
     #[serde(borrow, default)]
-    attachments: LenientVec<AttachmentView<'a>>,
+    attachments: Objs<AttachmentView<'a>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -462,11 +610,11 @@ struct ContactView<'a> {
     #[serde(default)]
     links: LenientVec<String>,
     #[serde(borrow, default)]
-    handles: LenientVec<HandleView<'a>>,
+    handles: Objs<HandleView<'a>>,
     #[serde(default)]
     is_private: LenientBool,
     #[serde(default)]
-    custom_fields: Lenient<Map<String, Value>>,
+    custom_fields: Obj<Map<String, Value>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -489,7 +637,7 @@ pub(crate) struct MetaView<'a> {
 #[derive(Default, Deserialize)]
 pub(crate) struct PartView<'a> {
     #[serde(rename = "_meta", borrow, default)]
-    pub(crate) meta: Lenient<MetaView<'a>>,
+    pub(crate) meta: Obj<MetaView<'a>>,
     #[serde(borrow, default)]
     pub(crate) data: Option<&'a RawValue>,
 }
@@ -521,9 +669,9 @@ pub(crate) struct EventView<'a> {
     #[serde(default)]
     pub(crate) emitted_at: LenientF64,
     #[serde(borrow, default)]
-    pub(crate) source: Lenient<PartView<'a>>,
+    pub(crate) source: Obj<PartView<'a>>,
     #[serde(borrow, default)]
-    pub(crate) target: Lenient<PartView<'a>>,
+    pub(crate) target: Obj<PartView<'a>>,
     #[serde(borrow, default)]
     pub(crate) conversation: Option<&'a RawValue>,
 }
@@ -607,7 +755,7 @@ fn handle_identity(source: &str, handle: &str) -> Option<Identity> {
     })
 }
 
-fn attachments_json(a: &LenientVec<AttachmentView<'_>>) -> Value {
+fn attachments_json(a: &Objs<AttachmentView<'_>>) -> Value {
     Value::Array(
         a.iter()
             .map(|a| {
@@ -622,7 +770,7 @@ fn attachments_json(a: &LenientVec<AttachmentView<'_>>) -> Value {
     )
 }
 
-fn with_author(mut e: Entity, author: &Lenient<TeammateView<'_>>) -> Entity {
+fn with_author(mut e: Entity, author: &Obj<TeammateView<'_>>) -> Entity {
     if let Some(a) = &author.0 {
         e = e.with_attr(
             "author",
@@ -1066,6 +1214,22 @@ mod tests {
 
     /// Issue 8: an attachment with a negative size (the spec types it as a plain number) maps;
     /// it used to fail whole `messages` and `comments` pages with `expected u64`.
+    /// Nested objects are read in one pass; a duplicate key (not valid JSON for Front, and
+    /// ambiguous) fails the mapping of that record only: it is quarantined.
+    #[test]
+    fn duplicate_keys_fail_the_mapping_not_the_page() {
+        let raw = RawJson::parse(bytes::Bytes::from_static(
+            br#"{"id": "cnv_1", "updated_at": 1, "assignee": {"id": "tea_1", "id": "tea_2"}}"#,
+        ))
+        .unwrap();
+        let r = parse_record(streams::CONVERSATIONS, raw, None).unwrap();
+        let e = map_entity(&r).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidResponse);
+        assert_eq!(e.context_value("id"), Some("cnv_1"));
+        let raw = RawJson::parse(bytes::Bytes::from_static(br#"{"id": "a", "id": "b"}"#)).unwrap();
+        assert!(parse_record(streams::CONVERSATIONS, raw, None).is_err());
+    }
+
     #[test]
     fn negative_attachment_size_maps() {
         let att = json!([{"id": "fil_1", "filename": "a.png", "content_type": "image/png",

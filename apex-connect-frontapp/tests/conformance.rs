@@ -1005,7 +1005,11 @@ async fn nested_walks_read_each_conversations_page_once() {
     let mut reads = 0;
     loop {
         // A fresh connector every other read: nothing is cached between reads.
-        let f = if reads % 2 == 0 { front.clone() } else { build() };
+        let f = if reads % 2 == 0 {
+            front.clone()
+        } else {
+            build()
+        };
         let page = f.read(&s, cursor.as_ref()).await.unwrap();
         reads += 1;
         got.extend(page.records.iter().map(|r| r.id.clone()));
@@ -1050,5 +1054,9 @@ async fn version_1_messages_cursors_resume_at_their_conversation() {
     let token = CursorToken::from_string(format!("frontapp.messages.v1.{payload}"));
     let (rest, _) = read_all(&front, streams::MESSAGES, Some(token)).await;
     let rest: Vec<String> = rest.into_iter().map(|r| r.id).collect();
-    assert_eq!(rest, all[4..], "conversations 11 and 10 (2 messages each) are skipped");
+    assert_eq!(
+        rest,
+        all[4..],
+        "conversations 11 and 10 (2 messages each) are skipped"
+    );
 }
