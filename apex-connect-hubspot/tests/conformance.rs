@@ -20,6 +20,11 @@ use apex_connect_testkit::sim::FaultKind;
 use futures::StreamExt;
 use http::{Method, Uri};
 
+#[path = "sim/batched_webhooks.rs"]
+mod batched_webhooks;
+#[path = "sim/rate_window.rs"]
+mod rate_window;
+
 const HOOK_URL: &str = "https://hooks.example.com/webhooks/hubspot/acme?portal=62515";
 
 struct Fixture {
