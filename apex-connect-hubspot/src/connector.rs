@@ -235,7 +235,9 @@ impl HubSpotConnectorBuilder {
         self
     }
 
-    /// A rate gate shared with other connectors of the same account (everything but search).
+    /// A rate gate shared with other connectors of the same account (everything but
+    /// search); make it with [`crate::api::window_gate`] (a rolling window learning the
+    /// account's limit), cloned for each connector.
     pub fn rate_gate(mut self, gate: RateGate) -> Self {
         self.gate = Some(gate);
         self
@@ -1628,7 +1630,7 @@ impl Connector for HubSpotConnector {
             .ok_or_else(|| Self::no_such_stream(stream))?;
         if let Some(ot) = object_type(stream.as_str()) {
             let props = self.properties(ot).await?;
-            return Ok(object_schema(info, &props.defs));
+            return Ok(object_schema(ot, info, &props.defs));
         }
         match stream.as_str() {
             streams::OWNERS => Ok(owner_schema(info)),

@@ -1371,10 +1371,18 @@ fn schema_with(
 
 /// The JSON Schema (draft 7) of an object stream's records: the v3 object
 /// (`SimplePublicObjectWithAssociations`) with one entry under `properties` per definition
-/// in `defs` (every value a string or `null`, as HubSpot sends them; other properties
-/// allowed). Custom properties (`hubspotDefined` not true) are listed in `custom_fields`.
-pub fn object_schema(info: &StreamInfo, defs: &[PropertyDef]) -> StreamSchema {
+/// in `defs`, and the properties every read asks for (`hs_object_id`, the modified-date
+/// property); every value a string or `null`, as HubSpot sends them; other properties
+/// allowed. Custom properties (`hubspotDefined` not true) are listed in `custom_fields`.
+pub fn object_schema(
+    object_type: &ObjectType,
+    info: &StreamInfo,
+    defs: &[PropertyDef],
+) -> StreamSchema {
     let mut props = Map::new();
+    for always in ["hs_object_id", object_type.modified_property] {
+        props.insert(always.to_string(), nullable("string"));
+    }
     for d in defs {
         let mut p = nullable("string");
         if let (Some(obj), Some(label)) = (p.as_object_mut(), &d.label) {

@@ -12,6 +12,7 @@ use wiremock::matchers::{
 };
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+mod records;
 mod webhooks;
 
 const TOKEN: &str = "pat-na1-test-0000";
