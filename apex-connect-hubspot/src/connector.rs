@@ -826,19 +826,24 @@ impl HubSpotConnector {
             let ids: Vec<String> = emit.iter().map(|h| h.1.to_string()).collect();
             let (mut by_id, unread) = self.batch_records(ot, &ids, &props.names).await?;
             rejects.extend(unread);
-            let seen: HashSet<(String, i64)> = recent.iter().cloned().collect();
+            let seen: HashSet<(&str, i64)> = recent.iter().map(|(i, v)| (i.as_str(), *v)).collect();
             for id in ids {
                 // An object archived between the search and the read is left out: its
                 // deletion arrives by webhook.
                 let Some(r) = by_id.remove(&id) else { continue };
-                if let Some(v) = r.version {
-                    if seen.contains(&(r.id.clone(), v)) {
-                        continue;
-                    }
-                    recent.push((r.id.clone(), v));
+                if let Some(v) = r.version
+                    && seen.contains(&(r.id.as_str(), v))
+                {
+                    continue;
                 }
                 records.push(r);
             }
+            drop(seen);
+            recent.extend(
+                records
+                    .iter()
+                    .filter_map(|r| r.version.map(|v| (r.id.clone(), v))),
+            );
         }
         // Remember what was read within the lookback of the next keyset, newest first.
         let keep_from =

@@ -5,7 +5,7 @@
 //! # Records: a strict envelope, raw bytes
 //!
 //! A page body is parsed once into borrowed slices ([`parse_page`]): one
-//! [`RawValue`](serde_json::value::RawValue) per result, never a tree. Each record's
+//! [`RawValue`] per result, never a tree. Each record's
 //! [`RawJson`] is that slice of the body (no copy); only its envelope is read, strictly and
 //! borrowed: the `id` (a string or an integer), and the modification time (`updatedAt`, or
 //! the type's modified property when `updatedAt` is missing or unreadable). An object whose
