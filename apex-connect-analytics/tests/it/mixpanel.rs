@@ -1,0 +1,1 @@
+//! Mixpanel against its simulator.
