@@ -61,6 +61,23 @@ pub struct ProfilesCursor {
     pub walks: u64,
 }
 
+impl EngagePosition {
+    /// Page `page` of the query `session_id`.
+    pub fn new(session_id: impl Into<String>, page: u32) -> Self {
+        EngagePosition {
+            session_id: session_id.into(),
+            page,
+        }
+    }
+}
+
+impl ProfilesCursor {
+    /// A cursor at `next` of a walk after `walks` completed ones.
+    pub fn new(next: Option<EngagePosition>, walks: u64) -> Self {
+        ProfilesCursor { next, walks }
+    }
+}
+
 impl SyncCursor for ProfilesCursor {
     const KIND: &'static str = "mixpanel.profiles";
     const VERSION: u32 = 1;

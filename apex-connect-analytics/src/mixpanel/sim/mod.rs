@@ -47,9 +47,8 @@ use self::data::{EventGen, cohort_id, funnel_id, in_cohort, mix3, profile};
 use super::models::{self, EventTime, streams};
 use crate::days;
 
-/// The simulator's settings.
+/// The simulator's settings (build with struct update syntax from `Default`).
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct MixpanelSimConfig {
     /// Seed of every generated value.
     pub seed: u64,
@@ -136,6 +135,7 @@ struct SimState {
     sessions: Mutex<HashMap<String, Session>>,
     next_session: AtomicU64,
     exports: AtomicU64,
+    gzip_exports: AtomicU64,
     faults: Faults,
     stats: SimStats,
 }
@@ -184,6 +184,7 @@ impl MixpanelSim {
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             exports: AtomicU64::new(0),
+            gzip_exports: AtomicU64::new(0),
             faults: faults.clone(),
             stats: SimStats::new(),
             config,
@@ -280,6 +281,11 @@ impl MixpanelSimHandle {
     /// Export requests answered so far.
     pub fn export_requests(&self) -> u64 {
         self.state.exports.load(Ordering::SeqCst)
+    }
+
+    /// Export requests answered with a gzip body.
+    pub fn gzip_exports(&self) -> u64 {
+        self.state.gzip_exports.load(Ordering::SeqCst)
     }
 
     /// Request counters.
@@ -672,6 +678,7 @@ async fn export(State(state): State<Arc<SimState>>, headers: HeaderMap, uri: Uri
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
     let mut resp = if gzip {
+        state.gzip_exports.fetch_add(1, Ordering::SeqCst);
         let enc = GzipEncoder::with_quality(StreamReader::new(stream), Level::Fastest);
         let mut r = Response::new(Body::from_stream(ReaderStream::with_capacity(enc, 64 * 1024)));
         r.headers_mut()
