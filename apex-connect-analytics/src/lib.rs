@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, unreachable_pub)]
 
+mod body;
 pub mod days;
 #[cfg(feature = "ga4")]
 pub mod ga4;

@@ -358,7 +358,7 @@ impl MixpanelApi {
             .form(&form)
             .with_extension(Idempotent);
         let resp = self.query.send(rb).await?;
-        read_body(resp).await
+        crate::body::read_body(resp).await
     }
 
     /// `GET path` on the Query API host with the project parameters and `extra`.
@@ -371,28 +371,6 @@ impl MixpanelApi {
         q.extend(extra.iter().cloned());
         self.query.get_bytes(path, &q).await
     }
-}
-
-/// Reads a Query API body (capped like every JSON body of the stack).
-async fn read_body(resp: reqwest::Response) -> Result<Bytes> {
-    const MAX: usize = apex_connect_core::http::DEFAULT_MAX_BODY_BYTES;
-    if resp.content_length().is_some_and(|n| n > MAX as u64) {
-        return Err(Error::invalid_response("response body exceeds the limit").permanent());
-    }
-    let mut out = BytesMut::new();
-    let mut body = resp.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| {
-            Error::new(ErrorKind::InvalidResponse, "response body ended early")
-                .temporary()
-                .set_source(e.without_url())
-        })?;
-        if out.len().saturating_add(chunk.len()) > MAX {
-            return Err(Error::invalid_response("response body exceeds the limit").permanent());
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out.freeze())
 }
 
 #[cfg(test)]
