@@ -10,3 +10,5 @@ pub mod ga4;
 #[cfg(feature = "mixpanel")]
 pub mod mixpanel;
 pub mod quota;
+#[cfg(feature = "sim")]
+mod sim_util;

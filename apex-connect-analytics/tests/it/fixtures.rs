@@ -129,3 +129,190 @@ impl ConformanceFixture for MixpanelFixture {
         Some(self.sim.inject_hostile(stream.as_str(), seed))
     }
 }
+
+use apex_connect_analytics::ga4::models::ReportDef;
+use apex_connect_analytics::ga4::sim::{Ga4Sim, Ga4SimConfig, Ga4SimHandle};
+use apex_connect_analytics::ga4::{Ga4Config, Ga4Connector, PLATFORM as GA4};
+use apex_connect_core::platform::{AuthInputs, BuildContext, Platform, Secrets, Settings, resolve_auth};
+use apex_connect_core::{ConnectionId, MemoryTokenStore, StaticToken};
+
+pub struct Ga4Fixture {
+    pub sim: Ga4SimHandle,
+    pub settings: Settings,
+}
+
+impl Ga4Fixture {
+    pub async fn start() -> Self {
+        Self::with(Ga4SimConfig::default(), |_| {}).await
+    }
+
+    /// A simulator with `sim` and the connection's settings adjusted by `tweak`.
+    pub async fn with(sim: Ga4SimConfig, tweak: impl FnOnce(&mut serde_json::Value)) -> Self {
+        let sim = Ga4Sim::start(sim).await.unwrap();
+        let c = sim.config();
+        let mut settings = serde_json::json!({
+            "property_id": c.property_id,
+            "start_date": c.first_day().to_string(),
+            "end_date": c.today.to_string(),
+            "window_days": 4,
+            "page_size": 7,
+            "cohort_weeks": 3,
+            "reports": [{
+                "name": "by_country",
+                "dimensions": ["country", "deviceCategory"],
+                "metrics": ["activeUsers", "customEvent:order_value"],
+            }],
+            "funnels": [{
+                "name": "signup",
+                "steps": [
+                    {"name": "Visit", "event": "page_view"},
+                    {"name": "Sign up", "event": "sign_up"},
+                    {"name": "Purchase", "event": "purchase"},
+                ],
+            }],
+        });
+        tweak(&mut settings);
+        Ga4Fixture {
+            settings: Settings::from_value(settings).unwrap(),
+            sim,
+        }
+    }
+
+    pub fn secrets(&self) -> Secrets {
+        Secrets::from_values([("service_account_json", self.sim.service_account_json())])
+    }
+
+    /// A connector built as a host builds it: the descriptor, with core's `resolve_auth`
+    /// turning the service-account key file into a JWT-bearer token manager.
+    pub fn built(&self) -> Arc<dyn Connector> {
+        let id = ConnectionId::from_static("ga4");
+        let secrets = self.secrets();
+        let auth = resolve_auth(
+            &GA4,
+            &self.settings,
+            AuthInputs::new(&id, &secrets, Arc::new(MemoryTokenStore::new())),
+        )
+        .unwrap();
+        let ctx = BuildContext::new(&id, &self.settings, &secrets, auth)
+            .with_base_url(Some(self.sim.base_url()));
+        GA4.build(&ctx).unwrap()
+    }
+
+    pub fn config(&self) -> Ga4Config {
+        self.settings.parse().unwrap()
+    }
+
+    /// A typed connector with a static token (for what only the type offers).
+    pub fn typed(&self, tweak: impl FnOnce(&mut Ga4Config)) -> Ga4Connector {
+        let mut config = self.config();
+        tweak(&mut config);
+        Ga4Connector::builder(config)
+            .credentials(Arc::new(StaticToken::bearer(self.sim.issue_access_token())))
+            .base_url(self.sim.base_url())
+            .build()
+            .unwrap()
+    }
+
+    pub fn report_def(&self, stream: &str) -> Option<ReportDef> {
+        let config = self.config();
+        ReportDef::built_in(stream, &config).or_else(|| {
+            config
+                .reports
+                .iter()
+                .find(|r| r.name == stream)
+                .map(ReportDef::from_spec)
+        })
+    }
+
+    pub fn expected_now(&self, stream: &str) -> BTreeMap<String, Option<i64>> {
+        let config = self.config();
+        let start = config.start_date.unwrap();
+        let last = config.end_date.unwrap().min(self.sim.today());
+        match stream {
+            "funnels" => {
+                let f: Vec<(String, Vec<String>)> = config
+                    .funnels
+                    .iter()
+                    .map(|f| (f.name.clone(), f.steps.iter().map(|s| s.name.clone()).collect()))
+                    .collect();
+                self.sim.expected_funnels(&f, start, last)
+            }
+            "cohorts" => {
+                let weeks: Vec<String> =
+                    self.typed(|_| {}).cohort_weeks().into_iter().map(|w| w.0).collect();
+                self.sim.expected_cohorts(&weeks, config.cohort_weeks)
+            }
+            other => {
+                let def = self.report_def(other).unwrap();
+                self.sim.expected_report(&def.dimensions, start, last)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ConformanceFixture for Ga4Fixture {
+    async fn connector(&self) -> Arc<dyn Connector> {
+        self.built()
+    }
+
+    async fn expected(&self, stream: &StreamId) -> BTreeMap<String, Option<i64>> {
+        self.expected_now(stream.as_str())
+    }
+
+    async fn inject_rate_limit(&self, retry_after: Duration) -> Option<()> {
+        self.sim.inject_rate_limit(retry_after.as_secs());
+        Some(())
+    }
+
+    async fn rate_limited_seen(&self) -> Option<u64> {
+        Some(self.sim.rate_limited_seen())
+    }
+
+    async fn inject_unauthorized_once(&self) -> Option<()> {
+        self.sim.expire_tokens();
+        Some(())
+    }
+
+    async fn token_refreshes(&self) -> Option<u64> {
+        Some(self.sim.token_grants())
+    }
+
+    async fn secrets(&self) -> Option<Vec<String>> {
+        Some(vec![
+            apex_connect_analytics::ga4::sim::TEST_PRIVATE_KEY_PEM.to_string(),
+            self.sim.service_account_json(),
+        ])
+    }
+
+    async fn inject_hostile(&self, stream: &StreamId, seed: u64) -> Option<Vec<String>> {
+        let s = stream.as_str();
+        let strings = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        Some(match s {
+            "funnels" => self.sim.inject_hostile(
+                s,
+                &strings(&["funnelStepName"]),
+                &strings(&[
+                    "activeUsers",
+                    "funnelStepCompletionRate",
+                    "funnelStepAbandonments",
+                    "funnelStepAbandonmentRate",
+                ]),
+                seed,
+                Some("signup"),
+            ),
+            "cohorts" => self.sim.inject_hostile(
+                s,
+                &strings(&["cohort", "cohortNthWeek"]),
+                &strings(&["cohortActiveUsers", "cohortTotalUsers"]),
+                seed,
+                None,
+            ),
+            other => {
+                let def = self.report_def(other)?;
+                self.sim
+                    .inject_hostile(s, &def.dimensions, &def.metrics, seed, None)
+            }
+        })
+    }
+}

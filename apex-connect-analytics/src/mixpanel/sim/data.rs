@@ -3,28 +3,13 @@
 
 use std::io::Write as _;
 
-use chrono::{Datelike, NaiveDate};
+use chrono::NaiveDate;
 use chrono_tz::Tz;
 use serde_json::{Value, json};
 
 use crate::days;
 
-/// A 64-bit mix (splitmix64's finaliser): the simulator's only source of "randomness".
-pub(crate) fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-pub(crate) fn mix3(seed: u64, a: u64, b: u64) -> u64 {
-    mix(seed ^ mix(a ^ mix(b)))
-}
-
-/// The day's number (days since 1970-01-01), for seeding.
-pub(crate) fn day_number(d: NaiveDate) -> u64 {
-    u64::try_from(d.num_days_from_ce()).unwrap_or(0)
-}
+pub(crate) use crate::sim_util::{day_number, mix, mix3};
 
 const EVENTS: [&str; 8] = [
     "Page Viewed",
