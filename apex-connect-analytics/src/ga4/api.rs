@@ -19,11 +19,24 @@ use crate::quota::QuotaGate;
 /// The Data API's base URL.
 pub const DEFAULT_BASE_URL: &str = "https://analyticsdata.googleapis.com";
 
+/// Hours since the epoch at `now` (hourly quotas are taken to refill on the hour).
+fn hour_index(now: SystemTime) -> u64 {
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 3600)
+}
+
+/// The day in Los Angeles at `now` (daily quotas refill at midnight Pacific time).
+fn pacific_day(now: SystemTime) -> chrono::NaiveDate {
+    crate::days::today_in(chrono_tz::America::Los_Angeles, now)
+}
+
 /// What the last answers said of the property's quotas, and what this connection learned.
 #[derive(Debug, Default, Clone)]
 struct QuotaState {
-    day_remaining: Option<i64>,
-    hour_remaining: Option<i64>,
+    /// Tokens left today, and the day (in Los Angeles) that was said on.
+    day_remaining: Option<(i64, chrono::NaiveDate)>,
+    /// Tokens left this hour, and the hour (since the epoch) that was said in.
+    hour_remaining: Option<(i64, u64)>,
     concurrent_remaining: Option<i64>,
     /// Until when a quota answer (429) closed a quota.
     blocked: Vec<(QuotaKind, SystemTime)>,
@@ -54,15 +67,15 @@ impl QuotaTracker {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes in an answer's `propertyQuota`.
-    pub fn observe(&self, q: &PropertyQuota) {
+    /// Takes in an answer's `propertyQuota`, received at `now`.
+    pub fn observe(&self, q: &PropertyQuota, now: SystemTime) {
         let mut s = self.lock();
         s.answers = s.answers.saturating_add(1);
         let remaining = |l: &apex_connect_core::lenient::Lenient<super::models::QuotaStatus>| {
             l.0.and_then(|q| q.remaining.0)
         };
         if let Some(r) = remaining(&q.tokens_per_day) {
-            s.day_remaining = Some(r);
+            s.day_remaining = Some((r, pacific_day(now)));
         }
         let hourly = [
             remaining(&q.tokens_per_hour),
@@ -71,7 +84,7 @@ impl QuotaTracker {
             remaining(&q.server_errors_per_project_per_hour).map(|r| if r <= 0 { 0 } else { i64::MAX }),
         ];
         if let Some(min) = hourly.into_iter().flatten().min() {
-            s.hour_remaining = Some(min);
+            s.hour_remaining = Some((min, hour_index(now)));
         }
         s.concurrent_remaining = remaining(&q.concurrent_requests);
         for c in [&q.tokens_per_hour, &q.tokens_per_day] {
@@ -86,10 +99,8 @@ impl QuotaTracker {
         let mut s = self.lock();
         s.blocked.retain(|(k, _)| *k != kind);
         s.blocked.push((kind, until));
-        match kind {
-            QuotaKind::Day => s.day_remaining = Some(0),
-            QuotaKind::Hour => s.hour_remaining = Some(0),
-            QuotaKind::Concurrent => s.concurrent_remaining = Some(0),
+        if kind == QuotaKind::Concurrent {
+            s.concurrent_remaining = Some(0);
         }
     }
 
@@ -113,13 +124,14 @@ impl QuotaTracker {
         if let Some(d) = blocked(QuotaKind::Day) {
             return Some((QuotaKind::Day, d));
         }
-        if s.day_remaining.is_some_and(|r| r < reserve) {
+        // A count said on another day (hour) than now's is stale: that quota refilled.
+        if s.day_remaining.is_some_and(|(r, day)| r < reserve && day == pacific_day(now)) {
             return Some((QuotaKind::Day, until_pacific_midnight(now)));
         }
         if let Some(d) = blocked(QuotaKind::Hour) {
             return Some((QuotaKind::Hour, d));
         }
-        if s.hour_remaining.is_some_and(|r| r < reserve) {
+        if s.hour_remaining.is_some_and(|(r, hour)| r < reserve && hour == hour_index(now)) {
             return Some((QuotaKind::Hour, QuotaKind::Hour.refill_after(now)));
         }
         if let Some(d) = blocked(QuotaKind::Concurrent) {
@@ -174,30 +186,32 @@ impl fmt::Debug for Ga4Api {
 }
 
 impl Ga4Api {
-    /// The API of `property` (digits) with `credentials`, at `base_url` (default
-    /// [`DEFAULT_BASE_URL`]).
+    /// The API of `config.property_id` with `credentials`, at `base_url` (default
+    /// [`DEFAULT_BASE_URL`]); `timeout` bounds each attempt (default 60 s) and its wait for
+    /// response headers (default 30 s).
     ///
     /// # Errors
     /// `Config` for a bad base URL or limits.
     pub fn new(
-        property: &str,
+        config: &super::config::Ga4Config,
         credentials: Arc<dyn Credentials>,
         base_url: Option<&str>,
-        max_concurrent: u32,
-        token_reserve: u32,
-        max_wait: Duration,
         clock: WallClock,
+        timeout: Option<Duration>,
     ) -> Result<Self> {
-        let http = HttpClient::builder(base_url.unwrap_or(DEFAULT_BASE_URL))
+        let max_wait = config.max_wait();
+        let mut b = HttpClient::builder(base_url.unwrap_or(DEFAULT_BASE_URL))
             .credentials(credentials)
             .policy(Arc::new(Ga4Policy::new(clock.clone())))
-            .rate_gate(RateGate::unlimited().with_max_wait(max_wait))
-            .build()?;
+            .rate_gate(RateGate::unlimited().with_max_wait(max_wait));
+        if let Some(t) = timeout {
+            b = b.timeout(t).headers_timeout(t).connect_timeout(t);
+        }
         Ok(Ga4Api {
-            http,
-            slots: QuotaGate::new(max_concurrent, max_wait)?,
-            tracker: Arc::new(QuotaTracker::new(token_reserve)),
-            property: property.to_string(),
+            http: b.build()?,
+            slots: QuotaGate::new(config.max_concurrent, max_wait)?,
+            tracker: Arc::new(QuotaTracker::new(config.token_reserve)),
+            property: config.property_id.clone(),
             clock,
             max_wait,
         })
@@ -265,20 +279,42 @@ impl Ga4Api {
         self.tracker.exhausted(kind, until);
     }
 
+    /// Sends one request, pausing for used-up quotas: before sending when the last answers
+    /// say a quota is used up, and after a 429 for as long as it says (each wait at most the
+    /// maximum wait; a longer one fails with `RateLimited` and `retry_after`).
     async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Bytes> {
-        self.before().await?;
+        const ROUNDS: u32 = 3;
+        let mut round = 0;
+        loop {
+            round += 1;
+            self.before().await?;
+            let result = self.send_once(method.clone(), path, body).await;
+            match result {
+                Err(e) if e.kind() == ErrorKind::RateLimited && round < ROUNDS => {
+                    self.note(&e);
+                    let wait = e.retry_after().unwrap_or(Duration::from_secs(30));
+                    if wait > self.max_wait {
+                        return Err(e);
+                    }
+                    if e.context_value("quota").is_none() {
+                        // Closed by the rate gate (a 429 of another request): wait it out.
+                        tokio::time::sleep(wait).await;
+                    }
+                    tracing::info!(round, wait_s = wait.as_secs(), "GA4 quota: pausing, then resuming");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn send_once(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Bytes> {
         let _slot = self.slots.admit().await?;
         let mut rb = self.http.request(method, path)?.with_extension(Idempotent);
         if let Some(b) = body {
             rb = rb.json(b);
         }
-        match self.http.send(rb).await {
-            Ok(resp) => crate::body::read_body(resp).await,
-            Err(e) => {
-                self.note(&e);
-                Err(e)
-            }
-        }
+        let resp = self.http.send(rb).await?;
+        crate::body::read_body(resp).await
     }
 
     /// `POST /v1beta/properties/{id}:runReport`.
@@ -335,24 +371,26 @@ mod tests {
             "tokensPerHour": {"consumed": 12, "remaining": 30},
             "tokensPerProjectPerHour": {"consumed": 12, "remaining": 13_000},
             "concurrentRequests": {"consumed": 0, "remaining": 10},
-        })));
+        })), now);
         assert_eq!(t.reserve(), 12);
         assert!(t.wait_needed(now).is_none());
-        t.observe(&quota(serde_json::json!({"tokensPerHour": {"consumed": 12, "remaining": 11}})));
+        t.observe(&quota(serde_json::json!({"tokensPerHour": {"consumed": 12, "remaining": 11}})), now);
         let (kind, wait) = t.wait_needed(now).unwrap();
         assert_eq!(kind, QuotaKind::Hour);
         assert_eq!(wait, Duration::from_secs(30 * 60 + 60));
+        // In the next hour the count is stale: no wait.
+        assert!(t.wait_needed(now + Duration::from_secs(1800)).is_none());
         t.refilled(QuotaKind::Hour);
         assert!(t.wait_needed(now).is_none());
         // The project's hourly share counts too.
-        t.observe(&quota(serde_json::json!({"tokensPerProjectPerHour": {"consumed": 1, "remaining": 3}})));
+        t.observe(&quota(serde_json::json!({"tokensPerProjectPerHour": {"consumed": 1, "remaining": 3}})), now);
         assert_eq!(t.wait_needed(now).unwrap().0, QuotaKind::Hour);
         t.refilled(QuotaKind::Hour);
         // A daily exhaustion wins and lasts until midnight in Los Angeles.
         t.exhausted(QuotaKind::Day, now + Duration::from_secs(5000));
         assert_eq!(t.wait_needed(now), Some((QuotaKind::Day, Duration::from_secs(5000))));
         // Hostile numbers do not overflow.
-        t.observe(&quota(serde_json::json!({"tokensPerHour": {"consumed": i64::MAX, "remaining": i64::MIN}})));
+        t.observe(&quota(serde_json::json!({"tokensPerHour": {"consumed": i64::MAX, "remaining": i64::MIN}})), now);
         assert!(t.reserve() <= 1_000_000);
     }
 }

@@ -54,6 +54,7 @@ pub struct Ga4ConnectorBuilder {
     oauth_refresh: bool,
     base_url: Option<String>,
     clock: WallClock,
+    timeout: Option<std::time::Duration>,
 }
 
 impl fmt::Debug for Ga4ConnectorBuilder {
@@ -92,6 +93,12 @@ impl Ga4ConnectorBuilder {
         self
     }
 
+    /// Bounds each HTTP attempt and its connect and header waits (default 60 s, 10 s, 30 s).
+    pub fn http_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
     /// Validates and builds (no I/O).
     ///
     /// # Errors
@@ -103,13 +110,11 @@ impl Ga4ConnectorBuilder {
             .ok_or_else(|| Error::config("GA4 needs credentials (OAuth or a token)"))?;
         let tz = self.config.timezone()?;
         let api = Ga4Api::new(
-            &self.config.property_id,
+            &self.config,
             credentials,
             self.base_url.as_deref(),
-            self.config.max_concurrent,
-            self.config.token_reserve,
-            self.config.max_wait(),
             self.clock.clone(),
+            self.timeout,
         )?;
         let mut reports = BTreeMap::new();
         for name in streams::BUILT_IN {
@@ -174,6 +179,7 @@ impl Ga4Connector {
             oauth_refresh: false,
             base_url: None,
             clock: days::system_clock(),
+            timeout: None,
         }
     }
 
@@ -268,7 +274,7 @@ impl Ga4Connector {
         let body = self.api.run_report(&def.request(from, to, offset, limit)).await?;
         let page = ReportPage::parse(&body)?;
         if let Some(q) = &page.property_quota.0 {
-            self.api.quota().observe(q);
+            self.api.quota().observe(q, (self.clock)());
         }
         let dims = page.dimensions();
         let metrics = page.metrics();
@@ -376,7 +382,7 @@ impl Ga4Connector {
             .await?;
         let answer = FunnelAnswer::parse(&body)?;
         if let Some(q) = &answer.property_quota.0 {
-            self.api.quota().observe(q);
+            self.api.quota().observe(q, (self.clock)());
         }
         let stream = StreamId::from_static(streams::FUNNELS);
         let date = day.to_string();
@@ -487,7 +493,7 @@ impl Ga4Connector {
         let answer = self.api.run_report(&body).await?;
         let page = ReportPage::parse(&answer)?;
         if let Some(q) = &page.property_quota.0 {
-            self.api.quota().observe(q);
+            self.api.quota().observe(q, (self.clock)());
         }
         check_page_len(page.rows.len(), limit as usize)?;
         let stream = StreamId::from_static(streams::COHORTS);

@@ -242,6 +242,16 @@ impl PlatformPolicy for Ga4Policy {
         None
     }
 
+    /// GA4 answers a used-up quota with 429 and no `Retry-After`, naming the quota only in
+    /// the body, which this hook does not see. It assumes the common case, an hourly quota:
+    /// until the next full hour. So the retry layer does not hammer a closed quota (a wait
+    /// longer than the maximum wait is not retried at all), and the rate gate closes for
+    /// every request of the connection. The body's exact quota then sets the error's
+    /// `retry_after` ([`error_for_response`]).
+    fn retry_hint(&self, status: StatusCode, _headers: &HeaderMap) -> Option<Duration> {
+        (status == StatusCode::TOO_MANY_REQUESTS).then(|| QuotaKind::Hour.refill_after((self.clock)()))
+    }
+
     fn classify(
         &self,
         status: StatusCode,

@@ -3,4 +3,5 @@
 
 mod conformance;
 mod fixtures;
+mod ga4;
 mod mixpanel;
