@@ -12,8 +12,13 @@ use futures::StreamExt;
 /// `InvalidResponse`: permanent for a body over the cap, temporary for one cut short.
 pub(crate) async fn read_body(resp: reqwest::Response) -> Result<Bytes> {
     const MAX: usize = DEFAULT_MAX_BODY_BYTES;
-    let too_big =
-        || Error::new(ErrorKind::InvalidResponse, "response body exceeds the limit").permanent();
+    let too_big = || {
+        Error::new(
+            ErrorKind::InvalidResponse,
+            "response body exceeds the limit",
+        )
+        .permanent()
+    };
     if resp.content_length().is_some_and(|n| n > MAX as u64) {
         return Err(too_big());
     }

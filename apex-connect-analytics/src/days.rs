@@ -47,7 +47,9 @@ pub fn sub_days(d: NaiveDate, n: u64) -> NaiveDate {
 /// The last day of a window that starts at `from`, is at most `len` days long (at least one)
 /// and ends no later than `last`.
 pub fn window_end(from: NaiveDate, len: u32, last: NaiveDate) -> NaiveDate {
-    add_days(from, u64::from(len.max(1)) - 1).min(last).max(from)
+    add_days(from, u64::from(len.max(1)) - 1)
+        .min(last)
+        .max(from)
 }
 
 /// The first day of the walk that follows a walk which exported through `through`: it re-reads
@@ -84,10 +86,12 @@ pub fn local_ms_to_utc_ms(tz: Tz, local_ms: i64) -> Option<i64> {
             // In a gap: the offset an hour earlier is the one in force before it.
             let before = naive.checked_sub_signed(chrono::TimeDelta::hours(3))?;
             let offset = tz.offset_from_local_datetime(&before).earliest()?;
-            let fixed = chrono::FixedOffset::east_opt(
-                chrono::Offset::fix(&offset).local_minus_utc(),
-            )?;
-            fixed.from_local_datetime(&naive).single()?.with_timezone(&Tz::UTC)
+            let fixed =
+                chrono::FixedOffset::east_opt(chrono::Offset::fix(&offset).local_minus_utc())?;
+            fixed
+                .from_local_datetime(&naive)
+                .single()?
+                .with_timezone(&Tz::UTC)
         }
     };
     Some(utc.timestamp_millis())
@@ -117,12 +121,30 @@ mod tests {
 
     #[test]
     fn windows_and_repulls() {
-        assert_eq!(window_end(d("2024-01-01"), 30, d("2024-12-31")), d("2024-01-30"));
-        assert_eq!(window_end(d("2024-01-01"), 30, d("2024-01-10")), d("2024-01-10"));
-        assert_eq!(window_end(d("2024-01-01"), 0, d("2024-01-10")), d("2024-01-01"));
-        assert_eq!(repull_from(d("2024-01-10"), 5, d("2024-01-01")), d("2024-01-06"));
-        assert_eq!(repull_from(d("2024-01-10"), 0, d("2024-01-01")), d("2024-01-10"));
-        assert_eq!(repull_from(d("2024-01-03"), 5, d("2024-01-02")), d("2024-01-02"));
+        assert_eq!(
+            window_end(d("2024-01-01"), 30, d("2024-12-31")),
+            d("2024-01-30")
+        );
+        assert_eq!(
+            window_end(d("2024-01-01"), 30, d("2024-01-10")),
+            d("2024-01-10")
+        );
+        assert_eq!(
+            window_end(d("2024-01-01"), 0, d("2024-01-10")),
+            d("2024-01-01")
+        );
+        assert_eq!(
+            repull_from(d("2024-01-10"), 5, d("2024-01-01")),
+            d("2024-01-06")
+        );
+        assert_eq!(
+            repull_from(d("2024-01-10"), 0, d("2024-01-01")),
+            d("2024-01-10")
+        );
+        assert_eq!(
+            repull_from(d("2024-01-03"), 5, d("2024-01-02")),
+            d("2024-01-02")
+        );
         assert_eq!(add_days(NaiveDate::MAX, 5), NaiveDate::MAX);
         assert_eq!(sub_days(NaiveDate::MIN, 5), NaiveDate::MIN);
     }

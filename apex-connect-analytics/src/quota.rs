@@ -31,7 +31,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// `Config` when `n` is zero or `per` is zero.
 pub fn window_gate(n: u32, per: Duration) -> Result<RateGate> {
     if n == 0 {
-        return Err(Error::config("a request quota must allow at least one request"));
+        return Err(Error::config(
+            "a request quota must allow at least one request",
+        ));
     }
     if per.is_zero() {
         return Err(Error::config("a request quota's window must not be zero"));
@@ -114,23 +116,22 @@ impl QuotaGate {
     /// `RateLimited` (temporary, with `retry_after`) when no slot frees up within the maximum
     /// wait, or a rate would need a longer wait (see [`RateGate::acquire`]).
     pub async fn admit(&self) -> Result<QuotaPermit> {
-        let slot = match tokio::time::timeout(self.max_wait, self.slots.clone().acquire_owned())
-            .await
-        {
-            Ok(Ok(slot)) => slot,
-            Ok(Err(_closed)) => {
-                return Err(Error::new(ErrorKind::Unexpected, "request slots closed"));
-            }
-            Err(_) => {
-                return Err(Error::new(
+        let slot =
+            match tokio::time::timeout(self.max_wait, self.slots.clone().acquire_owned()).await {
+                Ok(Ok(slot)) => slot,
+                Ok(Err(_closed)) => {
+                    return Err(Error::new(ErrorKind::Unexpected, "request slots closed"));
+                }
+                Err(_) => {
+                    return Err(Error::new(
                     ErrorKind::RateLimited,
                     "every concurrent request slot stayed busy for longer than the allowed wait",
                 )
                 .temporary()
                 .with_retry_after(Duration::from_secs(1))
                 .with_context("max_concurrent", self.max_concurrent));
-            }
-        };
+                }
+            };
         for (name, gate) in &self.rates {
             gate.acquire()
                 .await
@@ -161,7 +162,10 @@ mod tests {
         let hourly = window_gate(60, Duration::from_secs(3600)).unwrap();
         let gate = QuotaGate::new(100, Duration::from_secs(3600))
             .unwrap()
-            .with_rate("per_second", window_gate(3, Duration::from_secs(1)).unwrap());
+            .with_rate(
+                "per_second",
+                window_gate(3, Duration::from_secs(1)).unwrap(),
+            );
         let mut stamps = Vec::new();
         for _ in 0..150 {
             // The hourly gate is paid in the HTTP stack; here it is paid by hand.
@@ -214,7 +218,9 @@ mod tests {
             ErrorKind::Config
         );
         assert_eq!(
-            QuotaGate::new(0, Duration::from_secs(1)).unwrap_err().kind(),
+            QuotaGate::new(0, Duration::from_secs(1))
+                .unwrap_err()
+                .kind(),
             ErrorKind::Config
         );
         assert!(window_gate(1, Duration::from_secs(1)).is_ok());

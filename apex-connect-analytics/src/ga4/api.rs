@@ -81,7 +81,8 @@ impl QuotaTracker {
             remaining(&q.tokens_per_hour),
             remaining(&q.tokens_per_project_per_hour),
             remaining(&q.potentially_thresholded_requests_per_hour),
-            remaining(&q.server_errors_per_project_per_hour).map(|r| if r <= 0 { 0 } else { i64::MAX }),
+            remaining(&q.server_errors_per_project_per_hour)
+                .map(|r| if r <= 0 { 0 } else { i64::MAX }),
         ];
         if let Some(min) = hourly.into_iter().flatten().min() {
             s.hour_remaining = Some((min, hour_index(now)));
@@ -125,13 +126,17 @@ impl QuotaTracker {
             return Some((QuotaKind::Day, d));
         }
         // A count said on another day (hour) than now's is stale: that quota refilled.
-        if s.day_remaining.is_some_and(|(r, day)| r < reserve && day == pacific_day(now)) {
+        if s.day_remaining
+            .is_some_and(|(r, day)| r < reserve && day == pacific_day(now))
+        {
             return Some((QuotaKind::Day, until_pacific_midnight(now)));
         }
         if let Some(d) = blocked(QuotaKind::Hour) {
             return Some((QuotaKind::Hour, d));
         }
-        if s.hour_remaining.is_some_and(|(r, hour)| r < reserve && hour == hour_index(now)) {
+        if s.hour_remaining
+            .is_some_and(|(r, hour)| r < reserve && hour == hour_index(now))
+        {
             return Some((QuotaKind::Hour, QuotaKind::Hour.refill_after(now)));
         }
         if let Some(d) = blocked(QuotaKind::Concurrent) {
@@ -254,7 +259,11 @@ impl Ga4Api {
                 .with_context("connector", super::NAME)
                 .with_context("quota", kind.as_str()));
             }
-            tracing::info!(quota = kind.as_str(), wait_s = wait.as_secs(), "GA4 quota used up: waiting for it to refill");
+            tracing::info!(
+                quota = kind.as_str(),
+                wait_s = wait.as_secs(),
+                "GA4 quota used up: waiting for it to refill"
+            );
             tokio::time::sleep(wait).await;
             self.tracker.refilled(kind);
         }
@@ -300,7 +309,11 @@ impl Ga4Api {
                         // Closed by the rate gate (a 429 of another request): wait it out.
                         tokio::time::sleep(wait).await;
                     }
-                    tracing::info!(round, wait_s = wait.as_secs(), "GA4 quota: pausing, then resuming");
+                    tracing::info!(
+                        round,
+                        wait_s = wait.as_secs(),
+                        "GA4 quota: pausing, then resuming"
+                    );
                 }
                 other => return other,
             }
@@ -346,7 +359,10 @@ impl Ga4Api {
     /// # Errors
     /// As [`run_report`](Self::run_report).
     pub async fn metadata(&self) -> Result<Bytes> {
-        let path = format!("/v1beta/properties/{}/metadata", path_segment(&self.property)?);
+        let path = format!(
+            "/v1beta/properties/{}/metadata",
+            path_segment(&self.property)?
+        );
         self.send(Method::GET, &path, None).await
     }
 }
@@ -366,15 +382,21 @@ mod tests {
         let t = QuotaTracker::new(0);
         let now = UNIX_EPOCH + Duration::from_secs(1_710_930_600); // 10:30 UTC
         assert!(t.wait_needed(now).is_none());
-        t.observe(&quota(serde_json::json!({
-            "tokensPerDay": {"consumed": 12, "remaining": 199_000},
-            "tokensPerHour": {"consumed": 12, "remaining": 30},
-            "tokensPerProjectPerHour": {"consumed": 12, "remaining": 13_000},
-            "concurrentRequests": {"consumed": 0, "remaining": 10},
-        })), now);
+        t.observe(
+            &quota(serde_json::json!({
+                "tokensPerDay": {"consumed": 12, "remaining": 199_000},
+                "tokensPerHour": {"consumed": 12, "remaining": 30},
+                "tokensPerProjectPerHour": {"consumed": 12, "remaining": 13_000},
+                "concurrentRequests": {"consumed": 0, "remaining": 10},
+            })),
+            now,
+        );
         assert_eq!(t.reserve(), 12);
         assert!(t.wait_needed(now).is_none());
-        t.observe(&quota(serde_json::json!({"tokensPerHour": {"consumed": 12, "remaining": 11}})), now);
+        t.observe(
+            &quota(serde_json::json!({"tokensPerHour": {"consumed": 12, "remaining": 11}})),
+            now,
+        );
         let (kind, wait) = t.wait_needed(now).unwrap();
         assert_eq!(kind, QuotaKind::Hour);
         assert_eq!(wait, Duration::from_secs(30 * 60 + 60));
@@ -383,14 +405,25 @@ mod tests {
         t.refilled(QuotaKind::Hour);
         assert!(t.wait_needed(now).is_none());
         // The project's hourly share counts too.
-        t.observe(&quota(serde_json::json!({"tokensPerProjectPerHour": {"consumed": 1, "remaining": 3}})), now);
+        t.observe(
+            &quota(serde_json::json!({"tokensPerProjectPerHour": {"consumed": 1, "remaining": 3}})),
+            now,
+        );
         assert_eq!(t.wait_needed(now).unwrap().0, QuotaKind::Hour);
         t.refilled(QuotaKind::Hour);
         // A daily exhaustion wins and lasts until midnight in Los Angeles.
         t.exhausted(QuotaKind::Day, now + Duration::from_secs(5000));
-        assert_eq!(t.wait_needed(now), Some((QuotaKind::Day, Duration::from_secs(5000))));
+        assert_eq!(
+            t.wait_needed(now),
+            Some((QuotaKind::Day, Duration::from_secs(5000)))
+        );
         // Hostile numbers do not overflow.
-        t.observe(&quota(serde_json::json!({"tokensPerHour": {"consumed": i64::MAX, "remaining": i64::MIN}})), now);
+        t.observe(
+            &quota(
+                serde_json::json!({"tokensPerHour": {"consumed": i64::MAX, "remaining": i64::MIN}}),
+            ),
+            now,
+        );
         assert!(t.reserve() <= 1_000_000);
     }
 }

@@ -210,8 +210,10 @@ impl Ga4Config {
             || self.property_id.len() > 20
             || !self.property_id.bytes().all(|b| b.is_ascii_digit())
         {
-            return Err(Error::config("GA4 property_id must be the property's number")
-                .with_context("setting", "property_id"));
+            return Err(
+                Error::config("GA4 property_id must be the property's number")
+                    .with_context("setting", "property_id"),
+            );
         }
         self.timezone()?;
         range("freshness_days", self.freshness_days, 0, 90)?;
@@ -246,8 +248,10 @@ impl Ga4Config {
                 || r.name == streams::FUNNELS
                 || !names.insert(r.name.clone())
             {
-                return Err(Error::config("GA4 report name taken (a built-in stream or another report)")
-                    .with_context("report", &r.name));
+                return Err(Error::config(
+                    "GA4 report name taken (a built-in stream or another report)",
+                )
+                .with_context("report", &r.name));
             }
             let dims = r.dimensions.iter().filter(|d| d.as_str() != "date").count() + 1;
             if dims > MAX_DIMENSIONS || r.metrics.is_empty() || r.metrics.len() > MAX_METRICS {
@@ -263,22 +267,35 @@ impl Ga4Config {
                         .with_context("value", n));
                 }
             }
-            for f in [&r.dimension_filter, &r.metric_filter].into_iter().flatten() {
+            for f in [&r.dimension_filter, &r.metric_filter]
+                .into_iter()
+                .flatten()
+            {
                 if !f.is_object() {
-                    return Err(Error::config("a GA4 report filter is a FilterExpression object")
-                        .with_context("report", &r.name));
+                    return Err(
+                        Error::config("a GA4 report filter is a FilterExpression object")
+                            .with_context("report", &r.name),
+                    );
                 }
             }
         }
         let mut funnels = std::collections::BTreeSet::new();
         for f in &self.funnels {
             if f.name.is_empty() || f.name.contains('/') || !funnels.insert(f.name.clone()) {
-                return Err(Error::config("GA4 funnel names must be unique, non-empty, without `/`")
-                    .with_context("funnel", &f.name));
+                return Err(Error::config(
+                    "GA4 funnel names must be unique, non-empty, without `/`",
+                )
+                .with_context("funnel", &f.name));
             }
-            if f.steps.len() < 2 || f.steps.iter().any(|s| s.name.is_empty() || !api_name_ok(&s.event)) {
-                return Err(Error::config("a GA4 funnel has 2 or more steps, each with a name and an event")
-                    .with_context("funnel", &f.name));
+            if f.steps.len() < 2
+                || f.steps
+                    .iter()
+                    .any(|s| s.name.is_empty() || !api_name_ok(&s.event))
+            {
+                return Err(Error::config(
+                    "a GA4 funnel has 2 or more steps, each with a name and an event",
+                )
+                .with_context("funnel", &f.name));
             }
         }
         let available = self.available_streams();
@@ -342,6 +359,8 @@ mod tests {
             let c = with(bad.clone());
             assert_eq!(c.validate().unwrap_err().kind(), ErrorKind::Config, "{bad}");
         }
-        assert!(serde_json::from_value::<Ga4Config>(serde_json::json!({"propertyid": "1"})).is_err());
+        assert!(
+            serde_json::from_value::<Ga4Config>(serde_json::json!({"propertyid": "1"})).is_err()
+        );
     }
 }

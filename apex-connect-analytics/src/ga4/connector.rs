@@ -61,7 +61,10 @@ impl fmt::Debug for Ga4ConnectorBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ga4ConnectorBuilder")
             .field("config", &self.config)
-            .field("credentials", &self.credentials.as_ref().map(|_| "[redacted]"))
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|_| "[redacted]"),
+            )
             .field("base_url", &self.base_url)
             .finish_non_exhaustive()
     }
@@ -230,7 +233,8 @@ impl Ga4Connector {
         if self.info.stream(stream).is_some() {
             Ok(())
         } else {
-            Err(Error::new(ErrorKind::NotFound, "unknown GA4 stream").with_context("stream", stream))
+            Err(Error::new(ErrorKind::NotFound, "unknown GA4 stream")
+                .with_context("stream", stream))
         }
     }
 
@@ -271,14 +275,18 @@ impl Ga4Connector {
         }
         let to = to.unwrap_or_else(|| days::window_end(from, self.config.window_days, last));
         let limit = self.config.page_size;
-        let body = self.api.run_report(&def.request(from, to, offset, limit)).await?;
+        let body = self
+            .api
+            .run_report(&def.request(from, to, offset, limit))
+            .await?;
         let page = ReportPage::parse(&body)?;
         if let Some(q) = &page.property_quota.0 {
             self.api.quota().observe(q, (self.clock)());
         }
         let dims = page.dimensions();
         let metrics = page.metrics();
-        if !page.rows.is_empty() && (dims.len() != def.dimensions.len() || !dims.contains(&"date")) {
+        if !page.rows.is_empty() && (dims.len() != def.dimensions.len() || !dims.contains(&"date"))
+        {
             return Err(Error::invalid_response(
                 "GA4 answered other dimensions than the report asked for",
             )
@@ -517,7 +525,10 @@ impl Ga4Connector {
                     let raw = models::row_raw(
                         &ctx,
                         std::iter::empty(),
-                        metrics.iter().zip(row.metrics.iter()).map(|(k, v)| (*k, v.as_deref())),
+                        metrics
+                            .iter()
+                            .zip(row.metrics.iter())
+                            .map(|(k, v)| (*k, v.as_deref())),
                     );
                     Record::upsert(stream.clone(), id_from_parts([cohort, nth]), raw)
                 }),
@@ -656,7 +667,10 @@ impl Connector for Ga4Connector {
         };
         let mut schema = StreamSchema::new(info, props).with_custom_fields(used);
         if let Some(obj) = schema.schema.as_object_mut() {
-            obj.insert("required".into(), json!(["property_id", "report", "dimensions", "metrics"]));
+            obj.insert(
+                "required".into(),
+                json!(["property_id", "report", "dimensions", "metrics"]),
+            );
         }
         Ok(schema)
     }

@@ -80,7 +80,11 @@ impl Platform for Ga4Platform {
                 .revoke_url(GOOGLE_REVOKE_URL)
                 .scopes([ANALYTICS_READONLY])
                 .client_auth(ClientAuth::RequestBody)
-                .grants([Grant::AuthorizationCode, Grant::RefreshToken, Grant::JwtBearer])
+                .grants([
+                    Grant::AuthorizationCode,
+                    Grant::RefreshToken,
+                    Grant::JwtBearer,
+                ])
                 .jwt_audience(GOOGLE_TOKEN_URL)
                 // A refresh token, and on every consent (Google sends it on the first only).
                 .authorize_param("access_type", "offline")
@@ -119,7 +123,9 @@ impl Platform for Ga4Platform {
         if let Some(url) = ctx.base_url {
             b = b.base_url(url);
         }
-        let c = b.build().map_err(|e: Error| e.with_context("platform", NAME))?;
+        let c = b
+            .build()
+            .map_err(|e: Error| e.with_context("platform", NAME))?;
         Ok(Arc::new(c))
     }
 }

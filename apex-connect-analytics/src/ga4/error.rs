@@ -249,7 +249,8 @@ impl PlatformPolicy for Ga4Policy {
     /// every request of the connection. The body's exact quota then sets the error's
     /// `retry_after` ([`error_for_response`]).
     fn retry_hint(&self, status: StatusCode, _headers: &HeaderMap) -> Option<Duration> {
-        (status == StatusCode::TOO_MANY_REQUESTS).then(|| QuotaKind::Hour.refill_after((self.clock)()))
+        (status == StatusCode::TOO_MANY_REQUESTS)
+            .then(|| QuotaKind::Hour.refill_after((self.clock)()))
     }
 
     fn classify(

@@ -19,9 +19,7 @@
 use std::borrow::Cow;
 
 use apex_connect_core::lenient::{Lenient, LenientI64, LenientStr, LenientVec};
-use apex_connect_core::{
-    Entity, EntityKind, Error, RawJson, Record, Result, SourceRef, StreamId,
-};
+use apex_connect_core::{Entity, EntityKind, Error, RawJson, Record, Result, SourceRef, StreamId};
 use bytes::Bytes;
 use chrono::NaiveDate;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
@@ -49,7 +47,14 @@ pub mod streams {
     /// Funnels defined in the settings (`runFunnelReport`).
     pub const FUNNELS: &str = "funnels";
     /// The streams every connection has.
-    pub const BUILT_IN: &[&str] = &[TRAFFIC_SOURCES, PAGES, EVENTS, SESSIONS, CONVERSIONS, COHORTS];
+    pub const BUILT_IN: &[&str] = &[
+        TRAFFIC_SOURCES,
+        PAGES,
+        EVENTS,
+        SESSIONS,
+        CONVERSIONS,
+        COHORTS,
+    ];
 }
 
 /// A report read day window by day window: its dimensions (`date` first), metrics and filters.
@@ -101,7 +106,13 @@ impl ReportDef {
             streams::TRAFFIC_SOURCES => ReportDef::new(
                 name,
                 &names(&["sessionSource", "sessionMedium"]),
-                &names(&["sessions", "totalUsers", "newUsers", "engagedSessions", "screenPageViews"]),
+                &names(&[
+                    "sessions",
+                    "totalUsers",
+                    "newUsers",
+                    "engagedSessions",
+                    "screenPageViews",
+                ]),
             ),
             streams::PAGES => ReportDef::new(
                 name,
@@ -116,13 +127,21 @@ impl ReportDef {
             streams::SESSIONS => ReportDef::new(
                 name,
                 std::slice::from_ref(&config.sessions_dimension),
-                &names(&["sessions", "engagedSessions", "averageSessionDuration", "bounceRate"]),
+                &names(&[
+                    "sessions",
+                    "engagedSessions",
+                    "averageSessionDuration",
+                    "bounceRate",
+                ]),
             ),
             streams::CONVERSIONS => {
                 let mut d = ReportDef::new(
                     name,
                     &names(&["eventName"]),
-                    &[config.conversions_metric.clone(), "totalRevenue".to_string()],
+                    &[
+                        config.conversions_metric.clone(),
+                        "totalRevenue".to_string(),
+                    ],
                 );
                 d.metric_filter = Some(json!({"filter": {
                     "fieldName": config.conversions_metric,
@@ -227,12 +246,18 @@ impl<'a> ReportPage<'a> {
 
     /// The dimension header names.
     pub fn dimensions(&self) -> Vec<&str> {
-        self.dimension_headers.iter().map(|h| h.name.as_ref()).collect()
+        self.dimension_headers
+            .iter()
+            .map(|h| h.name.as_ref())
+            .collect()
     }
 
     /// The metric header names.
     pub fn metrics(&self) -> Vec<&str> {
-        self.metric_headers.iter().map(|h| h.name.as_ref()).collect()
+        self.metric_headers
+            .iter()
+            .map(|h| h.name.as_ref())
+            .collect()
     }
 
     /// The answer's data-quality flags (`dataLossFromOtherRow`, `subjectToThresholding`,
@@ -256,7 +281,11 @@ impl<'a> ReportPage<'a> {
         if m.subject_to_thresholding.0 == Some(true) {
             q.insert("subject_to_thresholding".into(), Value::Bool(true));
         }
-        if let Some(s) = m.sampling_metadatas.0.filter(|v| v.as_array().is_some_and(|a| !a.is_empty())) {
+        if let Some(s) = m
+            .sampling_metadatas
+            .0
+            .filter(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+        {
             q.insert("sampling".into(), s);
         }
         (!q.is_empty()).then_some(Value::Object(q))
@@ -452,9 +481,10 @@ pub fn report_record(
     quality: Option<&Value>,
 ) -> Result<Record> {
     let row = Row::parse(raw, dims.len(), metric_names.len())?;
-    let date_idx = dims.iter().position(|d| *d == "date").ok_or_else(|| {
-        Error::invalid_response("GA4 report answer without the date dimension")
-    })?;
+    let date_idx = dims
+        .iter()
+        .position(|d| *d == "date")
+        .ok_or_else(|| Error::invalid_response("GA4 report answer without the date dimension"))?;
     let date = parse_ga_date(&row.dimensions[date_idx])?.to_string();
     let others = || {
         dims.iter()
@@ -504,9 +534,8 @@ struct BuiltEnvelope<'a> {
 /// # Errors
 /// `InvalidResponse` when a part of the id is missing.
 pub fn built_record_id(stream: &str, raw: &[u8], dims: &[String]) -> Result<String> {
-    let env: BuiltEnvelope<'_> = serde_json::from_slice(raw).map_err(|e| {
-        Error::invalid_response("not a GA4 record of this connector").set_source(e)
-    })?;
+    let env: BuiltEnvelope<'_> = serde_json::from_slice(raw)
+        .map_err(|e| Error::invalid_response("not a GA4 record of this connector").set_source(e))?;
     let missing = |what: &'static str| {
         Error::invalid_response("GA4 record without a part of its id").with_context("field", what)
     };
@@ -518,7 +547,9 @@ pub fn built_record_id(stream: &str, raw: &[u8], dims: &[String]) -> Result<Stri
         ])),
         streams::COHORTS => Ok(id_from_parts([
             env.cohort.as_deref().ok_or_else(|| missing("cohort"))?,
-            env.cohort_nth_week.as_deref().ok_or_else(|| missing("cohort_nth_week"))?,
+            env.cohort_nth_week
+                .as_deref()
+                .ok_or_else(|| missing("cohort_nth_week"))?,
         ])),
         _ => {
             let date = env.date.as_deref().ok_or_else(|| missing("date"))?;
@@ -601,17 +632,26 @@ pub fn entity(record: &Record) -> Result<Entity> {
         e = e.with_attr("dimensions", Value::Object(d));
     }
     if let Some(m) = v.metrics.0 {
-        let typed: Map<String, Value> = m.iter().map(|(k, v)| (k.clone(), metric_number(v))).collect();
+        let typed: Map<String, Value> = m
+            .iter()
+            .map(|(k, v)| (k.clone(), metric_number(v)))
+            .collect();
         e = e.with_attr("metrics", Value::Object(typed));
     }
     if let Some(q) = v.quality.0 {
         e = e.with_attr("quality", q);
     }
-    let name = [v.report.non_empty(), v.funnel.non_empty(), v.date.non_empty(), v.step.non_empty(), v.cohort.non_empty()]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let name = [
+        v.report.non_empty(),
+        v.funnel.non_empty(),
+        v.date.non_empty(),
+        v.step.non_empty(),
+        v.cohort.non_empty(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(" ");
     if !name.is_empty() {
         e = e.with_name(name);
     }
@@ -686,7 +726,11 @@ impl Metadata {
     }
 
     fn describe(&self, name: &str, metric: bool) -> Option<&FieldMeta> {
-        let list = if metric { &self.metrics } else { &self.dimensions };
+        let list = if metric {
+            &self.metrics
+        } else {
+            &self.dimensions
+        };
         list.iter().find(|f| f.api_name == name)
     }
 }
@@ -721,11 +765,21 @@ pub fn report_schema(
     let dims: Map<String, Value> = dimensions
         .iter()
         .filter(|d| d.as_str() != "date")
-        .map(|d| (d.clone(), field_schema(meta.and_then(|m| m.describe(d, false)), false)))
+        .map(|d| {
+            (
+                d.clone(),
+                field_schema(meta.and_then(|m| m.describe(d, false)), false),
+            )
+        })
         .collect();
     let mets: Map<String, Value> = metrics
         .iter()
-        .map(|m| (m.clone(), field_schema(meta.and_then(|x| x.describe(m, true)), true)))
+        .map(|m| {
+            (
+                m.clone(),
+                field_schema(meta.and_then(|x| x.describe(m, true)), true),
+            )
+        })
         .collect();
     let mut props = Map::new();
     props.insert("property_id".into(), json!({"type": "string"}));
@@ -767,24 +821,65 @@ mod tests {
         assert_eq!(page.dimensions(), vec!["date", "pagePath"]);
         assert_eq!(page.row_count.0, Some(3));
         assert_eq!(
-            page.property_quota.0.as_ref().unwrap().tokens_per_hour.0.unwrap().remaining.0,
+            page.property_quota
+                .0
+                .as_ref()
+                .unwrap()
+                .tokens_per_hour
+                .0
+                .unwrap()
+                .remaining
+                .0,
             Some(39_997)
         );
         let q = page.quality();
         let s = StreamId::from_static(streams::PAGES);
-        let r = report_record(&s, "123", &page.dimensions(), &page.metrics(), page.rows[0], q.as_ref()).unwrap();
+        let r = report_record(
+            &s,
+            "123",
+            &page.dimensions(),
+            &page.metrics(),
+            page.rows[0],
+            q.as_ref(),
+        )
+        .unwrap();
         assert_eq!(r.id, "2024-01-02/%2Fa%2Fb%25c");
         let v = r.raw.to_value().unwrap();
         assert_eq!(v["dimensions"]["pagePath"], json!("/a/b%c"));
         assert_eq!(v["metrics"]["screenPageViews"], json!("41"));
         assert_eq!(v["quality"]["subject_to_thresholding"], json!(true));
         assert_eq!(
-            built_record_id(streams::PAGES, r.raw.as_bytes(), &["date".into(), "pagePath".into()]).unwrap(),
+            built_record_id(
+                streams::PAGES,
+                r.raw.as_bytes(),
+                &["date".into(), "pagePath".into()]
+            )
+            .unwrap(),
             r.id
         );
         // Missing dimension values, or a date that is not YYYYMMDD: envelope errors.
-        assert!(report_record(&s, "123", &page.dimensions(), &page.metrics(), page.rows[1], None).is_err());
-        assert!(report_record(&s, "123", &page.dimensions(), &page.metrics(), page.rows[2], None).is_err());
+        assert!(
+            report_record(
+                &s,
+                "123",
+                &page.dimensions(),
+                &page.metrics(),
+                page.rows[1],
+                None
+            )
+            .is_err()
+        );
+        assert!(
+            report_record(
+                &s,
+                "123",
+                &page.dimensions(),
+                &page.metrics(),
+                page.rows[2],
+                None
+            )
+            .is_err()
+        );
         let e = entity(&r).unwrap();
         assert_eq!(e.attributes["metrics"]["screenPageViews"], json!(41));
         assert_eq!(e.attributes["date"], json!("2024-01-02"));
@@ -794,15 +889,28 @@ mod tests {
     fn metadata_and_schema() {
         let m = Metadata::parse(br#"{"dimensions":[{"apiName":"country","uiName":"Country"},{"apiName":"customEvent:plan","customDefinition":true},7],
             "metrics":[{"apiName":"activeUsers","type":"TYPE_INTEGER"},{"apiName":"customEvent:order_value","type":"TYPE_CURRENCY","customDefinition":true}]}"#).unwrap();
-        assert_eq!(m.custom(), vec!["customEvent:plan", "customEvent:order_value"]);
+        assert_eq!(
+            m.custom(),
+            vec!["customEvent:plan", "customEvent:order_value"]
+        );
         let props = report_schema(
             &["date".into(), "country".into()],
             &["activeUsers".into()],
             &["date"],
             Some(&m),
         );
-        assert!(props["dimensions"]["properties"]["country"]["description"].as_str().unwrap().contains("Country"));
-        assert!(props["metrics"]["properties"]["activeUsers"]["description"].as_str().unwrap().contains("TYPE_INTEGER"));
+        assert!(
+            props["dimensions"]["properties"]["country"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("Country")
+        );
+        assert!(
+            props["metrics"]["properties"]["activeUsers"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("TYPE_INTEGER")
+        );
         assert_eq!(metric_number(&json!("12.5")), json!(12.5));
         assert_eq!(metric_number(&json!("x")), Value::Null);
     }

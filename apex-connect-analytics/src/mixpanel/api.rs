@@ -224,11 +224,13 @@ fn stack_gate(config: &MixpanelConfig) -> Result<RateGate> {
 }
 
 fn pre_gate(config: &MixpanelConfig, max_concurrent: u32) -> Result<QuotaGate> {
-    Ok(QuotaGate::new(max_concurrent, config.max_wait())?.with_rate(
-        "queries_per_second",
-        window_gate(config.queries_per_second, Duration::from_secs(1))?
-            .with_max_wait(config.max_wait()),
-    ))
+    Ok(
+        QuotaGate::new(max_concurrent, config.max_wait())?.with_rate(
+            "queries_per_second",
+            window_gate(config.queries_per_second, Duration::from_secs(1))?
+                .with_max_wait(config.max_wait()),
+        ),
+    )
 }
 
 impl MixpanelApi {
@@ -236,7 +238,11 @@ impl MixpanelApi {
     ///
     /// # Errors
     /// `Config` for bad settings or base URL.
-    pub fn new(config: &MixpanelConfig, auth: &MixpanelAuth, base_url: Option<&str>) -> Result<Self> {
+    pub fn new(
+        config: &MixpanelConfig,
+        auth: &MixpanelAuth,
+        base_url: Option<&str>,
+    ) -> Result<Self> {
         let credentials = Arc::new(StaticToken::raw(auth.header()));
         let export_base = base_url.unwrap_or(config.region.export_base());
         let query_base = base_url.unwrap_or(config.region.query_base());
@@ -255,13 +261,14 @@ impl MixpanelApi {
         if let Some(p) = config.project_id {
             project.push(("project_id", p.to_string()));
         }
-        let events = if config.events.is_empty() {
-            None
-        } else {
-            Some(serde_json::to_string(&config.events).map_err(|e| {
-                Error::config("Mixpanel `events` cannot be encoded").set_source(e)
-            })?)
-        };
+        let events =
+            if config.events.is_empty() {
+                None
+            } else {
+                Some(serde_json::to_string(&config.events).map_err(|e| {
+                    Error::config("Mixpanel `events` cannot be encoded").set_source(e)
+                })?)
+            };
         Ok(MixpanelApi {
             export,
             query,
@@ -442,10 +449,16 @@ mod tests {
             username: "user".into(),
             secret: SecretString::from("s3cret-value"),
         };
-        assert_eq!(sa.header(), format!("Basic {}", STANDARD.encode("user:s3cret-value")));
+        assert_eq!(
+            sa.header(),
+            format!("Basic {}", STANDARD.encode("user:s3cret-value"))
+        );
         assert!(!format!("{sa:?}").contains("s3cret"));
         let ps = MixpanelAuth::ProjectSecret(SecretString::from("projsecret"));
-        assert_eq!(ps.header(), format!("Basic {}", STANDARD.encode("projsecret:")));
+        assert_eq!(
+            ps.header(),
+            format!("Basic {}", STANDARD.encode("projsecret:"))
+        );
         assert!(!format!("{ps:?}").contains("projsecret"));
     }
 }

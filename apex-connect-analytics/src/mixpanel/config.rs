@@ -228,8 +228,18 @@ impl MixpanelConfig {
         range("max_line_bytes", self.max_line_bytes, 256, MAX_LINE_BYTES)?;
         range("queries_per_hour", self.queries_per_hour, 1, 1_000_000)?;
         range("queries_per_second", self.queries_per_second, 1, 10_000)?;
-        range("max_concurrent_exports", self.max_concurrent_exports, 1, 1_000)?;
-        range("max_concurrent_queries", self.max_concurrent_queries, 1, 1_000)?;
+        range(
+            "max_concurrent_exports",
+            self.max_concurrent_exports,
+            1,
+            1_000,
+        )?;
+        range(
+            "max_concurrent_queries",
+            self.max_concurrent_queries,
+            1,
+            1_000,
+        )?;
         range("max_wait_secs", self.max_wait_secs, 1, 86_400)?;
         range("export_timeout_secs", self.export_timeout_secs, 1, 86_400)?;
         if let (Some(s), Some(e)) = (self.start_date, self.end_date)
@@ -295,8 +305,7 @@ mod tests {
             assert_eq!(c.validate().unwrap_err().kind(), ErrorKind::Config, "{b}");
         }
         assert!(
-            serde_json::from_value::<MixpanelConfig>(serde_json::json!({"windw_days": 3}))
-                .is_err()
+            serde_json::from_value::<MixpanelConfig>(serde_json::json!({"windw_days": 3})).is_err()
         );
         let c: MixpanelConfig =
             serde_json::from_value(serde_json::json!({"region": "in"})).unwrap();

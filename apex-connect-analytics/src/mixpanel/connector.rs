@@ -138,12 +138,7 @@ impl MixpanelConnectorBuilder {
         }
         let tz = self.config.timezone()?;
         let api = MixpanelApi::new(&self.config, &auth, self.base_url.as_deref())?;
-        let stream_infos = self
-            .config
-            .streams
-            .iter()
-            .map(|s| stream_info(s))
-            .collect();
+        let stream_infos = self.config.streams.iter().map(|s| stream_info(s)).collect();
         Ok(MixpanelConnector {
             info: ConnectorInfo::new(NAME, API_VERSION, Capabilities::new(stream_infos)),
             time: EventTime {
@@ -208,7 +203,10 @@ struct EngageRead {
 
 fn trim_line(b: &Bytes) -> Bytes {
     let s: &[u8] = b;
-    let start = s.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(s.len());
+    let start = s
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(s.len());
     let end = s
         .iter()
         .rposition(|c| !c.is_ascii_whitespace())
@@ -276,7 +274,11 @@ impl MixpanelConnector {
         };
         let (from, to, page) = match pos {
             DayPosition::CaughtUp { through } => (
-                days::repull_from(through.min(last), self.config.attribution_window_days, start),
+                days::repull_from(
+                    through.min(last),
+                    self.config.attribution_window_days,
+                    start,
+                ),
                 None,
                 0,
             ),
@@ -372,8 +374,9 @@ impl MixpanelConnector {
                     true,
                 )
             };
-            return Ok(Page::new(records, Some(EventsCursor(next).to_token()), more)
-                .with_rejects(rejects));
+            return Ok(
+                Page::new(records, Some(EventsCursor(next).to_token()), more).with_rejects(rejects),
+            );
         }
         let next = EventsCursor(DayPosition::Window {
             from,
@@ -396,7 +399,11 @@ impl MixpanelConnector {
         let size = self.config.engage_page_size;
         let body = match self
             .api
-            .engage(position.map(|p| (p.session_id.as_str(), p.page)), cohort, size)
+            .engage(
+                position.map(|p| (p.session_id.as_str(), p.page)),
+                cohort,
+                size,
+            )
             .await
         {
             Err(e) if position.is_some() && e.kind() == ErrorKind::InvalidInput => {
@@ -410,20 +417,29 @@ impl MixpanelConnector {
         let asked = u64::from(size);
         let got = page.results.len() as u64;
         apex_connect_core::http::check_page_len(got as usize, size as usize)?;
-        let page_size = page.page_size.0.filter(|n| *n > 0).unwrap_or(asked).min(asked.max(1));
+        let page_size = page
+            .page_size
+            .0
+            .filter(|n| *n > 0)
+            .unwrap_or(asked)
+            .min(asked.max(1));
         let this_page = page.page.0.unwrap_or(0);
         let bound = page
             .total
             .0
             .map(|t| t.div_ceil(page_size).saturating_add(ENGAGE_SLACK_PAGES));
-        let more = got > 0 && got >= page_size && bound.is_none_or(|b| this_page.saturating_add(1) < b);
+        let more =
+            got > 0 && got >= page_size && bound.is_none_or(|b| this_page.saturating_add(1) < b);
         let next = if more {
-            let session_id = page.session_id.clone().filter(|s| !s.is_empty()).ok_or_else(|| {
-                Error::invalid_response("Engage answered a full page without a session_id")
-            })?;
-            let next_page = u32::try_from(this_page.saturating_add(1)).map_err(|_| {
-                Error::invalid_response("Engage page number out of range")
-            })?;
+            let session_id = page
+                .session_id
+                .clone()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| {
+                    Error::invalid_response("Engage answered a full page without a session_id")
+                })?;
+            let next_page = u32::try_from(this_page.saturating_add(1))
+                .map_err(|_| Error::invalid_response("Engage page number out of range"))?;
             Some(EngagePosition {
                 session_id,
                 page: next_page,
@@ -466,7 +482,11 @@ impl MixpanelConnector {
         }
         let more = read.next.is_some();
         let next = ProfilesCursor {
-            walks: if more { c.walks } else { c.walks.saturating_add(1) },
+            walks: if more {
+                c.walks
+            } else {
+                c.walks.saturating_add(1)
+            },
             next: read.next,
         };
         Ok(Page::new(records, Some(next.to_token()), more).with_rejects(rejects))
@@ -527,14 +547,23 @@ impl MixpanelConnector {
             None => 0,
         };
         let (records, rejects, walks) = self
-            .read_list(streams::FUNNELS, FUNNELS_LIST_PATH, walks, models::funnel_id)
+            .read_list(
+                streams::FUNNELS,
+                FUNNELS_LIST_PATH,
+                walks,
+                models::funnel_id,
+            )
             .await?;
         let next = FunnelsCursor(ListCursor { walks }).to_token();
         Ok(Page::new(records, Some(next), false).with_rejects(rejects))
     }
 
     /// The ids listed at `path` (unreadable items skipped), at most [`MAX_LISTED`].
-    async fn list_ids(&self, path: &str, id_of: fn(&[u8]) -> Result<String>) -> Result<Vec<String>> {
+    async fn list_ids(
+        &self,
+        path: &str,
+        id_of: fn(&[u8]) -> Result<String>,
+    ) -> Result<Vec<String>> {
         let (_, items) = self.list(path).await?;
         let mut ids: Vec<String> = items
             .iter()
@@ -542,7 +571,12 @@ impl MixpanelConnector {
             .collect();
         ids.dedup();
         if ids.len() > MAX_LISTED {
-            tracing::warn!(listed = ids.len(), kept = MAX_LISTED, path, "Mixpanel list truncated");
+            tracing::warn!(
+                listed = ids.len(),
+                kept = MAX_LISTED,
+                path,
+                "Mixpanel list truncated"
+            );
             ids.truncate(MAX_LISTED);
         }
         Ok(ids)
@@ -777,8 +811,12 @@ impl Connector for MixpanelConnector {
         self.check_stream(stream)?;
         let bytes = raw.as_bytes();
         let record = match stream.as_str() {
-            streams::EVENTS => return models::event_record(raw.bytes().clone(), &self.time).map(|(r, _)| r),
-            streams::PROFILES => Record::upsert(stream.clone(), models::profile_id(bytes)?, raw.clone()),
+            streams::EVENTS => {
+                return models::event_record(raw.bytes().clone(), &self.time).map(|(r, _)| r);
+            }
+            streams::PROFILES => {
+                Record::upsert(stream.clone(), models::profile_id(bytes)?, raw.clone())
+            }
             streams::COHORT_MEMBERS => {
                 let cohort = parent.ok_or_else(|| {
                     Error::invalid_input("a cohort member is read under its cohort (parent)")
@@ -790,8 +828,12 @@ impl Connector for MixpanelConnector {
                 )
                 .with_parent(cohort)
             }
-            streams::COHORTS => Record::upsert(stream.clone(), models::cohort_id(bytes)?, raw.clone()),
-            streams::FUNNELS => Record::upsert(stream.clone(), models::funnel_id(bytes)?, raw.clone()),
+            streams::COHORTS => {
+                Record::upsert(stream.clone(), models::cohort_id(bytes)?, raw.clone())
+            }
+            streams::FUNNELS => {
+                Record::upsert(stream.clone(), models::funnel_id(bytes)?, raw.clone())
+            }
             streams::FUNNEL_RESULTS => Record::upsert(
                 stream.clone(),
                 models::funnel_result_record_id(bytes)?,
@@ -807,7 +849,8 @@ impl Connector for MixpanelConnector {
 
     async fn discover(&self, stream: &StreamId) -> Result<StreamSchema> {
         let info = self.info.stream(stream).ok_or_else(|| {
-            Error::new(ErrorKind::NotFound, "unknown Mixpanel stream").with_context("stream", stream)
+            Error::new(ErrorKind::NotFound, "unknown Mixpanel stream")
+                .with_context("stream", stream)
         })?;
         let mut schema = StreamSchema::new(info, models::schema_properties(stream.as_str()));
         if let Some(obj) = schema.schema.as_object_mut() {

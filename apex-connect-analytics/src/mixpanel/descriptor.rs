@@ -68,10 +68,10 @@ impl Platform for MixpanelPlatform {
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Arc<dyn Connector>> {
         let mut config = Self::config(ctx.settings)?;
         if !matches!(ctx.auth, ConnectionAuth::Secrets) {
-            return Err(Error::config(
-                "Mixpanel authenticates with static credentials, not OAuth",
-            )
-            .with_context("platform", NAME));
+            return Err(
+                Error::config("Mixpanel authenticates with static credentials, not OAuth")
+                    .with_context("platform", NAME),
+            );
         }
         if !ctx.streams.is_empty() {
             config.streams = ctx.streams.to_vec();

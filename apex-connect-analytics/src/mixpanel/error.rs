@@ -100,7 +100,12 @@ pub fn error_for_response(status: u16, body: &[u8], retry_after: Option<Duration
     let mut err = Error::new(kind, message)
         .with_context("connector", NAME)
         .with_context("status", status);
-    if status == 400 && api.message.as_deref().is_some_and(|m| m.contains("to_date")) {
+    if status == 400
+        && api
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("to_date"))
+    {
         err = err.with_context(
             "hint",
             "check the project_timezone setting: projects created before 2023 count days in their own time zone",
@@ -173,10 +178,7 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(!e.is_temporary());
         assert!(e.context_value("hint").is_some());
-        assert_eq!(
-            e.downcast_source::<MixpanelApiError>().unwrap().status,
-            400
-        );
+        assert_eq!(e.downcast_source::<MixpanelApiError>().unwrap().status, 400);
 
         let e = error_for_response(401, b"Unauthorized\n", None);
         assert_eq!(e.kind(), ErrorKind::Unauthenticated);

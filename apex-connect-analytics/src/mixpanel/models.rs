@@ -124,7 +124,13 @@ pub struct EventHead {
 /// exported (milliseconds, before any time-zone conversion), so the key does not depend on the
 /// time-zone setting. An event without `$insert_id` is keyed by a hash of its whole line
 /// instead, so only byte-identical lines collapse.
-pub fn event_key(event: &str, distinct_id: &str, time_ms: i64, insert_id: Option<&str>, line: &[u8]) -> [u8; 32] {
+pub fn event_key(
+    event: &str,
+    distinct_id: &str,
+    time_ms: i64,
+    insert_id: Option<&str>,
+    line: &[u8],
+) -> [u8; 32] {
     let mut h = Sha256::new();
     let mut part = |b: &[u8]| {
         h.update((b.len() as u64).to_be_bytes());
@@ -162,7 +168,9 @@ pub fn read_event(line: &[u8], time: &EventTime) -> Result<EventHead> {
     })?;
     let utc = time.to_utc_ms(raw_ms)?;
     if DateTime::<Utc>::from_timestamp_millis(utc).is_none() {
-        return Err(Error::invalid_response("event time is outside the calendar"));
+        return Err(Error::invalid_response(
+            "event time is outside the calendar",
+        ));
     }
     let digest = event_key(
         &env.event,
@@ -321,7 +329,8 @@ pub fn funnel_result_raw(funnel: &str, date: NaiveDate, result: &[u8]) -> Result
 }
 
 fn rfc3339(ms: i64) -> Option<String> {
-    DateTime::<Utc>::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 
 fn source(object_type: &'static str, id: impl Into<String>) -> SourceRef {
@@ -348,13 +357,11 @@ pub fn event_entity(record: &Record) -> Result<Entity> {
     if let Some(name) = v.event.non_empty() {
         e = e.with_name(name);
     }
-    let distinct = props
-        .remove("distinct_id")
-        .and_then(|d| match d {
-            Value::String(s) if !s.is_empty() => Some(s),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        });
+    let distinct = props.remove("distinct_id").and_then(|d| match d {
+        Value::String(s) if !s.is_empty() => Some(s),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    });
     if let Some(ms) = record.updated_at {
         e = e
             .with_attr("time", json!(rfc3339(ms)))
@@ -425,7 +432,8 @@ pub fn person_entity(record: &Record, distinct_id: &str) -> Result<Entity> {
     if let Some(email) = text(props.get("$email")).filter(|s| s.contains('@')) {
         e = e.with_identity(Identity::email(&email));
     }
-    if let Some(phone) = text(props.get("$phone")).filter(|s| s.chars().any(|c| c.is_ascii_digit())) {
+    if let Some(phone) = text(props.get("$phone")).filter(|s| s.chars().any(|c| c.is_ascii_digit()))
+    {
         e = e.with_identity(Identity::phone(&phone));
     }
     for (key, attr) in PROFILE_ATTRS {
@@ -715,7 +723,11 @@ mod tests {
             br#"{"event":"x","properties":{"time":1e300}}"#,
             br#"{"event":"x","properties":{"time":1}} trailing"#,
         ] {
-            assert!(read_event(bad, &utc).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                read_event(bad, &utc).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -753,8 +765,15 @@ mod tests {
             br#"{"steps":[{"count":10,"goal":"A","step_conv_ratio":1},{"count":"x"}],"analysis":{"completion":4}}"#,
         )
         .unwrap();
-        assert_eq!(funnel_result_record_id(raw.as_bytes()).unwrap(), "7:2024-01-02");
-        let r = Record::upsert(StreamId::from_static(streams::FUNNEL_RESULTS), "7:2024-01-02", raw);
+        assert_eq!(
+            funnel_result_record_id(raw.as_bytes()).unwrap(),
+            "7:2024-01-02"
+        );
+        let r = Record::upsert(
+            StreamId::from_static(streams::FUNNEL_RESULTS),
+            "7:2024-01-02",
+            raw,
+        );
         let e = funnel_result_entity(&r).unwrap();
         assert_eq!(e.attributes["steps"][0]["count"], json!(10));
         assert_eq!(e.attributes["steps"][1]["count"], Value::Null);

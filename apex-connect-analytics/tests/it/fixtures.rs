@@ -97,7 +97,8 @@ impl MixpanelFixture {
     }
 
     pub fn expected_now(&self, stream: &str) -> BTreeMap<String, Option<i64>> {
-        self.sim.expected(stream, self.start_day(), self.sim.today())
+        self.sim
+            .expected(stream, self.start_day(), self.sim.today())
     }
 }
 
@@ -133,7 +134,9 @@ impl ConformanceFixture for MixpanelFixture {
 use apex_connect_analytics::ga4::models::ReportDef;
 use apex_connect_analytics::ga4::sim::{Ga4Sim, Ga4SimConfig, Ga4SimHandle};
 use apex_connect_analytics::ga4::{Ga4Config, Ga4Connector, PLATFORM as GA4};
-use apex_connect_core::platform::{AuthInputs, BuildContext, Platform, Secrets, Settings, resolve_auth};
+use apex_connect_core::platform::{
+    AuthInputs, BuildContext, Platform, Secrets, Settings, resolve_auth,
+};
 use apex_connect_core::{ConnectionId, MemoryTokenStore, StaticToken};
 
 pub struct Ga4Fixture {
@@ -233,13 +236,22 @@ impl Ga4Fixture {
                 let f: Vec<(String, Vec<String>)> = config
                     .funnels
                     .iter()
-                    .map(|f| (f.name.clone(), f.steps.iter().map(|s| s.name.clone()).collect()))
+                    .map(|f| {
+                        (
+                            f.name.clone(),
+                            f.steps.iter().map(|s| s.name.clone()).collect(),
+                        )
+                    })
                     .collect();
                 self.sim.expected_funnels(&f, start, last)
             }
             "cohorts" => {
-                let weeks: Vec<String> =
-                    self.typed(|_| {}).cohort_weeks().into_iter().map(|w| w.0).collect();
+                let weeks: Vec<String> = self
+                    .typed(|_| {})
+                    .cohort_weeks()
+                    .into_iter()
+                    .map(|w| w.0)
+                    .collect();
                 self.sim.expected_cohorts(&weeks, config.cohort_weeks)
             }
             other => {

@@ -85,7 +85,13 @@ async fn rows_page_by_row_count_within_each_day_window() {
     let v = r.raw.to_value().unwrap();
     assert_eq!(v["report"], json!("traffic_sources"));
     assert_eq!(v["dimensions"]["sessionSource"], json!("google"));
-    assert!(v["metrics"]["sessions"].as_str().unwrap().parse::<u64>().is_ok());
+    assert!(
+        v["metrics"]["sessions"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .is_ok()
+    );
     let e = c.map_entity(r).unwrap().unwrap();
     assert!(e.attributes["metrics"]["sessions"].is_i64());
     // The quota of every answer was read.
@@ -157,7 +163,11 @@ async fn an_exhausted_hourly_quota_pauses_the_sync_until_it_refills() {
     let pages = all_pages(&c, streams::PAGES).await; // 18 requests
     let waited = t0.elapsed();
     assert_eq!(ids(&pages), f.expected_now(streams::PAGES));
-    assert_eq!(f.sim.rate_limited_seen(), 0, "the connector should stop before GA4 refuses");
+    assert_eq!(
+        f.sim.rate_limited_seen(),
+        0,
+        "the connector should stop before GA4 refuses"
+    );
     assert_eq!(f.sim.report_requests(), 18);
     // Three waits (to 11:01, 12:01, 13:01): 5 requests in each of the 4 hour windows.
     assert!(waited >= Duration::from_secs(2 * 3600), "{waited:?}");
@@ -226,7 +236,11 @@ async fn a_quota_longer_than_the_maximum_wait_fails_at_once_and_resumes_later() 
     assert_eq!(e.context_value("quota"), Some("hour"));
     let ra = e.retry_after().unwrap();
     assert_eq!(ra, Duration::from_secs(31 * 60)); // to 11:00, plus a minute
-    assert_eq!(f.sim.report_requests(), 5, "no request was sent to be refused");
+    assert_eq!(
+        f.sim.report_requests(),
+        5,
+        "no request was sent to be refused"
+    );
     // Asking again before the refill: still no request.
     assert!(c.read(&stream, cursor.as_ref()).await.is_err());
     assert_eq!(f.sim.report_requests(), 5);
@@ -244,7 +258,10 @@ async fn a_quota_answer_from_ga4_is_a_clear_pause_not_a_retry_storm() {
     let stream = StreamId::from_static(streams::SESSIONS);
     let e = c.read(&stream, None).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::RateLimited);
-    assert!(!e.is_temporary(), "a wait longer than allowed is not retried: {e:?}");
+    assert!(
+        !e.is_temporary(),
+        "a wait longer than allowed is not retried: {e:?}"
+    );
     assert!(e.retry_after().unwrap() > Duration::from_secs(30));
     assert!(e.to_string().contains("Exhausted property tokens"), "{e}");
     assert_eq!(f.sim.report_requests(), 1);
@@ -275,7 +292,7 @@ async fn a_used_up_day_fails_fast_until_midnight_in_los_angeles() {
     assert_eq!(e.context_value("quota"), Some("day"));
     let ra = e.retry_after().unwrap();
     let expected = apex_connect_analytics::ga4::error::until_pacific_midnight(SystemTime::now());
-    let diff = if ra > expected { ra - expected } else { expected - ra };
+    let diff = ra.abs_diff(expected);
     assert!(diff < Duration::from_secs(60), "{ra:?} {expected:?}");
     assert_eq!(f.sim.report_requests(), 3);
 }
@@ -284,26 +301,44 @@ async fn a_used_up_day_fails_fast_until_midnight_in_los_angeles() {
 async fn reports_from_settings_and_their_schema_from_metadata() {
     let f = Ga4Fixture::start().await;
     let c = f.typed(|_| {});
-    let schema = c.discover(&StreamId::from_static("by_country")).await.unwrap();
-    assert_eq!(schema.custom_fields, vec!["customEvent:order_value".to_string()]);
+    let schema = c
+        .discover(&StreamId::from_static("by_country"))
+        .await
+        .unwrap();
+    assert_eq!(
+        schema.custom_fields,
+        vec!["customEvent:order_value".to_string()]
+    );
     let metrics = &schema.schema["properties"]["metrics"]["properties"];
-    assert!(metrics["customEvent:order_value"]["description"]
-        .as_str()
-        .unwrap()
-        .contains("TYPE_CURRENCY"));
-    assert_eq!(schema.key, vec!["date", "dimensions.country", "dimensions.deviceCategory"]);
+    assert!(
+        metrics["customEvent:order_value"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("TYPE_CURRENCY")
+    );
+    assert_eq!(
+        schema.key,
+        vec!["date", "dimensions.country", "dimensions.deviceCategory"]
+    );
     let pages = all_pages(&c, "by_country").await;
     assert_eq!(ids(&pages), f.expected_now("by_country"));
     // One metadata call per connector.
-    c.discover(&StreamId::from_static(streams::PAGES)).await.unwrap();
-    assert_eq!(f.sim.stats().route("GET /v1beta/properties/{id}/metadata"), 1);
+    c.discover(&StreamId::from_static(streams::PAGES))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.sim.stats().route("GET /v1beta/properties/{id}/metadata"),
+        1
+    );
 
     // A report GA4 does not understand fails with GA4's message, not silently.
     let bad = f.typed(|cfg| {
-        cfg.reports = vec![serde_json::from_value(json!({
-            "name": "bogus", "dimensions": ["notADimension"], "metrics": ["activeUsers"]
-        }))
-        .unwrap()];
+        cfg.reports = vec![
+            serde_json::from_value(json!({
+                "name": "bogus", "dimensions": ["notADimension"], "metrics": ["activeUsers"]
+            }))
+            .unwrap(),
+        ];
     });
     let e = bad
         .read(&StreamId::from_static("bogus"), None)
@@ -325,11 +360,17 @@ async fn funnels_and_cohorts() {
     assert_eq!(v["funnel"], json!("signup"));
     assert_eq!(v["step"], json!("1. Visit"));
     let e = c.map_entity(r).unwrap().unwrap();
-    assert_eq!(e.kind, apex_connect_core::EntityKind::Other("funnel_step_metrics".into()));
+    assert_eq!(
+        e.kind,
+        apex_connect_core::EntityKind::Other("funnel_step_metrics".into())
+    );
     assert!(e.attributes["metrics"]["activeUsers"].as_i64().unwrap() > 0);
     // An incremental walk re-reads the freshness window only.
     let again: Vec<Page> = c
-        .read_all(&StreamId::from_static(streams::FUNNELS), pages.last().unwrap().next.clone())
+        .read_all(
+            &StreamId::from_static(streams::FUNNELS),
+            pages.last().unwrap().next.clone(),
+        )
         .try_collect()
         .await
         .unwrap();
@@ -349,10 +390,19 @@ fn the_descriptor_knows_googles_endpoints_and_needs_credentials() {
     PLATFORM.check_settings(&s).unwrap();
     let o = PLATFORM.oauth(&s).unwrap().unwrap();
     assert_eq!(o.token_url, "https://oauth2.googleapis.com/token");
-    assert_eq!(o.jwt_audience.as_deref(), Some("https://oauth2.googleapis.com/token"));
-    assert_eq!(o.scopes, vec!["https://www.googleapis.com/auth/analytics.readonly"]);
+    assert_eq!(
+        o.jwt_audience.as_deref(),
+        Some("https://oauth2.googleapis.com/token")
+    );
+    assert_eq!(
+        o.scopes,
+        vec!["https://www.googleapis.com/auth/analytics.readonly"]
+    );
     assert!(o.supports(Grant::JwtBearer) && o.supports(Grant::AuthorizationCode));
-    assert!(o.authorize_params.contains(&("access_type".into(), "offline".into())));
+    assert!(
+        o.authorize_params
+            .contains(&("access_type".into(), "offline".into()))
+    );
     let id = ConnectionId::from_static("ga4");
     let none = Secrets::new();
     let e = PLATFORM
@@ -373,10 +423,15 @@ fn the_descriptor_knows_googles_endpoints_and_needs_credentials() {
         json!({"property_id": "42", "reports": [{"name": "pages", "dimensions": [], "metrics": ["a"]}]}),
     ] {
         let s = Settings::from_value(bad.clone()).unwrap();
-        assert_eq!(PLATFORM.check_settings(&s).unwrap_err().kind(), ErrorKind::Config, "{bad}");
+        assert_eq!(
+            PLATFORM.check_settings(&s).unwrap_err().kind(),
+            ErrorKind::Config,
+            "{bad}"
+        );
     }
     // A broken key file is a Config error naming the secret, and never shows it.
-    let broken = Secrets::from_values([("service_account_json", "{\"private_key\": \"KEYMATERIAL\"")]);
+    let broken =
+        Secrets::from_values([("service_account_json", "{\"private_key\": \"KEYMATERIAL\"")]);
     let e = resolve_auth(
         &PLATFORM,
         &s,

@@ -57,8 +57,16 @@ fn assert_same(got: &BTreeMap<String, Option<i64>>, want: &BTreeMap<String, Opti
     if got == want {
         return;
     }
-    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).take(3).collect();
-    let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).take(3).collect();
+    let missing: Vec<_> = want
+        .keys()
+        .filter(|k| !got.contains_key(*k))
+        .take(3)
+        .collect();
+    let extra: Vec<_> = got
+        .keys()
+        .filter(|k| !want.contains_key(*k))
+        .take(3)
+        .collect();
     let wrong: Vec<_> = want
         .iter()
         .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
@@ -91,10 +99,18 @@ async fn duplicate_insert_ids_are_deduplicated_within_a_run() {
     let f = MixpanelFixture::with(sim, |c| c.page_size = 50).await;
     let lines = f.sim.exported_lines(f.start_day(), f.sim.today());
     let want = f.expected_now(streams::EVENTS);
-    assert!(lines > want.len() as u64 + 200, "{lines} lines, {} events", want.len());
+    assert!(
+        lines > want.len() as u64 + 200,
+        "{lines} lines, {} events",
+        want.len()
+    );
     let c = f.mixpanel();
     let pages = all_pages(&c, &events()).await;
-    let ids: Vec<&String> = pages.iter().flat_map(|p| &p.records).map(|r| &r.id).collect();
+    let ids: Vec<&String> = pages
+        .iter()
+        .flat_map(|p| &p.records)
+        .map(|r| &r.id)
+        .collect();
     let distinct: BTreeSet<&String> = ids.iter().copied().collect();
     assert_eq!(ids.len(), distinct.len(), "a duplicate reached the records");
     assert_eq!(ids.len(), want.len());
@@ -117,7 +133,10 @@ async fn the_trailing_window_repull_upserts_late_events_without_duplicates() {
     let store = Arc::new(MemoryStore::new());
     let sink = MemorySink::new();
     let first = sync(&c, &store, &sink, &events()).await.unwrap();
-    assert_same(&sink_ids(&sink, &events()), &f.expected_now(streams::EVENTS));
+    assert_same(
+        &sink_ids(&sink, &events()),
+        &f.expected_now(streams::EVENTS),
+    );
 
     // Two days later: late events of earlier days have arrived, and two new days exist.
     let later = f.sim.today().succ_opt().unwrap().succ_opt().unwrap();
@@ -135,7 +154,10 @@ async fn the_trailing_window_repull_upserts_late_events_without_duplicates() {
     // The second run re-read the 5-day attribution window before today-2 ... today: events it
     // already held came back unchanged.
     assert!(second.unchanged > 0, "{second:?}");
-    assert!(second.records_read < first.records_read, "{first:?} {second:?}");
+    assert!(
+        second.records_read < first.records_read,
+        "{first:?} {second:?}"
+    );
     assert_eq!(f.sim.export_requests() - requests_before, 2); // 7 days in windows of 4
 }
 
@@ -166,7 +188,9 @@ async fn a_legacy_project_timezone_converts_times_across_a_dst_change() {
             .timestamp_millis()
     };
     let line = |id: &str, t: i64| {
-        format!(r#"{{"event":"DST probe","properties":{{"time":{t},"distinct_id":"dst","$insert_id":"{id}"}}}}"#)
+        format!(
+            r#"{{"event":"DST probe","properties":{{"time":{t},"distinct_id":"dst","$insert_id":"{id}"}}}}"#
+        )
     };
     f.sim.add_event_lines(
         d("2022-03-13"),
@@ -201,7 +225,10 @@ async fn a_legacy_project_timezone_converts_times_across_a_dst_change() {
         .find(|r| r.raw.as_str().contains("\"after\""))
         .unwrap();
     let e = c.map_entity(r).unwrap().unwrap();
-    assert_eq!(e.attributes["time"], serde_json::json!("2022-03-13T07:30:00.000Z"));
+    assert_eq!(
+        e.attributes["time"],
+        serde_json::json!("2022-03-13T07:30:00.000Z")
+    );
     // Every generated event converts as the simulator meant it (a day of 24 hourly events
     // straddles the change).
     let mut got: BTreeMap<String, Option<i64>> = BTreeMap::new();
@@ -250,18 +277,30 @@ async fn a_malformed_line_is_quarantined_and_the_page_goes_on() {
     assert_eq!(report.rejected, 4, "{report:?}");
     // Every event but the over-long one (a valid event, over the configured line limit).
     let mut want = f.expected_now(streams::EVENTS);
-    let huge_id = read_event(huge.as_bytes(), &EventTime { local_tz: None }).unwrap().id;
+    let huge_id = read_event(huge.as_bytes(), &EventTime { local_tz: None })
+        .unwrap()
+        .id;
     assert!(want.remove(&huge_id).is_some());
     assert_same(&sink_ids(&sink, &events()), &want);
-    let rejects = store.list_rejects(Some(&conn()), Some(&events()), 100).await.unwrap();
+    let rejects = store
+        .list_rejects(Some(&conn()), Some(&events()), 100)
+        .await
+        .unwrap();
     assert_eq!(rejects.len(), 4);
     let raws: Vec<String> = rejects
         .iter()
         .map(|r| String::from_utf8_lossy(&r.reject.raw).to_string())
         .collect();
     assert!(raws.iter().any(|r| r == "{not json"), "{raws:?}");
-    assert!(raws.iter().any(|r| r.starts_with(r#"{"event":"Huge""#) && r.len() == 1024));
-    assert!(rejects.iter().any(|r| r.reject.error.contains("max_line_bytes")));
+    assert!(
+        raws.iter()
+            .any(|r| r.starts_with(r#"{"event":"Huge""#) && r.len() == 1024)
+    );
+    assert!(
+        rejects
+            .iter()
+            .any(|r| r.reject.error.contains("max_line_bytes"))
+    );
 }
 
 #[tokio::test]
@@ -277,17 +316,28 @@ async fn terminated_early_fails_the_run_and_the_next_run_reads_the_window_again(
     // The first window's export breaks after 100 lines: two pages are committed, the third
     // read meets `terminated early`.
     f.sim.terminate_next_export_after(100);
-    let e = sync(&f.mixpanel(), &store, &sink, &events()).await.unwrap_err();
+    let e = sync(&f.mixpanel(), &store, &sink, &events())
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Upstream);
     assert!(e.is_temporary());
     assert!(e.to_string().contains("terminated early"), "{e}");
     assert_eq!(sink.len(), 80);
-    assert!(store.load_cursor(&conn(), &events()).await.unwrap().is_some());
+    assert!(
+        store
+            .load_cursor(&conn(), &events())
+            .await
+            .unwrap()
+            .is_some()
+    );
     // The next run asks for the same window again (from its start: the platform's order is
     // not promised) and the sink upserts what it already held.
     let again = sync(&f.mixpanel(), &store, &sink, &events()).await.unwrap();
     assert!(again.unchanged >= 80, "{again:?}");
-    assert_same(&sink_ids(&sink, &events()), &f.expected_now(streams::EVENTS));
+    assert_same(
+        &sink_ids(&sink, &events()),
+        &f.expected_now(streams::EVENTS),
+    );
     assert!(sink.duplicate_applies().is_empty());
     assert_eq!(f.sim.export_requests(), 3); // the broken one, then two windows
 }
@@ -337,7 +387,11 @@ fn the_region_chooses_every_host_and_only_those_are_allowed() {
         assert_eq!(c.api().export_client().base_url().host_str(), Some(export));
         assert_eq!(c.api().query_client().base_url().host_str(), Some(query));
         // Another region's host is refused.
-        for other in ["data.mixpanel.com", "data-eu.mixpanel.com", "data-in.mixpanel.com"] {
+        for other in [
+            "data.mixpanel.com",
+            "data-eu.mixpanel.com",
+            "data-in.mixpanel.com",
+        ] {
             let link = format!("https://{other}/api/2.0/export");
             assert_eq!(
                 c.api().export_client().follow_url(&link).is_ok(),
@@ -368,7 +422,12 @@ fn the_descriptor_reads_settings_and_secrets() {
     assert_eq!(e.context_value("secret"), Some("service_account_secret"));
     let secrets = Secrets::from_values([("service_account_secret", "very-secret-value")]);
     let c = PLATFORM
-        .build(&BuildContext::new(&id, &sa, &secrets, ConnectionAuth::Secrets))
+        .build(&BuildContext::new(
+            &id,
+            &sa,
+            &secrets,
+            ConnectionAuth::Secrets,
+        ))
         .unwrap();
     assert_eq!(c.info().name, "mixpanel");
     assert!(!format!("{c:?}").contains("very-secret-value"));
@@ -385,7 +444,11 @@ fn the_descriptor_reads_settings_and_secrets() {
         serde_json::json!({"service_account_username": "x"}),
     ] {
         let s = Settings::from_value(bad.clone()).unwrap();
-        assert_eq!(PLATFORM.check_settings(&s).unwrap_err().kind(), ErrorKind::Config, "{bad}");
+        assert_eq!(
+            PLATFORM.check_settings(&s).unwrap_err().kind(),
+            ErrorKind::Config,
+            "{bad}"
+        );
     }
     assert!(PLATFORM.oauth(&sa).unwrap().is_none());
     assert_eq!(PLATFORM.secrets().len(), 2);
@@ -407,13 +470,14 @@ async fn engage_walks_pages_with_the_session_and_restarts_an_expired_one() {
     assert_eq!(f.sim.stats().route("POST /api/query/engage"), 5);
     // A cursor whose session the platform no longer knows: the walk starts again.
     let stale = apex_connect_analytics::mixpanel::cursor::ProfilesCursor::new(
-        Some(apex_connect_analytics::mixpanel::cursor::EngagePosition::new(
-            "expired", 3,
-        )),
+        Some(apex_connect_analytics::mixpanel::cursor::EngagePosition::new("expired", 3)),
         0,
     );
     let page = c
-        .read(&profiles, Some(&apex_connect_core::SyncCursor::to_token(&stale)))
+        .read(
+            &profiles,
+            Some(&apex_connect_core::SyncCursor::to_token(&stale)),
+        )
         .await
         .unwrap();
     assert_eq!(page.records.len(), 25);
@@ -430,7 +494,11 @@ async fn engage_walks_pages_with_the_session_and_restarts_an_expired_one() {
     let r = &pages[0].records[0];
     let e = c.map_entity(r).unwrap().unwrap();
     assert_eq!(e.kind, apex_connect_core::EntityKind::Person);
-    assert!(e.identities.iter().any(|i| matches!(i, apex_connect_core::Identity::Email(_))));
+    assert!(
+        e.identities
+            .iter()
+            .any(|i| matches!(i, apex_connect_core::Identity::Email(_)))
+    );
     assert_eq!(e.relations[0].kind, "member_of");
     assert_eq!(Some(e.relations[0].target.id.as_str()), r.parent.as_deref());
 }
@@ -452,7 +520,10 @@ async fn a_query_rate_limit_answer_is_a_clear_pause_not_a_retry_storm() {
     // the call fails at once with the hint instead of retrying.
     assert!(e.retry_after().unwrap() > Duration::from_secs(5), "{e:?}");
     assert!(!e.is_temporary());
-    assert!(e.to_string().contains("queries running in the last hour"), "{e}");
+    assert!(
+        e.to_string().contains("queries running in the last hour"),
+        "{e}"
+    );
     assert_eq!(f.sim.rate_limited_seen(), 1, "retried into the limit");
     // The export host has its own budget.
     c.read(&events(), None).await.unwrap();

@@ -4,13 +4,55 @@ use serde_json::{Value, json};
 
 pub(crate) use crate::sim_util::{day_number, mix, mix3};
 
-const SOURCES: [&str; 6] = ["google", "(direct)", "newsletter", "bing", "facebook.com", "partner.example"];
+const SOURCES: [&str; 6] = [
+    "google",
+    "(direct)",
+    "newsletter",
+    "bing",
+    "facebook.com",
+    "partner.example",
+];
 const MEDIUMS: [&str; 5] = ["organic", "(none)", "email", "cpc", "referral"];
-const PAGES: [&str; 6] = ["/", "/pricing", "/docs/start", "/blog/launch", "/signup", "/contact"];
-const TITLES: [&str; 6] = ["Home", "Pricing", "Getting started", "We launched", "Sign up", "Contact us"];
-const EVENTS: [&str; 6] = ["page_view", "session_start", "first_visit", "sign_up", "purchase", "scroll"];
-const CHANNELS: [&str; 6] = ["Organic Search", "Direct", "Email", "Paid Search", "Organic Social", "Referral"];
-const COUNTRIES: [&str; 6] = ["France", "Germany", "United States", "India", "Brazil", "Japan"];
+const PAGES: [&str; 6] = [
+    "/",
+    "/pricing",
+    "/docs/start",
+    "/blog/launch",
+    "/signup",
+    "/contact",
+];
+const TITLES: [&str; 6] = [
+    "Home",
+    "Pricing",
+    "Getting started",
+    "We launched",
+    "Sign up",
+    "Contact us",
+];
+const EVENTS: [&str; 6] = [
+    "page_view",
+    "session_start",
+    "first_visit",
+    "sign_up",
+    "purchase",
+    "scroll",
+];
+const CHANNELS: [&str; 6] = [
+    "Organic Search",
+    "Direct",
+    "Email",
+    "Paid Search",
+    "Organic Social",
+    "Referral",
+];
+const COUNTRIES: [&str; 6] = [
+    "France",
+    "Germany",
+    "United States",
+    "India",
+    "Brazil",
+    "Japan",
+];
 const DEVICES: [&str; 3] = ["desktop", "mobile", "tablet"];
 
 fn list(dim: &str) -> Option<&'static [&'static str]> {
@@ -82,19 +124,63 @@ pub(crate) fn metric_value(seed: u64, m: &str, day: u64, k: u64, epoch: u64) -> 
 }
 
 const DIMENSIONS: [(&str, &str, &str); 13] = [
-    ("date", "Date", "The date of the event, formatted as YYYYMMDD."),
-    ("sessionSource", "Session source", "The source that initiated a session."),
-    ("sessionMedium", "Session medium", "The medium that initiated a session."),
-    ("hostName", "Hostname", "The subdomain and domain names of a URL."),
-    ("pagePath", "Page path", "The portion of the URL between the hostname and query string."),
-    ("pageTitle", "Page title", "The web page titles used on your site."),
+    (
+        "date",
+        "Date",
+        "The date of the event, formatted as YYYYMMDD.",
+    ),
+    (
+        "sessionSource",
+        "Session source",
+        "The source that initiated a session.",
+    ),
+    (
+        "sessionMedium",
+        "Session medium",
+        "The medium that initiated a session.",
+    ),
+    (
+        "hostName",
+        "Hostname",
+        "The subdomain and domain names of a URL.",
+    ),
+    (
+        "pagePath",
+        "Page path",
+        "The portion of the URL between the hostname and query string.",
+    ),
+    (
+        "pageTitle",
+        "Page title",
+        "The web page titles used on your site.",
+    ),
     ("eventName", "Event name", "The name of the event."),
-    ("sessionDefaultChannelGroup", "Session default channel group", "The session's default channel group."),
-    ("country", "Country", "The country from which the user activity originated."),
-    ("city", "City", "The city from which the user activity originated."),
-    ("deviceCategory", "Device category", "The type of device: Desktop, Tablet, or Mobile."),
+    (
+        "sessionDefaultChannelGroup",
+        "Session default channel group",
+        "The session's default channel group.",
+    ),
+    (
+        "country",
+        "Country",
+        "The country from which the user activity originated.",
+    ),
+    (
+        "city",
+        "City",
+        "The city from which the user activity originated.",
+    ),
+    (
+        "deviceCategory",
+        "Device category",
+        "The type of device: Desktop, Tablet, or Mobile.",
+    ),
     ("cohort", "Cohort", "The cohort's name in the request."),
-    ("cohortNthWeek", "Cohort nth week", "Week offset relative to the firstSessionDate."),
+    (
+        "cohortNthWeek",
+        "Cohort nth week",
+        "Week offset relative to the firstSessionDate.",
+    ),
 ];
 
 const METRICS: [(&str, &str); 17] = [
@@ -119,7 +205,9 @@ const METRICS: [(&str, &str); 17] = [
 
 /// Whether `runReport` knows the dimension (custom ones included).
 pub(crate) fn known_dimension(d: &str) -> bool {
-    DIMENSIONS.iter().any(|(n, _, _)| *n == d) || d.starts_with("customEvent:") || d.starts_with("customUser:")
+    DIMENSIONS.iter().any(|(n, _, _)| *n == d)
+        || d.starts_with("customEvent:")
+        || d.starts_with("customUser:")
 }
 
 /// Whether `runReport` knows the metric (custom ones included).

@@ -156,7 +156,9 @@ impl Ga4Sim {
         );
         let faults = Faults::new(config.seed)
             .with_filter(|_, uri| uri.path().starts_with("/v1"))
-            .with_error_body(|status| google_error(status, "The service is currently unavailable."));
+            .with_error_body(|status| {
+                google_error(status, "The service is currently unavailable.")
+            });
         let state = Arc::new(SimState {
             today: Mutex::new(config.today),
             epoch: AtomicU64::new(0),
@@ -170,9 +172,10 @@ impl Ga4Sim {
             stats: SimStats::new(),
             config,
         });
-        let token = oauth
-            .router()
-            .layer(middleware::from_fn_with_state(state.clone(), check_assertion));
+        let token = oauth.router().layer(middleware::from_fn_with_state(
+            state.clone(),
+            check_assertion,
+        ));
         let api = Router::new()
             .route("/v1beta/properties/{action}", post(run_report))
             .route("/v1beta/properties/{id}/metadata", get(metadata))
@@ -269,7 +272,10 @@ impl Ga4SimHandle {
 
     /// A live access token, as if a user had connected (for tests with a static token).
     pub fn issue_access_token(&self) -> String {
-        let t = self.state.oauth.issue_token_set(Some(super::descriptor::ANALYTICS_READONLY));
+        let t = self
+            .state
+            .oauth
+            .issue_token_set(Some(super::descriptor::ANALYTICS_READONLY));
         secrecy::ExposeSecret::expose_secret(&t.access_token).to_string()
     }
 
@@ -297,7 +303,11 @@ impl Ga4SimHandle {
     pub fn tokens_used_this_hour(&self) -> i64 {
         let now = (self.state.config.clock)();
         let u = lock(&self.state.usage);
-        if u.hour == hour_index(now) { u.hour_used } else { 0 }
+        if u.hour == hour_index(now) {
+            u.hour_used
+        } else {
+            0
+        }
     }
 
     /// Uses up the hour's tokens (as another client of the property would).
@@ -340,12 +350,18 @@ impl Ga4SimHandle {
         to: NaiveDate,
     ) -> BTreeMap<String, Option<i64>> {
         let mut out = BTreeMap::new();
-        let extra = lock(&self.state.extra_rows).get("funnelStepName").cloned().unwrap_or_default();
+        let extra = lock(&self.state.extra_rows)
+            .get("funnelStepName")
+            .cloned()
+            .unwrap_or_default();
         for (name, steps) in funnels {
             for (di, day) in self.days_in(from, to).into_iter().enumerate() {
                 let date = day.to_string();
                 for (i, s) in steps.iter().enumerate() {
-                    out.insert(id_from_parts([name.as_str(), date.as_str(), &format!("{}. {s}", i + 1)]), None);
+                    out.insert(
+                        id_from_parts([name.as_str(), date.as_str(), &format!("{}. {s}", i + 1)]),
+                        None,
+                    );
                 }
                 if di == 0 {
                     for row in &extra {
@@ -361,7 +377,11 @@ impl Ga4SimHandle {
 
     /// The ids of the `cohorts` stream for `weeks` cohort names (as the connector names them)
     /// and `end_offset` weeks.
-    pub fn expected_cohorts(&self, weeks: &[String], end_offset: u32) -> BTreeMap<String, Option<i64>> {
+    pub fn expected_cohorts(
+        &self,
+        weeks: &[String],
+        end_offset: u32,
+    ) -> BTreeMap<String, Option<i64>> {
         let mut out = BTreeMap::new();
         for row in self.state.cohort_rows(weeks, end_offset) {
             let c = row["dimensionValues"][0]["value"].as_str().unwrap_or("");
@@ -395,7 +415,9 @@ impl Ga4SimHandle {
                 .map(|(j, d)| match d.as_str() {
                     "date" => first.format("%Y%m%d").to_string(),
                     "cohortNthWeek" => "0000".to_string(),
-                    _ if j == usize::from(dimensions.first().is_some_and(|d| d == "date")) => unique.clone(),
+                    _ if j == usize::from(dimensions.first().is_some_and(|d| d == "date")) => {
+                        unique.clone()
+                    }
                     _ => dimension_value(d, i as u64),
                 })
                 .collect();
@@ -405,7 +427,9 @@ impl Ga4SimHandle {
             });
             let v = hostile::mutate(&example, &["dimensionValues"], seed.wrapping_add(i as u64));
             let id = match stream {
-                streams::FUNNELS => id_from_parts([funnel.unwrap_or(""), &first.to_string(), &unique]),
+                streams::FUNNELS => {
+                    id_from_parts([funnel.unwrap_or(""), &first.to_string(), &unique])
+                }
                 streams::COHORTS => id_from_parts([unique.as_str(), "0000"]),
                 _ => match report_row_id(dimensions, &example) {
                     Some(id) => id,
@@ -415,7 +439,10 @@ impl Ga4SimHandle {
             ids.push(id);
             rows.push(v);
         }
-        lock(&self.state.extra_rows).entry(sig).or_default().extend(rows);
+        lock(&self.state.extra_rows)
+            .entry(sig)
+            .or_default()
+            .extend(rows);
         ids
     }
 }
@@ -429,12 +456,17 @@ fn report_row_id(dimensions: &[String], row: &Value) -> Option<String> {
         .collect();
     let di = dimensions.iter().position(|d| d == "date")?;
     let date = models::parse_ga_date(values.get(di)?).ok()?.to_string();
-    let others = values.iter().enumerate().filter(|(i, _)| *i != di).map(|(_, v)| *v);
+    let others = values
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != di)
+        .map(|(_, v)| *v);
     Some(id_from_parts(std::iter::once(date.as_str()).chain(others)))
 }
 
 fn hour_index(now: SystemTime) -> u64 {
-    now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() / 3600)
+    now.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 3600)
 }
 
 fn pacific_day(now: SystemTime) -> NaiveDate {
@@ -450,8 +482,16 @@ impl SimState {
     /// The rows of a dated report on `day` (with metric values when `metrics` are given).
     fn report_rows(&self, dimensions: &[String], metrics: &[String], day: NaiveDate) -> Vec<Value> {
         let others = dimensions.iter().filter(|d| d.as_str() != "date").count();
-        let n = if others == 0 { 1 } else { u64::from(self.config.rows_per_day) };
-        let epoch = if self.is_fresh(day) { self.epoch.load(Ordering::SeqCst) } else { 0 };
+        let n = if others == 0 {
+            1
+        } else {
+            u64::from(self.config.rows_per_day)
+        };
+        let epoch = if self.is_fresh(day) {
+            self.epoch.load(Ordering::SeqCst)
+        } else {
+            0
+        };
         let day_key = data::day_number(day);
         let mut out = Vec::with_capacity(n as usize);
         for k in 0..n {
@@ -524,7 +564,9 @@ impl SimState {
             return Err("Exhausted property tokens per hour. Please retry in the next hour.");
         }
         if u.hour_used.saturating_add(cost) > project_hour {
-            return Err("Exhausted property tokens for a project per hour. Please retry in the next hour.");
+            return Err(
+                "Exhausted property tokens for a project per hour. Please retry in the next hour.",
+            );
         }
         u.hour_used += cost;
         u.day_used += cost;
@@ -599,10 +641,10 @@ async fn check_assertion(State(state): State<Arc<SimState>>, req: Request, next:
         let exp = claims["exp"].as_i64();
         let problem = if claims["aud"].as_str() != Some(token_url.as_str()) {
             Some("Invalid JWT: aud is not the token endpoint")
-        } else if !claims["scope"]
-            .as_str()
-            .is_some_and(|s| s.split(' ').any(|x| x == super::descriptor::ANALYTICS_READONLY))
-        {
+        } else if !claims["scope"].as_str().is_some_and(|s| {
+            s.split(' ')
+                .any(|x| x == super::descriptor::ANALYTICS_READONLY)
+        }) {
             Some("Invalid JWT: scope does not include analytics.readonly")
         } else if iat.is_none() || exp.is_none() {
             Some("Invalid JWT: iat and exp are required")
@@ -622,7 +664,8 @@ async fn check_assertion(State(state): State<Arc<SimState>>, req: Request, next:
                 .into_response();
         }
     }
-    next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 fn int_field(v: &Value) -> Option<u64> {
@@ -636,7 +679,11 @@ fn int_field(v: &Value) -> Option<u64> {
 
 fn names(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|x| x["name"].as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x["name"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -666,20 +713,21 @@ fn validate(dims: &[String], metrics: &[String]) -> Option<Response> {
     None
 }
 
-fn property_of<'a>(state: &SimState, action: &'a str, method: &str) -> std::result::Result<&'a str, Response> {
+/// The refusal for an `action` (`<property>:<method>`) that is not `method` on this property.
+fn refuse_action(state: &SimState, action: &str, method: &str) -> Option<Response> {
     let Some((id, m)) = action.split_once(':') else {
-        return Err(google_error(StatusCode::NOT_FOUND, "Method not found."));
+        return Some(google_error(StatusCode::NOT_FOUND, "Method not found."));
     };
     if m != method {
-        return Err(google_error(StatusCode::NOT_FOUND, "Method not found."));
+        return Some(google_error(StatusCode::NOT_FOUND, "Method not found."));
     }
     if id != state.config.property_id {
-        return Err(google_error(
+        return Some(google_error(
             StatusCode::FORBIDDEN,
             "User does not have sufficient permissions for this property.",
         ));
     }
-    Ok(id)
+    None
 }
 
 async fn run_report(
@@ -687,7 +735,7 @@ async fn run_report(
     Path(action): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = property_of(&state, &action, "runReport") {
+    if let Some(r) = refuse_action(&state, &action, "runReport") {
         return r;
     }
     state.report_requests.fetch_add(1, Ordering::SeqCst);
@@ -702,33 +750,59 @@ async fn run_report(
     let offset = int_field(&req["offset"]).unwrap_or(0);
     let limit = int_field(&req["limit"]).unwrap_or(10_000);
     if limit == 0 || limit > 250_000 {
-        return google_error(StatusCode::BAD_REQUEST, "limit must be positive and at most 250000.");
+        return google_error(
+            StatusCode::BAD_REQUEST,
+            "limit must be positive and at most 250000.",
+        );
     }
     let today = *lock(&state.today);
     let sig = dims.join(",");
-    let extra = lock(&state.extra_rows).get(&sig).cloned().unwrap_or_default();
+    let extra = lock(&state.extra_rows)
+        .get(&sig)
+        .cloned()
+        .unwrap_or_default();
     let mut rows: Vec<Value> = if req.get("cohortSpec").is_some() {
         let spec = &req["cohortSpec"];
         let weeks: Vec<String> = spec["cohorts"]
             .as_array()
-            .map(|a| a.iter().filter_map(|c| c["name"].as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
-        let end = int_field(&spec["cohortsRange"]["endOffset"]).unwrap_or(0).min(52) as u32;
+        let end = int_field(&spec["cohortsRange"]["endOffset"])
+            .unwrap_or(0)
+            .min(52) as u32;
         state.cohort_rows(&weeks, end)
     } else {
         let range = &req["dateRanges"][0];
         let (Some(from), Some(to)) = (
-            range["startDate"].as_str().and_then(|d| d.parse::<NaiveDate>().ok()),
-            range["endDate"].as_str().and_then(|d| d.parse::<NaiveDate>().ok()),
+            range["startDate"]
+                .as_str()
+                .and_then(|d| d.parse::<NaiveDate>().ok()),
+            range["endDate"]
+                .as_str()
+                .and_then(|d| d.parse::<NaiveDate>().ok()),
         ) else {
-            return google_error(StatusCode::BAD_REQUEST, "dateRanges must have startDate and endDate.");
+            return google_error(
+                StatusCode::BAD_REQUEST,
+                "dateRanges must have startDate and endDate.",
+            );
         };
         if !dims.iter().any(|d| d == "date") {
-            return google_error(StatusCode::BAD_REQUEST, "The simulator serves dated reports.");
+            return google_error(
+                StatusCode::BAD_REQUEST,
+                "The simulator serves dated reports.",
+            );
         }
         let first = from.max(state.config.first_day());
         let mut rows = Vec::new();
-        for (i, day) in first.iter_days().take_while(|d| *d <= to.min(today)).enumerate() {
+        for (i, day) in first
+            .iter_days()
+            .take_while(|d| *d <= to.min(today))
+            .enumerate()
+        {
             rows.extend(state.report_rows(&dims, &metrics, day));
             if i == 0 && day == state.config.first_day() {
                 rows.extend(extra.iter().cloned());
@@ -740,7 +814,9 @@ async fn run_report(
         rows.extend(extra);
     }
     let total = rows.len() as u64;
-    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(rows.len());
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(rows.len());
     let end = start.saturating_add(limit as usize).min(rows.len());
     let page: Vec<Value> = rows.drain(start..end).collect();
     let cost = state.config.tokens_per_request + (page.len() as i64) / 10_000;
@@ -767,7 +843,7 @@ async fn run_funnel_report(
     Path(action): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = property_of(&state, &action, "runFunnelReport") {
+    if let Some(r) = refuse_action(&state, &action, "runFunnelReport") {
         return r;
     }
     state.report_requests.fetch_add(1, Ordering::SeqCst);
@@ -776,12 +852,19 @@ async fn run_funnel_report(
     };
     let steps: Vec<String> = req["funnel"]["steps"]
         .as_array()
-        .map(|a| a.iter().filter_map(|s| s["name"].as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["name"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     if steps.len() < 2 {
         return google_error(StatusCode::BAD_REQUEST, "A funnel needs at least 2 steps.");
     }
-    let Some(day) = req["dateRanges"][0]["startDate"].as_str().and_then(|d| d.parse::<NaiveDate>().ok()) else {
+    let Some(day) = req["dateRanges"][0]["startDate"]
+        .as_str()
+        .and_then(|d| d.parse::<NaiveDate>().ok())
+    else {
         return google_error(StatusCode::BAD_REQUEST, "dateRanges must have startDate.");
     };
     let quota = match state.charge(state.config.tokens_per_request, (state.config.clock)()) {
@@ -794,8 +877,14 @@ async fn run_funnel_report(
         let base = 1000 + data::mix3(state.config.seed, data::day_number(day), 9) % 5000;
         let mut users = base;
         for (i, s) in steps.iter().enumerate() {
-            let next = users * (30 + data::mix3(state.config.seed, i as u64, data::day_number(day)) % 60) / 100;
-            let completion = if users == 0 { 0.0 } else { next as f64 / users as f64 };
+            let next = users
+                * (30 + data::mix3(state.config.seed, i as u64, data::day_number(day)) % 60)
+                / 100;
+            let completion = if users == 0 {
+                0.0
+            } else {
+                next as f64 / users as f64
+            };
             let last = i + 1 == steps.len();
             rows.push(json!({
                 "dimensionValues": [{"value": format!("{}. {s}", i + 1)}],
@@ -809,7 +898,12 @@ async fn run_funnel_report(
             users = next;
         }
         if day == state.config.first_day() {
-            rows.extend(lock(&state.extra_rows).get("funnelStepName").cloned().unwrap_or_default());
+            rows.extend(
+                lock(&state.extra_rows)
+                    .get("funnelStepName")
+                    .cloned()
+                    .unwrap_or_default(),
+            );
         }
     }
     let mut answer = json!({

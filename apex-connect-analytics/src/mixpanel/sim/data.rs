@@ -105,8 +105,14 @@ impl EventGen {
         let browser = BROWSERS[((h >> 24) % BROWSERS.len() as u64) as usize];
         let page = PAGES[((h >> 32) % PAGES.len() as u64) as usize];
         let plan = PLANS[((h >> 40) % PLANS.len() as u64) as usize];
-        let time = if in_ms { e.stored_ms } else { e.stored_ms / 1000 };
-        let arrival_ms = days::day_start_utc_ms(Tz::UTC, e.arrives).unwrap_or(e.utc_ms).max(e.utc_ms)
+        let time = if in_ms {
+            e.stored_ms
+        } else {
+            e.stored_ms / 1000
+        };
+        let arrival_ms = days::day_start_utc_ms(Tz::UTC, e.arrives)
+            .unwrap_or(e.utc_ms)
+            .max(e.utc_ms)
             + i64::try_from((h >> 44) % 3_600_000).unwrap_or(0);
         let value = (h >> 48) % 10_000;
         // Writing into a Vec cannot fail.
@@ -164,7 +170,7 @@ pub(crate) fn profile(seed: u64, k: u64) -> Value {
 
 /// Whether user `k` is in cohort `c`.
 pub(crate) fn in_cohort(seed: u64, c: u64, k: u64) -> bool {
-    mix3(seed, 1000 + c, k) % 3 == 0
+    mix3(seed, 1000 + c, k).is_multiple_of(3)
 }
 
 /// The id of cohort number `c`.

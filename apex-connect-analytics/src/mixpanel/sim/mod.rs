@@ -305,7 +305,11 @@ impl MixpanelSimHandle {
     }
 
     /// Every distinct event an export of `start..=last` yields now: record id -> UTC ms.
-    pub fn expected_events(&self, start: NaiveDate, last: NaiveDate) -> BTreeMap<String, Option<i64>> {
+    pub fn expected_events(
+        &self,
+        start: NaiveDate,
+        last: NaiveDate,
+    ) -> BTreeMap<String, Option<i64>> {
         let time = EventTime {
             local_tz: self.state.config.project_timezone,
         };
@@ -358,13 +362,14 @@ impl MixpanelSimHandle {
         start: NaiveDate,
         last: NaiveDate,
     ) -> BTreeMap<String, Option<i64>> {
-        let ids = |items: Vec<Value>, f: fn(&[u8]) -> Result<String>| -> BTreeMap<String, Option<i64>> {
-            items
-                .iter()
-                .filter_map(|v| f(v.to_string().as_bytes()).ok())
-                .map(|id| (id, None))
-                .collect()
-        };
+        let ids =
+            |items: Vec<Value>, f: fn(&[u8]) -> Result<String>| -> BTreeMap<String, Option<i64>> {
+                items
+                    .iter()
+                    .filter_map(|v| f(v.to_string().as_bytes()).ok())
+                    .map(|id| (id, None))
+                    .collect()
+            };
         match stream {
             streams::EVENTS => self.expected_events(start, last),
             streams::PROFILES => ids(self.state.profiles(None), models::profile_id),
@@ -420,9 +425,10 @@ impl MixpanelSimHandle {
                     local_tz: s.config.project_timezone,
                 };
                 let mut lines = Vec::new();
-                for (i, mut p) in hostile::variants(&props, &["time", "$insert_id", "distinct_id"], seed, N)
-                    .into_iter()
-                    .enumerate()
+                for (i, mut p) in
+                    hostile::variants(&props, &["time", "$insert_id", "distinct_id"], seed, N)
+                        .into_iter()
+                        .enumerate()
                 {
                     p["$insert_id"] = json!(format!("hostile-{seed}-{i}"));
                     let mut ev = json!({"event": "Signed up", "properties": p});
@@ -460,8 +466,16 @@ impl MixpanelSimHandle {
                 }
             }
             streams::COHORTS => {
-                let example = self.state.cohorts().into_iter().next().unwrap_or_else(|| json!({"id": 1}));
-                for (i, mut v) in hostile::variants(&example, &["id"], seed, N).into_iter().enumerate() {
+                let example = self
+                    .state
+                    .cohorts()
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| json!({"id": 1}));
+                for (i, mut v) in hostile::variants(&example, &["id"], seed, N)
+                    .into_iter()
+                    .enumerate()
+                {
                     let id = 900_000 + seed % 1000 * 100 + i as u64;
                     v["id"] = json!(id);
                     ids.push(id.to_string());
@@ -470,7 +484,10 @@ impl MixpanelSimHandle {
             }
             streams::FUNNELS => {
                 let example = json!({"funnel_id": 1, "name": "Signup funnel"});
-                for (i, mut v) in hostile::variants(&example, &["funnel_id"], seed, N).into_iter().enumerate() {
+                for (i, mut v) in hostile::variants(&example, &["funnel_id"], seed, N)
+                    .into_iter()
+                    .enumerate()
+                {
                     let id = 950_000 + seed % 1000 * 100 + i as u64;
                     v["funnel_id"] = json!(id);
                     ids.push(id.to_string());
@@ -504,14 +521,21 @@ fn error(status: StatusCode, message: &str) -> Response {
 }
 
 /// Checks HTTP Basic: the service account (with the right `project_id`) or the project secret.
-fn authorize(state: &SimState, headers: &HeaderMap, params: &BTreeMap<String, String>) -> Option<Response> {
+fn authorize(
+    state: &SimState,
+    headers: &HeaderMap,
+    params: &BTreeMap<String, String>,
+) -> Option<Response> {
     let unauthorized = || {
         Some(error(
             StatusCode::UNAUTHORIZED,
             "Unauthorized, invalid project secret or service account credentials",
         ))
     };
-    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
         return unauthorized();
     };
     let Some(b64) = value.strip_prefix("Basic ") else {
@@ -530,8 +554,14 @@ fn authorize(state: &SimState, headers: &HeaderMap, params: &BTreeMap<String, St
         let pid = state.config.project_id.to_string();
         return match params.get("project_id") {
             Some(p) if *p == pid => None,
-            Some(_) => Some(error(StatusCode::FORBIDDEN, "service account has no access to this project")),
-            None => Some(error(StatusCode::BAD_REQUEST, "project_id is required with a service account")),
+            Some(_) => Some(error(
+                StatusCode::FORBIDDEN,
+                "service account has no access to this project",
+            )),
+            None => Some(error(
+                StatusCode::BAD_REQUEST,
+                "project_id is required with a service account",
+            )),
         };
     }
     if user == state.config.api_secret && secret.is_empty() {
@@ -540,11 +570,15 @@ fn authorize(state: &SimState, headers: &HeaderMap, params: &BTreeMap<String, St
     unauthorized()
 }
 
-fn parse_date(params: &BTreeMap<String, String>, name: &str) -> std::result::Result<NaiveDate, Response> {
-    params
-        .get(name)
-        .and_then(|d| d.parse::<NaiveDate>().ok())
-        .ok_or_else(|| error(StatusCode::BAD_REQUEST, &format!("{name} must be a date (yyyy-mm-dd)")))
+fn parse_date(params: &BTreeMap<String, String>, name: &str) -> Option<NaiveDate> {
+    params.get(name).and_then(|d| d.parse::<NaiveDate>().ok())
+}
+
+fn bad_dates() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "from_date and to_date must be dates (yyyy-mm-dd)",
+    )
 }
 
 /// The export body generator: fills chunks of about 256 KB, day by day.
@@ -632,22 +666,35 @@ async fn export(State(state): State<Arc<SimState>>, headers: HeaderMap, uri: Uri
     if let Some(r) = authorize(&state, &headers, &params) {
         return r;
     }
-    let (from, to) = match (parse_date(&params, "from_date"), parse_date(&params, "to_date")) {
-        (Ok(f), Ok(t)) => (f, t),
-        (Err(r), _) | (_, Err(r)) => return r,
+    let (Some(from), Some(to)) = (
+        parse_date(&params, "from_date"),
+        parse_date(&params, "to_date"),
+    ) else {
+        return bad_dates();
     };
     let today = *lock(&state.today);
     if to > today {
-        return error(StatusCode::BAD_REQUEST, "to_date cannot be later than today");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "to_date cannot be later than today",
+        );
     }
     if from > to {
-        return error(StatusCode::BAD_REQUEST, "from_date cannot be later than to_date");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "from_date cannot be later than to_date",
+        );
     }
     let filter = match params.get("event") {
         None => None,
         Some(e) => match serde_json::from_str::<Vec<String>>(e) {
             Ok(v) => Some(v),
-            Err(_) => return error(StatusCode::BAD_REQUEST, "event must be a JSON array of names"),
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "event must be a JSON array of names",
+                );
+            }
         },
     };
     state.exports.fetch_add(1, Ordering::SeqCst);
@@ -680,9 +727,14 @@ async fn export(State(state): State<Arc<SimState>>, headers: HeaderMap, uri: Uri
     let mut resp = if gzip {
         state.gzip_exports.fetch_add(1, Ordering::SeqCst);
         let enc = GzipEncoder::with_quality(StreamReader::new(stream), Level::Fastest);
-        let mut r = Response::new(Body::from_stream(ReaderStream::with_capacity(enc, 64 * 1024)));
-        r.headers_mut()
-            .insert(header::CONTENT_ENCODING, header::HeaderValue::from_static("gzip"));
+        let mut r = Response::new(Body::from_stream(ReaderStream::with_capacity(
+            enc,
+            64 * 1024,
+        )));
+        r.headers_mut().insert(
+            header::CONTENT_ENCODING,
+            header::HeaderValue::from_static("gzip"),
+        );
         r
     } else {
         Response::new(Body::from_stream(stream))
@@ -729,14 +781,25 @@ async fn engage(
             let sessions = lock(&state.sessions);
             match sessions.get(s) {
                 Some(sess) if sess.cohort == cohort => {}
-                _ => return error(StatusCode::BAD_REQUEST, "session_id is invalid or has expired"),
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "session_id is invalid or has expired",
+                    );
+                }
             }
-            let page = params.get("page").and_then(|p| p.parse::<u64>().ok()).unwrap_or(0);
+            let page = params
+                .get("page")
+                .and_then(|p| p.parse::<u64>().ok())
+                .unwrap_or(0);
             (s.clone(), page)
         }
         None => {
             if params.get("page").is_some_and(|p| p != "0") {
-                return error(StatusCode::BAD_REQUEST, "page needs the session_id of page 0");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "page needs the session_id of page 0",
+                );
             }
             let id = format!(
                 "{}-SIM{:08x}",
@@ -761,7 +824,11 @@ async fn engage(
     .into_response()
 }
 
-async fn cohorts_list(State(state): State<Arc<SimState>>, headers: HeaderMap, uri: Uri) -> Response {
+async fn cohorts_list(
+    State(state): State<Arc<SimState>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
     let params = query_params(&uri);
     if let Some(r) = authorize(&state, &headers, &params) {
         return r;
@@ -769,7 +836,11 @@ async fn cohorts_list(State(state): State<Arc<SimState>>, headers: HeaderMap, ur
     axum::Json(Value::Array(state.cohorts())).into_response()
 }
 
-async fn funnels_list(State(state): State<Arc<SimState>>, headers: HeaderMap, uri: Uri) -> Response {
+async fn funnels_list(
+    State(state): State<Arc<SimState>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
     let params = query_params(&uri);
     if let Some(r) = authorize(&state, &headers, &params) {
         return r;
@@ -792,13 +863,18 @@ async fn funnels(State(state): State<Arc<SimState>>, headers: HeaderMap, uri: Ur
     {
         return error(StatusCode::BAD_REQUEST, "unknown funnel_id");
     }
-    let (from, to) = match (parse_date(&params, "from_date"), parse_date(&params, "to_date")) {
-        (Ok(f), Ok(t)) => (f, t),
-        (Err(r), _) | (_, Err(r)) => return r,
+    let (Some(from), Some(to)) = (
+        parse_date(&params, "from_date"),
+        parse_date(&params, "to_date"),
+    ) else {
+        return bad_dates();
     };
     let today = *lock(&state.today);
     if to > today || from > to {
-        return error(StatusCode::BAD_REQUEST, "to_date cannot be later than today");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "to_date cannot be later than today",
+        );
     }
     let overrides = lock(&state.funnel_overrides).clone();
     let mut data = serde_json::Map::new();
