@@ -13,6 +13,7 @@ pub mod model;
 pub mod oauth;
 pub mod platform;
 pub mod serde_secret;
+pub mod service_account;
 pub mod sink;
 pub mod sinks;
 pub mod store;
