@@ -444,8 +444,7 @@ impl Runner {
             .local_addr()
             .map_err(|e| Error::config("no local address").set_source(e))?;
         let redirect = format!("http://127.0.0.1:{}/callback", addr.port());
-        let http = apex_connect_core::platform::oauth_http_client()?;
-        let client = OAuthClient::new(oauth.with_redirect_url(redirect), http)?;
+        let client = OAuthClient::with_default_http(oauth.with_redirect_url(redirect))?;
         let request = client.authorize_url()?;
         writeln!(
             out,

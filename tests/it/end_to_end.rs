@@ -10,7 +10,7 @@ use apex_connect::frontapp::FrontConnector;
 use apex_connect::frontapp::sim::{FrontSim, FrontSimConfig};
 use apex_connect::http::RetryConfig;
 use apex_connect::sinks::SqliteSink;
-use apex_connect::store::{EncryptionKey, SqliteStore, StateStore};
+use apex_connect::store::{EncryptionKey, RunStore, SqliteStore, StateStore};
 use apex_connect::{ConnectionId, Connector, ErrorKind, Op, StreamId};
 use apex_connect_testkit::MemoryConnector;
 use apex_connect_testkit::sim::{FaultKind, Faults};

@@ -104,19 +104,14 @@ struct RollingConf {
 /// A request counts from when it is admitted until `interval` after its answer arrived: the
 /// platform counts it when it arrives there, which is after we sent it and before we read its
 /// answer, so it leaves our log no earlier than it leaves the platform's window.
-///
-/// Answers are kept one more interval after they left the window, so that an answer's
-/// `remaining` (counted by the platform when the request arrived) is compared with the log
-/// as it was when the request was sent, not with the log at the answer's arrival, from
-/// which requests the platform still counted then may have left since.
 #[derive(Debug)]
 struct Window {
     limit: u64,
     interval: Duration,
     /// Admitted requests whose answer has not arrived yet.
     pending: u64,
-    /// When the answers of the other requests arrived (and, for requests of other clients
-    /// the platform reported, when we learnt of them), oldest first, for two intervals.
+    /// When the answers of the other requests of the window arrived (and, for requests of
+    /// other clients the platform reported, when we learnt of them), oldest first.
     done: VecDeque<Instant>,
 }
 
@@ -151,19 +146,11 @@ impl Window {
         self.interval = interval;
     }
 
-    /// Whether the answer logged `at` has left the window at `t`.
-    fn ended(&self, at: Instant, t: Instant) -> bool {
-        at.checked_add(self.interval).is_some_and(|end| end <= t)
-    }
-
-    /// Forgets answers that left the window more than an interval ago.
+    /// Forgets answers older than the interval.
     fn prune(&mut self, now: Instant) {
         while let Some(&front) = self.done.front() {
-            match front
-                .checked_add(self.interval)
-                .and_then(|end| end.checked_add(self.interval))
-            {
-                Some(forget) if forget > now => break,
+            match front.checked_add(self.interval) {
+                Some(end) if end > now => break,
                 _ => {
                     self.done.pop_front();
                 }
@@ -171,23 +158,15 @@ impl Window {
         }
     }
 
-    /// The index of the oldest answer still in the window at `t`.
-    fn first_live(&self, t: Instant) -> usize {
-        self.done.partition_point(|&at| self.ended(at, t))
-    }
-
-    /// The requests counted in the window at `t`: in flight, or answered less than an
-    /// interval before `t`.
-    fn used_at(&self, t: Instant) -> u64 {
-        let live = self.done.len().saturating_sub(self.first_live(t));
+    fn used(&self) -> u64 {
         self.pending
-            .saturating_add(u64::try_from(live).unwrap_or(u64::MAX))
+            .saturating_add(u64::try_from(self.done.len()).unwrap_or(u64::MAX))
     }
 
     /// Admits one request now, or says how long to wait for a free slot.
     fn admit(&mut self, now: Instant, hold: bool) -> Option<Duration> {
         self.prune(now);
-        if self.used_at(now) < self.limit {
+        if self.used() < self.limit {
             if hold {
                 self.pending = self.pending.saturating_add(1);
             } else {
@@ -195,8 +174,8 @@ impl Window {
             }
             return None;
         }
-        Some(match self.done.get(self.first_live(now)) {
-            Some(&oldest) => oldest
+        Some(match self.done.front() {
+            Some(&front) => front
                 .checked_add(self.interval)
                 .map_or(self.interval, |end| end.saturating_duration_since(now))
                 .max(Duration::from_millis(1)),
@@ -215,7 +194,7 @@ impl Window {
     }
 
     fn push(&mut self, at: Instant) {
-        if self.done.len() >= 2 * MAX_WINDOW_LIMIT as usize {
+        if self.done.len() >= MAX_WINDOW_LIMIT as usize {
             self.done.pop_front();
         }
         self.done.push_back(at);
@@ -227,17 +206,14 @@ impl Window {
         self.push(now);
     }
 
-    /// Learns from an answer to a request sent at `sent`: the limit and interval, and
-    /// requests of other clients (the platform counted more, when the request arrived, than
-    /// this log held when it was sent).
-    fn learn(&mut self, conf: &RollingConf, w: &RateWindow, sent: Instant, now: Instant) {
+    /// Learns from an answer: the limit and interval, and requests of other clients (the
+    /// platform counts more than this log holds).
+    fn learn(&mut self, conf: &RollingConf, w: &RateWindow, now: Instant) {
         self.set(conf, w.limit, w.interval);
         self.prune(now);
         if let Some(remaining) = w.remaining {
             let counted = w.limit.min(MAX_WINDOW_LIMIT).saturating_sub(remaining);
-            let missing = counted
-                .saturating_sub(self.used_at(now))
-                .min(self.limit);
+            let missing = counted.saturating_sub(self.used()).min(self.limit);
             for _ in 0..missing {
                 self.push(now);
             }
@@ -586,15 +562,8 @@ impl RateGate {
         }
     }
 
-    /// Feeds a response's status and headers to the gate (`sent`: when the request left,
-    /// if known).
-    fn observe(
-        &self,
-        status: StatusCode,
-        headers: &http::HeaderMap,
-        policy: &dyn PlatformPolicy,
-        sent: Option<Instant>,
-    ) {
+    /// Feeds a response's status and headers to the gate.
+    fn observe(&self, status: StatusCode, headers: &http::HeaderMap, policy: &dyn PlatformPolicy) {
         let i = &self.inner;
         let code = status.as_u16();
         if code == 429 || code == 503 {
@@ -609,7 +578,7 @@ impl RateGate {
         {
             let now = i.clock.now();
             if let Some(window) = self.lock_window().as_mut() {
-                window.learn(conf, &w, sent.unwrap_or(now), now);
+                window.learn(conf, &w, now);
             }
         }
         if let Some(state) = policy.rate_state(headers) {
@@ -724,7 +693,6 @@ impl fmt::Debug for RateGate {
 struct InFlight<'a> {
     gate: &'a RateGate,
     slot: bool,
-    sent: Instant,
 }
 
 impl InFlight<'_> {
@@ -775,7 +743,6 @@ impl Middleware for GateMiddleware {
                 Some(InFlight {
                     gate,
                     slot: gate.is_rolling(),
-                    sent: gate.inner.clock.now(),
                 })
             }
             None => None,
@@ -807,8 +774,7 @@ impl Middleware for GateMiddleware {
             Ok(resp) => {
                 self.stats.record_status(resp.status().as_u16());
                 if let Some(gate) = &self.gate {
-                    let sent = guard.as_ref().map(|g| g.sent);
-                    gate.observe(resp.status(), resp.headers(), self.policy.as_ref(), sent);
+                    gate.observe(resp.status(), resp.headers(), self.policy.as_ref());
                 }
             }
             Err(_) => self.stats.record_transport_error(),
@@ -857,10 +823,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-remaining", HeaderValue::from_static("5"));
         h.insert("x-ratelimit-reset", HeaderValue::from_static("3"));
-        gate.observe(StatusCode::OK, &h, &DefaultPolicy, None);
+        gate.observe(StatusCode::OK, &h, &DefaultPolicy);
         assert!(gate.paused_until().is_none());
         h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
-        gate.observe(StatusCode::OK, &h, &DefaultPolicy, None);
+        gate.observe(StatusCode::OK, &h, &DefaultPolicy);
         assert!(gate.paused_until().is_some());
         let waited = gate.acquire().await.unwrap();
         assert_eq!(waited, Duration::from_secs(3));
@@ -875,7 +841,7 @@ mod tests {
             .with_max_wait(Duration::from_secs(10));
         let mut h = HeaderMap::new();
         h.insert("retry-after", HeaderValue::from_static("8"));
-        gate.observe(StatusCode::TOO_MANY_REQUESTS, &h, &DefaultPolicy, None);
+        gate.observe(StatusCode::TOO_MANY_REQUESTS, &h, &DefaultPolicy);
         // Less than the pause left of the retry budget: fail at once, no wait.
         let e = gate
             .acquire_within(Duration::from_secs(5), false)
@@ -914,7 +880,7 @@ mod tests {
                 let mut h = HeaderMap::new();
                 h.insert("retry-after", HeaderValue::from_str(v).unwrap());
                 let t0 = clock.now();
-                gate.observe(status, &h, &DefaultPolicy, None);
+                gate.observe(status, &h, &DefaultPolicy);
                 let until = gate.paused_until().expect("paused");
                 assert!(until - t0 <= Duration::from_secs(60), "{v}: {until:?}");
                 let waited = gate.acquire().await.unwrap();
@@ -940,7 +906,7 @@ mod tests {
             let mut h = HeaderMap::new();
             h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
             h.insert("x-ratelimit-reset", HeaderValue::from_str(reset).unwrap());
-            gate.observe(StatusCode::OK, &h, &DefaultPolicy, None);
+            gate.observe(StatusCode::OK, &h, &DefaultPolicy);
             let waited = gate.acquire().await.unwrap();
             assert!(waited <= Duration::from_secs(30), "{reset}: {waited:?}");
         }
@@ -1012,7 +978,7 @@ mod tests {
             } else if t >= 10.0 {
                 late_429 += 1;
             }
-            gate.observe(status, &headers, &DefaultPolicy, None);
+            gate.observe(status, &headers, &DefaultPolicy);
         }
         (ok, late_429)
     }
@@ -1117,12 +1083,11 @@ mod tests {
                 gate.complete_window();
                 break;
             }
-            let sent = clock.now();
             clock.advance(latency);
             let (status, headers) = server.handle(clock.now());
             clock.advance(latency);
             gate.complete_window();
-            gate.observe(status, &headers, &WindowPolicy, Some(sent));
+            gate.observe(status, &headers, &WindowPolicy);
             if status == StatusCode::OK {
                 ok += 1;
             } else {
@@ -1162,62 +1127,6 @@ mod tests {
         }
     }
 
-    /// Several requests in flight at once (a host syncing several streams), each counted by
-    /// the platform on arrival (`latency` after it was sent) and answered `latency` later:
-    /// an answer's `remaining` is older than the log it is compared with, which must not
-    /// be mistaken for another client's requests.
-    #[tokio::test]
-    async fn requests_in_flight_together_use_the_whole_limit() {
-        let latency = Duration::from_millis(40);
-        for (limit, depth) in [(100u64, 4usize), (190, 8)] {
-            let clock = Arc::new(RecordingClock::new());
-            let gate = RateGate::rolling(100, Duration::from_secs(10))
-                .unwrap()
-                .with_clock(clock.clone());
-            let mut server = RollingServer {
-                limit,
-                interval: Duration::from_secs(10),
-                arrivals: VecDeque::new(),
-            };
-            let t0 = clock.now();
-            let secs = 120;
-            let mut flight: VecDeque<(Instant, StatusCode, HeaderMap, Instant)> = VecDeque::new();
-            let (mut ok, mut refused) = (0u64, 0u64);
-            loop {
-                // Answers that are due arrive first.
-                while flight.front().is_some_and(|f| f.3 <= clock.now()) || flight.len() == depth {
-                    let Some((sent, status, headers, at)) = flight.pop_front() else {
-                        break;
-                    };
-                    if at > clock.now() {
-                        clock.advance(at - clock.now());
-                    }
-                    gate.complete_window();
-                    gate.observe(status, &headers, &WindowPolicy, Some(sent));
-                    if status == StatusCode::OK {
-                        ok += 1;
-                    } else {
-                        refused += 1;
-                    }
-                }
-                gate.acquire_within(DEFAULT_MAX_WAIT, true).await.unwrap();
-                let sent = clock.now();
-                if sent - t0 >= Duration::from_secs(secs) {
-                    break;
-                }
-                let (status, headers) = server.handle(sent + latency);
-                flight.push_back((sent, status, headers, sent + 2 * latency));
-            }
-            let allowed = limit * secs / 10;
-            eprintln!(
-                "rolling {limit}/10s, {depth} in flight: {ok} of {allowed} ({:.1} %), {refused} 429s",
-                100.0 * ok as f64 / allowed as f64
-            );
-            assert_eq!(refused, 0, "limit {limit}");
-            assert!(ok * 100 >= allowed * 97, "limit {limit}: {ok} of {allowed}");
-        }
-    }
-
     #[tokio::test]
     async fn a_remaining_zero_waits_for_the_oldest_request_not_a_whole_interval() {
         let clock = Arc::new(RecordingClock::new());
@@ -1234,7 +1143,7 @@ mod tests {
             gate.acquire_within(DEFAULT_MAX_WAIT, true).await.unwrap();
             let (status, h) = server.handle(clock.now());
             gate.complete_window();
-            gate.observe(status, &h, &WindowPolicy, None);
+            gate.observe(status, &h, &WindowPolicy);
             assert_eq!(status, StatusCode::OK);
             clock.advance(Duration::from_secs(1));
         }
@@ -1291,7 +1200,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-window-max", HeaderValue::from(1000u64));
         h.insert("x-window-interval-ms", HeaderValue::from(1000u64));
-        gate.observe(StatusCode::OK, &h, &WindowPolicy, None);
+        gate.observe(StatusCode::OK, &h, &WindowPolicy);
         assert_eq!(gate.window(), Some((5, Duration::from_secs(1))));
     }
 
@@ -1317,7 +1226,7 @@ mod tests {
                 "x-window-remaining",
                 HeaderValue::from_str(remaining).unwrap(),
             );
-            gate.observe(StatusCode::OK, &h, &WindowPolicy, None);
+            gate.observe(StatusCode::OK, &h, &WindowPolicy);
             let (limit, every) = gate.window().unwrap();
             assert!((1..=MAX_WINDOW_LIMIT).contains(&limit), "{max}");
             assert!(
