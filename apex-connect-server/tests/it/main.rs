@@ -2,6 +2,7 @@
 
 mod common;
 mod ingress;
+mod lease;
 mod platform;
 mod scheduler;
 mod tap;
