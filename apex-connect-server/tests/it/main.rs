@@ -4,6 +4,7 @@ mod common;
 mod ingress;
 mod lease;
 mod platform;
+mod sched_tasks;
 mod scheduler;
 mod tap;
 mod worker;
