@@ -13,6 +13,17 @@
 //! `UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING ...` statement, so several processes
 //! sharing one database each claim an event, or win a cursor commit, exactly once.
 //!
+//! # Leases, attempts and retention
+//! - Inbox claims hold a lease that the worker renews while it works
+//!   ([`InboxStore::inbox_renew`]); completions, failures, renewals and releases succeed only
+//!   for the holder of an unexpired lease.
+//! - An attempt is counted when it fails ([`InboxStore::inbox_fail`]), never by the claim: a
+//!   released ([`InboxStore::inbox_release`]) or expired claim burns no attempt.
+//! - Retention is bounded deletes the host calls periodically:
+//!   [`InboxStore::purge_inbox_done`] (done events only; dead letters are kept until handled)
+//!   and [`RunStore::purge_runs`] (finished runs, never the latest of a stream), each at most
+//!   `limit` rows per call so a writer sharing the database never waits long.
+//!
 //! # Versions
 //! Versions start at 1 and grow by one with every successful save. Deleting tokens or
 //! resetting a cursor keeps the version counter (the row stays as a tombstone), so a process
