@@ -47,7 +47,8 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// Events claimed per batch.
     pub batch: usize,
-    /// Lease of a claim: after it another worker may take the event.
+    /// Lease of a claim, renewed every third of it while the event is processed; once it
+    /// runs out without renewal (a dead or cut-off worker) another worker may take the event.
     pub lease: Duration,
     /// Attempts before dead-lettering.
     pub max_attempts: u32,
