@@ -204,6 +204,7 @@ impl App {
             poll: parse_duration(&s.poll)?,
             backoff: parse_duration(&s.backoff)?,
             max_backoff: parse_duration(&s.max_backoff)?,
+            retention: self.config.retention.parse()?,
             ..SchedulerConfig::default()
         };
         Scheduler::new(self.state.clone(), self.jobs.clone(), self.sink.clone(), c).await
@@ -258,9 +259,26 @@ impl App {
         let scheduler = self.scheduler().await?;
         let s_shutdown = shutdown.clone();
         tasks.spawn(async move { scheduler.run(s_shutdown).await });
-        while tasks.join_next().await.is_some() {}
+        // A task that panics (workers and scheduler catch their own panics; this is their
+        // supervisor) stops the whole service with an error: never keep acknowledging webhooks
+        // with nobody processing them.
+        let mut failed = None;
+        while let Some(ended) = tasks.join_next().await {
+            if let Err(e) = ended {
+                tracing::error!(error = %e, "a service task failed; shutting down");
+                shutdown.cancel();
+                failed.get_or_insert_with(|| e.to_string());
+            }
+        }
         // The HTTP servers answered every request they accepted (each after its commit).
         self.store.close().await;
-        Ok(())
+        match failed {
+            Some(task) => Err(Error::new(
+                apex_connect_core::ErrorKind::Unexpected,
+                "a service task panicked",
+            )
+            .with_context("task", task)),
+            None => Ok(()),
+        }
     }
 }

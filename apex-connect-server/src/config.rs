@@ -50,6 +50,9 @@ pub struct ServerConfig {
     /// The connections.
     #[serde(default, rename = "connection")]
     pub connections: Vec<ConnectionConfig>,
+    /// How long done inbox events and sync runs are kept (`[retention]`).
+    #[serde(default)]
+    pub retention: crate::retention::RetentionSettings,
 }
 
 fn default_listen() -> SocketAddr {

@@ -12,22 +12,44 @@
 //!   line: two runs could never both commit a cursor.
 //! - **Retries**: a failed run is retried after a backoff that doubles per consecutive failure
 //!   (never later than the regular next time); a success resets it.
+//! - **Independent jobs**: each claimed job runs on its own task, at most `max_concurrent` at
+//!   once (a semaphore); the loop claims only as many due jobs as there are free permits and
+//!   keeps polling while jobs run, so a due job never waits for an unrelated long one (a
+//!   multi-hour backfill holds one permit, not the scheduler).
+//! - **Connection status**: a `Disabled` connection's jobs are skipped and a `NeedsReauth`
+//!   connection's jobs are paused: neither runs nor counts a failure; the job is recorded as
+//!   cancelled with the reason and due again at its regular next time, when the status is
+//!   checked again (reconnecting makes it run at that time).
+//! - **Panics**: a panic inside a run is caught and recorded as a failed run (retried with
+//!   backoff), logged at `error` level and counted ([`Scheduler::panics`]); the scheduler
+//!   keeps going.
+//! - **Retention**: the loop also purges old done inbox events and sync runs every
+//!   [`Retention::every`] (see [`crate::retention`]), on its own task.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use apex_connect_core::engine::CancellationToken;
-use apex_connect_core::store::{RunStatus, ScheduleEntry, ScheduleOutcome, ScheduleRow};
+use apex_connect_core::store::{
+    ConnectionStatus, RunStatus, ScheduleEntry, ScheduleOutcome, ScheduleRow,
+};
 use apex_connect_core::{
     ConnectionId, Error, ErrorKind, Result, Sink, StreamId, SyncEngine, SyncOptions,
 };
 use chrono::{TimeZone, Utc};
+use futures::FutureExt;
 use rand::Rng;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
+use crate::retention::Retention;
 use crate::state::ServerState;
+use crate::worker::panic_message;
 
 /// When a job runs.
 #[derive(Debug, Clone)]
@@ -180,8 +202,10 @@ pub struct SchedulerConfig {
     pub backoff: Duration,
     /// Longest retry delay.
     pub max_backoff: Duration,
-    /// Jobs run at once by this process.
+    /// Jobs run at once by this process (each on its own task; default 4).
     pub max_concurrent: usize,
+    /// What [`Scheduler::run`] purges, and how often (default: [`Retention::default`]).
+    pub retention: Retention,
 }
 
 impl Default for SchedulerConfig {
@@ -192,6 +216,7 @@ impl Default for SchedulerConfig {
             backoff: Duration::from_secs(30),
             max_backoff: Duration::from_secs(1800),
             max_concurrent: 4,
+            retention: Retention::default(),
         }
     }
 }
@@ -204,6 +229,8 @@ pub struct Scheduler {
     sink: Arc<dyn Sink>,
     config: SchedulerConfig,
     owner: String,
+    permits: Arc<Semaphore>,
+    panics: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for Scheduler {
@@ -224,7 +251,9 @@ pub struct JobRun {
     pub connection: String,
     /// The stream.
     pub stream: String,
-    /// `succeeded`, `failed` or `cancelled`.
+    /// `succeeded`, `failed` or `cancelled`; `skipped` (the connection is disabled) or
+    /// `paused` (it needs re-authorization) when it did not run (stored as cancelled, with
+    /// the reason).
     pub status: &'static str,
     /// The next due time stored.
     pub next_due_at: i64,
@@ -252,6 +281,8 @@ impl Scheduler {
             state,
             jobs: Arc::new(map),
             sink,
+            permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+            panics: Arc::new(AtomicU64::new(0)),
             config,
             owner: format!(
                 "sched-{}-{}",
@@ -267,69 +298,208 @@ impl Scheduler {
         self
     }
 
-    /// Runs due jobs until `shutdown`; runs in progress are cancelled at shutdown (the engine
-    /// commits what the sink acknowledged) and their leases released, due again at once.
+    /// How many panics the scheduler caught so far (in runs, recorded as failures, or in
+    /// their tasks); shared by clones.
+    pub fn panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
+    }
+
+    /// Runs due jobs until `shutdown`, each on its own task (at most `max_concurrent` at
+    /// once), and the retention purge every `retention.every`; runs in progress are cancelled
+    /// at shutdown (the engine commits what the sink acknowledged) and their leases released,
+    /// due again at once.
     pub async fn run(&self, shutdown: CancellationToken) {
+        let mut running: JoinSet<JobRun> = JoinSet::new();
+        let maintenance = {
+            let me = self.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move { me.maintain(stop).await })
+        };
         while !shutdown.is_cancelled() {
-            if let Err(e) = self.run_due_until(&shutdown).await {
+            if let Err(e) = self.spawn_due(&mut running, &shutdown).await {
                 tracing::warn!(error = %e, "scheduler error");
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(self.config.poll) => {}
+                Some(ended) = running.join_next() => self.reaped(ended),
+            }
+            while let Some(ended) = running.try_join_next() {
+                self.reaped(ended);
+            }
+        }
+        // The runs' tokens are children of `shutdown`: they stop and release their leases.
+        while let Some(ended) = running.join_next().await {
+            self.reaped(ended);
+        }
+        if let Err(e) = maintenance.await {
+            self.task_failed("retention", e);
+        }
+    }
+
+    /// Purges by the retention settings every `retention.every`, until `stop`.
+    async fn maintain(&self, stop: CancellationToken) {
+        let retention = &self.config.retention;
+        if retention.inbox.is_none() && retention.runs.is_none() {
+            return;
+        }
+        let every = retention.every.max(Duration::from_secs(1));
+        loop {
+            if let Err(e) = crate::retention::purge(&self.state, retention, &stop).await {
+                tracing::warn!(error = %e, "retention purge failed; retrying at the next period");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
             }
         }
     }
 
-    /// Claims the jobs due now and runs them to the end (concurrently).
-    ///
-    /// # Errors
-    /// `Storage` when the claim fails.
-    pub async fn run_due(&self) -> Result<Vec<JobRun>> {
-        self.run_due_until(&CancellationToken::new()).await
+    fn reaped(&self, ended: std::result::Result<JobRun, tokio::task::JoinError>) {
+        if let Err(e) = ended {
+            self.task_failed("scheduled run", e);
+        }
     }
 
-    async fn run_due_until(&self, shutdown: &CancellationToken) -> Result<Vec<JobRun>> {
+    fn task_failed(&self, what: &str, e: tokio::task::JoinError) {
+        if e.is_panic() {
+            self.panics.fetch_add(1, Ordering::Relaxed);
+            let msg = panic_message(&*e.into_panic());
+            tracing::error!(task = what, panic = %msg, "scheduler task panicked");
+        } else {
+            tracing::warn!(task = what, "scheduler task was cancelled");
+        }
+    }
+
+    /// Claims as many due jobs as there are free permits and spawns each on its own task.
+    async fn spawn_due(
+        &self,
+        running: &mut JoinSet<JobRun>,
+        shutdown: &CancellationToken,
+    ) -> Result<usize> {
+        let free = self.permits.available_permits();
+        if free == 0 {
+            return Ok(0);
+        }
         let now = self.state.clock().now_ms();
         let rows = self
             .state
             .store()
-            .claim_schedules(
-                &self.owner,
-                self.config.lease,
-                now,
-                self.config.max_concurrent.max(1),
-            )
+            .claim_schedules(&self.owner, self.config.lease, now, free)
             .await?;
-        let runs = rows
-            .into_iter()
-            .map(|row| self.run_job(row, shutdown.child_token()));
-        Ok(futures::future::join_all(runs).await)
+        let n = rows.len();
+        for row in rows {
+            // Permits are only taken here, after counting them: this does not wait (and if
+            // another clone took one meanwhile, the job waits for a permit under its lease).
+            let permit = self.permits.clone().acquire_owned().await;
+            let me = self.clone();
+            let cancel = shutdown.child_token();
+            running.spawn(async move {
+                let _permit = permit;
+                me.run_job(row, cancel).await
+            });
+        }
+        Ok(n)
+    }
+
+    /// Claims the jobs due now (as many as there are free permits), runs them to the end
+    /// (concurrently, each on its own task) and returns how they ended.
+    ///
+    /// # Errors
+    /// `Storage` when the claim fails.
+    pub async fn run_due(&self) -> Result<Vec<JobRun>> {
+        let mut running = JoinSet::new();
+        self.spawn_due(&mut running, &CancellationToken::new())
+            .await?;
+        let mut out = Vec::new();
+        while let Some(ended) = running.join_next().await {
+            match ended {
+                Ok(run) => out.push(run),
+                Err(e) => self.task_failed("scheduled run", e),
+            }
+        }
+        out.sort_by(|a, b| (&a.connection, &a.stream).cmp(&(&b.connection, &b.stream)));
+        Ok(out)
+    }
+
+    /// Why a job must not run now: its connection is disabled or needs re-authorization.
+    async fn held_back(&self, connection: &ConnectionId) -> Option<(&'static str, String)> {
+        match self.state.store().get_connection(connection).await {
+            Ok(Some(c)) => match c.status {
+                ConnectionStatus::Disabled => Some((
+                    "skipped",
+                    format!(
+                        "skipped: the connection is disabled{}",
+                        c.status_detail
+                            .map(|d| format!(" ({d})"))
+                            .unwrap_or_default()
+                    ),
+                )),
+                ConnectionStatus::NeedsReauth => Some((
+                    "paused",
+                    format!(
+                        "paused: the connection needs re-authorization{}",
+                        c.status_detail
+                            .map(|d| format!(" ({d})"))
+                            .unwrap_or_default()
+                    ),
+                )),
+                ConnectionStatus::Active | ConnectionStatus::Failing => None,
+            },
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(%connection, error = %e, "cannot read the connection status; running the job");
+                None
+            }
+        }
     }
 
     async fn run_job(&self, row: ScheduleRow, cancel: CancellationToken) -> JobRun {
         let key = (row.connection.clone(), row.stream.clone());
         let job = self.jobs.get(&key);
+        if let Some((label, reason)) = self.held_back(&key.0).await {
+            let now = self.state.clock().now_ms();
+            let next = job.map(|j| j.cadence.next(now)).unwrap_or(i64::MAX / 2);
+            let outcome = ScheduleOutcome::new(RunStatus::Cancelled, next).with_error(&reason);
+            tracing::info!(connection = %row.connection, stream = %row.stream, %reason, "scheduled run not started");
+            self.record(&row, &outcome, now).await;
+            return JobRun {
+                connection: row.connection.to_string(),
+                stream: row.stream.to_string(),
+                status: label,
+                next_due_at: next,
+            };
+        }
         let handle = self.state.connection(&key.0);
         let result: Result<()> = match (job, handle) {
             (Some(job), Some(handle)) => {
                 let engine = SyncEngine::new(self.state.store().clone());
                 let options = SyncOptions::new().full(job.full).cancel(cancel.clone());
-                let sync = engine.run(
+                let sync = AssertUnwindSafe(engine.run(
                     handle.connector.as_ref(),
                     &key.0,
                     &key.1,
                     self.sink.as_ref(),
                     options,
-                );
+                ))
+                .catch_unwind();
                 let heartbeat = self.heartbeat(&row, &cancel);
                 tokio::pin!(sync);
-                tokio::select! {
-                    r = &mut sync => r.map(|_| ()),
+                let ended = tokio::select! {
+                    r = &mut sync => r,
                     lost = heartbeat => {
                         // Cancelled: let the engine commit what the sink acknowledged.
-                        let _ = sync.await;
-                        Err(lost)
+                        sync.await.map(|_| Err(lost))
+                    }
+                };
+                match ended {
+                    Ok(r) => r.map(|_| ()),
+                    Err(payload) => {
+                        let msg = panic_message(&*payload);
+                        self.panics.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(connection = %row.connection, stream = %row.stream, panic = %msg, "scheduled run panicked");
+                        Err(Error::new(ErrorKind::Unexpected, "the sync run panicked")
+                            .with_context("panic", msg))
                     }
                 }
             }
@@ -363,10 +533,21 @@ impl Scheduler {
         self.state
             .metrics()
             .sync_run(outcome.status == RunStatus::Succeeded);
+        self.record(&row, &outcome, now).await;
+        JobRun {
+            connection: row.connection.to_string(),
+            stream: row.stream.to_string(),
+            status: outcome.status.as_str(),
+            next_due_at: outcome.next_due_at,
+        }
+    }
+
+    /// Records the end of a run (or a run not started) and releases the lease.
+    async fn record(&self, row: &ScheduleRow, outcome: &ScheduleOutcome, now: i64) {
         match self
             .state
             .store()
-            .finish_schedule(&row.connection, &row.stream, &self.owner, &outcome, now)
+            .finish_schedule(&row.connection, &row.stream, &self.owner, outcome, now)
             .await
         {
             Ok(true) => {}
@@ -374,12 +555,6 @@ impl Scheduler {
                 tracing::warn!(connection = %row.connection, stream = %row.stream, "schedule lease was lost during the run")
             }
             Err(e) => tracing::warn!(error = %e, "cannot record the end of a scheduled run"),
-        }
-        JobRun {
-            connection: row.connection.to_string(),
-            stream: row.stream.to_string(),
-            status: outcome.status.as_str(),
-            next_due_at: outcome.next_due_at,
         }
     }
 

@@ -2,18 +2,36 @@
 //! [`Webhooks::parse_batch`](apex_connect_core::Webhooks::parse_batch), map the records when the
 //! sink wants entities (quarantining the ones that do not map), write to the sink, complete;
 //! retry with backoff, dead-letter after the last attempt.
+//!
+//! # Leases
+//! A claimed batch's leases are renewed every third of the lease while it is processed
+//! ([`InboxStore::inbox_renew`](apex_connect_core::store::InboxStore::inbox_renew)), so a
+//! slow thin-object fetch (waiting at a rate gate, say) never lets another worker take the
+//! same event. An event whose lease is lost anyway (the database was unreachable for a whole
+//! lease) is neither written to the sink (when lost before the write) nor completed: its new
+//! holder applies it. Events in progress at shutdown are released without counting an
+//! attempt.
+//!
+//! # Panics
+//! A panic while a batch is processed (a connector's `parse_batch`, a mapping, a sink) is
+//! caught: it is logged at `error` level, counted ([`Workers::panics`]), and every event of
+//! the batch is failed as a temporary error (so it is retried with backoff and dead-lettered
+//! after `max_attempts`, never lost or looping). A worker loop that panics elsewhere is
+//! logged, counted and restarted.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use apex_connect_core::store::{ClaimedEvent, FailAction};
+use apex_connect_core::store::{ClaimedEvent, EventId, FailAction};
 use apex_connect_core::webhook::VerifiedWebhook;
 use apex_connect_core::{
     Batch, Change, ConnectionId, Entity, Error, ErrorKind, Op, Record, Reject, Result, Sink,
     StreamId,
 };
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +47,8 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// Events claimed per batch.
     pub batch: usize,
-    /// Lease of a claim: after it another worker may take the event.
+    /// Lease of a claim, renewed every third of it while the event is processed; once it
+    /// runs out without renewal (a dead or cut-off worker) another worker may take the event.
     pub lease: Duration,
     /// Attempts before dead-lettering.
     pub max_attempts: u32,
@@ -77,6 +96,23 @@ pub struct Workers {
     sink: Arc<dyn Sink>,
     config: WorkerConfig,
     name: String,
+    panics: Arc<AtomicU64>,
+}
+
+/// The claims of a batch whose lease was lost while it was processed.
+type Lost = Mutex<BTreeSet<EventId>>;
+
+fn is_lost(lost: &Lost, id: EventId) -> bool {
+    lost.lock().map(|l| l.contains(&id)).unwrap_or(false)
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text panic payload".to_string())
 }
 
 /// The records one change contributes, with the time used to order them.
@@ -95,7 +131,14 @@ impl Workers {
             sink,
             config,
             name,
+            panics: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// How many panics these workers caught so far (in a batch's processing or in a worker
+    /// loop, which is then restarted); shared by clones.
+    pub fn panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
     }
 
     /// Sets the prefix of the worker names used as lease owners (default `host-pid`).
@@ -106,16 +149,47 @@ impl Workers {
 
     /// Runs `concurrency` worker loops until `shutdown` is cancelled. A batch in progress at
     /// shutdown is finished (within `shutdown_grace`) or its events are released back to the
-    /// queue, due at once.
+    /// queue, due at once, without counting an attempt. A worker loop that panics is logged,
+    /// counted ([`Workers::panics`]) and restarted after a second.
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..self.config.concurrency.max(1) {
+        let mut slots = HashMap::new();
+        let spawn = |tasks: &mut tokio::task::JoinSet<()>, i: usize, delay: Duration| {
             let me = self.clone();
             let shutdown = shutdown.clone();
             tasks
-                .spawn(async move { me.worker_loop(&format!("{}-w{i}", me.name), shutdown).await });
+                .spawn(async move {
+                    if !delay.is_zero() {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                    me.worker_loop(&format!("{}-w{i}", me.name), shutdown).await
+                })
+                .id()
+        };
+        for i in 0..self.config.concurrency.max(1) {
+            slots.insert(spawn(&mut tasks, i, Duration::ZERO), i);
         }
-        while tasks.join_next().await.is_some() {}
+        while let Some(joined) = tasks.join_next_with_id().await {
+            let (id, failure) = match joined {
+                Ok((id, ())) => (id, None),
+                Err(e) => (e.id(), Some(e)),
+            };
+            let Some(i) = slots.remove(&id) else { continue };
+            let Some(e) = failure else { continue };
+            let what = if e.is_panic() {
+                panic_message(&*e.into_panic())
+            } else {
+                "cancelled".to_string()
+            };
+            self.panics.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(worker = i, panic = %what, "inbox worker loop panicked; restarting it");
+            if !shutdown.is_cancelled() {
+                slots.insert(spawn(&mut tasks, i, Duration::from_secs(1)), i);
+            }
+        }
     }
 
     async fn worker_loop(&self, worker: &str, shutdown: CancellationToken) {
@@ -166,23 +240,59 @@ impl Workers {
         }
         let n = claims.len();
         let grace = self.config.shutdown_grace;
-        let work = self.process(&claims);
+        let lost = Lost::default();
+        let work = AssertUnwindSafe(self.process(&claims, &lost)).catch_unwind();
+        let renew = self.renew_leases(worker, &claims, &lost);
         let stopped = async {
             shutdown.cancelled().await;
             tokio::time::sleep(grace).await;
         };
         let results = tokio::select! {
             r = work => r,
+            never = renew => match never {},
             _ = stopped => {
-                let now = self.state.clock().now_ms();
-                for c in &claims {
-                    if store.inbox_fail(c.id, worker, "released at shutdown", FailAction::RetryAt(now)).await.is_ok() {
-                        self.state.metrics().work(WorkOutcome::Released, 1);
-                    }
+                let ids: Vec<EventId> = claims.iter().map(|c| c.id).collect();
+                let released = {
+                    let _turn = self.write_turn(true).await;
+                    store.inbox_release(&ids, worker).await
+                };
+                match released {
+                    Ok(r) => self.state.metrics().work(WorkOutcome::Released, r.len() as u64),
+                    Err(e) => tracing::warn!(error = %e, "cannot release inbox events at shutdown; their leases will expire"),
                 }
                 return Ok(n);
             }
         };
+        let results = match results {
+            Ok(results) => results,
+            Err(payload) => {
+                let what = panic_message(&*payload);
+                self.panics.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(worker, events = n, panic = %what, "processing a batch panicked; its events will be retried");
+                claims
+                    .iter()
+                    .map(|_| {
+                        Err(
+                            Error::new(ErrorKind::Unexpected, "processing the event panicked")
+                                .with_context("panic", &what)
+                                .temporary(),
+                        )
+                    })
+                    .collect()
+            }
+        };
+        // Events whose lease was lost are left to their new holder: not completed, not failed.
+        let lost_now = lost.lock().map(|l| l.clone()).unwrap_or_default();
+        if !lost_now.is_empty() {
+            self.state
+                .metrics()
+                .work(WorkOutcome::LeaseLost, lost_now.len() as u64);
+        }
+        let (claims, results): (Vec<&ClaimedEvent>, Vec<Result<()>>) = claims
+            .iter()
+            .zip(results)
+            .filter(|(c, _)| !lost_now.contains(&c.id))
+            .unzip();
         // Complete the successes in one call; failures are recorded one by one.
         let ok: Vec<_> = claims
             .iter()
@@ -207,19 +317,68 @@ impl Workers {
                 );
                 for (claim, result) in claims.iter().zip(results) {
                     if result.is_err() {
-                        rest.push((claim, result));
+                        rest.push((*claim, result));
                     }
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "batch completion failed; completing one by one");
-                rest.extend(claims.iter().zip(results));
+                rest.extend(claims.iter().copied().zip(results));
             }
         }
         for (claim, result) in rest {
             self.finish(worker, claim, result).await;
         }
         Ok(n)
+    }
+
+    /// Renews the leases of `claims` every third of the lease, forever (the caller drops it
+    /// when the batch is done); claims the store no longer renews go to `lost`.
+    async fn renew_leases(
+        &self,
+        worker: &str,
+        claims: &[ClaimedEvent],
+        lost: &Lost,
+    ) -> std::convert::Infallible {
+        let every = (self.config.lease / 3).max(Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(every).await;
+            let held: Vec<EventId> = claims
+                .iter()
+                .map(|c| c.id)
+                .filter(|id| !is_lost(lost, *id))
+                .collect();
+            if held.is_empty() {
+                continue;
+            }
+            let renewed = {
+                let _turn = self.write_turn(true).await;
+                self.state
+                    .store()
+                    .inbox_renew(&held, worker, self.config.lease)
+                    .await
+            };
+            match renewed {
+                Ok(renewed) => {
+                    let gone: Vec<EventId> = held
+                        .into_iter()
+                        .filter(|id| renewed.binary_search(id).is_err())
+                        .collect();
+                    if !gone.is_empty() {
+                        tracing::warn!(
+                            worker,
+                            lost = gone.len(),
+                            "inbox leases lost while processing; those events are left to their new holder"
+                        );
+                        if let Ok(mut l) = lost.lock() {
+                            l.extend(gone);
+                        }
+                    }
+                }
+                // Keep trying: the leases may still be held at the next renewal.
+                Err(e) => tracing::warn!(worker, error = %e, "cannot renew inbox leases"),
+            }
+        }
     }
 
     /// The write gate of a group-commit appender, when `wanted`.
@@ -285,13 +444,17 @@ impl Workers {
     /// Parses the claims (one `parse_batch` per connection), turns changes into records,
     /// maps them when the sink wants entities (quarantining those that do not map), writes
     /// them per (connection, stream), and returns each claim's result.
-    async fn process(&self, claims: &[ClaimedEvent]) -> Vec<Result<()>> {
+    ///
+    /// Claims in `lost` (their lease was lost) are not written: their results are errors the
+    /// caller drops.
+    async fn process(&self, claims: &[ClaimedEvent], lost: &Lost) -> Vec<Result<()>> {
         let parsed = self.parse_all(claims).await;
         let mut results: Vec<Result<()>> = Vec::with_capacity(claims.len());
         let mut groups: BTreeMap<(ConnectionId, StreamId), Vec<Pending>> = BTreeMap::new();
         for (i, (claim, changes)) in claims.iter().zip(parsed).enumerate() {
             match changes {
                 Err(e) => results.push(Err(e)),
+                Ok(_) if is_lost(lost, claim.id) => results.push(Err(lease_was_lost())),
                 Ok(changes) => {
                     results.push(Ok(()));
                     for change in changes {
@@ -373,6 +536,27 @@ impl Workers {
                     ),
                 }
             }
+            // Leases lost while earlier groups were written: leave those records to the
+            // events' new holder.
+            let (records, owners, entities) = if owners.iter().any(|&o| is_lost(lost, claims[o].id))
+            {
+                // `entities` is empty when the sink takes raw records.
+                let mut entities = entities.into_iter();
+                let mut kept = (Vec::new(), Vec::new(), Vec::new());
+                for (record, owner) in records.into_iter().zip(owners) {
+                    let entity = entities.next();
+                    if is_lost(lost, claims[owner].id) {
+                        results[owner] = Err(lease_was_lost());
+                        continue;
+                    }
+                    kept.0.push(record);
+                    kept.1.push(owner);
+                    kept.2.extend(entity);
+                }
+                kept
+            } else {
+                (records, owners, entities)
+            };
             if records.is_empty() {
                 continue;
             }
@@ -526,6 +710,13 @@ fn map_pending(connector: &dyn apex_connect_core::Connector, pending: Vec<Pendin
         }
     }
     (records, owners, entities, rejects)
+}
+
+fn lease_was_lost() -> Error {
+    Error::new(
+        ErrorKind::Conflict,
+        "the event's lease was lost while it was processed",
+    )
 }
 
 fn hostname() -> String {

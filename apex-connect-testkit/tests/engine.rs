@@ -249,6 +249,9 @@ impl RunStore for FaultyStore {
     async fn last_run(&self, c: &ConnectionId, s: &StreamId) -> Result<Option<SyncRun>> {
         self.inner.last_run(c, s).await
     }
+    async fn purge_runs(&self, before: i64, limit: usize) -> Result<u64> {
+        self.inner.purge_runs(before, limit).await
+    }
 }
 
 #[async_trait]
@@ -264,6 +267,15 @@ impl InboxStore for FaultyStore {
     }
     async fn inbox_fail(&self, id: EventId, w: &str, e: &str, a: FailAction) -> Result<()> {
         self.inner.inbox_fail(id, w, e, a).await
+    }
+    async fn inbox_renew(&self, ids: &[EventId], w: &str, l: Duration) -> Result<Vec<EventId>> {
+        self.inner.inbox_renew(ids, w, l).await
+    }
+    async fn inbox_release(&self, ids: &[EventId], w: &str) -> Result<Vec<EventId>> {
+        self.inner.inbox_release(ids, w).await
+    }
+    async fn purge_inbox_done(&self, before: i64, limit: usize) -> Result<u64> {
+        self.inner.purge_inbox_done(before, limit).await
     }
     async fn inbox_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
         self.inner.inbox_dead_letters(limit).await

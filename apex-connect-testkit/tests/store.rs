@@ -314,7 +314,8 @@ async fn semantics(store: Arc<dyn StateStore>, clock: ManualClock) {
     let dead = store.inbox_dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].id, e2);
-    assert_eq!(dead[0].attempts, 3);
+    // w2's failure counted; w3's claim expired without a result and did not burn an attempt
+    assert_eq!(dead[0].attempts, 2);
     assert_eq!(dead[0].last_error.as_deref(), Some("gave up"));
     assert_eq!(dead[0].failed_at, clock.now());
     assert_eq!(counts(store.inbox_counts().await.unwrap()), (0, 0, 2, 1));
@@ -646,6 +647,213 @@ async fn batches_and_schedules(store: Arc<dyn StateStore>, clock: ManualClock) {
         .await
         .unwrap();
     assert_eq!(store.list_schedules().await.unwrap().len(), 2);
+}
+
+/// Lease renewal and release, attempts counted only by failures, and retention purges.
+async fn leases_and_retention(store: Arc<dyn StateStore>, clock: ManualClock) {
+    let c = ConnectionId::from("acme");
+    let t0 = clock.now();
+    let ev = |id: &str, at: i64| InboxEvent::new("memory", c.clone(), id, at, &b"{}"[..]);
+    let mut ids = Vec::new();
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        let AppendOutcome::Inserted(id) =
+            store.inbox_append(&ev(name, t0 + i as i64)).await.unwrap()
+        else {
+            panic!("insert")
+        };
+        ids.push(id);
+    }
+    let (a, b, c_ev) = (ids[0], ids[1], ids[2]);
+    let lease = Duration::from_secs(30);
+
+    // ---- renewal keeps a lease past its first expiry ----
+    let claimed = store.inbox_claim("w1", lease, 2).await.unwrap();
+    assert_eq!(claimed.iter().map(|x| x.id).collect::<Vec<_>>(), [a, b]);
+    clock.advance(20_000);
+    assert_eq!(
+        store.inbox_renew(&[b, a], "w1", lease).await.unwrap(),
+        [a, b],
+        "both still held, ascending"
+    );
+    assert!(
+        store
+            .inbox_renew(&[a], "w2", lease)
+            .await
+            .unwrap()
+            .is_empty(),
+        "only the holder renews"
+    );
+    clock.advance(20_000); // 40 s after the claim: the renewed leases hold
+    let w2 = store.inbox_claim("w2", lease, 10).await.unwrap();
+    assert_eq!(w2.iter().map(|x| x.id).collect::<Vec<_>>(), [c_ev]);
+    store.inbox_complete(a, "w1").await.unwrap();
+    assert!(
+        store
+            .inbox_renew(&[a], "w1", lease)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a finished event is not renewed"
+    );
+
+    // ---- an expired claim does not burn an attempt; the old holder cannot renew or complete ----
+    clock.advance(30_001);
+    let w3 = store.inbox_claim("w3", lease, 10).await.unwrap();
+    let w3_ids: Vec<_> = w3.iter().map(|x| x.id).collect();
+    assert_eq!(w3_ids, [b, c_ev], "both leases expired");
+    assert!(
+        w3.iter().all(|x| x.attempts == 1),
+        "expiry is not an attempt"
+    );
+    assert!(
+        store
+            .inbox_renew(&[b], "w1", lease)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.inbox_complete(b, "w1").await.unwrap_err().kind(),
+        ErrorKind::Conflict
+    );
+
+    // ---- release: pending again at once, no attempt counted, only by the holder ----
+    assert!(store.inbox_release(&[b], "w9").await.unwrap().is_empty());
+    assert_eq!(
+        store.inbox_release(&[c_ev, b], "w3").await.unwrap(),
+        [b, c_ev]
+    );
+    assert_eq!(counts(store.inbox_counts().await.unwrap()), (2, 0, 1, 0));
+    let w4 = store.inbox_claim("w4", lease, 10).await.unwrap();
+    assert_eq!(w4.len(), 2);
+    assert!(
+        w4.iter().all(|x| x.attempts == 1),
+        "release is not an attempt"
+    );
+    assert!(w4.iter().all(|x| x.last_error.is_none()));
+
+    // ---- a failure counts ----
+    store
+        .inbox_fail(b, "w4", "boom", FailAction::RetryAt(clock.now()))
+        .await
+        .unwrap();
+    let w5 = store.inbox_claim("w5", lease, 10).await.unwrap();
+    assert_eq!(w5.len(), 1);
+    assert_eq!((w5[0].id, w5[0].attempts), (b, 2));
+
+    // ---- retention of done events: oldest first, bounded, dead letters kept ----
+    let t_a_done = t0 + 40_000; // a completed then
+    clock.advance(1_000);
+    store.inbox_complete(b, "w5").await.unwrap();
+    store
+        .inbox_fail(c_ev, "w4", "gave up", FailAction::DeadLetter)
+        .await
+        .unwrap();
+    assert_eq!(counts(store.inbox_counts().await.unwrap()), (0, 0, 2, 1));
+    assert_eq!(
+        store.purge_inbox_done(t_a_done, 10).await.unwrap(),
+        0,
+        "strictly before"
+    );
+    assert_eq!(store.purge_inbox_done(t_a_done + 1, 10).await.unwrap(), 1);
+    assert_eq!(counts(store.inbox_counts().await.unwrap()), (0, 0, 1, 1));
+    for i in 0..5 {
+        let AppendOutcome::Inserted(id) = store
+            .inbox_append(&ev(&format!("more-{i}"), clock.now()))
+            .await
+            .unwrap()
+        else {
+            panic!("insert")
+        };
+        store.inbox_claim("w6", lease, 1).await.unwrap();
+        store.inbox_complete(id, "w6").await.unwrap();
+    }
+    let later = clock.now() + 1;
+    assert_eq!(store.purge_inbox_done(later, 4).await.unwrap(), 4, "limit");
+    assert_eq!(store.purge_inbox_done(later, 4).await.unwrap(), 2);
+    assert_eq!(store.purge_inbox_done(later, 4).await.unwrap(), 0);
+    assert_eq!(counts(store.inbox_counts().await.unwrap()), (0, 0, 0, 1));
+    assert_eq!(
+        store.inbox_dead_letters(10).await.unwrap().len(),
+        1,
+        "dead letters stay"
+    );
+    // a purged event's id is free again: a redelivery would be stored anew
+    assert!(matches!(
+        store.inbox_append(&ev("a", clock.now())).await.unwrap(),
+        AppendOutcome::Inserted(_)
+    ));
+
+    // ---- retention of runs: finished and not the latest of their stream ----
+    let s1 = StreamId::from("s1");
+    let s2 = StreamId::from("s2");
+    let finish = |st: RunStatus| RunOutcome::new(st);
+    let r1 = store.start_run(&c, &s1, RunKind::Full).await.unwrap();
+    store
+        .finish_run(r1, &finish(RunStatus::Succeeded))
+        .await
+        .unwrap();
+    clock.advance(10);
+    let r2 = store
+        .start_run(&c, &s1, RunKind::Incremental)
+        .await
+        .unwrap();
+    store
+        .finish_run(r2, &finish(RunStatus::Failed))
+        .await
+        .unwrap();
+    let r3 = store.start_run(&c, &s2, RunKind::Full).await.unwrap();
+    store
+        .finish_run(r3, &finish(RunStatus::Succeeded))
+        .await
+        .unwrap();
+    let r4 = store
+        .start_run(&c, &s1, RunKind::Incremental)
+        .await
+        .unwrap();
+    let cutoff = clock.now();
+    clock.advance(10);
+    let r5 = store
+        .start_run(&c, &s2, RunKind::Incremental)
+        .await
+        .unwrap();
+    store
+        .finish_run(r5, &finish(RunStatus::Succeeded))
+        .await
+        .unwrap();
+    // r1 finished before the cutoff; r2, r3 at it (not before); r4 runs; r5 after
+    assert_eq!(store.purge_runs(cutoff, 10).await.unwrap(), 1);
+    let later = clock.now() + 1;
+    assert_eq!(store.purge_runs(later, 1).await.unwrap(), 1, "limit");
+    assert_eq!(store.purge_runs(later, 10).await.unwrap(), 1);
+    assert_eq!(store.purge_runs(later, 10).await.unwrap(), 0);
+    let left: Vec<_> = store
+        .list_runs(Some(&c), 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(left, [r5, r4], "the running run and the latest of s2 stay");
+    assert_eq!(store.last_run(&c, &s1).await.unwrap().unwrap().id, r4);
+}
+
+#[tokio::test]
+async fn memory_store_leases_and_retention() {
+    let clock = ManualClock::new();
+    let store = Arc::new(MemoryStore::new().with_clock(clock.clock()));
+    leases_and_retention(store, clock).await;
+}
+
+#[tokio::test]
+async fn sqlite_store_leases_and_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let store = SqliteStore::open(dir.path().join("state.db"), EncryptionKey::generate())
+        .await
+        .unwrap()
+        .with_clock(clock.clock());
+    leases_and_retention(Arc::new(store), clock).await;
 }
 
 #[tokio::test]

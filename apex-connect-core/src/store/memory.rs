@@ -1,6 +1,6 @@
 //! `MemoryStore`: the whole [`StateStore`] in memory, with the same semantics as SQLite.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -354,6 +354,32 @@ impl RunStore for MemoryStore {
             .find(|r| &r.connection == connection && &r.stream == stream)
             .cloned())
     }
+
+    async fn purge_runs(&self, before: i64, limit: usize) -> Result<u64> {
+        let mut inner = self.lock()?;
+        let latest: BTreeSet<i64> = {
+            let mut by_stream: BTreeMap<(&ConnectionId, &StreamId), i64> = BTreeMap::new();
+            for (id, r) in &inner.runs {
+                by_stream.insert((&r.connection, &r.stream), *id);
+            }
+            by_stream.into_values().collect()
+        };
+        let doomed: Vec<i64> = inner
+            .runs
+            .iter()
+            .filter(|(id, r)| {
+                r.status != RunStatus::Running
+                    && r.finished_at.is_some_and(|t| t < before)
+                    && !latest.contains(id)
+            })
+            .map(|(id, _)| *id)
+            .take(limit)
+            .collect();
+        for id in &doomed {
+            inner.runs.remove(id);
+        }
+        Ok(doomed.len() as u64)
+    }
 }
 
 impl Inner {
@@ -435,11 +461,11 @@ impl InboxStore for MemoryStore {
             if let Some(e) = inner.inbox.get_mut(&id) {
                 e.lease_owner = Some(worker.to_string());
                 e.lease_until = Some(until);
-                e.attempts = e.attempts.saturating_add(1);
                 out.push(ClaimedEvent {
                     id: EventId(id),
                     event: e.event.clone(),
-                    attempts: e.attempts,
+                    // Failed attempts so far, plus this one.
+                    attempts: e.attempts.saturating_add(1),
                     lease_until: until,
                     last_error: e.last_error.clone(),
                 });
@@ -479,6 +505,7 @@ impl InboxStore for MemoryStore {
             .ok_or_else(|| lease_lost(id, worker))?;
         e.lease_owner = None;
         e.lease_until = None;
+        e.attempts = e.attempts.saturating_add(1);
         e.last_error = Some(error.to_string());
         match action {
             FailAction::RetryAt(at) => e.next_attempt_at = at,
@@ -488,6 +515,67 @@ impl InboxStore for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    async fn inbox_renew(
+        &self,
+        ids: &[EventId],
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Vec<EventId>> {
+        let now = self.clock.now_ms();
+        let until = now.saturating_add(lease_ms(lease));
+        let mut inner = self.lock()?;
+        let mut held = Vec::new();
+        for id in ids {
+            if let Some(e) = inner
+                .inbox
+                .get_mut(&id.0)
+                .filter(|e| e.held_by(worker, now))
+            {
+                e.lease_until = Some(until);
+                held.push(*id);
+            }
+        }
+        held.sort_unstable();
+        held.dedup();
+        Ok(held)
+    }
+
+    async fn inbox_release(&self, ids: &[EventId], worker: &str) -> Result<Vec<EventId>> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock()?;
+        let mut released = Vec::new();
+        for id in ids {
+            if let Some(e) = inner
+                .inbox
+                .get_mut(&id.0)
+                .filter(|e| e.held_by(worker, now))
+            {
+                e.lease_owner = None;
+                e.lease_until = None;
+                e.next_attempt_at = now;
+                released.push(*id);
+            }
+        }
+        released.sort_unstable();
+        released.dedup();
+        Ok(released)
+    }
+
+    async fn purge_inbox_done(&self, before: i64, limit: usize) -> Result<u64> {
+        let mut inner = self.lock()?;
+        let doomed: Vec<i64> = inner
+            .inbox
+            .iter()
+            .filter(|(_, e)| e.state == State::Done && e.finished_at.is_some_and(|t| t < before))
+            .map(|(id, _)| *id)
+            .take(limit)
+            .collect();
+        for id in &doomed {
+            inner.inbox.remove(id);
+        }
+        Ok(doomed.len() as u64)
     }
 
     async fn inbox_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {

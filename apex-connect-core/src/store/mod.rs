@@ -13,6 +13,17 @@
 //! `UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING ...` statement, so several processes
 //! sharing one database each claim an event, or win a cursor commit, exactly once.
 //!
+//! # Leases, attempts and retention
+//! - Inbox claims hold a lease that the worker renews while it works
+//!   ([`InboxStore::inbox_renew`]); completions, failures, renewals and releases succeed only
+//!   for the holder of an unexpired lease.
+//! - An attempt is counted when it fails ([`InboxStore::inbox_fail`]), never by the claim: a
+//!   released ([`InboxStore::inbox_release`]) or expired claim burns no attempt.
+//! - Retention is bounded deletes the host calls periodically:
+//!   [`InboxStore::purge_inbox_done`] (done events only; dead letters are kept until handled)
+//!   and [`RunStore::purge_runs`] (finished runs, never the latest of a stream), each at most
+//!   `limit` rows per call so a writer sharing the database never waits long.
+//!
 //! # Versions
 //! Versions start at 1 and grow by one with every successful save. Deleting tokens or
 //! resetting a cursor keeps the version counter (the row stays as a tombstone), so a process
@@ -422,7 +433,8 @@ pub struct ClaimedEvent {
     pub id: EventId,
     /// The event.
     pub event: InboxEvent,
-    /// Attempts so far, including this one.
+    /// Attempts so far, including this one (failed attempts recorded by
+    /// [`InboxStore::inbox_fail`] plus one; released or expired claims are not counted).
     pub attempts: u32,
     /// Until when the lease holds, Unix milliseconds; after it another worker may claim the event.
     pub lease_until: i64,
@@ -538,6 +550,11 @@ pub trait CursorStore: Send + Sync + fmt::Debug {
 /// # Behavior
 /// - `start_run` records a `Running` run; `finish_run` records the outcome once (finishing
 ///   twice, or an unknown run, is `Conflict`); `list_runs` is newest first.
+/// - `purge_runs` (retention) deletes up to `limit` finished runs that finished before
+///   `before`, oldest first, and returns how many it deleted. Running runs are never purged,
+///   nor the latest run of each (connection, stream), so `last_run` keeps an answer. Call it
+///   repeatedly (until it returns less than `limit`) rather than with a large limit: each
+///   call is one short write.
 ///
 /// # Errors
 /// `Storage` (temporary) for I/O and database failures.
@@ -567,6 +584,12 @@ pub trait RunStore: Send + Sync + fmt::Debug {
         connection: &ConnectionId,
         stream: &StreamId,
     ) -> Result<Option<SyncRun>>;
+
+    /// Retention: deletes up to `limit` finished runs whose `finished_at` is before `before`
+    /// (Unix milliseconds), oldest first, keeping the latest run of each (connection, stream)
+    /// and every running run; returns how many were deleted (one statement on the built-in
+    /// stores).
+    async fn purge_runs(&self, before: i64, limit: usize) -> Result<u64>;
 }
 
 /// The durable webhook inbox.
@@ -574,10 +597,22 @@ pub trait RunStore: Send + Sync + fmt::Debug {
 /// # Behavior
 /// - `inbox_append` is unique on (platform, connection, event_id); `inbox_claim` hands out due
 ///   pending events and events whose lease expired, oldest first, each to one worker, setting
-///   its lease and counting the attempt, atomically; `inbox_complete` and `inbox_fail` succeed
-///   only for the worker holding an unexpired lease (`Conflict` otherwise: the lease expired
-///   and the event may be with another worker); `inbox_requeue` makes a dead letter pending
-///   again with a fresh attempt count (`NotFound` if it is not dead).
+///   its lease atomically; `inbox_complete` and `inbox_fail` succeed only for the worker
+///   holding an unexpired lease (`Conflict` otherwise: the lease expired and the event may be
+///   with another worker); `inbox_requeue` makes a dead letter pending again with a fresh
+///   attempt count (`NotFound` if it is not dead).
+/// - **Attempts** are counted by `inbox_fail` (a processing attempt that ended in an error),
+///   not by the claim: a claim that is released (`inbox_release`, e.g. at shutdown) or whose
+///   lease expired (a crashed or stalled worker) does not burn an attempt.
+///   [`ClaimedEvent::attempts`] is the stored count plus one (the attempt being made), so a
+///   worker dead-letters when it reaches its maximum.
+/// - **Leases** are renewed with `inbox_renew` while an event is being worked on (every third
+///   of the lease, say): it extends only the leases the worker still holds unexpired and
+///   returns their ids; an id missing from the answer is lost (another worker may have it),
+///   and the worker must neither apply nor complete it.
+/// - **Retention**: `purge_inbox_done` deletes done events (bodies included) finished before
+///   a time, a bounded number per call; pending, in-flight and dead-lettered events are never
+///   purged (a dead letter is kept until it is handled: requeued and done).
 ///
 /// # Errors
 /// `Storage` (temporary) for I/O and database failures.
@@ -633,7 +668,7 @@ pub trait InboxStore: Send + Sync + fmt::Debug {
         Ok(done)
     }
 
-    /// Records a failed attempt: retry at a time, or dead-letter.
+    /// Records a failed attempt (counting it): retry at a time, or dead-letter.
     async fn inbox_fail(
         &self,
         id: EventId,
@@ -641,6 +676,28 @@ pub trait InboxStore: Send + Sync + fmt::Debug {
         error: &str,
         action: FailAction,
     ) -> Result<()>;
+
+    /// Extends to now + `lease` the leases that `worker` still holds unexpired among `ids`
+    /// (one statement on the built-in stores) and returns those ids, ascending; the others'
+    /// leases were lost (expired, finished, or taken by another worker) and are left as they
+    /// are.
+    async fn inbox_renew(
+        &self,
+        ids: &[EventId],
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Vec<EventId>>;
+
+    /// Gives back claims without processing them (shutdown): the events `worker` still holds
+    /// among `ids` become pending again, due now, **without** counting an attempt; returns
+    /// the ids released, ascending.
+    async fn inbox_release(&self, ids: &[EventId], worker: &str) -> Result<Vec<EventId>>;
+
+    /// Retention: deletes up to `limit` done events (with their bodies) that finished before
+    /// `before` (Unix milliseconds), oldest first, and returns how many were deleted. Never
+    /// touches pending, in-flight or dead-lettered events. Each call is one short write;
+    /// call it repeatedly until it returns less than `limit`.
+    async fn purge_inbox_done(&self, before: i64, limit: usize) -> Result<u64>;
 
     /// Dead-lettered events, oldest first.
     async fn inbox_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>>;

@@ -58,6 +58,12 @@ pub(crate) fn db_err(what: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
     move |e| Error::storage(what).set_source(e)
 }
 
+/// Inbox ids as a JSON array, for `json_each` (PostgreSQL: `id = ANY($1)`).
+fn id_list(ids: &[EventId]) -> Result<String> {
+    serde_json::to_string(&ids.iter().map(|i| i.0).collect::<Vec<_>>())
+        .map_err(|e| Error::storage("cannot encode inbox ids").set_source(e))
+}
+
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -642,6 +648,28 @@ impl RunStore for SqliteStore {
         .map_err(db_err("cannot read last run"))?;
         row.as_ref().map(run_from_row).transpose()
     }
+
+    async fn purge_runs(&self, before: i64, limit: usize) -> Result<u64> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        // A run with a newer one of the same (connection, stream) is never the latest.
+        let done = sqlx::query(
+            "DELETE FROM sync_runs WHERE id IN ( \
+                 SELECT r.id FROM sync_runs r \
+                 WHERE r.status <> 'running' AND r.finished_at < ?1 \
+                   AND EXISTS (SELECT 1 FROM sync_runs n \
+                               WHERE n.connection = r.connection AND n.stream = r.stream \
+                                 AND n.id > r.id) \
+                 ORDER BY r.id LIMIT ?2)",
+        )
+        .bind(before)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("cannot purge sync runs"))?;
+        Ok(done.rows_affected())
+    }
 }
 
 #[async_trait]
@@ -701,7 +729,7 @@ impl InboxStore for SqliteStore {
         // One statement: the selection and the lease are atomic (on PostgreSQL add
         // `FOR UPDATE SKIP LOCKED` to the sub-select).
         let rows = sqlx::query(
-            "UPDATE inbox SET lease_owner = ?1, lease_until = ?2, attempts = attempts + 1 \
+            "UPDATE inbox SET lease_owner = ?1, lease_until = ?2 \
              WHERE id IN ( \
                  SELECT id FROM inbox \
                  WHERE status = 'pending' AND next_attempt_at <= ?3 \
@@ -724,7 +752,8 @@ impl InboxStore for SqliteStore {
                 Ok(ClaimedEvent {
                     id: EventId(id),
                     event,
-                    attempts,
+                    // Failed attempts so far, plus this one.
+                    attempts: attempts.saturating_add(1),
                     lease_until: r.try_get("lease_until")?,
                     last_error: r.try_get("last_error")?,
                 })
@@ -760,8 +789,7 @@ impl InboxStore for SqliteStore {
             return Ok(Vec::new());
         }
         let now = self.clock.now_ms();
-        let list = serde_json::to_string(&ids.iter().map(|i| i.0).collect::<Vec<_>>())
-            .map_err(|e| Error::storage("cannot encode inbox ids").set_source(e))?;
+        let list = id_list(ids)?;
         // One statement for the batch (PostgreSQL: `id = ANY($1)`).
         let rows: Vec<(i64,)> = sqlx::query_as(
             "UPDATE inbox SET status = 'done', lease_owner = NULL, lease_until = NULL, \
@@ -795,7 +823,7 @@ impl InboxStore for SqliteStore {
         };
         let done = sqlx::query(
             "UPDATE inbox SET status = ?4, lease_owner = NULL, lease_until = NULL, \
-                 last_error = ?5, next_attempt_at = COALESCE(?6, next_attempt_at), finished_at = ?7 \
+                 attempts = attempts + 1, last_error = ?5, next_attempt_at = COALESCE(?6, next_attempt_at), finished_at = ?7 \
              WHERE id = ?1 AND status = 'pending' AND lease_owner = ?2 AND lease_until > ?3",
         )
         .bind(id.0)
@@ -812,6 +840,76 @@ impl InboxStore for SqliteStore {
             return Err(lease_lost(id, worker));
         }
         Ok(())
+    }
+
+    async fn inbox_renew(
+        &self,
+        ids: &[EventId],
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Vec<EventId>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.clock.now_ms();
+        let until = now.saturating_add(lease_ms(lease));
+        let list = id_list(ids)?;
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "UPDATE inbox SET lease_until = ?4 \
+             WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'pending' \
+               AND lease_owner = ?2 AND lease_until > ?3 \
+             RETURNING id",
+        )
+        .bind(list)
+        .bind(worker)
+        .bind(now)
+        .bind(until)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("cannot renew inbox leases"))?;
+        let mut held: Vec<EventId> = rows.into_iter().map(|(id,)| EventId(id)).collect();
+        held.sort_unstable();
+        Ok(held)
+    }
+
+    async fn inbox_release(&self, ids: &[EventId], worker: &str) -> Result<Vec<EventId>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.clock.now_ms();
+        let list = id_list(ids)?;
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "UPDATE inbox SET lease_owner = NULL, lease_until = NULL, next_attempt_at = ?3 \
+             WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'pending' \
+               AND lease_owner = ?2 AND lease_until > ?3 \
+             RETURNING id",
+        )
+        .bind(list)
+        .bind(worker)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("cannot release inbox events"))?;
+        let mut released: Vec<EventId> = rows.into_iter().map(|(id,)| EventId(id)).collect();
+        released.sort_unstable();
+        Ok(released)
+    }
+
+    async fn purge_inbox_done(&self, before: i64, limit: usize) -> Result<u64> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let done = sqlx::query(
+            "DELETE FROM inbox WHERE id IN ( \
+                 SELECT id FROM inbox WHERE status = 'done' AND finished_at < ?1 \
+                 ORDER BY id LIMIT ?2)",
+        )
+        .bind(before)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("cannot purge done inbox events"))?;
+        Ok(done.rows_affected())
     }
 
     async fn inbox_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {

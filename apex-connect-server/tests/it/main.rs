@@ -2,7 +2,9 @@
 
 mod common;
 mod ingress;
+mod lease;
 mod platform;
+mod sched_tasks;
 mod scheduler;
 mod tap;
 mod worker;
