@@ -10,6 +10,7 @@ use apex_connect_core::store::{Connection, EncryptionKey, OpenedStore, SinkKind,
 use apex_connect_core::{ConnectionId, Error, JsonlSink, NullSink, Result, Sink, StreamId};
 use axum::Router;
 
+use crate::admin::AdminAuth;
 use crate::config::{ServerConfig, SinkConfig, parse_duration};
 use crate::env::Environment;
 use crate::inbox::InboxAppender;
@@ -29,6 +30,9 @@ pub struct App {
     pub state: ServerState,
     /// The sink.
     pub sink: Arc<dyn Sink>,
+    /// Who may call the admin API (the token from `APEX_CONNECT_ADMIN_TOKEN`, or loopback
+    /// only).
+    pub admin_auth: AdminAuth,
     jobs: Vec<JobSpec>,
 }
 
@@ -37,6 +41,7 @@ impl fmt::Debug for App {
         f.debug_struct("App")
             .field("state", &self.state)
             .field("sink", &self.sink)
+            .field("admin_auth", &self.admin_auth)
             .field("jobs", &self.jobs.len())
             .finish()
     }
@@ -62,9 +67,11 @@ impl App {
     /// authentication resolved), records the connections in the store, and registers the
     /// schedules.
     ///
+    /// The admin token is read from `APEX_CONNECT_ADMIN_TOKEN` ([`crate::ADMIN_TOKEN_ENV`]).
+    ///
     /// # Errors
-    /// `Config` for an unknown platform, a bad setting, a missing secret or a bad schedule;
-    /// `Storage`.
+    /// `Config` for an unknown platform, a bad setting, a missing secret or a bad schedule, a
+    /// non-loopback `admin_listen` without an admin token, or a token too short; `Storage`.
     pub async fn open(
         config: ServerConfig,
         platforms: &Platforms,
@@ -83,8 +90,9 @@ impl App {
         key: EncryptionKey,
         env: &Environment,
     ) -> Result<App> {
+        let admin_auth = admin_auth(&config, env)?;
         let opened = apex_connect_core::store::open(&config.store_location(), key).await?;
-        match Self::assemble(config, platforms, opened.clone(), env).await {
+        match Self::assemble(config, platforms, opened.clone(), env, admin_auth).await {
             Ok(app) => Ok(app),
             Err(e) => {
                 opened.close().await;
@@ -98,6 +106,7 @@ impl App {
         platforms: &Platforms,
         opened: OpenedStore,
         env: &Environment,
+        admin_auth: AdminAuth,
     ) -> Result<App> {
         let store: Arc<dyn StateStore> = opened.store().clone();
         let mut builder = ServerState::builder(store.clone())
@@ -164,6 +173,7 @@ impl App {
             state: builder.build(),
             store: opened,
             sink,
+            admin_auth,
             jobs,
             config,
         })
@@ -209,19 +219,20 @@ impl App {
         Scheduler::new(self.state.clone(), self.jobs.clone(), self.sink.clone(), c).await
     }
 
-    /// Webhooks (plus the admin API unless `admin_listen` is set).
+    /// The webhook listener's router: webhooks only.
     pub fn router(&self) -> Router {
-        let r = webhook_router(self.state.clone());
-        if self.config.admin_listen.is_none() {
-            r.merge(admin_router(self.state.clone()))
-        } else {
-            r
-        }
+        webhook_router(self.state.clone())
     }
 
-    /// Serves webhooks, the admin API, the workers and the scheduler until `shutdown`; then
-    /// stops accepting, lets workers finish or release their batches, cancels scheduled runs
-    /// (their leases released), and closes the store.
+    /// The admin listener's router: `/admin` and `/metrics` behind [`App::admin_auth`].
+    pub fn admin_router(&self) -> Router {
+        admin_router(self.state.clone(), self.admin_auth.clone())
+    }
+
+    /// Serves webhooks on `listen` and the admin API on `admin_listen` (two listeners, each
+    /// with the `[limits]`: [`crate::listener::serve`]), the workers and the scheduler until
+    /// `shutdown`; then stops accepting, lets workers finish or release their batches, cancels
+    /// scheduled runs (their leases released), and closes the store.
     ///
     /// # Errors
     /// `Config` when an address cannot be bound.
@@ -234,24 +245,29 @@ impl App {
             })
         };
         let listener = bind(self.config.listen).await?;
-        tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
+        let admin_listener = bind(self.config.admin_listen).await?;
+        let local =
+            |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(address = %local(&listener), "webhooks listening");
+        tracing::info!(
+            address = %local(&admin_listener),
+            auth = if self.admin_auth.has_token() { "bearer token" } else { "none: loopback peers only" },
+            "admin API and /metrics listening"
+        );
+        let limits = self.config.limits.http_limits();
         let mut tasks = tokio::task::JoinSet::new();
-        let http = axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        tasks.spawn(async move {
-            if let Err(e) = http.await {
-                tracing::warn!(error = %e, "http server stopped");
-            }
-        });
-        if let Some(addr) = self.config.admin_listen {
-            let admin = axum::serve(bind(addr).await?, admin_router(self.state.clone()))
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-            tasks.spawn(async move {
-                if let Err(e) = admin.await {
-                    tracing::warn!(error = %e, "admin server stopped");
-                }
-            });
-        }
+        tasks.spawn(crate::listener::serve(
+            listener,
+            self.router(),
+            limits.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(crate::listener::serve(
+            admin_listener,
+            self.admin_router(),
+            limits,
+            shutdown.clone(),
+        ));
         let workers = self.workers()?;
         let w_shutdown = shutdown.clone();
         tasks.spawn(async move { workers.run(w_shutdown).await });
@@ -263,4 +279,20 @@ impl App {
         self.store.close().await;
         Ok(())
     }
+}
+
+/// The admin API's authorization for `config`: the token from the environment, or loopback
+/// only, in which case `admin_listen` must be a loopback address.
+fn admin_auth(config: &ServerConfig, env: &Environment) -> Result<AdminAuth> {
+    let auth = AdminAuth::from_lookup(|name| env.var(name))?;
+    let ip = config.admin_listen.ip().to_canonical();
+    if !auth.has_token() && !ip.is_loopback() {
+        return Err(Error::config(
+            "`admin_listen` is not a loopback address and no admin token is set: set \
+             APEX_CONNECT_ADMIN_TOKEN (requests then need `Authorization: Bearer <token>`) or \
+             listen on 127.0.0.1",
+        )
+        .with_context("admin_listen", config.admin_listen));
+    }
+    Ok(auth)
 }

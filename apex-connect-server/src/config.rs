@@ -29,12 +29,19 @@ pub struct ServerConfig {
     /// The SQLite state database file (the older spelling of `store`; set one of the two).
     #[serde(default)]
     pub database: Option<PathBuf>,
-    /// Where `serve` listens for webhooks (and the admin API unless `admin_listen` is set).
+    /// Where `serve` listens for webhooks (nothing else is served there). Default
+    /// `127.0.0.1:8080`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// A separate address for `/admin` and `/metrics` (keep it private).
+    /// Where `serve` listens for `/admin` and `/metrics`: always its own listener, never
+    /// `listen`. Default `127.0.0.1:9465` ([`DEFAULT_ADMIN_LISTEN`]). Without a token in
+    /// `APEX_CONNECT_ADMIN_TOKEN` it must be a loopback address (and answers loopback peers
+    /// only); with one, every request needs `Authorization: Bearer <token>`.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// Limits of the listeners (`[limits]`).
     #[serde(default)]
-    pub admin_listen: Option<SocketAddr>,
+    pub limits: LimitSettings,
     /// Where records go.
     #[serde(default)]
     pub sink: SinkConfig,
@@ -54,6 +61,115 @@ pub struct ServerConfig {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+/// The default admin address (`admin_listen`): loopback, port 9465.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9465);
+
+fn default_admin_listen() -> SocketAddr {
+    DEFAULT_ADMIN_LISTEN
+}
+
+/// `[limits]`: what one client, or many, may hold of a listener (the webhook listener and the
+/// admin listener each apply them). Durations are humantime text (`"10s"`, `"1m 30s"`,
+/// `"500ms"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct LimitSettings {
+    /// A connection must send a whole request head (request line and headers) within this
+    /// long after it opened or after its previous response, else it is closed (default
+    /// `"10s"`): slow-loris clients are dropped.
+    #[serde(with = "humantime_text")]
+    pub header_read_timeout: Duration,
+    /// A request (its body included) not answered within this long gets `503` +
+    /// `Retry-After` (default `"30s"`).
+    #[serde(with = "humantime_text")]
+    pub request_timeout: Duration,
+    /// Requests handled at once per listener; above it `503` + `Retry-After` at once
+    /// (default 512).
+    pub max_concurrent_requests: usize,
+    /// Open connections per listener; a connection accepted above it is closed at once
+    /// (default 4096).
+    pub max_connections: usize,
+    /// Largest request head in bytes (default 16384); larger gets `431`.
+    pub max_header_bytes: usize,
+    /// Most headers in a request (default 100); more gets `431`.
+    pub max_headers: usize,
+    /// `Retry-After` of the `503`s above, whole seconds (default `"1s"`).
+    #[serde(with = "humantime_text")]
+    pub retry_after: Duration,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        let d = crate::listener::HttpLimits::default();
+        LimitSettings {
+            header_read_timeout: d.header_read_timeout,
+            request_timeout: d.request_timeout,
+            max_concurrent_requests: d.max_concurrent_requests,
+            max_connections: d.max_connections,
+            max_header_bytes: d.max_header_bytes,
+            max_headers: d.max_headers,
+            retry_after: d.retry_after,
+        }
+    }
+}
+
+impl LimitSettings {
+    /// The listener limits these settings describe.
+    pub fn http_limits(&self) -> crate::listener::HttpLimits {
+        let mut l = crate::listener::HttpLimits::default();
+        l.header_read_timeout = self.header_read_timeout;
+        l.request_timeout = self.request_timeout;
+        l.max_concurrent_requests = self.max_concurrent_requests;
+        l.max_connections = self.max_connections;
+        l.max_header_bytes = self.max_header_bytes;
+        l.max_headers = self.max_headers;
+        l.retry_after = self.retry_after;
+        l
+    }
+
+    fn validate(&self) -> Result<()> {
+        let positive = [
+            (
+                "limits.header_read_timeout",
+                self.header_read_timeout.is_zero(),
+            ),
+            ("limits.request_timeout", self.request_timeout.is_zero()),
+            (
+                "limits.max_concurrent_requests",
+                self.max_concurrent_requests == 0,
+            ),
+            ("limits.max_connections", self.max_connections == 0),
+            ("limits.max_headers", self.max_headers == 0),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, zero)| *zero) {
+            return Err(Error::config("must be positive").with_context("key", key));
+        }
+        if self.max_header_bytes < 1024 {
+            return Err(Error::config("must be at least 1024")
+                .with_context("key", "limits.max_header_bytes"));
+        }
+        Ok(())
+    }
+}
+
+/// Serde for a `Duration` written as humantime text (`"10s"`, `"1m 30s"`).
+mod humantime_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration (\"10s\", \"1m 30s\"): {e}"
+            ))
+        })
+    }
 }
 
 /// Where records go (`[sink]`, `kind = "records" | "ledger" | "jsonl" | "null"`).
@@ -295,6 +411,19 @@ impl ServerConfig {
         if let Some(store) = &self.store {
             refuse_url_password(store, "store")?;
         }
+        let (l, a) = (self.listen, self.admin_listen);
+        if l.port() == a.port()
+            && l.port() != 0
+            && (l.ip() == a.ip() || l.ip().is_unspecified() || a.ip().is_unspecified())
+        {
+            return Err(Error::config(
+                "`admin_listen` must differ from `listen`: the admin API never shares the \
+                 webhook listener",
+            )
+            .with_context("listen", l)
+            .with_context("admin_listen", a));
+        }
+        self.limits.validate()?;
         let mut seen = std::collections::BTreeSet::new();
         for c in &self.connections {
             if c.id.is_empty()

@@ -11,13 +11,14 @@ pub mod connections;
 pub mod env;
 pub mod inbox;
 pub mod ingress;
+pub mod listener;
 pub mod metrics;
 pub mod scheduler;
 pub mod state;
 pub mod tap;
 pub mod worker;
 
-pub use admin::{RejectView, Status, admin_router, status};
+pub use admin::{ADMIN_TOKEN_ENV, AdminAuth, RejectView, Status, admin_router, status};
 pub use app::App;
 pub use config::ServerConfig;
 pub use env::Environment;
