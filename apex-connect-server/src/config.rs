@@ -2,8 +2,9 @@
 //!
 //! Secrets never live in the file (settings are stored in the state database as they are): a
 //! key named like a token, secret, password, credential or key (an API key, a private key) is
-//! refused anywhere in the file, except inside a connection's `env` table, whose values are the
-//! *names* of the environment variables holding the secrets (see [`is_secret_name`]).
+//! refused anywhere in the file, except inside a connection's own `env` table (an `env` table
+//! anywhere else, in `settings` say, is checked like any other), whose values are the *names*
+//! of the environment variables holding the secrets (see [`is_secret_name`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -384,7 +385,7 @@ impl ServerConfig {
     pub fn parse(text: &str) -> Result<Self> {
         let value: toml::Table = toml::from_str(text)
             .map_err(|e| Error::config("configuration is not valid TOML").set_source(e))?;
-        refuse_secrets(&value, "")?;
+        refuse_secrets(&value, "", connection_table)?;
         let config: ServerConfig = value
             .try_into()
             .map_err(|e| Error::config("configuration is invalid").set_source(e))?;
@@ -568,31 +569,63 @@ fn secret_refused(key: String) -> Error {
     .with_context("key", key)
 }
 
-fn refuse_secrets(table: &toml::Table, path: &str) -> Result<()> {
+/// Where an `env` table (secret name -> variable name) may be: the table at `path` is a
+/// connection (`connection[3]`) of the server configuration.
+fn connection_table(path: &str) -> bool {
+    path.strip_prefix("connection[")
+        .and_then(|rest| rest.strip_suffix(']'))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The tap configuration is one connection: its top level.
+fn tap_table(path: &str) -> bool {
+    path.is_empty()
+}
+
+/// Refuses a key named like a secret anywhere in `table`, except the keys of the `env` table
+/// of a table `env_allowed` accepts (a connection), whose values must be variable names.
+fn refuse_secrets(table: &toml::Table, path: &str, env_allowed: fn(&str) -> bool) -> Result<()> {
     for (key, value) in table {
         let here = if path.is_empty() {
             key.clone()
         } else {
             format!("{path}.{key}")
         };
-        // `env` tables map secret names to variable names: their keys may say "token".
-        if key == "env" && matches!(value, toml::Value::Table(_)) {
+        // A connection's `env` maps secret names to variable names: its keys may say "token".
+        if key == "env"
+            && env_allowed(path)
+            && let toml::Value::Table(vars) = value
+        {
+            for (name, var) in vars {
+                let is_name = var.as_str().is_some_and(|v| {
+                    !v.is_empty()
+                        && v.chars()
+                            .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_')
+                });
+                if !is_name {
+                    // A value that is not a variable name may be a pasted secret: never echo it.
+                    return Err(Error::config(
+                        "`env` values are environment variable names (A-Z, 0-9, _), not secrets",
+                    )
+                    .with_context("key", format!("{here}.{name}")));
+                }
+            }
             continue;
         }
         if is_secret_name(key) {
             return Err(secret_refused(here));
         }
-        refuse_secrets_in(value, &here)?;
+        refuse_secrets_in(value, &here, env_allowed)?;
     }
     Ok(())
 }
 
-fn refuse_secrets_in(value: &toml::Value, here: &str) -> Result<()> {
+fn refuse_secrets_in(value: &toml::Value, here: &str, env_allowed: fn(&str) -> bool) -> Result<()> {
     match value {
-        toml::Value::Table(t) => refuse_secrets(t, here),
+        toml::Value::Table(t) => refuse_secrets(t, here, env_allowed),
         toml::Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                refuse_secrets_in(item, &format!("{here}[{i}]"))?;
+                refuse_secrets_in(item, &format!("{here}[{i}]"), env_allowed)?;
             }
             Ok(())
         }
@@ -659,7 +692,7 @@ pub fn parse_tap_config(platform: &str, text: &str) -> Result<ConnectionConfig> 
             Error::config("the tap configuration is neither JSON nor TOML").set_source(e)
         })?,
     };
-    refuse_secrets(&table, "")?;
+    refuse_secrets(&table, "", tap_table)?;
     table.insert("platform".into(), toml::Value::String(platform.to_string()));
     table
         .entry("id")
@@ -737,6 +770,11 @@ cron = "*/5 * * * *"
             "[[connection]]\nid = \"a\"\nplatform = \"memory\"\n[connection.settings.jwt]\nkey = \"x\"\n",
             // Nested anywhere: in tables of arrays of arrays too.
             "[[connection]]\nid = \"a\"\nplatform = \"memory\"\n[connection.settings]\nlist = [[{ api_key = \"x\" }]]\n",
+            // Only a connection's own `env` table (or a tap's) names variables: an `env`
+            // table anywhere else is checked like any other.
+            "[[connection]]\nid = \"a\"\nplatform = \"memory\"\n[connection.settings.env]\napi_token = \"x\"\n",
+            "[[connection]]\nid = \"a\"\nplatform = \"memory\"\n[connection.settings]\nauth = { env = { private_key = \"x\" } }\n",
+            "[sink]\nkind = \"null\"\nenv = { credentials = \"x\" }\n",
             // An `env` that is not a table is no excuse.
             "[[connection]]\nid = \"a\"\nplatform = \"memory\"\n[connection.settings]\nenv = [{ secret = \"x\" }]\n",
         ] {
@@ -761,6 +799,26 @@ cron = "*/5 * * * *"
         let e = ServerConfig::parse("store = \"postgres://apex:hunter2@db/apex\"\n").unwrap_err();
         assert!(!format!("{e:?}{e}").contains("hunter2"), "{e:?}");
         assert!(ServerConfig::parse("store = \"postgres://apex@db/apex\"\n").is_ok());
+    }
+
+    #[test]
+    fn tap_configs_refuse_secrets_outside_their_env() {
+        assert!(
+            parse_tap_config("memory", r#"{"env": {"webhook_secret": "MEMORY_SECRET"}}"#).is_ok()
+        );
+        for text in [
+            r#"{"settings": {"env": {"api_token": "x"}}}"#,
+            r#"{"settings": {"private_key": "x"}}"#,
+            r#"{"credentials": "x"}"#,
+        ] {
+            let e = parse_tap_config("memory", text).unwrap_err();
+            assert!(
+                e.to_string().contains("secrets are not allowed"),
+                "{text}: {e}"
+            );
+        }
+        let e = parse_tap_config("memory", r#"{"env": {"api_token": "sk-live-abc"}}"#).unwrap_err();
+        assert!(!format!("{e:?}{e}").contains("sk-live-abc"), "{e:?}");
     }
 
     #[test]
@@ -813,6 +871,42 @@ cron = "*/5 * * * *"
             "streams",
         ] {
             assert!(!is_secret_name(fine), "{fine} is not a secret");
+        }
+    }
+
+    #[test]
+    fn admin_listens_apart_and_limits_have_defaults() {
+        let c = ServerConfig::parse("").unwrap();
+        assert_eq!(c.admin_listen, DEFAULT_ADMIN_LISTEN);
+        assert_ne!(c.admin_listen, c.listen);
+        assert_eq!(c.limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.max_concurrent_requests, 512);
+        // The admin API never shares the webhook listener.
+        for text in [
+            "listen = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:8080\"\n",
+            "listen = \"0.0.0.0:8080\"\nadmin_listen = \"127.0.0.1:8080\"\n",
+            "listen = \"0.0.0.0:9465\"\n",
+        ] {
+            let e = ServerConfig::parse(text).unwrap_err();
+            assert!(e.to_string().contains("admin_listen"), "{text}: {e}");
+        }
+        let c = ServerConfig::parse(
+            "[limits]\nheader_read_timeout = \"1m 30s\"\nrequest_timeout = \"500ms\"\n\
+             max_connections = 10\nmax_header_bytes = 4096\n",
+        )
+        .unwrap();
+        let l = c.limits.http_limits();
+        assert_eq!(l.header_read_timeout, Duration::from_secs(90));
+        assert_eq!(l.request_timeout, Duration::from_millis(500));
+        assert_eq!((l.max_connections, l.max_header_bytes), (10, 4096));
+        for bad in [
+            "[limits]\nrequest_timeout = \"soon\"\n",
+            "[limits]\nheader_read_timeout = \"0s\"\n",
+            "[limits]\nmax_concurrent_requests = 0\n",
+            "[limits]\nmax_header_bytes = 10\n",
+            "[limits]\nmax_body = 10\n",
+        ] {
+            assert!(ServerConfig::parse(bad).is_err(), "{bad}");
         }
     }
 
