@@ -4,5 +4,6 @@ mod common;
 mod ingress;
 mod platform;
 mod scheduler;
+mod security;
 mod tap;
 mod worker;
