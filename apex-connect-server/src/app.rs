@@ -30,9 +30,8 @@ pub struct App {
     pub state: ServerState,
     /// The sink.
     pub sink: Arc<dyn Sink>,
-    /// Who may call the admin API (the token from `APEX_CONNECT_ADMIN_TOKEN`, or loopback
-    /// only).
-    pub admin_auth: AdminAuth,
+    /// Where the admin token is read (`serve` only).
+    env: Environment,
     jobs: Vec<JobSpec>,
 }
 
@@ -41,7 +40,6 @@ impl fmt::Debug for App {
         f.debug_struct("App")
             .field("state", &self.state)
             .field("sink", &self.sink)
-            .field("admin_auth", &self.admin_auth)
             .field("jobs", &self.jobs.len())
             .finish()
     }
@@ -67,11 +65,9 @@ impl App {
     /// authentication resolved), records the connections in the store, and registers the
     /// schedules.
     ///
-    /// The admin token is read from `APEX_CONNECT_ADMIN_TOKEN` ([`crate::ADMIN_TOKEN_ENV`]).
-    ///
     /// # Errors
-    /// `Config` for an unknown platform, a bad setting, a missing secret or a bad schedule, a
-    /// non-loopback `admin_listen` without an admin token, or a token too short; `Storage`.
+    /// `Config` for an unknown platform, a bad setting, a missing secret or a bad schedule;
+    /// `Storage`.
     pub async fn open(
         config: ServerConfig,
         platforms: &Platforms,
@@ -90,9 +86,8 @@ impl App {
         key: EncryptionKey,
         env: &Environment,
     ) -> Result<App> {
-        let admin_auth = admin_auth(&config, env)?;
         let opened = apex_connect_core::store::open(&config.store_location(), key).await?;
-        match Self::assemble(config, platforms, opened.clone(), env, admin_auth).await {
+        match Self::assemble(config, platforms, opened.clone(), env).await {
             Ok(app) => Ok(app),
             Err(e) => {
                 opened.close().await;
@@ -106,7 +101,6 @@ impl App {
         platforms: &Platforms,
         opened: OpenedStore,
         env: &Environment,
-        admin_auth: AdminAuth,
     ) -> Result<App> {
         let store: Arc<dyn StateStore> = opened.store().clone();
         let mut builder = ServerState::builder(store.clone())
@@ -173,7 +167,7 @@ impl App {
             state: builder.build(),
             store: opened,
             sink,
-            admin_auth,
+            env: env.clone(),
             jobs,
             config,
         })
@@ -224,9 +218,23 @@ impl App {
         webhook_router(self.state.clone())
     }
 
+    /// Who may call the admin API: the bearer token from `APEX_CONNECT_ADMIN_TOKEN`
+    /// ([`crate::ADMIN_TOKEN_ENV`], read from the environment `App` was opened with), or
+    /// loopback peers only when it is unset.
+    ///
+    /// # Errors
+    /// `Config` when no token is set and `admin_listen` is not a loopback address, or when the
+    /// token is shorter than 16 characters (never shown).
+    pub fn admin_auth(&self) -> Result<AdminAuth> {
+        admin_auth(&self.config, &self.env)
+    }
+
     /// The admin listener's router: `/admin` and `/metrics` behind [`App::admin_auth`].
-    pub fn admin_router(&self) -> Router {
-        admin_router(self.state.clone(), self.admin_auth.clone())
+    ///
+    /// # Errors
+    /// As [`App::admin_auth`].
+    pub fn admin_router(&self) -> Result<Router> {
+        Ok(admin_router(self.state.clone(), self.admin_auth()?))
     }
 
     /// Serves webhooks on `listen` and the admin API on `admin_listen` (two listeners, each
@@ -235,8 +243,17 @@ impl App {
     /// scheduled runs (their leases released), and closes the store.
     ///
     /// # Errors
-    /// `Config` when an address cannot be bound.
+    /// `Config` when an address cannot be bound, or the admin listener would be reachable
+    /// without a token ([`App::admin_auth`]); the store is closed then.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<()> {
+        let admin_auth = match self.admin_auth() {
+            Ok(auth) => auth,
+            Err(e) => {
+                self.store.close().await;
+                return Err(e);
+            }
+        };
+        let admin = admin_router(self.state.clone(), admin_auth.clone());
         let bind = |addr| async move {
             tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                 Error::config("cannot listen")
@@ -251,7 +268,7 @@ impl App {
         tracing::info!(address = %local(&listener), "webhooks listening");
         tracing::info!(
             address = %local(&admin_listener),
-            auth = if self.admin_auth.has_token() { "bearer token" } else { "none: loopback peers only" },
+            auth = if admin_auth.has_token() { "bearer token" } else { "none: loopback peers only" },
             "admin API and /metrics listening"
         );
         let limits = self.config.limits.http_limits();
@@ -264,7 +281,7 @@ impl App {
         ));
         tasks.spawn(crate::listener::serve(
             admin_listener,
-            self.admin_router(),
+            admin,
             limits,
             shutdown.clone(),
         ));

@@ -231,7 +231,7 @@ async fn serve_refuses_a_public_admin_address_without_a_token() {
     assert!(format!("{e:?}").contains("admin_listen"), "{e:?}");
 
     // A token that is too short is refused too (and never echoed).
-    let e = App::open_with(
+    let app = App::open_with(
         config(
             &format!("127.0.0.1:{port}"),
             &format!("0.0.0.0:{admin_port}"),
@@ -241,7 +241,8 @@ async fn serve_refuses_a_public_admin_address_without_a_token() {
         &Environment::from_map([(ADMIN_TOKEN_ENV, "hunter2")]),
     )
     .await
-    .unwrap_err();
+    .unwrap();
+    let e = app.serve(CancellationToken::new()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config);
     assert!(!format!("{e:?}{e}").contains("hunter2"));
 
@@ -257,8 +258,21 @@ async fn serve_refuses_a_public_admin_address_without_a_token() {
     )
     .await
     .unwrap();
-    assert!(app.admin_auth.has_token());
+    assert!(app.admin_auth().unwrap().has_token());
     app.store.close().await;
+
+    // Commands other than `serve` do not care about the admin listener.
+    let mut out = Vec::new();
+    let status = Cli::try_parse_from([
+        "apex-connect",
+        "status",
+        "--json",
+        "--config",
+        path.to_str().unwrap(),
+    ])
+    .unwrap();
+    runner.run(status, &mut out).await.unwrap();
+    assert!(String::from_utf8(out).unwrap().contains("\"inbox\""));
 }
 
 /// A webhook state on the manual clock, served through the hardened listener with `limits`.
