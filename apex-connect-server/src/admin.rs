@@ -84,7 +84,7 @@ impl AdminAuth {
         self.token.is_some()
     }
 
-    fn check(&self, request: &Request) -> std::result::Result<(), Response> {
+    fn check(&self, request: &Request) -> std::result::Result<(), Refused> {
         match &self.token {
             Some(token) => {
                 let given = request
@@ -100,12 +100,7 @@ impl AdminAuth {
                 if bool::from(given.as_bytes().ct_eq(token.expose_secret().as_bytes())) {
                     Ok(())
                 } else {
-                    Err((
-                        StatusCode::UNAUTHORIZED,
-                        [(header::WWW_AUTHENTICATE, "Bearer")],
-                        "admin token required",
-                    )
-                        .into_response())
+                    Err(Refused::NoToken)
                 }
             }
             None => {
@@ -116,13 +111,33 @@ impl AdminAuth {
                 if loopback {
                     Ok(())
                 } else {
-                    Err((
-                        StatusCode::FORBIDDEN,
-                        "admin API without a token answers loopback only",
-                    )
-                        .into_response())
+                    Err(Refused::NotLoopback)
                 }
             }
+        }
+    }
+}
+
+/// Why [`AdminAuth`] refused a request.
+enum Refused {
+    NoToken,
+    NotLoopback,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::NoToken => (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "admin token required",
+            )
+                .into_response(),
+            Refused::NotLoopback => (
+                StatusCode::FORBIDDEN,
+                "admin API without a token answers loopback only",
+            )
+                .into_response(),
         }
     }
 }
@@ -130,7 +145,7 @@ impl AdminAuth {
 async fn authorize(State(auth): State<AdminAuth>, request: Request, next: Next) -> Response {
     match auth.check(&request) {
         Ok(()) => next.run(request).await,
-        Err(refused) => refused,
+        Err(refused) => refused.into_response(),
     }
 }
 

@@ -121,15 +121,15 @@ impl Default for LimitSettings {
 impl LimitSettings {
     /// The listener limits these settings describe.
     pub fn http_limits(&self) -> crate::listener::HttpLimits {
-        let mut l = crate::listener::HttpLimits::default();
-        l.header_read_timeout = self.header_read_timeout;
-        l.request_timeout = self.request_timeout;
-        l.max_concurrent_requests = self.max_concurrent_requests;
-        l.max_connections = self.max_connections;
-        l.max_header_bytes = self.max_header_bytes;
-        l.max_headers = self.max_headers;
-        l.retry_after = self.retry_after;
-        l
+        crate::listener::HttpLimits {
+            header_read_timeout: self.header_read_timeout,
+            request_timeout: self.request_timeout,
+            max_concurrent_requests: self.max_concurrent_requests,
+            max_connections: self.max_connections,
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            retry_after: self.retry_after,
+        }
     }
 
     fn validate(&self) -> Result<()> {
