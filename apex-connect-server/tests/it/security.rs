@@ -192,6 +192,11 @@ async fn without_a_token_the_admin_api_answers_loopback_peers_only() {
     let admin = serve_admin(state).await;
     let r = reqwest::get(format!("{admin}/metrics")).await.unwrap();
     assert_eq!(r.status(), 200);
+    let auth = AdminAuth::token(SecretString::from(TOKEN));
+    assert!(
+        !format!("{auth:?}").contains(TOKEN),
+        "the token is never in Debug"
+    );
     // A token, when set, is required even from loopback.
     let guarded = admin_router(
         ServerState::builder(dyn_store(&store)).build(),
