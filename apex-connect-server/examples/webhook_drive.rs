@@ -105,6 +105,8 @@ fn free_port() -> Result<u16> {
 struct Server {
     child: Child,
     base: String,
+    /// The admin listener (status, drain checks).
+    admin: String,
     db: PathBuf,
     dir: PathBuf,
 }
@@ -113,6 +115,7 @@ fn start_server(a: &Args) -> Result<Server> {
     let dir = std::env::temp_dir().join(format!("apex-webhook-drive-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| Error::storage("tempdir").set_source(e))?;
     let port = free_port()?;
+    let admin_port = free_port()?;
     let db = dir.join("state.db");
     let config = dir.join("apex-connect.toml");
     std::fs::write(
@@ -121,6 +124,7 @@ fn start_server(a: &Args) -> Result<Server> {
             r#"
 database = "{db}"
 listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin_port}"
 
 [sink]
 kind = "ledger"
@@ -164,6 +168,7 @@ env = {{ webhook_secret = "{SECRET_VAR}" }}
     Ok(Server {
         child,
         base: format!("http://127.0.0.1:{port}"),
+        admin: format!("http://127.0.0.1:{admin_port}"),
         db,
         dir,
     })
@@ -258,7 +263,7 @@ async fn drive(a: &Args, server: &Server) -> Result<()> {
         .build()
         .map_err(|e| Error::config("client").set_source(e))?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while admin_status(&client, &server.base).await.is_none() {
+    while admin_status(&client, &server.admin).await.is_none() {
         if Instant::now() > deadline {
             return Err(Error::config(
                 "apex-connect serve did not come up (see serve.log)",
@@ -276,7 +281,7 @@ async fn drive(a: &Args, server: &Server) -> Result<()> {
     // Warm-up: connections, statement caches, pages.
     let warm = requests(&signer, "warm-", 2000);
     let _ = fixed_rate(&client, &url, warm, 2000).await;
-    wait_drained(&client, &server.base).await;
+    wait_drained(&client, &server.admin).await;
 
     for &rate in &a.rates {
         let reqs = requests(&signer, &format!("r{rate}-"), (rate * a.seconds) as usize);
@@ -289,7 +294,7 @@ async fn drive(a: &Args, server: &Server) -> Result<()> {
             pct(&lat, 0.99),
             lat.last().copied().unwrap_or(f64::NAN)
         );
-        wait_drained(&client, &server.base).await;
+        wait_drained(&client, &server.admin).await;
     }
 
     let reqs = requests(&signer, "sat-", a.saturation);
@@ -315,7 +320,7 @@ async fn drive(a: &Args, server: &Server) -> Result<()> {
         a.saturation,
         ok as f64 / secs
     );
-    wait_drained(&client, &server.base).await;
+    wait_drained(&client, &server.admin).await;
     Ok(())
 }
 

@@ -1,31 +1,170 @@
 //! `GET /admin/status`, `GET /admin/rejects`, `POST /admin/dead-letters/{id}/retry`,
-//! `GET /metrics`.
+//! `GET /metrics`, behind [`AdminAuth`] (a bearer token, or loopback only without one).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use apex_connect_core::store::{EventId, InboxCounts, ScheduleRow, StoredReject};
-use apex_connect_core::{ConnectionId, ErrorKind, Result, StreamId};
+use apex_connect_core::{ConnectionId, Error, ErrorKind, Result, StreamId};
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{StatusCode, header};
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
 
 use crate::metrics::MetricsSnapshot;
 use crate::state::ServerState;
 
-/// The admin API. Mount it on a private listener (it names connections and shows errors):
+/// The environment variable holding the admin API's bearer token.
+pub const ADMIN_TOKEN_ENV: &str = "APEX_CONNECT_ADMIN_TOKEN";
+
+/// Who may call the admin API (and `/metrics`).
+///
+/// - With a token ([`AdminAuth::token`], from [`ADMIN_TOKEN_ENV`] in `serve`): every request
+///   must carry `Authorization: Bearer <token>` (compared in constant time), else `401` with
+///   `WWW-Authenticate: Bearer`; from any address.
+/// - Without ([`AdminAuth::loopback_only`]): only requests from a loopback peer are served,
+///   others get `403`. The peer is read from [`ConnectInfo<SocketAddr>`](ConnectInfo) (set by
+///   [`crate::listener::serve`], or by axum's `into_make_service_with_connect_info`); a request
+///   without it is refused.
+///
+/// `Debug` never shows the token.
+#[derive(Clone, Default)]
+pub struct AdminAuth {
+    token: Option<Arc<SecretString>>,
+}
+
+impl fmt::Debug for AdminAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let token = if self.token.is_some() {
+            "set"
+        } else {
+            "none (loopback only)"
+        };
+        f.debug_struct("AdminAuth").field("token", &token).finish()
+    }
+}
+
+impl AdminAuth {
+    /// Requests need `Authorization: Bearer <token>`.
+    pub fn token(token: SecretString) -> Self {
+        AdminAuth {
+            token: Some(Arc::new(token)),
+        }
+    }
+
+    /// No token: loopback peers only.
+    pub fn loopback_only() -> Self {
+        AdminAuth { token: None }
+    }
+
+    /// The token in [`ADMIN_TOKEN_ENV`] read by `lookup`, or loopback only when it is unset.
+    ///
+    /// # Errors
+    /// `Config` when it is set but empty or shorter than 16 characters (the value is never
+    /// shown).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        match lookup(ADMIN_TOKEN_ENV) {
+            None => Ok(AdminAuth::loopback_only()),
+            Some(t) if t.trim().chars().count() < 16 => Err(Error::config(
+                "the admin token is empty or shorter than 16 characters",
+            )
+            .with_context("variable", ADMIN_TOKEN_ENV)),
+            Some(t) => Ok(AdminAuth::token(SecretString::from(t.trim().to_string()))),
+        }
+    }
+
+    /// Whether a token is required.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    fn check(&self, request: &Request) -> std::result::Result<(), Refused> {
+        match &self.token {
+            Some(token) => {
+                let given = request
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| {
+                        v.strip_prefix("Bearer ")
+                            .or_else(|| v.strip_prefix("bearer "))
+                    })
+                    .map(str::trim)
+                    .unwrap_or("");
+                if bool::from(given.as_bytes().ct_eq(token.expose_secret().as_bytes())) {
+                    Ok(())
+                } else {
+                    Err(Refused::NoToken)
+                }
+            }
+            None => {
+                let loopback = request
+                    .extensions()
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .is_some_and(|ConnectInfo(peer)| peer.ip().to_canonical().is_loopback());
+                if loopback {
+                    Ok(())
+                } else {
+                    Err(Refused::NotLoopback)
+                }
+            }
+        }
+    }
+}
+
+/// Why [`AdminAuth`] refused a request.
+enum Refused {
+    NoToken,
+    NotLoopback,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::NoToken => (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "admin token required",
+            )
+                .into_response(),
+            Refused::NotLoopback => (
+                StatusCode::FORBIDDEN,
+                "admin API without a token answers loopback only",
+            )
+                .into_response(),
+        }
+    }
+}
+
+async fn authorize(State(auth): State<AdminAuth>, request: Request, next: Next) -> Response {
+    match auth.check(&request) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// The admin API, behind `auth` ([`AdminAuth`]). Serve it on its own private listener, never
+/// beside the webhooks (it names connections, shows errors and requeues dead letters):
 /// - `GET /admin/status`: [`Status`] as JSON;
 /// - `GET /admin/rejects?connection=&stream=&limit=`: quarantined records ([`RejectView`],
 ///   without their bytes), oldest first (limit 100 by default, at most 1000);
 /// - `POST /admin/dead-letters/{id}/retry`: requeues a dead letter (`204`; `404` if it is not dead);
-/// - `GET /metrics`: Prometheus text (webhook outcomes, worker outcomes, inbox gauges).
-pub fn admin_router(state: ServerState) -> Router {
+/// - `GET /metrics`: Prometheus text (webhook outcomes, worker outcomes, inbox gauges); behind
+///   the same token.
+pub fn admin_router(state: ServerState, auth: AdminAuth) -> Router {
     Router::new()
         .route("/admin/status", get(status_handler))
         .route("/admin/rejects", get(rejects_handler))
         .route("/admin/dead-letters/{id}/retry", post(retry_handler))
         .route("/metrics", get(metrics_handler))
         .with_state(state)
+        .layer(middleware::from_fn_with_state(auth, authorize))
 }
 
 /// The state of the server, as `status` prints it.

@@ -10,6 +10,7 @@ use apex_connect_core::store::{Connection, EncryptionKey, OpenedStore, SinkKind,
 use apex_connect_core::{ConnectionId, Error, JsonlSink, NullSink, Result, Sink, StreamId};
 use axum::Router;
 
+use crate::admin::AdminAuth;
 use crate::config::{ServerConfig, SinkConfig, parse_duration};
 use crate::env::Environment;
 use crate::inbox::InboxAppender;
@@ -29,6 +30,8 @@ pub struct App {
     pub state: ServerState,
     /// The sink.
     pub sink: Arc<dyn Sink>,
+    /// Where the admin token is read (`serve` only).
+    env: Environment,
     jobs: Vec<JobSpec>,
 }
 
@@ -164,6 +167,7 @@ impl App {
             state: builder.build(),
             store: opened,
             sink,
+            env: env.clone(),
             jobs,
             config,
         })
@@ -210,23 +214,47 @@ impl App {
         Scheduler::new(self.state.clone(), self.jobs.clone(), self.sink.clone(), c).await
     }
 
-    /// Webhooks (plus the admin API unless `admin_listen` is set).
+    /// The webhook listener's router: webhooks only.
     pub fn router(&self) -> Router {
-        let r = webhook_router(self.state.clone());
-        if self.config.admin_listen.is_none() {
-            r.merge(admin_router(self.state.clone()))
-        } else {
-            r
-        }
+        webhook_router(self.state.clone())
     }
 
-    /// Serves webhooks, the admin API, the workers and the scheduler until `shutdown`; then
-    /// stops accepting, lets workers finish or release their batches, cancels scheduled runs
-    /// (their leases released), and closes the store.
+    /// Who may call the admin API: the bearer token from `APEX_CONNECT_ADMIN_TOKEN`
+    /// ([`crate::ADMIN_TOKEN_ENV`], read from the environment `App` was opened with), or
+    /// loopback peers only when it is unset.
     ///
     /// # Errors
-    /// `Config` when an address cannot be bound.
+    /// `Config` when no token is set and `admin_listen` is not a loopback address, or when the
+    /// token is shorter than 16 characters (never shown).
+    pub fn admin_auth(&self) -> Result<AdminAuth> {
+        admin_auth(&self.config, &self.env)
+    }
+
+    /// The admin listener's router: `/admin` and `/metrics` behind [`App::admin_auth`].
+    ///
+    /// # Errors
+    /// As [`App::admin_auth`].
+    pub fn admin_router(&self) -> Result<Router> {
+        Ok(admin_router(self.state.clone(), self.admin_auth()?))
+    }
+
+    /// Serves webhooks on `listen` and the admin API on `admin_listen` (two listeners, each
+    /// with the `[limits]`: [`crate::listener::serve`]), the workers and the scheduler until
+    /// `shutdown`; then stops accepting, lets workers finish or release their batches, cancels
+    /// scheduled runs (their leases released), and closes the store.
+    ///
+    /// # Errors
+    /// `Config` when an address cannot be bound, or the admin listener would be reachable
+    /// without a token ([`App::admin_auth`]); the store is closed then.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<()> {
+        let admin_auth = match self.admin_auth() {
+            Ok(auth) => auth,
+            Err(e) => {
+                self.store.close().await;
+                return Err(e);
+            }
+        };
+        let admin = admin_router(self.state.clone(), admin_auth.clone());
         let bind = |addr| async move {
             tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                 Error::config("cannot listen")
@@ -235,24 +263,29 @@ impl App {
             })
         };
         let listener = bind(self.config.listen).await?;
-        tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
+        let admin_listener = bind(self.config.admin_listen).await?;
+        let local =
+            |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(address = %local(&listener), "webhooks listening");
+        tracing::info!(
+            address = %local(&admin_listener),
+            auth = if admin_auth.has_token() { "bearer token" } else { "none: loopback peers only" },
+            "admin API and /metrics listening"
+        );
+        let limits = self.config.limits.http_limits();
         let mut tasks = tokio::task::JoinSet::new();
-        let http = axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        tasks.spawn(async move {
-            if let Err(e) = http.await {
-                tracing::warn!(error = %e, "http server stopped");
-            }
-        });
-        if let Some(addr) = self.config.admin_listen {
-            let admin = axum::serve(bind(addr).await?, admin_router(self.state.clone()))
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-            tasks.spawn(async move {
-                if let Err(e) = admin.await {
-                    tracing::warn!(error = %e, "admin server stopped");
-                }
-            });
-        }
+        tasks.spawn(crate::listener::serve(
+            listener,
+            self.router(),
+            limits.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(crate::listener::serve(
+            admin_listener,
+            admin,
+            limits,
+            shutdown.clone(),
+        ));
         let workers = self.workers()?;
         let w_shutdown = shutdown.clone();
         tasks.spawn(async move { workers.run(w_shutdown).await });
@@ -281,4 +314,20 @@ impl App {
             None => Ok(()),
         }
     }
+}
+
+/// The admin API's authorization for `config`: the token from the environment, or loopback
+/// only, in which case `admin_listen` must be a loopback address.
+fn admin_auth(config: &ServerConfig, env: &Environment) -> Result<AdminAuth> {
+    let auth = AdminAuth::from_lookup(|name| env.var(name))?;
+    let ip = config.admin_listen.ip().to_canonical();
+    if !auth.has_token() && !ip.is_loopback() {
+        return Err(Error::config(
+            "`admin_listen` is not a loopback address and no admin token is set: set \
+             APEX_CONNECT_ADMIN_TOKEN (requests then need `Authorization: Bearer <token>`) or \
+             listen on 127.0.0.1",
+        )
+        .with_context("admin_listen", config.admin_listen));
+    }
+    Ok(auth)
 }

@@ -2,8 +2,9 @@
 //!
 //! Secrets never live in the file (settings are stored in the state database as they are): a
 //! key named like a token, secret, password, credential or key (an API key, a private key) is
-//! refused anywhere in the file, except inside a connection's `env` table, whose values are the
-//! *names* of the environment variables holding the secrets (see [`is_secret_name`]).
+//! refused anywhere in the file, except inside a connection's own `env` table (an `env` table
+//! anywhere else, in `settings` say, is checked like any other), whose values are the *names*
+//! of the environment variables holding the secrets (see [`is_secret_name`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,12 +30,19 @@ pub struct ServerConfig {
     /// The SQLite state database file (the older spelling of `store`; set one of the two).
     #[serde(default)]
     pub database: Option<PathBuf>,
-    /// Where `serve` listens for webhooks (and the admin API unless `admin_listen` is set).
+    /// Where `serve` listens for webhooks (nothing else is served there). Default
+    /// `127.0.0.1:8080`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// A separate address for `/admin` and `/metrics` (keep it private).
+    /// Where `serve` listens for `/admin` and `/metrics`: always its own listener, never
+    /// `listen`. Default `127.0.0.1:9465` ([`DEFAULT_ADMIN_LISTEN`]). Without a token in
+    /// `APEX_CONNECT_ADMIN_TOKEN` it must be a loopback address (and answers loopback peers
+    /// only); with one, every request needs `Authorization: Bearer <token>`.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// Limits of the listeners (`[limits]`).
     #[serde(default)]
-    pub admin_listen: Option<SocketAddr>,
+    pub limits: LimitSettings,
     /// Where records go.
     #[serde(default)]
     pub sink: SinkConfig,
@@ -57,6 +65,115 @@ pub struct ServerConfig {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+/// The default admin address (`admin_listen`): loopback, port 9465.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9465);
+
+fn default_admin_listen() -> SocketAddr {
+    DEFAULT_ADMIN_LISTEN
+}
+
+/// `[limits]`: what one client, or many, may hold of a listener (the webhook listener and the
+/// admin listener each apply them). Durations are humantime text (`"10s"`, `"1m 30s"`,
+/// `"500ms"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct LimitSettings {
+    /// A connection must send a whole request head (request line and headers) within this
+    /// long after it opened or after its previous response, else it is closed (default
+    /// `"10s"`): slow-loris clients are dropped.
+    #[serde(with = "humantime_text")]
+    pub header_read_timeout: Duration,
+    /// A request (its body included) not answered within this long gets `503` +
+    /// `Retry-After` (default `"30s"`).
+    #[serde(with = "humantime_text")]
+    pub request_timeout: Duration,
+    /// Requests handled at once per listener; above it `503` + `Retry-After` at once
+    /// (default 512).
+    pub max_concurrent_requests: usize,
+    /// Open connections per listener; a connection accepted above it is closed at once
+    /// (default 4096).
+    pub max_connections: usize,
+    /// Largest request head in bytes (default 16384); larger gets `431`.
+    pub max_header_bytes: usize,
+    /// Most headers in a request (default 100); more gets `431`.
+    pub max_headers: usize,
+    /// `Retry-After` of the `503`s above, whole seconds (default `"1s"`).
+    #[serde(with = "humantime_text")]
+    pub retry_after: Duration,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        let d = crate::listener::HttpLimits::default();
+        LimitSettings {
+            header_read_timeout: d.header_read_timeout,
+            request_timeout: d.request_timeout,
+            max_concurrent_requests: d.max_concurrent_requests,
+            max_connections: d.max_connections,
+            max_header_bytes: d.max_header_bytes,
+            max_headers: d.max_headers,
+            retry_after: d.retry_after,
+        }
+    }
+}
+
+impl LimitSettings {
+    /// The listener limits these settings describe.
+    pub fn http_limits(&self) -> crate::listener::HttpLimits {
+        crate::listener::HttpLimits {
+            header_read_timeout: self.header_read_timeout,
+            request_timeout: self.request_timeout,
+            max_concurrent_requests: self.max_concurrent_requests,
+            max_connections: self.max_connections,
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            retry_after: self.retry_after,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let positive = [
+            (
+                "limits.header_read_timeout",
+                self.header_read_timeout.is_zero(),
+            ),
+            ("limits.request_timeout", self.request_timeout.is_zero()),
+            (
+                "limits.max_concurrent_requests",
+                self.max_concurrent_requests == 0,
+            ),
+            ("limits.max_connections", self.max_connections == 0),
+            ("limits.max_headers", self.max_headers == 0),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, zero)| *zero) {
+            return Err(Error::config("must be positive").with_context("key", key));
+        }
+        if self.max_header_bytes < 1024 {
+            return Err(Error::config("must be at least 1024")
+                .with_context("key", "limits.max_header_bytes"));
+        }
+        Ok(())
+    }
+}
+
+/// Serde for a `Duration` written as humantime text (`"10s"`, `"1m 30s"`).
+mod humantime_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration (\"10s\", \"1m 30s\"): {e}"
+            ))
+        })
+    }
 }
 
 /// Where records go (`[sink]`, `kind = "records" | "ledger" | "jsonl" | "null"`).
@@ -271,7 +388,7 @@ impl ServerConfig {
     pub fn parse(text: &str) -> Result<Self> {
         let value: toml::Table = toml::from_str(text)
             .map_err(|e| Error::config("configuration is not valid TOML").set_source(e))?;
-        refuse_secrets(&value, "")?;
+        refuse_secrets(&value, "", connection_table)?;
         let config: ServerConfig = value
             .try_into()
             .map_err(|e| Error::config("configuration is invalid").set_source(e))?;
@@ -298,6 +415,19 @@ impl ServerConfig {
         if let Some(store) = &self.store {
             refuse_url_password(store, "store")?;
         }
+        let (l, a) = (self.listen, self.admin_listen);
+        if l.port() == a.port()
+            && l.port() != 0
+            && (l.ip() == a.ip() || l.ip().is_unspecified() || a.ip().is_unspecified())
+        {
+            return Err(Error::config(
+                "`admin_listen` must differ from `listen`: the admin API never shares the \
+                 webhook listener",
+            )
+            .with_context("listen", l)
+            .with_context("admin_listen", a));
+        }
+        self.limits.validate()?;
         let mut seen = std::collections::BTreeSet::new();
         for c in &self.connections {
             if c.id.is_empty()
@@ -442,31 +572,63 @@ fn secret_refused(key: String) -> Error {
     .with_context("key", key)
 }
 
-fn refuse_secrets(table: &toml::Table, path: &str) -> Result<()> {
+/// Where an `env` table (secret name -> variable name) may be: the table at `path` is a
+/// connection (`connection[3]`) of the server configuration.
+fn connection_table(path: &str) -> bool {
+    path.strip_prefix("connection[")
+        .and_then(|rest| rest.strip_suffix(']'))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The tap configuration is one connection: its top level.
+fn tap_table(path: &str) -> bool {
+    path.is_empty()
+}
+
+/// Refuses a key named like a secret anywhere in `table`, except the keys of the `env` table
+/// of a table `env_allowed` accepts (a connection), whose values must be variable names.
+fn refuse_secrets(table: &toml::Table, path: &str, env_allowed: fn(&str) -> bool) -> Result<()> {
     for (key, value) in table {
         let here = if path.is_empty() {
             key.clone()
         } else {
             format!("{path}.{key}")
         };
-        // `env` tables map secret names to variable names: their keys may say "token".
-        if key == "env" && matches!(value, toml::Value::Table(_)) {
+        // A connection's `env` maps secret names to variable names: its keys may say "token".
+        if key == "env"
+            && env_allowed(path)
+            && let toml::Value::Table(vars) = value
+        {
+            for (name, var) in vars {
+                let is_name = var.as_str().is_some_and(|v| {
+                    !v.is_empty()
+                        && v.chars()
+                            .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_')
+                });
+                if !is_name {
+                    // A value that is not a variable name may be a pasted secret: never echo it.
+                    return Err(Error::config(
+                        "`env` values are environment variable names (A-Z, 0-9, _), not secrets",
+                    )
+                    .with_context("key", format!("{here}.{name}")));
+                }
+            }
             continue;
         }
         if is_secret_name(key) {
             return Err(secret_refused(here));
         }
-        refuse_secrets_in(value, &here)?;
+        refuse_secrets_in(value, &here, env_allowed)?;
     }
     Ok(())
 }
 
-fn refuse_secrets_in(value: &toml::Value, here: &str) -> Result<()> {
+fn refuse_secrets_in(value: &toml::Value, here: &str, env_allowed: fn(&str) -> bool) -> Result<()> {
     match value {
-        toml::Value::Table(t) => refuse_secrets(t, here),
+        toml::Value::Table(t) => refuse_secrets(t, here, env_allowed),
         toml::Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                refuse_secrets_in(item, &format!("{here}[{i}]"))?;
+                refuse_secrets_in(item, &format!("{here}[{i}]"), env_allowed)?;
             }
             Ok(())
         }
@@ -533,7 +695,7 @@ pub fn parse_tap_config(platform: &str, text: &str) -> Result<ConnectionConfig> 
             Error::config("the tap configuration is neither JSON nor TOML").set_source(e)
         })?,
     };
-    refuse_secrets(&table, "")?;
+    refuse_secrets(&table, "", tap_table)?;
     table.insert("platform".into(), toml::Value::String(platform.to_string()));
     table
         .entry("id")
@@ -611,6 +773,11 @@ cron = "*/5 * * * *"
             "[[connection]]\nid = \"a\"\nplatform = \"memory\"\n[connection.settings.jwt]\nkey = \"x\"\n",
             // Nested anywhere: in tables of arrays of arrays too.
             "[[connection]]\nid = \"a\"\nplatform = \"memory\"\n[connection.settings]\nlist = [[{ api_key = \"x\" }]]\n",
+            // Only a connection's own `env` table (or a tap's) names variables: an `env`
+            // table anywhere else is checked like any other.
+            "[[connection]]\nid = \"a\"\nplatform = \"memory\"\n[connection.settings.env]\napi_token = \"x\"\n",
+            "[[connection]]\nid = \"a\"\nplatform = \"memory\"\n[connection.settings]\nauth = { env = { private_key = \"x\" } }\n",
+            "[sink]\nkind = \"null\"\nenv = { credentials = \"x\" }\n",
             // An `env` that is not a table is no excuse.
             "[[connection]]\nid = \"a\"\nplatform = \"memory\"\n[connection.settings]\nenv = [{ secret = \"x\" }]\n",
         ] {
@@ -635,6 +802,26 @@ cron = "*/5 * * * *"
         let e = ServerConfig::parse("store = \"postgres://apex:hunter2@db/apex\"\n").unwrap_err();
         assert!(!format!("{e:?}{e}").contains("hunter2"), "{e:?}");
         assert!(ServerConfig::parse("store = \"postgres://apex@db/apex\"\n").is_ok());
+    }
+
+    #[test]
+    fn tap_configs_refuse_secrets_outside_their_env() {
+        assert!(
+            parse_tap_config("memory", r#"{"env": {"webhook_secret": "MEMORY_SECRET"}}"#).is_ok()
+        );
+        for text in [
+            r#"{"settings": {"env": {"api_token": "x"}}}"#,
+            r#"{"settings": {"private_key": "x"}}"#,
+            r#"{"credentials": "x"}"#,
+        ] {
+            let e = parse_tap_config("memory", text).unwrap_err();
+            assert!(
+                e.to_string().contains("secrets are not allowed"),
+                "{text}: {e}"
+            );
+        }
+        let e = parse_tap_config("memory", r#"{"env": {"api_token": "sk-live-abc"}}"#).unwrap_err();
+        assert!(!format!("{e:?}{e}").contains("sk-live-abc"), "{e:?}");
     }
 
     #[test]
@@ -687,6 +874,42 @@ cron = "*/5 * * * *"
             "streams",
         ] {
             assert!(!is_secret_name(fine), "{fine} is not a secret");
+        }
+    }
+
+    #[test]
+    fn admin_listens_apart_and_limits_have_defaults() {
+        let c = ServerConfig::parse("").unwrap();
+        assert_eq!(c.admin_listen, DEFAULT_ADMIN_LISTEN);
+        assert_ne!(c.admin_listen, c.listen);
+        assert_eq!(c.limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.max_concurrent_requests, 512);
+        // The admin API never shares the webhook listener.
+        for text in [
+            "listen = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:8080\"\n",
+            "listen = \"0.0.0.0:8080\"\nadmin_listen = \"127.0.0.1:8080\"\n",
+            "listen = \"0.0.0.0:9465\"\n",
+        ] {
+            let e = ServerConfig::parse(text).unwrap_err();
+            assert!(e.to_string().contains("admin_listen"), "{text}: {e}");
+        }
+        let c = ServerConfig::parse(
+            "[limits]\nheader_read_timeout = \"1m 30s\"\nrequest_timeout = \"500ms\"\n\
+             max_connections = 10\nmax_header_bytes = 4096\n",
+        )
+        .unwrap();
+        let l = c.limits.http_limits();
+        assert_eq!(l.header_read_timeout, Duration::from_secs(90));
+        assert_eq!(l.request_timeout, Duration::from_millis(500));
+        assert_eq!((l.max_connections, l.max_header_bytes), (10, 4096));
+        for bad in [
+            "[limits]\nrequest_timeout = \"soon\"\n",
+            "[limits]\nheader_read_timeout = \"0s\"\n",
+            "[limits]\nmax_concurrent_requests = 0\n",
+            "[limits]\nmax_header_bytes = 10\n",
+            "[limits]\nmax_body = 10\n",
+        ] {
+            assert!(ServerConfig::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -11,6 +11,7 @@ pub mod connections;
 pub mod env;
 pub mod inbox;
 pub mod ingress;
+pub mod listener;
 pub mod metrics;
 pub mod retention;
 pub mod scheduler;
@@ -18,7 +19,7 @@ pub mod state;
 pub mod tap;
 pub mod worker;
 
-pub use admin::{RejectView, Status, admin_router, status};
+pub use admin::{ADMIN_TOKEN_ENV, AdminAuth, RejectView, Status, admin_router, status};
 pub use app::App;
 pub use config::ServerConfig;
 pub use env::Environment;

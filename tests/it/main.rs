@@ -5,6 +5,9 @@
 #[cfg(all(feature = "server", feature = "memory", feature = "sqlite"))]
 mod process;
 
+#[cfg(all(feature = "server", feature = "memory", feature = "sqlite"))]
+mod admin;
+
 #[cfg(all(
     feature = "server",
     feature = "memory",

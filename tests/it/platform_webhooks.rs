@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use apex_connect::server::config::ServerConfig;
 use apex_connect::server::metrics::Outcome;
-use apex_connect::server::{ConnectionHandle, ServerState, admin_router, webhook_router};
+use apex_connect::server::{ConnectionHandle, ServerState, webhook_router};
 use apex_connect::store::{Clock, EncryptionKey, StateStore};
 use apex_connect::{Secrets, SqliteStore};
 
@@ -43,7 +43,7 @@ fn dyn_store(s: &SqliteStore) -> Arc<dyn StateStore> {
 async fn serve(state: ServerState) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = webhook_router(state.clone()).merge(admin_router(state));
+    let app = webhook_router(state);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     format!("http://{addr}")
 }

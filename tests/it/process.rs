@@ -28,7 +28,7 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
-fn write_config(dir: &Path, port: u16) -> PathBuf {
+fn write_config(dir: &Path, port: u16, admin_port: u16) -> PathBuf {
     let path = dir.join("apex-connect.toml");
     std::fs::write(
         &path,
@@ -36,6 +36,7 @@ fn write_config(dir: &Path, port: u16) -> PathBuf {
             r#"
 database = "{db}"
 listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin_port}"
 
 [sink]
 kind = "ledger"
@@ -154,9 +155,11 @@ fn signed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = write_config(dir.path(), port);
+    let (port, admin_port) = (free_port(), free_port());
+    let config = write_config(dir.path(), port, admin_port);
     let base = format!("http://127.0.0.1:{port}");
+    // The admin API (status, drain checks) is on its own loopback listener.
+    let admin = format!("http://127.0.0.1:{admin_port}");
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()
@@ -192,7 +195,7 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
     assert_eq!(deliveries.len(), 5000);
 
     let child = Arc::new(Mutex::new(start(&config, dir.path())));
-    wait_ready(&client, &base).await;
+    wait_ready(&client, &admin).await;
 
     // Phase 1: send everything concurrently; kill -9 after 2,000 answers.
     let answered = Arc::new(AtomicUsize::new(0));
@@ -252,7 +255,7 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
 
     // Phase 2: restart; the platform redelivers whatever got no 2xx.
     *child.lock().unwrap() = start(&config, dir.path());
-    wait_ready(&client, &base).await;
+    wait_ready(&client, &admin).await;
     let phase2: Vec<(Delivery, Option<u16>)> = futures::stream::iter(unacked_good.clone())
         .map(send)
         .buffer_unordered(64)
@@ -262,7 +265,7 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
         assert_eq!(*s, Some(200), "redelivery of {} failed", d.msg_id);
         acked.insert(d.item.clone());
     }
-    let s = wait_drained(&client, &base).await;
+    let s = wait_drained(&client, &admin).await;
     assert_eq!(s["inbox"]["dead"], 0, "{s}");
 
     // Graceful stop (SIGTERM), then read the sink.

@@ -2,10 +2,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use apex_connect_core::engine::CancellationToken;
 use apex_connect_core::store::{Clock, EncryptionKey, StateStore};
 use apex_connect_core::webhook::WebhookRequest;
 use apex_connect_core::{Connector, Op, SqliteStore, StreamId};
-use apex_connect_server::{ServerState, admin_router, webhook_router};
+use apex_connect_server::listener::HttpLimits;
+use apex_connect_server::{AdminAuth, ServerState, admin_router, webhook_router};
 use apex_connect_testkit::MemoryConnector;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
@@ -68,11 +70,31 @@ pub fn signed(
     (headers, body)
 }
 
-/// Serves the webhook and admin routers on a loopback port; returns the base URL.
-pub async fn serve(state: ServerState) -> String {
+/// Serves `router` on a loopback port with `limits` (the listener `serve` uses); returns the
+/// base URL.
+pub async fn serve_router(router: axum::Router, limits: HttpLimits) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = webhook_router(state.clone()).merge(admin_router(state));
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(apex_connect_server::listener::serve(
+        listener,
+        router,
+        limits,
+        CancellationToken::new(),
+    ));
     format!("http://{addr}")
+}
+
+/// Serves the webhook router on a loopback port; returns the base URL.
+pub async fn serve(state: ServerState) -> String {
+    serve_router(webhook_router(state), HttpLimits::default()).await
+}
+
+/// Serves the admin router (loopback peers, no token) on its own loopback port; returns the
+/// base URL.
+pub async fn serve_admin(state: ServerState) -> String {
+    serve_router(
+        admin_router(state, AdminAuth::loopback_only()),
+        HttpLimits::default(),
+    )
+    .await
 }

@@ -85,7 +85,8 @@ async fn every_outcome_has_its_status_and_counter() {
         let counts = state.store().inbox_counts().await.unwrap();
         assert_eq!(counts.pending, 1, "only the accepted event is stored");
 
-        let text = reqwest::get(format!("{base}/metrics"))
+        let admin = serve_admin(state.clone()).await;
+        let text = reqwest::get(format!("{admin}/metrics"))
             .await
             .unwrap()
             .text()

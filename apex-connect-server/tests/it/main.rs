@@ -6,5 +6,6 @@ mod lease;
 mod platform;
 mod sched_tasks;
 mod scheduler;
+mod security;
 mod tap;
 mod worker;

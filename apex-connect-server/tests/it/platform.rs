@@ -473,6 +473,7 @@ struct Setup {
     dir: tempfile::TempDir,
     config_path: PathBuf,
     listen: u16,
+    admin_listen: u16,
     strict: Arc<AtomicBool>,
     runner: Runner,
 }
@@ -516,10 +517,11 @@ async fn setup() -> Setup {
     let base = sim.base_url().to_string();
 
     let dir = tempfile::tempdir().unwrap();
-    let listen = {
+    let port = || {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
+    let (listen, admin_listen) = (port(), port());
     let config_path: PathBuf = dir.path().join("apex-connect.toml");
     std::fs::write(
         &config_path,
@@ -527,6 +529,7 @@ async fn setup() -> Setup {
             r#"
 store = "{db}"
 listen = "127.0.0.1:{listen}"
+admin_listen = "127.0.0.1:{admin_listen}"
 
 [sink]
 kind = "records"
@@ -574,6 +577,7 @@ page_size = 2
         dir,
         config_path,
         listen,
+        admin_listen,
         strict,
         runner,
     }
@@ -856,7 +860,7 @@ async fn a_platform_from_a_test_file_connects_syncs_taps_and_takes_webhooks() {
         tokio::spawn(async move { runner.run(cli, &mut std::io::sink()).await })
     };
     let client = reqwest::Client::new();
-    let admin = format!("http://127.0.0.1:{listen}/admin/status");
+    let admin = format!("http://127.0.0.1:{}/admin/status", t.admin_listen);
     let deadline = Instant::now() + Duration::from_secs(30);
     while client.get(&admin).send().await.is_err() {
         assert!(Instant::now() < deadline, "serve did not come up");

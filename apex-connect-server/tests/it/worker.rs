@@ -107,7 +107,7 @@ async fn failures_back_off_then_dead_letter_and_admin_requeues() {
         .clock(clock.clock())
         .connection(ConnectionHandle::new("acme", Arc::new(memory())))
         .build();
-    let base = serve(state.clone()).await;
+    let admin = serve_admin(state.clone()).await;
     append(&state, &clock, "msg_1", "x").await;
     let sink = Arc::new(FlakySink::default());
     sink.broken.store(true, Ordering::SeqCst);
@@ -129,7 +129,7 @@ async fn failures_back_off_then_dead_letter_and_admin_requeues() {
             .unwrap_or("")
             .contains("sink write failed")
     );
-    let status: serde_json::Value = reqwest::get(format!("{base}/admin/status"))
+    let status: serde_json::Value = reqwest::get(format!("{admin}/admin/status"))
         .await
         .unwrap()
         .json()
@@ -141,7 +141,7 @@ async fn failures_back_off_then_dead_letter_and_admin_requeues() {
     // Fix the sink, requeue through the admin API, and it goes through.
     sink.broken.store(false, Ordering::SeqCst);
     let client = reqwest::Client::new();
-    let url = format!("{base}/admin/dead-letters/{}/retry", dead[0].id);
+    let url = format!("{admin}/admin/dead-letters/{}/retry", dead[0].id);
     assert_eq!(
         client.post(&url).send().await.unwrap().status().as_u16(),
         204
@@ -436,7 +436,7 @@ async fn a_record_that_does_not_map_is_quarantined_and_its_event_completes() {
         .clock(clock.clock())
         .connection(ConnectionHandle::new("acme", Arc::new(connector)))
         .build();
-    let base = serve(state.clone()).await;
+    let admin = serve_admin(state.clone()).await;
     append_for(&state, &clock, "acme", "m1", "good", Op::Upsert).await;
     append_for(&state, &clock, "acme", "m2", "bad", Op::Upsert).await;
     let sink = Arc::new(MemorySink::with_entities());
@@ -469,7 +469,7 @@ async fn a_record_that_does_not_map_is_quarantined_and_its_event_completes() {
     assert_eq!(state.metrics().snapshot().records_rejected, 1);
 
     // The admin API shows it: per connection in the status, listed under /admin/rejects.
-    let status: serde_json::Value = reqwest::get(format!("{base}/admin/status"))
+    let status: serde_json::Value = reqwest::get(format!("{admin}/admin/status"))
         .await
         .unwrap()
         .json()
@@ -477,7 +477,7 @@ async fn a_record_that_does_not_map_is_quarantined_and_its_event_completes() {
         .unwrap();
     assert_eq!(status["connections"][0]["rejects"], 1, "{status}");
     assert_eq!(status["rejects"], 1);
-    let listed: serde_json::Value = reqwest::get(format!("{base}/admin/rejects?connection=acme"))
+    let listed: serde_json::Value = reqwest::get(format!("{admin}/admin/rejects?connection=acme"))
         .await
         .unwrap()
         .json()
@@ -486,7 +486,7 @@ async fn a_record_that_does_not_map_is_quarantined_and_its_event_completes() {
     assert_eq!(listed[0]["record_id"], "bad", "{listed}");
     assert_eq!(listed[0]["stage"], "map");
     assert!(listed[0].get("raw").is_none(), "no bytes in the listing");
-    let none: serde_json::Value = reqwest::get(format!("{base}/admin/rejects?connection=other"))
+    let none: serde_json::Value = reqwest::get(format!("{admin}/admin/rejects?connection=other"))
         .await
         .unwrap()
         .json()
