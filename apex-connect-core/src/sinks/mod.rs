@@ -17,12 +17,16 @@ use crate::sink::{Ack, Batch, Sink};
 mod channel;
 mod jsonl;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 pub use channel::{ChannelSink, OwnedBatch};
 pub use jsonl::JsonlSink;
 pub use memory::{MemorySink, SinkKey};
+#[cfg(feature = "postgres")]
+pub use postgres::PgSink;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteSink;
 

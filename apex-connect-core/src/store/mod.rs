@@ -30,6 +30,9 @@ use crate::webhook::unix_ms;
 
 mod crypto;
 mod memory;
+pub mod open;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -44,6 +47,9 @@ pub mod prelude {
     pub use crate::token::TokenStore as _;
 }
 pub use memory::MemoryStore;
+pub use open::{Backend, OpenedStore, is_postgres_url, open_url};
+#[cfg(feature = "postgres")]
+pub use postgres::{InboxWakeups, PgStore, PgStoreOptions};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, append_inbox_row};
 
