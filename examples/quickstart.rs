@@ -24,7 +24,8 @@ use apex_connect::frontapp::FrontConnector;
 use apex_connect::frontapp::sim::{FrontSim, FrontSimConfig, FrontSimHandle};
 use apex_connect::server::{self, ConnectionHandle, ServerState, WorkerConfig, Workers};
 use apex_connect::sinks::SqliteSink;
-use apex_connect::store::{Connection, EncryptionKey, SqliteStore, StateStore};
+use apex_connect::store::prelude::*;
+use apex_connect::store::{Connection, EncryptionKey, SqliteStore};
 use apex_connect::{ConnectionId, Connector, StreamId, TokenStore};
 use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::SecretString;
@@ -271,7 +272,6 @@ async fn take_webhook(
     connection: &ConnectionId,
     sink: &SqliteSink,
 ) -> Result<(), BoxError> {
-    server::migrate(store.pool()).await?;
     let state = ServerState::builder(store.clone() as Arc<dyn StateStore>)
         .connection(ConnectionHandle::new(
             connection.clone(),

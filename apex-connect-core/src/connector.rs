@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::cursor::CursorToken;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Entity, Op, Page, RawJson, Record, StreamId};
-use crate::webhook::{Verified, VerifiedWebhook, WebhookError, WebhookVerifier};
+use crate::webhook::{Verified, VerifiedWebhook, WebhookError, WebhookReply, WebhookVerifier};
 
 /// What a connector can do. The conformance suite runs only the behaviours claimed here.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -446,6 +446,16 @@ pub trait Webhooks: Send + Sync {
         body: &Bytes,
     ) -> std::result::Result<Vec<WebhookEvent>, WebhookError> {
         Ok(vec![WebhookEvent::whole_delivery(verified, body)])
+    }
+
+    /// The answer to send once the events of a verified delivery are stored, instead of the
+    /// receiver's own `200` (Salesforce Outbound Messages: a SOAP `notificationsResponse`
+    /// with `<Ack>true</Ack>`, without which Salesforce redelivers for 24 hours). Unlike
+    /// [`Verified::reply`] (a handshake: nothing is stored), the delivery is stored first,
+    /// and a redelivery already stored gets the same answer. Default: `None`.
+    fn accepted_reply(&self, verified: &Verified, body: &Bytes) -> Option<WebhookReply> {
+        let _ = (verified, body);
+        None
     }
 
     /// Turns one stored event into changes, fetching full objects for thin events.

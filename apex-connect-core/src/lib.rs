@@ -13,10 +13,12 @@ pub mod model;
 pub mod oauth;
 pub mod platform;
 pub mod serde_secret;
+pub mod service_account;
 pub mod sink;
 pub mod sinks;
 pub mod store;
 pub mod token;
+pub mod token_identity;
 pub mod webhook;
 
 pub use async_trait::async_trait;
@@ -49,7 +51,9 @@ pub use store::PgStore;
 pub use store::SqliteStore;
 pub use store::{
     Connection, ConnectionStatus, ConnectionStore, CursorStore, EncryptionKey, InboxStore,
-    MemoryStore, RejectStore, RunId, RunKind, RunOutcome, RunStatus, RunStore, StateStore,
+    MemoryStore, OpenedStore, RejectStore, RunId, RunKind, RunOutcome, RunStatus, RunStore,
+    ScheduleStore, StateStore,
 };
 pub use token::{MemoryTokenStore, RefreshLease, TokenSet, TokenStore, Versioned};
+pub use token_identity::TokenIdentity;
 pub use webhook::{VerifiedWebhook, WebhookError, WebhookVerifier};

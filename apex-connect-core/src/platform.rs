@@ -748,7 +748,8 @@ fn duration_setting(name: &'static str, text: &str) -> Result<Duration> {
 
 /// Resolves how a connection authenticates: a static credential, or a [`TokenManager`] for
 /// its grant (authorization code + refresh, client credentials, or JWT bearer with the private
-/// key from the `private_key` secret).
+/// key from the `private_key` secret, or from a Google service-account key file in the
+/// `service_account_json` secret: see [`crate::service_account`]).
 ///
 /// # Errors
 /// `Config` for a grant the platform does not support, missing OAuth settings, a missing
@@ -758,6 +759,11 @@ pub fn resolve_auth(
     settings: &Settings,
     inputs: AuthInputs<'_>,
 ) -> Result<ConnectionAuth> {
+    // A Google service-account key file (`service_account_json`) stands for the JWT-bearer
+    // settings and the `private_key` secret (see `crate::service_account`).
+    if let Some((settings, secrets)) = crate::service_account::expand(settings, inputs.secrets)? {
+        return resolve_auth(platform, &settings, AuthInputs { secrets: &secrets, ..inputs });
+    }
     let mode = auth_mode(platform, settings, inputs.secrets, inputs.tokens_stored)?;
     if mode == AuthMode::Token {
         return Ok(ConnectionAuth::Secrets);

@@ -45,6 +45,10 @@ pub struct TokenSet {
     /// `instance_url`). Connectors add it to the connection's API hosts.
     #[serde(default)]
     pub instance_url: Option<String>,
+    /// The identity the token endpoint vouched for (Salesforce's `id`, `issued_at` and
+    /// `signature`), verbatim, for the connector to verify. `None` when the answer had none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::token_identity::TokenIdentity>,
     /// A refresh in progress: written (compare-and-swap) by the token manager that is about
     /// to spend the refresh token, so other processes sharing the store wait for its result
     /// instead of spending the same (rotating) refresh token. `None` normally.
@@ -92,6 +96,7 @@ impl TokenSet {
             token_type: "Bearer".into(),
             scopes: Vec::new(),
             instance_url: None,
+            identity: None,
             refresh_lease: None,
         }
     }
@@ -164,6 +169,7 @@ impl fmt::Debug for TokenSet {
             .field("token_type", &self.token_type)
             .field("scopes", &self.scopes)
             .field("instance_url", &self.instance_url)
+            .field("identity", &self.identity)
             .field("refresh_lease", &self.refresh_lease)
             .finish()
     }

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use apex_connect_core::engine::{SyncEngine, SyncOptions};
+use apex_connect_core::store::prelude::*;
 use apex_connect_core::store::{Connection, EncryptionKey, SqliteStore, StateStore};
 use apex_connect_core::{ConnectionId, NullSink, Sink, SqliteSink, StreamId};
 use apex_connect_frontapp::{

@@ -1,34 +1,40 @@
 //! `FrontConnector`: the streams, incremental sync through `/events`, webhooks and write-back.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use apex_connect_core::http::{
-    Credentials, HttpClient, HttpStatsSnapshot, RateGate, RetryConfig, StaticToken, path_segment,
+    Credentials, HttpClient, HttpStatsSnapshot, LinkGuard, RateGate, RetryConfig, StaticToken,
+    path_segment,
 };
 use apex_connect_core::oauth::TokenManager;
-use apex_connect_core::webhook::{Verified, WebhookSecrets, unix_ms};
+use apex_connect_core::webhook::{Verified, WebhookRequest, WebhookSecrets, unix_ms};
 use apex_connect_core::{
-    Capabilities, Change, Connector, ConnectorInfo, CursorToken, Error, ErrorKind, Op, Page,
-    Record, Result, StreamId, StreamInfo, SyncCursor, VerifiedWebhook, WebhookError, WebhookEvent,
-    WebhookVerifier, WriteAction, WriteOp, WriteReport, WriteResult, async_trait,
+    Capabilities, Change, Connector, ConnectorInfo, CursorToken, Entity, Error, ErrorKind, Op,
+    Page, RawJson, Record, Reject, Result, StreamId, StreamInfo, StreamSchema, SyncCursor,
+    VerifiedWebhook, WebhookError, WebhookEvent, WebhookVerifier, Webhooks, WriteAction, WriteOp,
+    WriteReport, WriteResult, async_trait,
 };
 use bytes::Bytes;
-use http::Method;
+use http::{HeaderMap, Method};
 use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::NAME;
-use crate::api::{FrontApi, FrontPolicy};
+use crate::api::{FrontApi, FrontPolicy, MAX_UNPAGED_RESULTS, RawList};
 use crate::config::FrontConfig;
 use crate::cursor::{
     CommentsCursor, ContactsCursor, ConversationsCursor, EventsCursor, EventsPosition,
     InboxesCursor, ListPosition, MessagesCursor, NestedPosition, RefreshPosition, TagsCursor,
     TeammatesCursor,
 };
-use crate::models::{self, Event, IdList, ListResponse, ms_to_secs_param, secs_to_ms, streams};
+use crate::models::{self, EventView, ms_to_secs_param, read_items_of, streams};
+use crate::schema;
 use crate::webhook::{FrontAppWebhookVerifier, FrontRuleWebhookVerifier, delivery_events};
 
 /// The Core API version the connector speaks.
@@ -41,22 +47,10 @@ const COMMENT_EVENT_TYPES: [&str; 2] = ["comment", "mention"];
 
 type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
-/// How long a nested walk reuses the conversations page its previous read fetched (the next
-/// read of the same walk usually continues on the same page). A page this old may have moved;
-/// the walk finds its conversation again by id, and changes made since the walk started are
-/// read by the incremental phase anyway.
-const NESTED_PAGE_TTL: Duration = Duration::from_secs(60);
-
-/// The conversations page last used by a nested walk, keyed by (page link, walk start).
-struct CachedPage {
-    key: (Option<String>, i64),
-    fetched: Instant,
-    page: Arc<IdList>,
-}
-
 /// A connector for one Front company (one API token or OAuth grant).
 ///
-/// Build it with [`FrontConnector::builder`]. Cheap to clone.
+/// Build it with [`FrontConnector::builder`], or from a connection's settings and secrets with
+/// [`crate::PLATFORM`]. Cheap to clone.
 ///
 /// # Streams
 /// | stream | backfill | incremental |
@@ -73,6 +67,10 @@ struct CachedPage {
 /// event) minus the lookback (default 60 s), so changes made during a long backfill are
 /// read. Contacts use `q[updated_after]` rather than events because Front's events are about
 /// conversations.
+///
+/// Records carry Front's JSON as received (slices of the page body); only their envelope is
+/// read ([`models::parse_record`]); objects whose envelope cannot be read are returned in
+/// [`Page::rejects`]. Entities are mapped on demand and leniently ([`Connector::map_entity`]).
 #[derive(Clone)]
 pub struct FrontConnector {
     inner: Arc<Inner>,
@@ -84,8 +82,6 @@ struct Inner {
     api: FrontApi,
     verifier: Option<Arc<dyn WebhookVerifier>>,
     clock: Clock,
-    /// Per nested stream (`messages`, `comments`): the conversations page of the last read.
-    nested_pages: Mutex<HashMap<&'static str, CachedPage>>,
 }
 
 impl fmt::Debug for FrontConnector {
@@ -140,11 +136,12 @@ impl FrontConnectorBuilder {
         self
     }
 
-    /// Authenticates with OAuth tokens managed (and refreshed) by `manager`; the connector
-    /// then claims `Capabilities::oauth_refresh`.
-    pub fn oauth(mut self, manager: TokenManager) -> Self {
+    /// Authenticates with OAuth tokens managed (and refreshed) by `manager` (owned or shared);
+    /// the connector then claims `Capabilities::oauth_refresh`.
+    pub fn oauth(mut self, manager: impl Into<Arc<TokenManager>>) -> Self {
+        let manager: Arc<TokenManager> = manager.into();
         self.refreshable = true;
-        self.credentials = Some(Arc::new(manager));
+        self.credentials = Some(manager);
         self
     }
 
@@ -292,15 +289,10 @@ impl FrontConnectorBuilder {
             .config
             .streams
             .iter()
-            .map(|s| {
-                let incremental = !matches!(s.as_str(), streams::TEAMMATES | streams::INBOXES);
-                StreamInfo::new(StreamId::from(s.clone()), incremental)
-            })
+            .filter_map(|s| streams::by_name(s))
+            .map(stream_info)
             .collect();
         let mut caps = Capabilities::new(stream_infos).with_write_back();
-        if verifier.is_some() {
-            caps = caps.with_webhooks();
-        }
         if self.refreshable {
             caps = caps.with_oauth_refresh();
         }
@@ -311,10 +303,28 @@ impl FrontConnectorBuilder {
                 api: FrontApi::new(http),
                 verifier,
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemTime::now)),
-                nested_pages: Mutex::new(HashMap::new()),
             }),
         })
     }
+}
+
+/// What the connector declares about a stream: incremental (all but teammates and inboxes),
+/// key `id`, the replication key (the record's version field, see
+/// [`models::version_fields`]), and deletes for the streams whose incremental phase reports
+/// them (conversations, messages, comments: an object named by an event that is gone).
+fn stream_info(s: &'static str) -> StreamInfo {
+    let incremental = !matches!(s, streams::TEAMMATES | streams::INBOXES);
+    let mut info = StreamInfo::new(StreamId::from_static(s), incremental).with_key(["id"]);
+    if incremental && let (Some(field), _) = models::version_fields(s) {
+        info = info.with_replication_key(field);
+    }
+    if matches!(
+        s,
+        streams::CONVERSATIONS | streams::MESSAGES | streams::COMMENTS
+    ) {
+        info = info.with_deletes();
+    }
+    info
 }
 
 fn stream_err(stream: &StreamId) -> Error {
@@ -327,6 +337,95 @@ fn loop_err(what: &'static str) -> Error {
     Error::invalid_response("Front returned a next link equal to the current one")
         .with_context("connector", NAME)
         .with_context("list", what)
+        .permanent()
+}
+
+/// Where a nested read stopped: what it read, and where the next read continues (`None`:
+/// the backfill is complete).
+type NestedStep = (Vec<Record>, Vec<Reject>, Option<NestedPosition>);
+
+/// The end of a read that failed after it had fetched something: what was fetched is
+/// returned with the position of the request that failed (the next read makes it again, and
+/// a lasting failure surfaces there); a failure before anything was fetched is the read's.
+fn partial(
+    records: Vec<Record>,
+    rejects: Vec<Reject>,
+    pos: NestedPosition,
+    error: Error,
+) -> Result<NestedStep> {
+    if records.is_empty() && rejects.is_empty() {
+        return Err(error);
+    }
+    tracing::warn!(connector = NAME, error = %error,
+        "nested read stopped early; the records fetched are returned and the next read retries");
+    Ok((records, rejects, Some(pos)))
+}
+
+/// A record fetched by id: the record (a delete when Front answered 404), or the object
+/// quarantined when its envelope cannot be read.
+type Fetched = std::result::Result<Record, Reject>;
+
+/// The verifier of a connector without webhook secrets (never returned by
+/// [`Connector::webhooks`], which is `None` then): it refuses everything.
+#[derive(Debug)]
+struct NoVerifier;
+
+impl WebhookVerifier for NoVerifier {
+    fn verify(
+        &self,
+        _request: &WebhookRequest<'_>,
+        _now: SystemTime,
+    ) -> std::result::Result<Verified, WebhookError> {
+        Err(WebhookError::NoSecret)
+    }
+
+    fn sign(
+        &self,
+        _request: &WebhookRequest<'_>,
+        _now: SystemTime,
+    ) -> std::result::Result<HeaderMap, WebhookError> {
+        Err(WebhookError::NoSecret)
+    }
+}
+
+/// Which of `text`/`body` (messages, comments) or `status`/`subject` (conversations) an
+/// object embedded in an event carries: a full object, or a preview to complete with a `GET`.
+#[derive(Default, Deserialize)]
+struct Probe {
+    #[serde(default)]
+    text: Option<IgnoredAny>,
+    #[serde(default)]
+    body: Option<IgnoredAny>,
+    #[serde(default)]
+    status: Option<IgnoredAny>,
+    #[serde(default)]
+    subject: Option<IgnoredAny>,
+}
+
+impl Probe {
+    fn of(raw: &RawValue) -> Probe {
+        if !raw.get().starts_with('{') {
+            return Probe::default();
+        }
+        serde_json::from_str(raw.get()).unwrap_or_default()
+    }
+}
+
+/// The parts of a webhook body: the application envelope `{type, authorization, payload}`,
+/// or (rule webhooks) the event itself.
+#[derive(Deserialize)]
+struct Delivery<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: apex_connect_core::lenient::LenientStr<'a>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+}
+
+/// What the incremental phases need of an event: owned, so the page can be dropped.
+struct EventRef {
+    conversation: Option<String>,
+    target_kind: Option<String>,
+    target_id: Option<String>,
 }
 
 impl FrontConnector {
@@ -376,53 +475,33 @@ impl FrontConnector {
     }
 
     fn lookback_ms(&self) -> i64 {
-        (self.inner.config.lookback_secs as i64).saturating_mul(1000)
+        i64::try_from(self.inner.config.lookback_secs)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000)
+    }
+
+    fn page_size(&self) -> usize {
+        self.inner.config.page_size as usize
     }
 
     fn limit(&self) -> (&'static str, String) {
         ("limit", self.inner.config.page_size.to_string())
     }
 
-    fn map_all(
-        &self,
-        stream: &str,
-        results: Vec<Value>,
-        parent: Option<&str>,
-    ) -> Result<Vec<Record>> {
-        results
-            .into_iter()
-            .map(|raw| models::map_record(stream, raw, parent))
-            .collect()
-    }
-
     // ----- plain lists
 
+    /// One list page (asking for `limit` results), refusing a `next` link equal to the one
+    /// just followed.
     async fn list_page(
         &self,
         path: &str,
         query: &[(&str, String)],
         next: Option<&str>,
+        limit: usize,
         what: &'static str,
-    ) -> Result<ListResponse> {
-        let resp = self.inner.api.list(path, query, next).await?;
-        if let (Some(cur), Some(n)) = (next, resp.next())
-            && cur == n
-        {
-            return Err(loop_err(what));
-        }
-        Ok(resp)
-    }
-
-    /// [`list_page`](Self::list_page) reading only the objects' ids.
-    async fn id_page(
-        &self,
-        path: &str,
-        query: &[(&str, String)],
-        next: Option<&str>,
-        what: &'static str,
-    ) -> Result<IdList> {
-        let resp: IdList = self.inner.api.list_as(path, query, next).await?;
-        if let (Some(cur), Some(n)) = (next, resp.next())
+    ) -> Result<RawList> {
+        let resp = self.inner.api.list(path, query, next, limit).await?;
+        if let (Some(cur), Some(n)) = (next, resp.next.as_deref())
             && cur == n
         {
             return Err(loop_err(what));
@@ -442,11 +521,16 @@ impl FrontConnector {
         caught_up: impl FnOnce(i64) -> C,
     ) -> Result<Page> {
         let resp = self
-            .list_page(path, &[self.limit()], pos.next.as_deref(), stream)
+            .list_page(
+                path,
+                &[self.limit()],
+                pos.next.as_deref(),
+                self.page_size(),
+                stream,
+            )
             .await?;
-        let next_link = resp.next().map(str::to_string);
-        let records = self.map_all(stream, resp.results, None)?;
-        Ok(match next_link {
+        let (records, rejects) = read_items_of(stream, resp.items, None);
+        Ok(match resp.next {
             Some(n) => Page::new(
                 records,
                 Some(
@@ -463,7 +547,8 @@ impl FrontConnector {
                 Some(caught_up(pos.started_at_ms).to_token()),
                 false,
             ),
-        })
+        }
+        .with_rejects(rejects))
     }
 
     async fn read_conversations(&self, cursor: Option<&CursorToken>) -> Result<Page> {
@@ -489,73 +574,60 @@ impl FrontConnector {
                 let (events, next, has_more) = self.events_step(&pos, &[]).await?;
                 let mut seen = HashSet::new();
                 let mut records = Vec::new();
+                let mut rejects = Vec::new();
                 for ev in &events {
-                    let Some(id) = ev.conversation_id() else {
+                    let Some(id) = ev.conversation.as_deref() else {
                         continue;
                     };
-                    if !seen.insert(id.to_string()) {
+                    if !seen.insert(id) {
                         continue;
                     }
-                    records.push(self.fetch_conversation(id).await?);
+                    match self
+                        .fetch(streams::CONVERSATIONS, "/conversations", id, None)
+                        .await?
+                    {
+                        Ok(r) => records.push(r),
+                        Err(r) => rejects.push(r),
+                    }
                 }
                 Ok(Page::new(
                     records,
                     Some(ConversationsCursor::Events(next).to_token()),
                     has_more,
-                ))
+                )
+                .with_rejects(rejects))
             }
         }
     }
 
-    async fn fetch_conversation(&self, id: &str) -> Result<Record> {
-        match self
-            .inner
-            .api
-            .get_opt(&format!("/conversations/{}", path_segment(id)?))
-            .await?
-        {
-            Some(raw) => models::conversation_record(raw),
-            None => Ok(Record::delete(
-                StreamId::from_static(streams::CONVERSATIONS),
-                id,
-            )),
-        }
-    }
-
-    async fn fetch_message(&self, id: &str, conversation: Option<&str>) -> Result<Record> {
-        match self
-            .inner
-            .api
-            .get_opt(&format!("/messages/{}", path_segment(id)?))
-            .await?
-        {
-            Some(raw) => models::message_record(raw, conversation),
-            None => Ok(Record::delete(StreamId::from_static(streams::MESSAGES), id)),
-        }
-    }
-
-    async fn fetch_comment(&self, id: &str, conversation: Option<&str>) -> Result<Record> {
-        match self
-            .inner
-            .api
-            .get_opt(&format!("/comments/{}", path_segment(id)?))
-            .await?
-        {
-            Some(raw) => models::comment_record(raw, conversation),
-            None => Ok(Record::delete(StreamId::from_static(streams::COMMENTS), id)),
-        }
-    }
-
-    async fn fetch_contact(&self, id: &str) -> Result<Record> {
-        match self
-            .inner
-            .api
-            .get_opt(&format!("/contacts/{}", path_segment(id)?))
-            .await?
-        {
-            Some(raw) => models::contact_record(raw),
-            None => Ok(Record::delete(StreamId::from_static(streams::CONTACTS), id)),
-        }
+    /// `GET {prefix}/{id}` as a record of `stream`: a delete when Front answers 404, a
+    /// reject when the object's envelope cannot be read.
+    async fn fetch(
+        &self,
+        stream: &'static str,
+        prefix: &str,
+        id: &str,
+        parent: Option<&str>,
+    ) -> Result<Fetched> {
+        let path = format!("{prefix}/{}", path_segment(id)?);
+        let Some(raw) = self.inner.api.get_raw_opt(&path).await? else {
+            let mut rec = Record::delete(StreamId::from_static(stream), id);
+            if let Some(p) = parent {
+                rec = rec.with_parent(p);
+            }
+            return Ok(Ok(rec));
+        };
+        Ok(
+            models::parse_record(stream, raw.clone(), parent).map_err(|e| {
+                Reject::unparsed(
+                    StreamId::from_static(stream),
+                    Some(id.to_string()),
+                    raw.bytes().clone(),
+                    &e,
+                )
+                .with_parent(parent.map(str::to_string))
+            }),
+        )
     }
 
     /// One page of `/events` (ascending) from `pos`, filtered by `types` (empty: all).
@@ -563,7 +635,7 @@ impl FrontConnector {
         &self,
         pos: &EventsPosition,
         types: &[&str],
-    ) -> Result<(Vec<Event>, EventsPosition, bool)> {
+    ) -> Result<(Vec<EventRef>, EventsPosition, bool)> {
         let mut query: Vec<(&str, String)> = vec![
             ("limit", self.inner.config.events_page_size.to_string()),
             ("sort_by", "created_at".into()),
@@ -579,32 +651,43 @@ impl FrontConnector {
             query.push(("q[types]", (*t).to_string()));
         }
         let resp = self
-            .list_page("/events", &query, pos.next.as_deref(), "events")
+            .list_page(
+                "/events",
+                &query,
+                pos.next.as_deref(),
+                self.inner.config.events_page_size as usize,
+                "events",
+            )
             .await?;
-        let next_link = resp.next().map(str::to_string);
         let mut high = pos.high_water_ms;
-        let mut events = Vec::with_capacity(resp.results.len());
-        let mut fresh = Vec::with_capacity(resp.results.len());
-        for raw in resp.results {
-            let ev: Event = serde_json::from_value(raw).map_err(|e| {
-                Error::invalid_response("Front event does not have the expected shape")
-                    .with_context("connector", NAME)
-                    .set_source(e)
-            })?;
+        let mut events = Vec::with_capacity(resp.items.len());
+        let mut fresh = Vec::with_capacity(resp.items.len());
+        for raw in &resp.items {
+            let Some(ev) = EventView::parse(raw.as_str()) else {
+                tracing::warn!(
+                    connector = NAME,
+                    "skipping an /events item that is not an event object"
+                );
+                continue;
+            };
+            let id = ev.id.non_empty();
             // Read by an earlier walk (the lookback window is read again): skip it.
-            if !ev.id.is_empty() && pos.has_seen(&ev.id) {
+            if id.is_some_and(|id| pos.has_seen(id)) {
                 continue;
             }
-            if let Some(t) = ev.emitted_at {
-                let ms = secs_to_ms(t);
+            if let Some(ms) = ev.emitted_ms() {
                 high = Some(high.map_or(ms, |h| h.max(ms)));
-                if !ev.id.is_empty() {
-                    fresh.push((ev.id.clone(), ms));
+                if let Some(id) = id {
+                    fresh.push((id.to_string(), ms));
                 }
             }
-            events.push(ev);
+            events.push(EventRef {
+                conversation: ev.conversation_id(),
+                target_kind: ev.target_kind().map(str::to_string),
+                target_id: ev.target_id(),
+            });
         }
-        let (next, more) = self.advance_events(pos, next_link, high, fresh);
+        let (next, more) = self.advance_events(pos, resp.next, high, fresh);
         Ok((events, next, more))
     }
 
@@ -653,10 +736,15 @@ impl FrontConnector {
             query.push(("q[after]", ms_to_secs_param(from.max(0))));
         }
         let resp = self
-            .list_page("/events", &query, pos.next.as_deref(), "events")
+            .list_page(
+                "/events",
+                &query,
+                pos.next.as_deref(),
+                self.inner.config.events_page_size as usize,
+                "events",
+            )
             .await?;
-        let next_link = resp.next().map(str::to_string);
-        let mut records = self.map_all(streams::EVENTS, resp.results, None)?;
+        let (mut records, rejects) = read_items_of(streams::EVENTS, resp.items, None);
         // Events read by an earlier walk (the lookback window is read again) are skipped.
         records.retain(|r| !pos.has_seen(&r.id));
         let mut high = pos.high_water_ms;
@@ -667,12 +755,8 @@ impl FrontConnector {
                 fresh.push((r.id.clone(), v));
             }
         }
-        let (next, has_more) = self.advance_events(&pos, next_link, high, fresh);
-        Ok(Page::new(
-            records,
-            Some(EventsCursor(next).to_token()),
-            has_more,
-        ))
+        let (next, has_more) = self.advance_events(&pos, resp.next, high, fresh);
+        Ok(Page::new(records, Some(EventsCursor(next).to_token()), has_more).with_rejects(rejects))
     }
 
     async fn read_contacts(&self, cursor: Option<&CursorToken>) -> Result<Page> {
@@ -718,11 +802,16 @@ impl FrontConnector {
                     ("sort_order", "asc".to_string()),
                 ];
                 let resp = self
-                    .list_page("/contacts", &query, next.as_deref(), "contacts")
+                    .list_page(
+                        "/contacts",
+                        &query,
+                        next.as_deref(),
+                        self.page_size(),
+                        "contacts",
+                    )
                     .await?;
-                let next_link = resp.next().map(str::to_string);
-                let records = self.map_all(streams::CONTACTS, resp.results, None)?;
-                let (cur, more) = match next_link {
+                let (records, rejects) = read_items_of(streams::CONTACTS, resp.items, None);
+                let (cur, more) = match resp.next {
                     Some(n) => (
                         ContactsCursor::Updated {
                             after_ms,
@@ -740,7 +829,7 @@ impl FrontConnector {
                         false,
                     ),
                 };
-                Ok(Page::new(records, Some(cur.to_token()), more))
+                Ok(Page::new(records, Some(cur.to_token()), more).with_rejects(rejects))
             }
         }
     }
@@ -758,15 +847,20 @@ impl FrontConnector {
             cur.started_at_ms = self.now_ms();
         }
         let resp = self
-            .list_page("/tags", &[self.limit()], cur.next.as_deref(), "tags")
+            .list_page(
+                "/tags",
+                &[self.limit()],
+                cur.next.as_deref(),
+                self.page_size(),
+                "tags",
+            )
             .await?;
-        let next_link = resp.next().map(str::to_string);
-        let mut records = self.map_all(streams::TAGS, resp.results, None)?;
+        let (mut records, rejects) = read_items_of(streams::TAGS, resp.items, None);
         if let Some(since) = cur.since_ms {
             let from = since.saturating_sub(self.lookback_ms());
             records.retain(|r| r.version.is_none_or(|v| v > from));
         }
-        let (next, more) = match next_link {
+        let (next, more) = match resp.next {
             Some(n) => (
                 TagsCursor {
                     since_ms: cur.since_ms,
@@ -784,27 +878,27 @@ impl FrontConnector {
                 false,
             ),
         };
-        Ok(Page::new(records, Some(next.to_token()), more))
+        Ok(Page::new(records, Some(next.to_token()), more).with_rejects(rejects))
     }
 
     async fn read_refresh(
         &self,
         stream: &'static str,
         pos: RefreshPosition,
-    ) -> Result<(Vec<Record>, RefreshPosition, bool)> {
+    ) -> Result<(Vec<Record>, Vec<Reject>, RefreshPosition, bool)> {
         let path = if stream == streams::TEAMMATES {
             "/teammates"
         } else {
             "/inboxes"
         };
         let resp = self
-            .list_page(path, &[], pos.next.as_deref(), stream)
+            .list_page(path, &[], pos.next.as_deref(), MAX_UNPAGED_RESULTS, stream)
             .await?;
-        let next_link = resp.next().map(str::to_string);
-        let records = self.map_all(stream, resp.results, None)?;
-        Ok(match next_link {
+        let (records, rejects) = read_items_of(stream, resp.items, None);
+        Ok(match resp.next {
             Some(n) => (
                 records,
+                rejects,
                 RefreshPosition {
                     next: Some(n),
                     completed_at_ms: pos.completed_at_ms,
@@ -813,6 +907,7 @@ impl FrontConnector {
             ),
             None => (
                 records,
+                rejects,
                 RefreshPosition {
                     next: None,
                     completed_at_ms: Some(self.now_ms()),
@@ -822,67 +917,22 @@ impl FrontConnector {
         })
     }
 
-    /// The conversations page at `pos.conversations_page` of the walk that started at
-    /// `pos.started_at_ms`: from the per-stream cache when the previous read of the same walk
-    /// fetched it less than [`NESTED_PAGE_TTL`] ago, else from Front. The flag says whether a
-    /// request was made.
-    async fn conversations_page(
-        &self,
-        stream: &'static str,
-        pos: &NestedPosition,
-    ) -> Result<(Arc<IdList>, bool)> {
-        let key = (pos.conversations_page.clone(), pos.started_at_ms);
-        {
-            let cache = self.nested_cache();
-            if let Some(c) = cache.get(stream)
-                && c.key == key
-                && c.fetched.elapsed() < NESTED_PAGE_TTL
-            {
-                return Ok((c.page.clone(), false));
-            }
-        }
-        let p = Arc::new(
-            self.id_page(
-                "/conversations",
-                &[self.limit()],
-                pos.conversations_page.as_deref(),
-                "conversations",
-            )
-            .await?,
-        );
-        self.nested_cache().insert(
-            stream,
-            CachedPage {
-                key,
-                fetched: Instant::now(),
-                page: p.clone(),
-            },
-        );
-        Ok((p, true))
-    }
-
-    fn nested_cache(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, CachedPage>> {
-        self.inner
-            .nested_pages
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
     /// One page of a conversation's children (`child` is `messages` or `comments`); `None`
     /// when the conversation is gone (404).
-    async fn child_page(
+    async fn child_list(
         &self,
         child: &'static str,
         conversation_id: &str,
         next: Option<&str>,
-    ) -> Result<Option<ListResponse>> {
+    ) -> Result<Option<RawList>> {
         let path = format!("/conversations/{}/{child}", path_segment(conversation_id)?);
-        let query: Vec<(&str, String)> = if child == "messages" {
-            vec![self.limit()]
+        // Front pages messages by `limit`; comments are not paged (a `next` is still followed).
+        let (query, limit) = if child == "messages" {
+            (vec![self.limit()], self.page_size())
         } else {
-            Vec::new()
+            (Vec::new(), MAX_UNPAGED_RESULTS)
         };
-        match self.list_page(&path, &query, next, child).await {
+        match self.list_page(&path, &query, next, limit, child).await {
             Ok(r) => Ok(Some(r)),
             // Deleted between the list and now: nothing to read.
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -890,163 +940,214 @@ impl FrontConnector {
         }
     }
 
-    /// One page of a conversation's children, mapped to records, with the next link; `None`
-    /// when the conversation is gone.
-    async fn child_records(
-        &self,
-        stream: &'static str,
-        child: &'static str,
-        conversation_id: &str,
-        next: Option<&str>,
-    ) -> Result<Option<(Vec<Record>, Option<String>)>> {
-        let Some(resp) = self.child_page(child, conversation_id, next).await? else {
-            return Ok(None);
-        };
-        let next = resp.next().map(str::to_string);
-        let records = self.map_all(stream, resp.results, Some(conversation_id))?;
-        Ok(Some((records, next)))
-    }
-
-    /// The nested walk: conversations page by page, each conversation's children page by
-    /// page, the first pages of `nested_concurrency` conversations at a time.
+    /// One read of the nested walk: the conversations page when the cursor does not hold its
+    /// ids yet, then each pending conversation's children, the first pages of
+    /// `nested_concurrency` conversations at a time, within `nested_requests_per_read`
+    /// requests and about `page_size` records.
     ///
-    /// Records come out in walk order whatever the concurrency: a batch's answers are
-    /// consumed in list order, and a conversation with more than one page of children is
-    /// followed to its end before the next conversation's records. The returned position
-    /// names exactly what comes next (a conversation and its children's next link); answers
-    /// fetched beyond it (when the request budget ends inside a long conversation) are
-    /// dropped and read again by the next call.
+    /// - Records come out in walk order whatever the concurrency: a batch's answers are
+    ///   consumed in list order, and a conversation with more than one page of children is
+    ///   followed to its end before the next conversation's records (the answers of the batch
+    ///   after it are dropped and fetched again later).
+    /// - Each conversations page is read once: its ids go into the cursor.
+    /// - One read follows `next` links at one level only: a read that followed a
+    ///   conversations `next` link stops before a children `next` link (the next read goes on
+    ///   from there), and a read never fetches a second conversations page.
+    /// - Every link followed goes through one [`LinkGuard`] per read (a repeated link, or a
+    ///   run of pages bringing no new record, is an error).
+    /// - A failure after records were fetched returns them with the position of the failed
+    ///   request; the next read makes it again (a lasting failure surfaces there).
     async fn nested_step(
         &self,
         stream: &'static str,
         mut pos: NestedPosition,
-    ) -> Result<(Vec<Record>, Option<NestedPosition>)> {
+    ) -> Result<NestedStep> {
         let child = if stream == streams::MESSAGES {
             "messages"
         } else {
             "comments"
         };
         let max_requests = self.inner.config.nested_requests_per_read.max(1) as usize;
-        let page_size = self.inner.config.page_size as usize;
+        let page_size = self.page_size();
         let concurrency = self.inner.config.nested_concurrency.max(1) as usize;
-        let mut records = Vec::new();
+        let mut records: Vec<Record> = Vec::new();
+        let mut rejects: Vec<Reject> = Vec::new();
         let mut requests = 0usize;
-        let mut page: Option<Arc<IdList>> = None;
-        let id_at = |p: &IdList, i: usize| -> Option<String> { p.id(i).map(str::to_string) };
-        while requests < max_requests && records.len() < page_size {
-            let Some(p) = page.clone() else {
-                let (p, fetched) = self.conversations_page(stream, &pos).await?;
-                if fetched {
-                    requests += 1;
-                }
-                // The list may have moved since the cursor was written: find the conversation
-                // again by id, or (if it left this page) restart the page; duplicates are
-                // harmless, losses are not.
-                if let Some(want) = &pos.conversation_id
-                    && id_at(&p, pos.index).as_deref() != Some(want.as_str())
-                {
-                    match (0..p.results.len()).find(|i| id_at(&p, *i).as_ref() == Some(want)) {
-                        Some(i) => pos.index = i,
-                        None => {
-                            pos.index = 0;
-                            pos.children_next = None;
-                        }
-                    }
-                }
-                page = Some(p);
-                continue;
-            };
-            if pos.index >= p.results.len() {
-                match p.next() {
-                    Some(n) => {
-                        if pos.conversations_page.as_deref() == Some(n) {
-                            return Err(loop_err("conversations"));
-                        }
-                        pos = NestedPosition {
-                            conversations_page: Some(n.to_string()),
-                            index: 0,
-                            conversation_id: None,
-                            children_next: None,
-                            started_at_ms: pos.started_at_ms,
-                        };
-                        page = None;
-                        continue;
-                    }
-                    None => return Ok((records, None)),
-                }
+        let mut guard = LinkGuard::new();
+        // Ids of the records brought by children pages reached through links in this read.
+        let mut linked_ids: HashSet<String> = HashSet::new();
+        let mut followed_page_link = false;
+
+        if pos.pending.is_none() {
+            if let Some(link) = pos.conversations_page.as_deref() {
+                guard.check_link(link)?;
+                followed_page_link = true;
             }
-            // The batch: the conversation at `index` (resuming at `children_next`) and the
-            // ones after it on this page, within the request budget.
-            let n = concurrency
-                .min(max_requests - requests)
-                .min(p.results.len() - pos.index);
-            let mut ids = Vec::with_capacity(n);
-            for i in pos.index..pos.index + n {
-                let Some(cid) = id_at(&p, i) else {
-                    return Err(Error::invalid_response("Front conversation has no id")
-                        .with_context("connector", NAME));
-                };
-                ids.push(cid);
+            let page = self
+                .inner
+                .api
+                .list_ids(
+                    "/conversations",
+                    &[self.limit()],
+                    pos.conversations_page.as_deref(),
+                    page_size,
+                )
+                .await?;
+            requests += 1;
+            if let (Some(cur), Some(n)) = (&pos.conversations_page, &page.next)
+                && cur == n
+            {
+                return Err(loop_err("conversations"));
             }
-            let first_next = pos.children_next.take();
-            let answers = futures::future::join_all(ids.iter().enumerate().map(|(i, cid)| {
-                let next = if i == 0 { first_next.as_deref() } else { None };
-                self.child_records(stream, child, cid, next)
-            }))
-            .await;
-            requests += n;
-            for (i, (cid, answer)) in ids.iter().zip(answers).enumerate() {
-                let mut answer = answer?;
-                // Follow this conversation to its end before the next one's records.
-                while let Some((recs, next)) = answer.take() {
-                    records.extend(recs);
-                    let Some(next) = next else { break };
-                    if requests >= max_requests {
-                        pos.index += i;
-                        pos.conversation_id = Some(cid.clone());
-                        pos.children_next = Some(next);
-                        return Ok((records, Some(pos)));
+            if page.skipped > 0 {
+                tracing::warn!(
+                    connector = NAME,
+                    stream,
+                    skipped = page.skipped,
+                    "conversations without a string id: their children cannot be listed"
+                );
+            }
+            let mut ids: VecDeque<String> = page.ids.into();
+            match pos.resume_at.take() {
+                Some(at) => match ids.iter().position(|i| *i == at) {
+                    Some(i) => {
+                        ids.drain(..i);
                     }
-                    answer = self.child_records(stream, child, cid, Some(&next)).await?;
-                    requests += 1;
-                }
+                    None => pos.children_next = None,
+                },
+                None => pos.children_next = None,
             }
-            pos.index += n;
-            pos.children_next = None;
-            pos.conversation_id = id_at(&p, pos.index);
+            pos.pending = Some(ids);
+            pos.next_page = page.next;
         }
-        Ok((records, Some(pos)))
+
+        loop {
+            if requests >= max_requests || records.len() + rejects.len() >= page_size {
+                return Ok((records, rejects, Some(pos)));
+            }
+            let Some(first) = pos.pending.as_ref().and_then(|p| p.front()).cloned() else {
+                // This conversations page is done: the next read starts the next one.
+                let next = pos
+                    .next_page
+                    .take()
+                    .map(|link| NestedPosition::at_page(Some(link), pos.started_at_ms));
+                return Ok((records, rejects, next));
+            };
+            if let Some(link) = pos.children_next.clone() {
+                if followed_page_link {
+                    return Ok((records, rejects, Some(pos)));
+                }
+                if let Err(e) = guard.check_link(&link) {
+                    return partial(records, rejects, pos, e);
+                }
+                requests += 1;
+                match self.child_list(child, &first, Some(&link)).await {
+                    Err(e) => return partial(records, rejects, pos, e),
+                    Ok(None) => {
+                        pos.children_next = None;
+                        if let Some(p) = pos.pending.as_mut() {
+                            p.pop_front();
+                        }
+                    }
+                    Ok(Some(list)) => {
+                        let (recs, rejs) = read_items_of(stream, list.items, Some(&first));
+                        let new = recs
+                            .iter()
+                            .filter(|r| linked_ids.insert(r.id.clone()))
+                            .count()
+                            + rejs.len();
+                        records.extend(recs);
+                        rejects.extend(rejs);
+                        pos.children_next = list.next;
+                        if pos.children_next.is_none()
+                            && let Some(p) = pos.pending.as_mut()
+                        {
+                            p.pop_front();
+                        }
+                        if let Err(e) = guard.record_page(new) {
+                            return partial(records, rejects, pos, e);
+                        }
+                    }
+                }
+                continue;
+            }
+            // A batch: the first pages of the next pending conversations, concurrently.
+            let ids: Vec<String> = pos
+                .pending
+                .iter()
+                .flatten()
+                .take(concurrency.min(max_requests - requests))
+                .cloned()
+                .collect();
+            let answers =
+                futures::future::join_all(ids.iter().map(|cid| self.child_list(child, cid, None)))
+                    .await;
+            requests += ids.len();
+            for (cid, answer) in ids.iter().zip(answers) {
+                match answer {
+                    // `cid` is the first pending conversation: the next read starts with it.
+                    Err(e) => return partial(records, rejects, pos, e),
+                    Ok(None) => {
+                        if let Some(p) = pos.pending.as_mut() {
+                            p.pop_front();
+                        }
+                    }
+                    Ok(Some(list)) => {
+                        let (recs, rejs) = read_items_of(stream, list.items, Some(cid));
+                        records.extend(recs);
+                        rejects.extend(rejs);
+                        match list.next {
+                            // The rest of this conversation comes next; the batch's later
+                            // answers are dropped (read again after it).
+                            Some(next) => {
+                                pos.children_next = Some(next);
+                                break;
+                            }
+                            None => {
+                                if let Some(p) = pos.pending.as_mut() {
+                                    p.pop_front();
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     async fn events_children(
         &self,
         stream: &'static str,
         pos: &EventsPosition,
-    ) -> Result<(Vec<Record>, EventsPosition, bool)> {
-        let (types, target): (&[&str], &str) = if stream == streams::MESSAGES {
-            (&MESSAGE_EVENT_TYPES, "message")
+    ) -> Result<(Vec<Record>, Vec<Reject>, EventsPosition, bool)> {
+        let (types, target, prefix): (&[&str], &str, &str) = if stream == streams::MESSAGES {
+            (&MESSAGE_EVENT_TYPES, "message", "/messages")
         } else {
-            (&COMMENT_EVENT_TYPES, "comment")
+            (&COMMENT_EVENT_TYPES, "comment", "/comments")
         };
         let (events, next, more) = self.events_step(pos, types).await?;
         let mut seen = HashSet::new();
         let mut records = Vec::new();
+        let mut rejects = Vec::new();
         for ev in &events {
-            if ev.target_kind() != Some(target) {
+            if ev.target_kind.as_deref() != Some(target) {
                 continue;
             }
-            let Some(id) = ev.target_id() else { continue };
-            if !seen.insert(id.to_string()) {
+            let Some(id) = ev.target_id.as_deref() else {
                 continue;
-            }
-            let rec = if stream == streams::MESSAGES {
-                self.fetch_message(id, ev.conversation_id()).await?
-            } else {
-                self.fetch_comment(id, ev.conversation_id()).await?
             };
-            records.push(rec);
+            if !seen.insert(id) {
+                continue;
+            }
+            match self
+                .fetch(stream, prefix, id, ev.conversation.as_deref())
+                .await?
+            {
+                Ok(r) => records.push(r),
+                Err(r) => rejects.push(r),
+            }
         }
-        Ok((records, next, more))
+        Ok((records, rejects, next, more))
     }
 
     async fn read_nested(
@@ -1058,141 +1159,218 @@ impl FrontConnector {
             Backfill(NestedPosition),
             Events(EventsPosition),
         }
-        let fresh = || NestedPosition {
-            conversations_page: None,
-            index: 0,
-            conversation_id: None,
-            children_next: None,
-            started_at_ms: self.now_ms(),
-        };
         let phase = if stream == streams::MESSAGES {
             match cursor.map(MessagesCursor::from_token).transpose()? {
-                None => Phase::Backfill(fresh()),
+                None => Phase::Backfill(NestedPosition::start(self.now_ms())),
                 Some(MessagesCursor::Backfill(p)) => Phase::Backfill(p),
                 Some(MessagesCursor::Events(p)) => Phase::Events(p),
             }
         } else {
             match cursor.map(CommentsCursor::from_token).transpose()? {
-                None => Phase::Backfill(fresh()),
+                None => Phase::Backfill(NestedPosition::start(self.now_ms())),
                 Some(CommentsCursor::Backfill(p)) => Phase::Backfill(p),
                 Some(CommentsCursor::Events(p)) => Phase::Events(p),
             }
         };
-        let token = |backfill: Option<NestedPosition>,
-                     events: Option<EventsPosition>|
-         -> Option<CursorToken> {
+        let backfill_token = |p: NestedPosition| -> CursorToken {
             if stream == streams::MESSAGES {
-                match (backfill, events) {
-                    (Some(b), _) => Some(MessagesCursor::Backfill(b).to_token()),
-                    (None, Some(e)) => Some(MessagesCursor::Events(e).to_token()),
-                    (None, None) => None,
-                }
+                MessagesCursor::Backfill(p).to_token()
             } else {
-                match (backfill, events) {
-                    (Some(b), _) => Some(CommentsCursor::Backfill(b).to_token()),
-                    (None, Some(e)) => Some(CommentsCursor::Events(e).to_token()),
-                    (None, None) => None,
-                }
+                CommentsCursor::Backfill(p).to_token()
+            }
+        };
+        let events_token = |p: EventsPosition| -> CursorToken {
+            if stream == streams::MESSAGES {
+                MessagesCursor::Events(p).to_token()
+            } else {
+                CommentsCursor::Events(p).to_token()
             }
         };
         match phase {
             Phase::Backfill(pos) => {
                 let started = pos.started_at_ms;
-                let (records, next) = self.nested_step(stream, pos).await?;
+                let (records, rejects, next) = self.nested_step(stream, pos).await?;
                 Ok(match next {
-                    Some(p) => Page::new(records, token(Some(p), None), true),
+                    Some(p) => Page::new(records, Some(backfill_token(p)), true),
                     None => Page::new(
                         records,
-                        token(None, Some(EventsPosition::after(Some(started)))),
+                        Some(events_token(EventsPosition::after(Some(started)))),
                         false,
                     ),
-                })
+                }
+                .with_rejects(rejects))
             }
             Phase::Events(pos) => {
-                let (records, next, more) = self.events_children(stream, &pos).await?;
-                Ok(Page::new(records, token(None, Some(next)), more))
+                let (records, rejects, next, more) = self.events_children(stream, &pos).await?;
+                Ok(Page::new(records, Some(events_token(next)), more).with_rejects(rejects))
             }
         }
     }
 
     // ----- webhooks
 
-    async fn changes_for_event(&self, kind: &str, ev: &Event) -> Result<Vec<Change>> {
-        let at = ev.emitted_at.map(secs_to_ms);
+    /// Turns a webhook body (application envelope or rule webhook event) into changes.
+    async fn parse_webhook_body(&self, body: &Bytes) -> Result<Vec<Change>> {
+        let not_event =
+            |what: &'static str| Error::invalid_input(what).with_context("connector", NAME);
+        let text = std::str::from_utf8(body)
+            .map_err(|e| not_event("Front webhook body is not UTF-8").set_source(e))?;
+        if !text.trim_start().starts_with('{') {
+            return Err(not_event("Front webhook body is not a JSON object"));
+        }
+        let delivery: Delivery<'_> = serde_json::from_str(text)
+            .map_err(|e| not_event("Front webhook body is not JSON").set_source(e))?;
+        let mut kind = delivery.kind.as_deref().unwrap_or_default().to_string();
+        if kind == "sync" {
+            // The validation request carries no event.
+            return Ok(Vec::new());
+        }
+        // Application webhook: the event is `payload`; rule webhook: the body itself.
+        let event_text = delivery.payload.map_or(text, RawValue::get);
+        let ev = EventView::parse(event_text)
+            .ok_or_else(|| not_event("Front webhook payload is not an event"))?;
+        if ev.id.non_empty().is_none() && ev.conversation_id().is_none() {
+            return Err(not_event(
+                "Front webhook has neither an event id nor a conversation",
+            ));
+        }
+        if kind.is_empty() {
+            kind = ev.kind.as_deref().unwrap_or_default().to_string();
+        }
+        self.changes_for_event(body, &kind, &ev).await
+    }
+
+    /// An object embedded in an event (a slice of the webhook body) as a record of `stream`
+    /// when `full` says it is complete, else the object fetched by id. `None` when neither
+    /// gives a readable record (the change stays thin: the worker reads the object again).
+    #[allow(clippy::too_many_arguments)]
+    async fn embedded_or_fetched(
+        &self,
+        body: &Bytes,
+        embedded: Option<&RawValue>,
+        full: impl Fn(&Probe) -> bool,
+        stream: &'static str,
+        prefix: &str,
+        id: &str,
+        parent: Option<&str>,
+    ) -> Result<Option<Record>> {
+        if let Some(raw) = embedded.filter(|r| full(&Probe::of(r)))
+            && let Ok(rec) = models::parse_record(stream, RawJson::from_raw_in(body, raw), parent)
+        {
+            return Ok(Some(rec));
+        }
+        Ok(self.fetch(stream, prefix, id, parent).await?.ok())
+    }
+
+    async fn changes_for_event(
+        &self,
+        body: &Bytes,
+        kind: &str,
+        ev: &EventView<'_>,
+    ) -> Result<Vec<Change>> {
+        let at = ev.emitted_ms();
         let stamp = |c: Change| match at {
             Some(ms) => c.at(ms),
             None => c,
         };
         let mut out = Vec::new();
-        let conv_id = ev.conversation_id().map(str::to_string);
+        let conv_id = ev.conversation_id();
         let class = classify_event(kind, ev);
+        let target_data = ev.target.0.as_ref().and_then(|t| t.data);
         if class.message
-            && let Some(mid) = ev
-                .target_id()
-                .filter(|_| ev.target_kind() == Some("message"))
+            && ev.target_kind() == Some("message")
+            && let Some(mid) = ev.target_id()
         {
-            let full = ev
-                .target
-                .as_ref()
-                .and_then(|t| t.data.clone())
-                .filter(|d| d.get("text").is_some() || d.get("body").is_some());
-            let rec = match full {
-                Some(raw) => models::message_record(raw, conv_id.as_deref())?,
-                None => self.fetch_message(mid, conv_id.as_deref()).await?,
-            };
-            out.push(stamp(change_from(streams::MESSAGES, mid, kind, rec)));
+            let rec = self
+                .embedded_or_fetched(
+                    body,
+                    target_data,
+                    |p| p.text.is_some() || p.body.is_some(),
+                    streams::MESSAGES,
+                    "/messages",
+                    &mid,
+                    conv_id.as_deref(),
+                )
+                .await?;
+            out.push(stamp(change_from(streams::MESSAGES, &mid, kind, rec)));
         }
         if class.comment
-            && let Some(cid) = ev
-                .target_id()
-                .filter(|_| ev.target_kind() == Some("comment"))
+            && ev.target_kind() == Some("comment")
+            && let Some(cid) = ev.target_id()
         {
-            let full = ev
-                .target
-                .as_ref()
-                .and_then(|t| t.data.clone())
-                .filter(|d| d.get("body").is_some());
-            let rec = match full {
-                Some(raw) => models::comment_record(raw, conv_id.as_deref())?,
-                None => self.fetch_comment(cid, conv_id.as_deref()).await?,
-            };
-            out.push(stamp(change_from(streams::COMMENTS, cid, kind, rec)));
+            let rec = self
+                .embedded_or_fetched(
+                    body,
+                    target_data,
+                    |p| p.body.is_some(),
+                    streams::COMMENTS,
+                    "/comments",
+                    &cid,
+                    conv_id.as_deref(),
+                )
+                .await?;
+            out.push(stamp(change_from(streams::COMMENTS, &cid, kind, rec)));
         }
         if class.contact {
             let contact_id = ev
                 .target_id()
                 .filter(|id| id.starts_with("crd_"))
-                .map(str::to_string)
-                .or_else(|| {
-                    ev.source
-                        .as_ref()
-                        .and_then(|s| s.data_id())
-                        .filter(|id| id.starts_with("crd_"))
-                        .map(str::to_string)
-                });
+                .or_else(|| ev.source_id().filter(|id| id.starts_with("crd_")));
             if let Some(id) = contact_id {
-                let rec = self.fetch_contact(&id).await?;
+                let rec = self
+                    .fetch(streams::CONTACTS, "/contacts", &id, None)
+                    .await?
+                    .ok();
                 out.push(stamp(change_from(streams::CONTACTS, &id, kind, rec)));
             }
         }
         if class.conversation
             && let Some(id) = &conv_id
         {
-            // A full conversation object (it has a status) is used as is; a preview is fetched.
-            let full = ev
-                .conversation
-                .clone()
-                .filter(|c| c.get("status").is_some() && c.get("subject").is_some());
-            let rec = match full {
-                Some(raw) if !class.conversation_deleted => models::conversation_record(raw)?,
-                _ if class.conversation_deleted => {
-                    Record::delete(StreamId::from_static(streams::CONVERSATIONS), id)
-                }
-                _ => self.fetch_conversation(id).await?,
+            let rec = if class.conversation_deleted {
+                Some(Record::delete(
+                    StreamId::from_static(streams::CONVERSATIONS),
+                    id,
+                ))
+            } else {
+                // A full conversation object (it has a status and a subject) is used as is;
+                // a preview is fetched.
+                self.embedded_or_fetched(
+                    body,
+                    ev.conversation,
+                    |p| p.status.is_some() && p.subject.is_some(),
+                    streams::CONVERSATIONS,
+                    "/conversations",
+                    id,
+                    None,
+                )
+                .await?
             };
             out.push(stamp(change_from(streams::CONVERSATIONS, id, kind, rec)));
         }
         Ok(out)
+    }
+
+    /// The account's custom fields of the object type at `path` (`/contacts/custom_fields`,
+    /// ...). Without the `custom_fields:read` scope (403) or the endpoint (404) there are
+    /// none to describe.
+    async fn custom_fields(&self, path: &str) -> Result<Vec<schema::CustomField>> {
+        match self
+            .list_page(path, &[], None, MAX_UNPAGED_RESULTS, "custom_fields")
+            .await
+        {
+            Ok(list) => Ok(list
+                .items
+                .iter()
+                .filter_map(|raw| schema::CustomField::parse(raw.as_str()))
+                .collect()),
+            Err(e) if matches!(e.kind(), ErrorKind::PermissionDenied | ErrorKind::NotFound) => {
+                tracing::warn!(connector = NAME, path, error = %e,
+                    "custom fields cannot be listed; the schema leaves them open");
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     // ----- write-back
@@ -1259,7 +1437,16 @@ impl FrontConnector {
                     ));
                 }
                 if let (Some(since), false) = (op.if_unmodified_since, op.force) {
-                    let current = self.fetch_contact(id).await?;
+                    let current = self
+                        .fetch(streams::CONTACTS, "/contacts", id, None)
+                        .await?
+                        .map_err(|reject| {
+                            Error::invalid_response(
+                                "Front contact cannot be read: its version is unknown",
+                            )
+                            .with_context("id", id)
+                            .with_context("problem", reject.error)
+                        })?;
                     if current.op == Op::Delete {
                         return Err(Error::new(ErrorKind::NotFound, "Front contact not found")
                             .with_context("id", id));
@@ -1292,7 +1479,12 @@ impl FrontConnector {
     }
 }
 
-fn change_from(stream: &'static str, id: &str, kind: &str, rec: Record) -> Change {
+/// A change of `id` in `stream`: with the record when there is one (an upsert), as a delete,
+/// or thin (`rec` is `None`: an upsert the worker completes by reading the object).
+fn change_from(stream: &'static str, id: &str, kind: &str, rec: Option<Record>) -> Change {
+    let Some(rec) = rec else {
+        return Change::new(StreamId::from_static(stream), id, Op::Upsert, kind);
+    };
     let op = rec.op;
     let c = Change::new(StreamId::from_static(stream), id, op, kind);
     if op == Op::Upsert {
@@ -1314,7 +1506,7 @@ struct EventClass {
 /// Which streams an event touches, by its type: the `/events` names (`inbound`, `archive`,
 /// `tag`, ...) and the application-webhook names (`inbound_received`, `conversation_archived`,
 /// `tag_added`, ...).
-fn classify_event(kind: &str, ev: &Event) -> EventClass {
+fn classify_event(kind: &str, ev: &EventView<'_>) -> EventClass {
     let k = kind.to_ascii_lowercase();
     let mut c = EventClass::default();
     let message_kinds = [
@@ -1390,12 +1582,12 @@ impl Connector for FrontConnector {
                         completed_at_ms: None,
                     },
                 };
-                let (records, next, more) = self.read_refresh(streams::TEAMMATES, pos).await?;
-                Ok(Page::new(
-                    records,
-                    Some(TeammatesCursor(next).to_token()),
-                    more,
-                ))
+                let (records, rejects, next, more) =
+                    self.read_refresh(streams::TEAMMATES, pos).await?;
+                Ok(
+                    Page::new(records, Some(TeammatesCursor(next).to_token()), more)
+                        .with_rejects(rejects),
+                )
             }
             streams::INBOXES => {
                 let pos = match cursor {
@@ -1405,12 +1597,12 @@ impl Connector for FrontConnector {
                         completed_at_ms: None,
                     },
                 };
-                let (records, next, more) = self.read_refresh(streams::INBOXES, pos).await?;
-                Ok(Page::new(
-                    records,
-                    Some(InboxesCursor(next).to_token()),
-                    more,
-                ))
+                let (records, rejects, next, more) =
+                    self.read_refresh(streams::INBOXES, pos).await?;
+                Ok(
+                    Page::new(records, Some(InboxesCursor(next).to_token()), more)
+                        .with_rejects(rejects),
+                )
             }
             _ => Err(stream_err(stream)),
         };
@@ -1445,14 +1637,63 @@ impl Connector for FrontConnector {
         Ok(report)
     }
 
-    fn webhook_verifier(&self) -> Option<Arc<dyn WebhookVerifier>> {
-        self.inner.verifier.clone()
+    /// See [`models::map_entity`]: lenient, never an error for a field of an unexpected type.
+    fn map_entity(&self, record: &Record) -> Result<Option<Entity>> {
+        models::map_entity(record)
+    }
+
+    /// See [`models::parse_record`].
+    fn parse_record(
+        &self,
+        stream: &StreamId,
+        raw: &RawJson,
+        parent: Option<&str>,
+    ) -> Result<Record> {
+        if self.inner.info.stream(stream).is_none() {
+            return Err(stream_err(stream));
+        }
+        models::parse_record(stream.as_str(), raw.clone(), parent)
+    }
+
+    /// The stream's JSON Schema (see [`schema`]); for contacts, conversations, teammates and
+    /// inboxes it lists the account's custom fields (`GET /<type>/custom_fields`, scope
+    /// `custom_fields:read`; without it the custom fields stay an open object).
+    async fn discover(&self, stream: &StreamId) -> Result<StreamSchema> {
+        let info = self
+            .inner
+            .info
+            .stream(stream)
+            .ok_or_else(|| stream_err(stream))?;
+        let custom = match schema::custom_fields_path(stream.as_str()) {
+            Some(path) => self.custom_fields(path).await?,
+            None => Vec::new(),
+        };
+        schema::stream_schema(info, &custom)
+    }
+
+    fn webhooks(&self) -> Option<&dyn Webhooks> {
+        self.inner
+            .verifier
+            .is_some()
+            .then_some(self as &dyn Webhooks)
+    }
+}
+
+#[async_trait]
+impl Webhooks for FrontConnector {
+    /// The application-webhook verifier when an app secret is configured, else the rule
+    /// webhook verifier (a connector with neither has no [`Connector::webhooks`]).
+    fn verifier(&self) -> &dyn WebhookVerifier {
+        match &self.inner.verifier {
+            Some(v) => v.as_ref(),
+            None => &NoVerifier,
+        }
     }
 
     /// One event per delivery (Front sends one event per webhook), keyed by the verifier's
     /// event id, else the body's `payload.id` or `id`, else the body hash. A body that is not
     /// a JSON object is `Malformed` (see [`delivery_events`]).
-    fn webhook_events(
+    fn events(
         &self,
         verified: &Verified,
         body: &Bytes,
@@ -1460,56 +1701,13 @@ impl Connector for FrontConnector {
         delivery_events(verified, body)
     }
 
-    async fn parse_webhook(&self, webhook: &VerifiedWebhook) -> Result<Vec<Change>> {
-        let body: Value = serde_json::from_slice(&webhook.body).map_err(|e| {
-            Error::invalid_input("Front webhook body is not JSON")
-                .with_context("connector", NAME)
-                .set_source(e)
-        })?;
-        let (kind, payload) = match body.get("payload") {
-            // Application webhook: {type, authorization: {id}, payload: <Event>}.
-            Some(p) => {
-                let kind = body
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                (kind, p.clone())
-            }
-            None => {
-                // The validation request carries no event.
-                if body.get("type").and_then(Value::as_str) == Some("sync") {
-                    return Ok(Vec::new());
-                }
-                // Rule webhook: the event itself (full or preview).
-                let kind = body
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                (kind, body)
-            }
-        };
-        if kind == "sync" {
-            return Ok(Vec::new());
-        }
-        let ev: Event = serde_json::from_value(payload).map_err(|e| {
-            Error::invalid_input("Front webhook payload is not an event")
-                .with_context("connector", NAME)
-                .set_source(e)
-        })?;
-        if ev.id.is_empty() && ev.conversation_id().is_none() {
-            return Err(Error::invalid_input(
-                "Front webhook has neither an event id nor a conversation",
-            )
-            .with_context("connector", NAME));
-        }
-        let kind = if kind.is_empty() {
-            ev.kind.clone()
-        } else {
-            kind
-        };
-        self.changes_for_event(&kind, &ev).await
+    /// The application envelope `{type, authorization, payload}` and rule webhook events
+    /// (full or preview), with both naming schemes: messages -> `messages` +
+    /// `conversations`, conversation changes -> `conversations`, comments -> `comments`,
+    /// contact events -> `contacts`. Objects embedded in full are read from the body (slices
+    /// of it); previews are completed with a `GET`.
+    async fn parse(&self, webhook: &VerifiedWebhook) -> Result<Vec<Change>> {
+        self.parse_webhook_body(&webhook.body).await
     }
 }
 

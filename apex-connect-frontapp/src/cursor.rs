@@ -6,7 +6,11 @@
 //!
 //! [`CursorToken`]: apex_connect_core::CursorToken
 
+use std::collections::VecDeque;
+
 use apex_connect_core::SyncCursor;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 /// A position in the company events feed, used by the incremental phase of conversations,
@@ -93,20 +97,92 @@ impl ListPosition {
 
 /// Cursor of the nested walk used by messages and comments: conversations page by page, and
 /// in each conversation its messages (or comments) page by page.
+///
+/// The ids of the conversations page being walked are kept in the cursor once the page was
+/// read, so the walk reads each conversations page exactly once, resumes exactly where it
+/// stopped (also in a fresh process), and is not disturbed by conversations moving in the
+/// list meanwhile.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct NestedPosition {
     /// The conversations page being walked (`None`: the first page).
     pub conversations_page: Option<String>,
-    /// Index, in that page, of the conversation being read.
-    pub index: usize,
-    /// Id of that conversation: on resume, if the page now holds another conversation at
-    /// `index` (the list moved), the walk looks it up by id, or restarts the page.
-    pub conversation_id: Option<String>,
-    /// The next page of that conversation's children; `None`: its first page.
+    /// The conversations of that page not finished yet, in list order, the one being read
+    /// first; `None` until the page was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<VecDeque<String>>,
+    /// The conversations page after this one (Front's `next` link), once this page was read;
+    /// `None` then means this is the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page: Option<String>,
+    /// The next page of the first pending conversation's children; `None`: its first page.
     pub children_next: Option<String>,
+    /// Only in cursors upgraded from version 1: the conversation the walk was in. When the
+    /// page is read again, the walk resumes at it (or, if it left the page, at the start of
+    /// the page: duplicates are harmless, losses are not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_at: Option<String>,
     /// When the backfill started (Unix ms).
     pub started_at_ms: i64,
+}
+
+impl NestedPosition {
+    /// The start of a walk begun at `started_at_ms`.
+    pub fn start(started_at_ms: i64) -> Self {
+        NestedPosition {
+            conversations_page: None,
+            pending: None,
+            next_page: None,
+            children_next: None,
+            resume_at: None,
+            started_at_ms,
+        }
+    }
+
+    /// The start of the conversations page at `link` (not read yet).
+    pub fn at_page(link: Option<String>, started_at_ms: i64) -> Self {
+        NestedPosition {
+            conversations_page: link,
+            ..NestedPosition::start(started_at_ms)
+        }
+    }
+}
+
+/// Version 1 of [`NestedPosition`]: an index into the conversations page, read again on
+/// every resume.
+#[derive(Deserialize)]
+struct NestedPositionV1 {
+    conversations_page: Option<String>,
+    #[allow(dead_code)]
+    index: usize,
+    conversation_id: Option<String>,
+    children_next: Option<String>,
+    started_at_ms: i64,
+}
+
+impl From<NestedPositionV1> for NestedPosition {
+    fn from(v1: NestedPositionV1) -> Self {
+        NestedPosition {
+            conversations_page: v1.conversations_page,
+            pending: None,
+            next_page: None,
+            children_next: v1.children_next,
+            resume_at: v1.conversation_id,
+            started_at_ms: v1.started_at_ms,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+enum NestedCursorV1 {
+    Backfill(NestedPositionV1),
+    Events(EventsPosition),
+}
+
+fn decode_v1(payload: &str) -> Option<NestedCursorV1> {
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// Cursor of the `conversations` stream (`KIND = "frontapp.conversations"`).
@@ -138,7 +214,17 @@ pub enum MessagesCursor {
 
 impl SyncCursor for MessagesCursor {
     const KIND: &'static str = "frontapp.messages";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
+
+    /// Version 1 tokens (an index into the conversations page) resume at the conversation
+    /// they name.
+    fn upgrade(version: u32, payload: &str) -> Option<Self> {
+        match (version, decode_v1(payload)?) {
+            (1, NestedCursorV1::Backfill(p)) => Some(MessagesCursor::Backfill(p.into())),
+            (1, NestedCursorV1::Events(p)) => Some(MessagesCursor::Events(p)),
+            _ => None,
+        }
+    }
 }
 
 /// Cursor of the `comments` stream (`KIND = "frontapp.comments"`).
@@ -154,7 +240,16 @@ pub enum CommentsCursor {
 
 impl SyncCursor for CommentsCursor {
     const KIND: &'static str = "frontapp.comments";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
+
+    /// As [`MessagesCursor::upgrade`].
+    fn upgrade(version: u32, payload: &str) -> Option<Self> {
+        match (version, decode_v1(payload)?) {
+            (1, NestedCursorV1::Backfill(p)) => Some(CommentsCursor::Backfill(p.into())),
+            (1, NestedCursorV1::Events(p)) => Some(CommentsCursor::Events(p)),
+            _ => None,
+        }
+    }
 }
 
 /// Cursor of the `contacts` stream (`KIND = "frontapp.contacts"`).
@@ -248,29 +343,60 @@ mod tests {
 
     #[test]
     fn roundtrip_and_foreign_tokens() {
-        let c = MessagesCursor::Backfill(NestedPosition {
-            conversations_page: Some(
-                "https://acme.api.frontapp.com/conversations?page_token=x".into(),
-            ),
-            index: 3,
-            conversation_id: Some("cnv_1".into()),
-            children_next: None,
-            started_at_ms: 5,
-        });
+        let mut pos = NestedPosition::at_page(
+            Some("https://acme.api.frontapp.com/conversations?page_token=x".into()),
+            5,
+        );
+        pos.pending = Some(["cnv_1".to_string(), "cnv_2".to_string()].into());
+        let c = MessagesCursor::Backfill(pos);
         let t = c.to_token();
-        assert!(t.as_str().starts_with("frontapp.messages.v1."));
+        assert!(t.as_str().starts_with("frontapp.messages.v2."));
         assert_eq!(MessagesCursor::from_token(&t).unwrap(), c);
 
         let e = ConversationsCursor::from_token(&t).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
 
-        let v2 = CursorToken::from_string(t.as_str().replace(".v1.", ".v2."));
-        let e = MessagesCursor::from_token(&v2).unwrap_err();
+        let v3 = CursorToken::from_string(t.as_str().replace(".v2.", ".v3."));
+        let e = MessagesCursor::from_token(&v3).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(e.to_string().contains("newer version"), "{e}");
 
         let ev = EventsCursor(EventsPosition::after(Some(10))).to_token();
         assert_eq!(EventsCursor::from_token(&ev).unwrap().0.after_ms, Some(10));
+    }
+
+    /// A version 1 token (written before the conversation ids were kept in the cursor)
+    /// still resumes: at the conversation it names, with its children's next link.
+    #[test]
+    fn version_1_nested_tokens_upgrade() {
+        let v1 = serde_json::json!({"phase": "backfill", "conversations_page": "https://acme.api.frontapp.com/conversations?page_token=p2",
+            "index": 3, "conversation_id": "cnv_9", "children_next": "https://acme.api.frontapp.com/conversations/cnv_9/messages?page_token=m2",
+            "started_at_ms": 77});
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&v1).unwrap());
+        let token = CursorToken::from_string(format!("frontapp.messages.v1.{payload}"));
+        let MessagesCursor::Backfill(p) = MessagesCursor::from_token(&token).unwrap() else {
+            panic!("backfill expected");
+        };
+        assert_eq!(p.resume_at.as_deref(), Some("cnv_9"));
+        assert_eq!(p.pending, None, "the page is read again");
+        assert!(p.children_next.unwrap().ends_with("page_token=m2"));
+        assert_eq!(p.started_at_ms, 77);
+        let ev =
+            serde_json::json!({"phase": "events", "after_ms": 5, "next": null, "high_water_ms": 5});
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&ev).unwrap());
+        let token = CursorToken::from_string(format!("frontapp.comments.v1.{payload}"));
+        assert!(matches!(
+            CommentsCursor::from_token(&token).unwrap(),
+            CommentsCursor::Events(EventsPosition {
+                after_ms: Some(5),
+                ..
+            })
+        ));
+        let junk = CursorToken::from_string("frontapp.comments.v1.e30");
+        assert_eq!(
+            CommentsCursor::from_token(&junk).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
     }
 
     #[test]

@@ -8,15 +8,47 @@ use std::time::{Duration, SystemTime};
 use apex_connect_core::oauth::{OAuthClient, TokenManager};
 use apex_connect_core::webhook::{WebhookRequest, unix_ms};
 use apex_connect_core::{
-    ConnectionId, Connector, ConnectorExt, CursorToken, MemoryTokenStore, Op, StreamId, SyncCursor,
-    TokenStore, VerifiedWebhook, WebhookError, WebhookVerifier, WriteAction, WriteOp,
+    ConnectionId, Connector, ConnectorExt, CursorToken, MemoryTokenStore, Op, Record, StreamId,
+    SyncCursor, TokenStore, VerifiedWebhook, WebhookError, WebhookVerifier, WriteAction, WriteOp,
 };
 use apex_connect_frontapp::{FrontConnector, FrontSim, FrontSimConfig, FrontSimHandle, streams};
 use apex_connect_testkit::conformance::{ConformanceFixture, SignedWebhook};
+use apex_connect_testkit::hostile;
 use apex_connect_testkit::sim::FaultKind;
 use futures::StreamExt;
 use http::{HeaderMap, Method, Uri};
 use secrecy::SecretString;
+use serde_json::Value;
+
+/// A record's raw JSON as a value (tests only).
+fn v(r: &Record) -> Value {
+    r.raw.to_value().expect("raw is JSON")
+}
+
+/// The fields each stream's envelope reads: kept valid in hostile variants.
+fn keep(stream: &str) -> &'static [&'static str] {
+    match stream {
+        streams::CONVERSATIONS | streams::CONTACTS | streams::TAGS => &["id", "updated_at"],
+        streams::MESSAGES => &["id", "created_at"],
+        streams::COMMENTS => &["id", "posted_at"],
+        streams::EVENTS => &["id", "emitted_at"],
+        _ => &["id"],
+    }
+}
+
+/// Front's documented example objects of `stream` (from its OpenAPI spec's examples).
+fn spec_examples(stream: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(format!(
+        "{}/tests/fixtures/spec_examples.json",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("spec examples");
+    let all: Value = serde_json::from_str(&text).expect("spec examples are JSON");
+    all["examples"][stream]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
 
 struct Fixture {
     sim: FrontSimHandle,
@@ -121,6 +153,16 @@ impl ConformanceFixture for Fixture {
         Some(s)
     }
 
+    /// Hostile variants of Front's documented example objects (the spec's examples), added
+    /// to the simulator as they are (see `FrontSimHandle::add_raw`).
+    async fn inject_hostile(&self, stream: &StreamId, seed: u64) -> Option<Vec<String>> {
+        let variants: Vec<Value> = spec_examples(stream.as_str())
+            .iter()
+            .flat_map(|e| hostile::variants(e, keep(stream.as_str()), seed, 12))
+            .collect();
+        self.sim.add_raw(stream.as_str(), variants).ok()
+    }
+
     async fn write_ops(&self, stream: &StreamId) -> Option<Vec<WriteOp>> {
         match stream.as_str() {
             streams::CONVERSATIONS => Some(vec![
@@ -199,14 +241,16 @@ async fn full_sync_with_api_token_equals_data_set() {
         let got = versions(&records);
         assert_eq!(got, sim.expected(s), "stream {s}");
         assert!(
-            records.iter().all(|r| r.entity.is_some()),
+            records
+                .iter()
+                .all(|r| front.map_entity(r).unwrap().is_some()),
             "stream {s} maps entities"
         );
     }
     // Each message names its conversation.
     let (messages, _) = read_all(&front, streams::MESSAGES, None).await;
     let m = &messages[0];
-    let rel = &m.entity.as_ref().unwrap().relations;
+    let rel = &front.map_entity(m).unwrap().unwrap().relations;
     assert!(rel.iter().any(|r| r.kind == "in_conversation"), "{rel:?}");
     assert!(sim.stats().requests > 0);
 }
@@ -270,7 +314,7 @@ async fn incremental_sync_picks_up_mutations_through_events() {
         msgs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
         vec![msg.as_str()]
     );
-    assert_eq!(msgs[0].raw["text"], "Where is my paper?");
+    assert_eq!(v(&msgs[0])["text"], "Where is my paper?");
 
     let (coms, _) = read_all(
         &front,
@@ -293,15 +337,15 @@ async fn incremental_sync_picks_up_mutations_through_events() {
         contacts.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
         vec![crd.as_str()]
     );
-    assert_eq!(contacts[0].raw["custom_fields"]["Tier"], "platinum");
+    assert_eq!(v(&contacts[0])["custom_fields"]["Tier"], "platinum");
 
     let (tags, _) = read_all(&front, streams::TAGS, cursors[streams::TAGS].clone()).await;
     assert!(tags.is_empty(), "no tag object changed: {tags:?}");
 
     let (events, _) = read_all(&front, streams::EVENTS, cursors[streams::EVENTS].clone()).await;
-    let kinds: Vec<&str> = events
+    let kinds: Vec<String> = events
         .iter()
-        .filter_map(|r| r.raw["type"].as_str())
+        .filter_map(|r| v(r)["type"].as_str().map(str::to_string))
         .collect();
     // The walk re-reads the 60 s lookback before the previous walk's newest event (here the
     // last generated one) but skips the events the previous walk read: only the new ones.
@@ -354,7 +398,8 @@ async fn webhooks_verify_parse_and_handshake() {
         .webhook_secret(sim.webhook_secret())
         .build()
         .unwrap();
-    let verifier = front.webhook_verifier().unwrap();
+    let hooks = front.webhooks().expect("a webhook secret is set");
+    let verifier = hooks.verifier();
     let c2 = sim.conversation_id(2);
     let mid = sim.add_message(&c2, "Need 500 reams", true).unwrap();
     let evt = sim.latest_event_id().unwrap();
@@ -370,7 +415,7 @@ async fn webhooks_verify_parse_and_handshake() {
     assert_eq!(verified.event_id.as_deref(), Some(evt.as_str()));
     // One inbox event, keyed by the event id, with the body as received.
     let body = bytes::Bytes::from(body);
-    let events = front.webhook_events(&verified, &body).unwrap();
+    let events = hooks.events(&verified, &body).unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(
         (events[0].id.as_str(), &events[0].body),
@@ -378,7 +423,7 @@ async fn webhooks_verify_parse_and_handshake() {
     );
     let mut unverified = verified.clone();
     unverified.event_id = None;
-    assert_eq!(front.webhook_events(&unverified, &body).unwrap()[0].id, evt);
+    assert_eq!(hooks.events(&unverified, &body).unwrap()[0].id, evt);
     // A correctly signed body that is not a JSON object is refused here (400, nothing
     // stored), not accepted and dead-lettered later.
     for junk in [&b"not json"[..], b"[1,2]", b"42"] {
@@ -388,13 +433,13 @@ async fn webhooks_verify_parse_and_handshake() {
         let signed = verifier
             .verify(&WebhookRequest::new(&m, &u, &h, junk), now)
             .unwrap();
-        let e = front
-            .webhook_events(&signed, &bytes::Bytes::copy_from_slice(junk))
+        let e = hooks
+            .events(&signed, &bytes::Bytes::copy_from_slice(junk))
             .unwrap_err();
         assert!(matches!(e, WebhookError::Malformed(_)), "{e:?}");
     }
-    let changes = front
-        .parse_webhook(&VerifiedWebhook::new(verified, headers, body, now))
+    let changes = hooks
+        .parse(&VerifiedWebhook::new(verified, headers, body, now))
         .await
         .unwrap();
     let got: Vec<(&str, &str, &str)> = changes
@@ -410,7 +455,8 @@ async fn webhooks_verify_parse_and_handshake() {
     );
     // The event carried a message preview: the full message (with its text) was fetched.
     let msg = changes[0].record.as_ref().unwrap();
-    assert_eq!(msg.raw["text"], "Need 500 reams");
+    assert_eq!(v(msg)["text"], "Need 500 reams");
+    assert_eq!(msg.parent.as_deref(), Some(c2.as_str()));
     assert!(changes[0].occurred_at.unwrap() <= unix_ms(SystemTime::now()));
 
     // Handshake: the verifier answers Front's challenge.
@@ -446,7 +492,7 @@ async fn webhooks_verify_parse_and_handshake() {
             .into(),
         now,
     );
-    assert!(front.parse_webhook(&sync).await.unwrap().is_empty());
+    assert!(hooks.parse(&sync).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -484,14 +530,15 @@ async fn contact_update_webhook_end_to_end() {
                 let (front, got) = (front2.clone(), got.clone());
                 async move {
                     let now = SystemTime::now();
-                    let v = front.webhook_verifier().unwrap();
-                    let Ok(verified) =
-                        v.verify(&WebhookRequest::new(&method, &uri, &headers, &body), now)
+                    let hooks = front.webhooks().unwrap();
+                    let Ok(verified) = hooks
+                        .verifier()
+                        .verify(&WebhookRequest::new(&method, &uri, &headers, &body), now)
                     else {
                         return http::StatusCode::UNAUTHORIZED;
                     };
-                    let changes = front
-                        .parse_webhook(&VerifiedWebhook::new(verified, headers, body, now))
+                    let changes = hooks
+                        .parse(&VerifiedWebhook::new(verified, headers, body, now))
                         .await
                         .unwrap();
                     got.lock().await.extend(changes);
@@ -513,7 +560,7 @@ async fn contact_update_webhook_end_to_end() {
         ("contacts", crd.as_str(), "contact_updated")
     );
     let rec = c.record.as_ref().expect("the contact was fetched");
-    assert_eq!(rec.raw["custom_fields"]["Tier"], "platinum");
+    assert_eq!(v(rec)["custom_fields"]["Tier"], "platinum");
     assert_eq!(rec.version, sim.expected(streams::CONTACTS)[&crd]);
 
     // Front's write-back path (PATCH /contacts/{id}) emits the same event.
@@ -634,7 +681,7 @@ async fn write_back_against_simulator() {
     );
     let (contacts, _) = read_all(&front, streams::CONTACTS, None).await;
     let c = contacts.iter().find(|r| r.id == crd).unwrap();
-    assert_eq!(c.raw["custom_fields"]["Tier"], "gold+");
+    assert_eq!(v(c)["custom_fields"]["Tier"], "gold+");
 }
 
 #[tokio::test]
@@ -706,7 +753,7 @@ async fn million_message_account_is_generated_on_the_fly() {
         "lookback re-reads at most a minute of events: {}",
         events.len()
     );
-    assert_eq!(events.last().unwrap().raw["type"], "outbound");
+    assert_eq!(v(events.last().unwrap())["type"], "outbound");
 }
 
 #[tokio::test]
@@ -787,7 +834,8 @@ async fn rule_webhook_previews_are_completed_through_the_api() {
         .rule_webhook_secret(SecretString::from("rule-api-secret"))
         .build()
         .unwrap();
-    let verifier = front.webhook_verifier().unwrap();
+    let hooks = front.webhooks().expect("a rule webhook secret is set");
+    let verifier = hooks.verifier();
     let c5 = sim.conversation_id(5);
     let body = serde_json::to_vec(&serde_json::json!({
         "_links": {"self": format!("{}/events/evt_preview", sim.base_url())},
@@ -804,8 +852,8 @@ async fn rule_webhook_previews_are_completed_through_the_api() {
         .verify(&WebhookRequest::new(&m, &u, &headers, &body), now)
         .unwrap();
     assert_eq!(verified.event_id.as_deref(), Some("evt_preview"));
-    let changes = front
-        .parse_webhook(&VerifiedWebhook::new(verified, headers, body.into(), now))
+    let changes = hooks
+        .parse(&VerifiedWebhook::new(verified, headers, body.into(), now))
         .await
         .unwrap();
     assert_eq!(changes.len(), 1);
@@ -819,7 +867,7 @@ async fn rule_webhook_previews_are_completed_through_the_api() {
         .record
         .as_ref()
         .expect("the preview was completed with GET /conversations/{id}");
-    assert!(rec.raw["subject"].is_string());
+    assert!(v(rec)["subject"].is_string());
     assert_eq!(rec.version, sim.expected(streams::CONVERSATIONS)[&c5]);
 
     // Not an event at all: InvalidInput.
@@ -830,7 +878,7 @@ async fn rule_webhook_previews_are_completed_through_the_api() {
         now,
     );
     assert_eq!(
-        front.parse_webhook(&junk).await.unwrap_err().kind(),
+        hooks.parse(&junk).await.unwrap_err().kind(),
         apex_connect_core::ErrorKind::InvalidInput
     );
 }
@@ -947,4 +995,82 @@ async fn concurrent_nested_walk_respects_the_rate_limit() {
         .sum();
     assert_eq!(late, 0, "{stats:?}");
     assert!(stats.allowed_by_window.len() >= 3, "{stats:?}");
+}
+
+/// Issue 11: the messages stream reads each conversations page once (the page's ids are kept
+/// in the cursor), however many reads the walk takes, also when it is resumed by a fresh
+/// connector from a stored cursor.
+#[tokio::test]
+async fn nested_walks_read_each_conversations_page_once() {
+    let sim = FrontSim::start(FrontSimConfig::default().size(250, 3).contacts(5))
+        .await
+        .unwrap();
+    let build = || {
+        FrontConnector::builder()
+            .base_url(sim.base_url())
+            .api_token(sim.api_token())
+            .build()
+            .unwrap()
+    };
+    let s = StreamId::from(streams::MESSAGES);
+    let front = build();
+    let mut cursor: Option<CursorToken> = None;
+    let mut got = Vec::new();
+    let mut reads = 0;
+    loop {
+        // A fresh connector every other read: nothing is cached between reads.
+        let f = if reads % 2 == 0 {
+            front.clone()
+        } else {
+            build()
+        };
+        let page = f.read(&s, cursor.as_ref()).await.unwrap();
+        reads += 1;
+        got.extend(page.records.iter().map(|r| r.id.clone()));
+        cursor = page.next;
+        if !page.has_more {
+            break;
+        }
+    }
+    assert_eq!(got.len(), 750);
+    let unique: std::collections::BTreeSet<&String> = got.iter().collect();
+    assert_eq!(unique.len(), 750, "each message once");
+    assert!(reads > 8, "{reads} reads");
+    assert_eq!(
+        sim.stats().by_path.get("GET /conversations").copied(),
+        Some(3),
+        "250 conversations are 3 pages of 100, each read once"
+    );
+}
+
+/// A messages cursor written by the previous version (an index into the conversations page,
+/// read again on every resume) still resumes: at the conversation it names.
+#[tokio::test]
+async fn version_1_messages_cursors_resume_at_their_conversation() {
+    use base64::Engine as _;
+    let sim = FrontSim::start(FrontSimConfig::default().size(12, 2).contacts(5))
+        .await
+        .unwrap();
+    let front = FrontConnector::builder()
+        .base_url(sim.base_url())
+        .api_token(sim.api_token())
+        .page_size(4)
+        .build()
+        .unwrap();
+    let (all, _) = read_all(&front, streams::MESSAGES, None).await;
+    let all: Vec<String> = all.into_iter().map(|r| r.id).collect();
+    // The list is newest first: position 5 of the first page of 4 is on the second page;
+    // use the first page, index 2: the third newest conversation (number 9).
+    let v1 = serde_json::json!({"phase": "backfill", "conversations_page": null, "index": 2,
+        "conversation_id": sim.conversation_id(9), "children_next": null, "started_at_ms": 0});
+    let payload =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&v1).unwrap());
+    let token = CursorToken::from_string(format!("frontapp.messages.v1.{payload}"));
+    let (rest, _) = read_all(&front, streams::MESSAGES, Some(token)).await;
+    let rest: Vec<String> = rest.into_iter().map(|r| r.id).collect();
+    assert_eq!(
+        rest,
+        all[4..],
+        "conversations 11 and 10 (2 messages each) are skipped"
+    );
 }

@@ -4,18 +4,23 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use std::collections::HashMap;
+
 use apex_connect_core::http::{
-    Credentials, HttpClient, Idempotent, PlatformPolicy, Quota, RateGate, RateState, RetryConfig,
-    classify_status, path_segment, retry_after,
+    Clock, Credentials, DEFAULT_MAX_BODY_BYTES, HttpClient, Idempotent, LinkGuard, PlatformPolicy,
+    Quota, RateGate, RateState, RateWindow, RetryConfig, check_page_len, classify_status,
+    path_segment, retry_after,
 };
 use apex_connect_core::webhook::unix_ms;
-use apex_connect_core::{Error, Result};
+use apex_connect_core::{Error, ErrorKind, Result};
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 use url::Url;
 
 use crate::error::HubSpotApiError;
-use crate::models::{CollectionPage, HubSpotObject, Owner};
 
 /// The most inputs of one batch call.
 pub const BATCH_LIMIT: usize = 100;
@@ -23,14 +28,20 @@ pub const BATCH_LIMIT: usize = 100;
 /// HubSpot's rules for the HTTP stack.
 ///
 /// # Behavior
-/// - `rate_state` reads `X-HubSpot-RateLimit-Remaining` with `-Max` and
-///   `-Interval-Milliseconds` (the rolling window: when nothing is left, the gate waits one
-///   window), and `X-HubSpot-RateLimit-Daily-Remaining` (0: wait until the next UTC midnight,
-///   the earliest the account's midnight can be, so the gate fails fast with `RateLimited`).
-/// - A 429 without headers (the search API sends none) hints 1 s (the secondly limit).
+/// - `rate_window` reads the rolling ten-second window: `X-HubSpot-RateLimit-Max`,
+///   `-Interval-Milliseconds` (default 10,000) and `-Remaining`; the connector's
+///   [rolling gate](RateGate::rolling) learns the account's limit from it and waits for the
+///   oldest request of the window to leave it, never a whole interval.
+/// - `rate_state` reads only the daily budget: `X-HubSpot-RateLimit-Daily-Remaining` 0 waits
+///   until the next UTC midnight (the earliest the account's midnight can be), so the gate
+///   fails fast with `RateLimited`.
+/// - A 429 hints 1 s (the rolling window frees slots continuously; the search API's limit
+///   is per second and its answers carry no headers), or the time to midnight for the daily
+///   budget.
 /// - Error bodies `{status, message, correlationId, category, policyName}` map to kinds by
 ///   category (`VALIDATION_ERROR` -> `InvalidInput`, `OBJECT_NOT_FOUND` -> `NotFound`, ...);
-///   a 429's wait follows its `policyName` (`DAILY`, `TEN_SECONDLY_ROLLING`, `SECONDLY`).
+///   a 429's error carries the wait its `policyName` calls for (`DAILY`,
+///   `TEN_SECONDLY_ROLLING`, `SECONDLY`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HubSpotPolicy;
 
@@ -53,13 +64,17 @@ impl PlatformPolicy for HubSpotPolicy {
                 reset_after: until_utc_midnight(SystemTime::now()),
             });
         }
-        let remaining = header_u64(headers, "x-hubspot-ratelimit-remaining")?;
+        None
+    }
+
+    fn rate_window(&self, headers: &HeaderMap) -> Option<RateWindow> {
+        let max = header_u64(headers, "x-hubspot-ratelimit-max")?;
         let interval =
             header_u64(headers, "x-hubspot-ratelimit-interval-milliseconds").unwrap_or(10_000);
-        Some(RateState {
-            limit: header_u64(headers, "x-hubspot-ratelimit-max"),
-            remaining,
-            reset_after: Duration::from_millis(interval),
+        let w = RateWindow::new(max, Duration::from_millis(interval));
+        Some(match header_u64(headers, "x-hubspot-ratelimit-remaining") {
+            Some(r) => w.with_remaining(r),
+            None => w,
         })
     }
 
@@ -68,8 +83,7 @@ impl PlatformPolicy for HubSpotPolicy {
             return None;
         }
         match self.rate_state(headers) {
-            Some(s) if s.remaining == 0 => Some(s.reset_after),
-            Some(_) => Some(Duration::from_secs(1)),
+            Some(daily) => Some(daily.reset_after),
             None => Some(Duration::from_secs(1)),
         }
     }
@@ -116,19 +130,33 @@ impl PlatformPolicy for HubSpotPolicy {
 }
 
 /// Typed calls to HubSpot's CRM endpoints, over two [`HttpClient`]s sharing the credentials:
-/// one for the search API (its own gate: 5 requests/s, no rate headers) and one for the rest.
+/// one for the search API (its own gate: 5 requests/s, no rate headers) and one for the rest
+/// (a rolling-window gate that learns the account's limit from the answers).
+///
+/// Calls that return objects return the response body as it came ([`Bytes`]); the
+/// connector slices its records out of it ([`crate::models::parse_page`]).
 #[derive(Debug, Clone)]
 pub struct HubSpotApi {
     http: HttpClient,
     search: HttpClient,
 }
 
+/// The requests per ten seconds a gate starts from when no setting gives the limit: the
+/// lowest HubSpot documents (private apps of Free and Starter accounts); the first answer's
+/// `X-HubSpot-RateLimit-Max` replaces it.
+pub const DEFAULT_REQUESTS_PER_10S: u32 = 100;
+
+/// The length of HubSpot's rolling window (until its headers say otherwise).
+pub const TEN_SECONDS: Duration = Duration::from_secs(10);
+
 /// How to build a [`HubSpotApi`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ApiOptions {
-    /// Requests per 10 s (everything but search).
-    pub requests_per_10s: u32,
+    /// The most requests per 10 s (everything but search), whatever the platform reports;
+    /// `None`: learn the account's limit from `X-HubSpot-RateLimit-Max` (starting at
+    /// [`DEFAULT_REQUESTS_PER_10S`]).
+    pub requests_per_10s: Option<u32>,
     /// Search requests per second.
     pub search_requests_per_second: u32,
     /// Retry configuration of both clients.
@@ -137,16 +165,19 @@ pub struct ApiOptions {
     pub gate: Option<RateGate>,
     /// An explicit search gate, if any.
     pub search_gate: Option<RateGate>,
+    /// The clock of both clients and of the gates built here (tests: a virtual clock).
+    pub clock: Option<Arc<dyn Clock>>,
 }
 
 impl Default for ApiOptions {
     fn default() -> Self {
         ApiOptions {
-            requests_per_10s: 100,
+            requests_per_10s: None,
             search_requests_per_second: 5,
             retry: RetryConfig::default(),
             gate: None,
             search_gate: None,
+            clock: None,
         }
     }
 }
@@ -167,6 +198,49 @@ pub fn search_gate(per_second: u32) -> Result<RateGate> {
     Ok(RateGate::from_quota(quota))
 }
 
+/// The gate for everything but search: a rolling window of ten seconds, starting at
+/// `requests_per_10s` (or [`DEFAULT_REQUESTS_PER_10S`]) and following the limit HubSpot's
+/// answers report, never above `requests_per_10s` when it is given.
+///
+/// # Errors
+/// `Config` when `requests_per_10s` is zero.
+pub fn window_gate(requests_per_10s: Option<u32>) -> Result<RateGate> {
+    match requests_per_10s {
+        Some(0) => Err(Error::config("requests_per_10s must be at least 1")),
+        Some(n) => Ok(RateGate::rolling(n, TEN_SECONDS)?.with_window_cap(n, TEN_SECONDS)),
+        None => RateGate::rolling(DEFAULT_REQUESTS_PER_10S, TEN_SECONDS),
+    }
+}
+
+/// Reads a response body whole, at most `cap` bytes.
+async fn read_body(resp: reqwest::Response, cap: usize) -> Result<Bytes> {
+    let mut resp = resp;
+    let hint = resp
+        .content_length()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0)
+        .min(cap);
+    let mut buf = BytesMut::with_capacity(hint);
+    loop {
+        let chunk = resp.chunk().await.map_err(|e| {
+            Error::new(ErrorKind::Network, "the response body was cut short")
+                .temporary()
+                .with_context("connector", crate::NAME)
+                .set_source(e.without_url())
+        })?;
+        let Some(chunk) = chunk else { break };
+        if buf.len().saturating_add(chunk.len()) > cap {
+            return Err(
+                Error::invalid_response("the response body is larger than allowed")
+                    .permanent()
+                    .with_context("max_body_bytes", cap),
+            );
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
 impl HubSpotApi {
     /// Clients for `base_url` with `credentials`.
     ///
@@ -177,27 +251,28 @@ impl HubSpotApi {
         credentials: Arc<dyn Credentials>,
         options: ApiOptions,
     ) -> Result<Self> {
+        let clocked = |g: RateGate| match &options.clock {
+            Some(c) => g.with_clock(c.clone()),
+            None => g,
+        };
         let gate = match options.gate {
             Some(g) => g,
-            None => {
-                let n = options.requests_per_10s;
-                if n == 0 {
-                    return Err(Error::config("requests_per_10s must be at least 1"));
-                }
-                RateGate::new(n, Duration::from_secs(10), (n / 10).max(1))?
-            }
+            None => clocked(window_gate(options.requests_per_10s)?),
         };
         let sgate = match options.search_gate {
             Some(g) => g,
-            None => search_gate(options.search_requests_per_second)?,
+            None => clocked(search_gate(options.search_requests_per_second)?),
         };
         let build = |gate: RateGate| {
-            HttpClient::builder(base_url)
+            let mut b = HttpClient::builder(base_url)
                 .credentials(credentials.clone())
                 .policy(Arc::new(HubSpotPolicy))
                 .rate_gate(gate)
-                .retry(options.retry.clone())
-                .build()
+                .retry(options.retry.clone());
+            if let Some(c) = &options.clock {
+                b = b.clock(c.clone());
+            }
+            b.build()
         };
         Ok(HubSpotApi {
             http: build(gate)?,
@@ -220,7 +295,17 @@ impl HubSpotApi {
         self.http.stats().snapshot().requests_sent + self.search.stats().snapshot().requests_sent
     }
 
-    /// `GET /crm/v3/objects/{object}` (one page).
+    async fn post_bytes(&self, client: &HttpClient, path: &str, body: &Value) -> Result<Bytes> {
+        let rb = client
+            .request(Method::POST, path)?
+            .with_extension(Idempotent)
+            .header(http::header::ACCEPT, "application/json")
+            .json(body);
+        let resp = client.send(rb).await?;
+        read_body(resp, DEFAULT_MAX_BODY_BYTES).await
+    }
+
+    /// `GET /crm/v3/objects/{object}` (one page), the body as received.
     ///
     /// # Errors
     /// The HTTP stack's kinds.
@@ -231,7 +316,7 @@ impl HubSpotApi {
         after: Option<&str>,
         properties: Option<&str>,
         associations: &[&str],
-    ) -> Result<CollectionPage<HubSpotObject>> {
+    ) -> Result<Bytes> {
         let mut q: Vec<(&str, String)> =
             vec![("limit", limit.to_string()), ("archived", "false".into())];
         if let Some(a) = after {
@@ -244,75 +329,51 @@ impl HubSpotApi {
             q.push(("associations", associations.join(",")));
         }
         self.http
-            .get_json(&format!("/crm/v3/objects/{}", path_segment(object)?), &q)
+            .get_bytes(&format!("/crm/v3/objects/{}", path_segment(object)?), &q)
             .await
     }
 
-    /// `POST /crm/v3/objects/{object}/search` with `body`.
+    /// `POST /crm/v3/objects/{object}/search` with `body`, the answer as received.
     ///
     /// # Errors
     /// The HTTP stack's kinds; `InvalidInput` past the 10,000-result cap.
-    pub async fn search(
-        &self,
-        object: &str,
-        body: &Value,
-    ) -> Result<CollectionPage<HubSpotObject>> {
-        let rb = self
-            .search
-            .request(
-                Method::POST,
-                &format!("/crm/v3/objects/{}/search", path_segment(object)?),
-            )?
-            .with_extension(Idempotent)
-            .json(body);
-        self.search.send_json(rb).await
+    pub async fn search(&self, object: &str, body: &Value) -> Result<Bytes> {
+        self.post_bytes(
+            &self.search,
+            &format!("/crm/v3/objects/{}/search", path_segment(object)?),
+            body,
+        )
+        .await
     }
 
-    /// `POST /crm/v3/objects/{object}/batch/read` in chunks of 100; objects not found (a 207
-    /// with errors) are left out.
+    /// `POST /crm/v3/objects/{object}/batch/read` for at most 100 `ids` with `properties`
+    /// (by a unique property when `id_property` is given); the answer as received (objects
+    /// not found are left out of its `results`, named in its `errors`).
     ///
     /// # Errors
-    /// The HTTP stack's kinds.
+    /// `InvalidInput` for more than 100 ids; the HTTP stack's kinds.
     pub async fn batch_read(
         &self,
         object: &str,
         ids: &[String],
         properties: &[String],
-    ) -> Result<Vec<HubSpotObject>> {
-        self.batch_read_by(object, ids, properties, None).await
-    }
-
-    /// As [`HubSpotApi::batch_read`], naming objects by a unique property (`email`).
-    ///
-    /// # Errors
-    /// The HTTP stack's kinds.
-    pub async fn batch_read_by(
-        &self,
-        object: &str,
-        ids: &[String],
-        properties: &[String],
         id_property: Option<&str>,
-    ) -> Result<Vec<HubSpotObject>> {
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(BATCH_LIMIT) {
-            let inputs: Vec<Value> = chunk.iter().map(|id| json!({ "id": id })).collect();
-            let mut body =
-                json!({ "properties": properties, "propertiesWithHistory": [], "inputs": inputs });
-            if let Some(p) = id_property {
-                body["idProperty"] = json!(p);
-            }
-            let rb = self
-                .http
-                .request(
-                    Method::POST,
-                    &format!("/crm/v3/objects/{}/batch/read", path_segment(object)?),
-                )?
-                .with_extension(Idempotent)
-                .json(&body);
-            let page: CollectionPage<HubSpotObject> = self.http.send_json(rb).await?;
-            out.extend(page.results);
+    ) -> Result<Bytes> {
+        if ids.len() > BATCH_LIMIT {
+            return Err(Error::invalid_input("a batch read takes at most 100 ids"));
         }
-        Ok(out)
+        let inputs: Vec<Value> = ids.iter().map(|id| json!({ "id": id })).collect();
+        let mut body =
+            json!({ "properties": properties, "propertiesWithHistory": [], "inputs": inputs });
+        if let Some(p) = id_property {
+            body["idProperty"] = json!(p);
+        }
+        self.post_bytes(
+            &self.http,
+            &format!("/crm/v3/objects/{}/batch/read", path_segment(object)?),
+            &body,
+        )
+        .await
     }
 
     /// `POST /crm/v3/objects/{object}/batch/{action}` with `inputs` (at most 100); returns
@@ -340,39 +401,39 @@ impl HubSpotApi {
             .await
     }
 
-    /// `GET /crm/v3/properties/{object}`: the property definitions.
+    /// `GET /crm/v3/properties/{object}`: the property definitions, the body as received.
     ///
     /// # Errors
     /// The HTTP stack's kinds.
-    pub async fn properties(&self, object: &str) -> Result<Vec<Value>> {
-        let page: CollectionPage<Value> = self
-            .http
-            .get_json(
+    pub async fn properties(&self, object: &str) -> Result<Bytes> {
+        self.http
+            .get_bytes(
                 &format!("/crm/v3/properties/{}", path_segment(object)?),
                 &[("archived", "false".into())],
             )
-            .await?;
-        Ok(page.results)
+            .await
     }
 
-    /// `GET /crm/v3/owners` (one page).
+    /// `GET /crm/v3/owners` (one page), the body as received.
     ///
     /// # Errors
     /// The HTTP stack's kinds.
-    pub async fn owners(&self, limit: u32, after: Option<&str>) -> Result<CollectionPage<Owner>> {
+    pub async fn owners(&self, limit: u32, after: Option<&str>) -> Result<Bytes> {
         let mut q: Vec<(&str, String)> =
             vec![("limit", limit.to_string()), ("archived", "false".into())];
         if let Some(a) = after {
             q.push(("after", a.to_string()));
         }
-        self.http.get_json("/crm/v3/owners", &q).await
+        self.http.get_bytes("/crm/v3/owners", &q).await
     }
 
     /// `POST /crm/v4/associations/{from}/{to}/batch/read` for `ids`: `(from id, [(to id,
-    /// associationTypes)])`. Pages of more than 500 associations per object are followed.
+    /// associationTypes)])`. Pages of more than 500 associations per object are followed
+    /// (each `after` token once: a [`LinkGuard`] per object refuses a repeat).
     ///
     /// # Errors
-    /// The HTTP stack's kinds.
+    /// The HTTP stack's kinds; `InvalidResponse` for a paging cycle or a page far larger
+    /// than asked.
     pub async fn associations(
         &self,
         from: &str,
@@ -380,23 +441,24 @@ impl HubSpotApi {
         ids: &[String],
     ) -> Result<Vec<(String, Vec<(String, Value)>)>> {
         let mut out: Vec<(String, Vec<(String, Value)>)> = Vec::new();
+        let mut guards: HashMap<String, LinkGuard> = HashMap::new();
         let mut inputs: Vec<Value> = ids.iter().map(|id| json!({ "id": id })).collect();
-        let mut rounds = 0;
-        while !inputs.is_empty() && rounds < 100 {
-            rounds += 1;
-            let rb = self
-                .http
-                .request(
-                    Method::POST,
-                    &format!(
-                        "/crm/v4/associations/{}/{}/batch/read",
-                        path_segment(from)?,
-                        path_segment(to)?
-                    ),
-                )?
-                .with_extension(Idempotent)
-                .json(&json!({ "inputs": inputs }));
-            let page: CollectionPage<Value> = self.http.send_json(rb).await?;
+        let path = format!(
+            "/crm/v4/associations/{}/{}/batch/read",
+            path_segment(from)?,
+            path_segment(to)?
+        );
+        while !inputs.is_empty() {
+            let asked = inputs.len();
+            let body = self
+                .post_bytes(&self.http, &path, &json!({ "inputs": inputs }))
+                .await?;
+            let page: CollectionPage<Value> = serde_json::from_slice(&body).map_err(|e| {
+                Error::invalid_response("HubSpot's association answer is not its shape")
+                    .permanent()
+                    .set_source(e)
+            })?;
+            check_page_len(page.results.len(), asked)?;
             inputs = Vec::new();
             for r in page.results {
                 let Some(from_id) = id_of(r.get("from").and_then(|f| f.get("id"))) else {
@@ -415,12 +477,16 @@ impl HubSpotApi {
                         ))
                     })
                     .collect();
+                let brought = tos.len();
                 if let Some(after) = r
                     .get("paging")
                     .and_then(|p| p.get("next"))
                     .and_then(|n| n.get("after"))
                     .and_then(Value::as_str)
                 {
+                    let guard = guards.entry(from_id.clone()).or_default();
+                    guard.record_page(brought)?;
+                    guard.check_link(after)?;
                     inputs.push(json!({ "id": from_id, "after": after }));
                 }
                 match out.iter_mut().find(|(f, _)| *f == from_id) {
@@ -437,12 +503,22 @@ impl HubSpotApi {
     /// # Errors
     /// `Unauthenticated` / `PermissionDenied` when they do not work.
     pub async fn probe(&self) -> Result<()> {
-        let _: Value = self
+        let _: IgnoredAny = self
             .http
             .get_json("/crm/v3/objects/contacts", &[("limit", "1".into())])
             .await?;
         Ok(())
     }
+}
+
+/// One page of a v3 collection answer, decoded (for the cold paths that read answers as
+/// [`Value`]s: associations).
+#[derive(Debug, Clone, Deserialize)]
+#[non_exhaustive]
+pub struct CollectionPage<T> {
+    /// The results.
+    #[serde(default = "Vec::new")]
+    pub results: Vec<T>,
 }
 
 /// An id given as a JSON string or number.
@@ -468,31 +544,54 @@ mod tests {
     }
 
     #[test]
-    fn rate_state_from_hubspot_headers() {
+    fn rate_window_and_daily_state_from_hubspot_headers() {
         let p = HubSpotPolicy;
-        let s = p
-            .rate_state(&h(&[
-                ("x-hubspot-ratelimit-max", "100"),
-                ("x-hubspot-ratelimit-remaining", "0"),
-                ("x-hubspot-ratelimit-interval-milliseconds", "10000"),
-            ]))
+        let h10 = h(&[
+            ("x-hubspot-ratelimit-max", "100"),
+            ("x-hubspot-ratelimit-remaining", "0"),
+            ("x-hubspot-ratelimit-interval-milliseconds", "10000"),
+        ]);
+        let w = p.rate_window(&h10).unwrap();
+        assert_eq!(
+            (w.limit, w.remaining, w.interval),
+            (100, Some(0), Duration::from_secs(10))
+        );
+        // The ten-second window is not a fixed-window budget: no pause of a whole interval.
+        assert!(p.rate_state(&h10).is_none());
+        assert_eq!(
+            p.retry_hint(StatusCode::TOO_MANY_REQUESTS, &h10),
+            Some(Duration::from_secs(1))
+        );
+        let w = p
+            .rate_window(&h(&[("x-hubspot-ratelimit-max", "190")]))
             .unwrap();
         assert_eq!(
-            (s.limit, s.remaining, s.reset_after),
-            (Some(100), 0, Duration::from_secs(10))
+            (w.limit, w.remaining, w.interval),
+            (190, None, Duration::from_secs(10))
         );
-        let s = p
-            .rate_state(&h(&[
-                ("x-hubspot-ratelimit-daily", "250000"),
-                ("x-hubspot-ratelimit-daily-remaining", "0"),
-            ]))
-            .unwrap();
+        let daily = h(&[
+            ("x-hubspot-ratelimit-daily", "250000"),
+            ("x-hubspot-ratelimit-daily-remaining", "0"),
+        ]);
+        let s = p.rate_state(&daily).unwrap();
         assert_eq!(s.remaining, 0);
         assert!(s.reset_after <= Duration::from_secs(86_400));
+        // A daily 429 waits until the reset (the same midnight, read a moment later).
+        let d = p.retry_hint(StatusCode::TOO_MANY_REQUESTS, &daily).unwrap();
+        let apart = d.abs_diff(s.reset_after);
+        // (Unless UTC midnight passed between the two reads.)
+        assert!(apart < Duration::from_secs(5) || apart > Duration::from_secs(86_000));
         assert!(p.rate_state(&HeaderMap::new()).is_none());
+        assert!(p.rate_window(&HeaderMap::new()).is_none());
         assert_eq!(
             p.retry_hint(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new()),
             Some(Duration::from_secs(1))
+        );
+        assert_eq!(p.retry_hint(StatusCode::OK, &h10), None);
+        // Hostile values do not read (or read bounded by the gate).
+        assert!(
+            p.rate_window(&h(&[("x-hubspot-ratelimit-max", "-5")]))
+                .is_none()
         );
     }
 

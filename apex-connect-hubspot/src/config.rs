@@ -63,9 +63,12 @@ pub struct HubSpotConfig {
     pub lookback_secs: u64,
     /// How many `(id, version)` pairs the cursor remembers to de-duplicate the overlap.
     pub dedupe_capacity: usize,
-    /// Requests per ten seconds for everything but search (default 100, the lowest
-    /// tier; the platform's headers slow us further when needed).
-    pub requests_per_10s: u32,
+    /// The most requests per ten seconds for everything but search, whatever HubSpot
+    /// reports. `None` (the default): the limit is learnt from `X-HubSpot-RateLimit-Max`
+    /// (190 on Professional and Enterprise private apps, 250 with the capacity add-on),
+    /// starting at 100 until the first answer. Set it to share one app's limit between
+    /// several processes.
+    pub requests_per_10s: Option<u32>,
     /// Search requests per second (HubSpot: 5 per token; search answers carry no headers).
     pub search_requests_per_second: u32,
     /// Longest `properties=` query string sent on list requests; past it, objects are listed
@@ -93,11 +96,67 @@ impl Default for HubSpotConfig {
             search_page_size: 200,
             lookback_secs: 300,
             dedupe_capacity: 1000,
-            requests_per_10s: 100,
+            requests_per_10s: None,
             search_requests_per_second: 5,
             max_properties_query_len: 6000,
             property_mapping: PropertyMapping::default(),
         }
+    }
+}
+
+impl HubSpotConfig {
+    /// Checks the values (what the builder and the platform descriptor refuse).
+    ///
+    /// # Errors
+    /// `Config` naming the setting: a page size out of range (list 1-100, search 1-200), a
+    /// zero rate, a webhook target URL that is not an absolute `http(s)` URL, or a
+    /// lookback longer than 30 days.
+    pub fn validate(&self) -> apex_connect_core::Result<()> {
+        use apex_connect_core::Error;
+        let bad =
+            |setting: &str, msg: &'static str| Error::config(msg).with_context("setting", setting);
+        if !(1..=100).contains(&self.page_size) {
+            return Err(bad("page_size", "page_size must be between 1 and 100"));
+        }
+        if !(1..=200).contains(&self.search_page_size) {
+            return Err(bad(
+                "search_page_size",
+                "search_page_size must be between 1 and 200",
+            ));
+        }
+        if self.requests_per_10s == Some(0) {
+            return Err(bad(
+                "requests_per_10s",
+                "requests_per_10s must be at least 1",
+            ));
+        }
+        if self.search_requests_per_second == 0 {
+            return Err(bad(
+                "search_requests_per_second",
+                "search_requests_per_second must be at least 1",
+            ));
+        }
+        if self.lookback_secs > 30 * 86_400 {
+            return Err(bad("lookback", "lookback must be at most 30 days"));
+        }
+        if let Some(u) = &self.webhook_target_url {
+            match url::Url::parse(u) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
+                _ => {
+                    return Err(bad(
+                        "webhook_target_url",
+                        "webhook_target_url must be an absolute http(s) URL",
+                    ));
+                }
+            }
+        }
+        if self.webhook_versions.is_empty() {
+            return Err(bad(
+                "webhook_versions",
+                "webhook_versions must name at least one version",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 pub mod connector;
 pub mod cursor;
+pub mod descriptor;
 pub mod error;
 pub mod models;
 #[cfg(feature = "sim")]
@@ -18,8 +19,9 @@ pub const NAME: &str = "hubspot";
 
 pub use api::{HubSpotApi, HubSpotPolicy};
 pub use config::HubSpotConfig;
-pub use connector::{HubSpotConnector, HubSpotConnectorBuilder, oauth_config};
+pub use connector::{HubSpotConnector, HubSpotConnectorBuilder, PropertySet, oauth_config};
 pub use cursor::HubSpotCursor;
+pub use descriptor::{HubSpotPlatform, HubSpotSettings, PLATFORM};
 pub use error::HubSpotApiError;
 pub use models::{PropertyMapping, streams};
 #[cfg(feature = "sim")]

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use apex_connect_core::oauth::{OAuthClient, TokenManager};
 use apex_connect_core::webhook::WebhookRequest;
 use apex_connect_core::{
-    ConnectionId, Connector, ConnectorExt, CursorToken, ErrorKind, MemoryTokenStore, Op, Record,
-    StreamId, TokenStore, VerifiedWebhook, WriteAction, WriteOp,
+    ConnectionId, Connector, ConnectorExt, CursorToken, Entity, ErrorKind, MemoryTokenStore, Op,
+    Record, StreamId, TokenStore, VerifiedWebhook, Webhooks, WriteAction, WriteOp,
 };
 use apex_connect_hubspot::{
     HubSpotConnector, HubSpotSim, HubSpotSimConfig, SignatureVersion, streams,
@@ -19,6 +19,11 @@ use apex_connect_testkit::conformance::{ConformanceFixture, SignedWebhook};
 use apex_connect_testkit::sim::FaultKind;
 use futures::StreamExt;
 use http::{Method, Uri};
+
+#[path = "sim/batched_webhooks.rs"]
+mod batched_webhooks;
+#[path = "sim/rate_window.rs"]
+mod rate_window;
 
 const HOOK_URL: &str = "https://hooks.example.com/webhooks/hubspot/acme?portal=62515";
 
@@ -122,6 +127,12 @@ impl ConformanceFixture for Fixture {
         Some(s)
     }
 
+    async fn inject_hostile(&self, stream: &StreamId, seed: u64) -> Option<Vec<String>> {
+        HubSpotSim::is_object_stream(stream.as_str())
+            .then(|| self.sim.inject_hostile(stream.as_str(), seed, 25).ok())
+            .flatten()
+    }
+
     async fn write_ops(&self, stream: &StreamId) -> Option<Vec<WriteOp>> {
         match stream.as_str() {
             streams::CONTACTS => Some(vec![
@@ -166,6 +177,13 @@ async fn read_all(
     (records, last, n)
 }
 
+/// The entity of `r` (which must map to one).
+fn entity(c: &HubSpotConnector, r: &Record) -> Entity {
+    c.map_entity(r)
+        .expect("maps")
+        .expect("the stream maps to entities")
+}
+
 fn token_connector(sim: &HubSpotSim) -> apex_connect_hubspot::HubSpotConnectorBuilder {
     HubSpotConnector::builder()
         .base_url(sim.base_url())
@@ -192,7 +210,7 @@ async fn full_sync_maps_entities_relations_and_custom_properties() {
         assert_eq!(got, sim.expected(s), "stream {s}");
     }
     let (contacts, _, _) = read_all(&hs, streams::CONTACTS, None).await;
-    let e = contacts[0].entity.as_ref().unwrap();
+    let e = &entity(&hs, &contacts[0]);
     assert!(
         e.attributes.contains_key("tier"),
         "custom property mapped: {e:?}"
@@ -209,7 +227,7 @@ async fn full_sync_maps_entities_relations_and_custom_properties() {
     );
     assert!(e.relations.iter().any(|r| r.kind == "owned_by"));
     let (deals, _, _) = read_all(&hs, streams::DEALS, None).await;
-    let d = deals[0].entity.as_ref().unwrap();
+    let d = &entity(&hs, &deals[0]);
     for a in ["amount", "stage", "pipeline", "close_date"] {
         assert!(d.attributes.contains_key(a), "{a}: {d:?}");
     }
@@ -220,7 +238,7 @@ async fn full_sync_maps_entities_relations_and_custom_properties() {
     );
     let (notes, _, _) = read_all(&hs, streams::NOTES, None).await;
     assert_eq!(
-        notes[0].entity.as_ref().unwrap().kind,
+        entity(&hs, &notes[0]).kind,
         apex_connect_core::EntityKind::Activity
     );
 }
@@ -406,7 +424,7 @@ async fn write_back_partial_failure_conflict_and_force() {
 async fn webhooks_of_every_version_parse_dedupe_fetch_and_drop_echoes() {
     let sim = HubSpotSim::start(small()).await.unwrap();
     let hs = token_connector(&sim).build().unwrap();
-    let verifier = hs.webhook_verifier().unwrap();
+    let verifier = hs.webhooks().unwrap().verifier();
     let c5 = sim.id(streams::CONTACTS, 5).unwrap();
     let c6 = sim.id(streams::CONTACTS, 6).unwrap();
     let app = sim.config().app_id.to_string();
@@ -456,7 +474,7 @@ async fn webhooks_of_every_version_parse_dedupe_fetch_and_drop_echoes() {
             )
             .unwrap();
         let changes = hs
-            .parse_webhook(&VerifiedWebhook::new(
+            .parse(&VerifiedWebhook::new(
                 verified,
                 headers,
                 body.clone().into(),
@@ -484,7 +502,10 @@ async fn webhooks_of_every_version_parse_dedupe_fetch_and_drop_echoes() {
             .record
             .as_ref()
             .expect("thin event resolved by batch read");
-        assert_eq!(r.raw["properties"]["lifecyclestage"], "customer");
+        assert_eq!(
+            r.raw.to_value().unwrap()["properties"]["lifecyclestage"],
+            "customer"
+        );
     }
 }
 
@@ -492,7 +513,7 @@ async fn webhooks_of_every_version_parse_dedupe_fetch_and_drop_echoes() {
 async fn a_delivery_splits_per_event_and_each_part_parses_on_its_own() {
     let sim = HubSpotSim::start(small()).await.unwrap();
     let hs = token_connector(&sim).build().unwrap();
-    let verifier = hs.webhook_verifier().unwrap();
+    let verifier = hs.webhooks().unwrap().verifier();
     let (c1, c2) = (
         sim.id(streams::CONTACTS, 1).unwrap(),
         sim.id(streams::CONTACTS, 2).unwrap(),
@@ -530,13 +551,14 @@ async fn a_delivery_splits_per_event_and_each_part_parses_on_its_own() {
         .unwrap();
     // Through `Arc<dyn Connector>`, as a host holds it.
     let dyn_hs: Arc<dyn Connector> = Arc::new(hs);
-    let parts = dyn_hs.webhook_events(&verified, &body).unwrap();
+    let hooks = dyn_hs.webhooks().expect("webhooks configured");
+    let parts = hooks.events(&verified, &body).unwrap();
     let ids: Vec<&str> = parts.iter().map(|p| p.id.as_str()).collect();
     assert_eq!(ids, ["700", "701", "900"]);
     let mut got = Vec::new();
     for part in &parts {
-        let changes = dyn_hs
-            .parse_webhook(&VerifiedWebhook::new(
+        let changes = hooks
+            .parse(&VerifiedWebhook::new(
                 verified.clone(),
                 headers.clone(),
                 part.body.clone(),
@@ -561,7 +583,7 @@ async fn a_delivery_splits_per_event_and_each_part_parses_on_its_own() {
     );
     // A signed body that is not JSON is refused before anything is stored.
     assert!(matches!(
-        dyn_hs.webhook_events(&verified, &bytes::Bytes::from_static(b"[{")),
+        hooks.events(&verified, &bytes::Bytes::from_static(b"[{")),
         Err(apex_connect_core::WebhookError::Malformed(_))
     ));
 }

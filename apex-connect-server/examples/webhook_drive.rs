@@ -2,14 +2,16 @@
 //! do not share a runtime (or a process), only the machine and loopback.
 //!
 //! ```text
-//! cargo build --release -p apex-connect-server --features memory --bin apex-connect --example webhook_drive
+//! cargo build --release -p apex-connect --no-default-features --features sqlite,server,memory --bin apex-connect
+//! cargo build --release -p apex-connect-server --example webhook_drive
 //! target/release/examples/webhook_drive [--rates 2000,5000] [--seconds 5] [--saturation 20000]
 //!     [--concurrency 2] [--batch 64] [--max-batch 512] [--gen-threads 1] [--bin PATH] [--keep]
 //! ```
 //!
 //! It writes a configuration (memory platform, ledger sink, `[workers]` and `[webhooks]` from
 //! the flags) in a temporary directory, starts `apex-connect serve` (by default the binary next
-//! to this example's directory, i.e. the release build), waits for `/admin/status`, then:
+//! to this example's directory, i.e. the release build of the facade's `apex-connect` with the
+//! `memory` feature), waits for `/admin/status`, then:
 //!
 //! 1. for each rate: an open loop sending Standard-Webhooks-signed requests at that rate for
 //!    `--seconds` with the workers running; time to the 2xx (p50/p99/max), then waits until the

@@ -4,6 +4,9 @@
 //!
 //! `cargo run --release -p apex-connect-server --example webhook_load [-- RATE SECONDS]`
 //!
+//! The inbox appends go through `InboxStore::append_many` (group commit); the webhook-to-sink
+//! figure is read with SQL from the database (a measurement, not part of the service).
+//!
 //! Server, workers and load generator share this process (and the machine's cores), so the
 //! figures are a floor for a server on its own host.
 
@@ -15,9 +18,11 @@ use std::time::{Duration, Instant};
 
 use apex_connect_core::SqliteStore;
 use apex_connect_core::engine::CancellationToken;
-use apex_connect_core::store::{EncryptionKey, StateStore};
+use apex_connect_core::sinks::LedgerSink;
+use apex_connect_core::store::EncryptionKey;
+use apex_connect_core::store::prelude::*;
 use apex_connect_server::{
-    ConnectionHandle, InboxAppender, LedgerSink, ServerState, WorkerConfig, Workers, webhook_router,
+    ConnectionHandle, InboxAppender, ServerState, WorkerConfig, Workers, webhook_router,
 };
 use apex_connect_testkit::MemoryConnector;
 use futures::StreamExt;
@@ -31,10 +36,10 @@ async fn main() -> apex_connect_core::Result<()> {
     std::fs::create_dir_all(&dir)
         .map_err(|e| apex_connect_core::Error::storage("tempdir").set_source(e))?;
     let store = SqliteStore::open(dir.join("state.db"), EncryptionKey::generate()).await?;
-    apex_connect_server::migrate(store.pool()).await?;
     let connector = MemoryConnector::new(["items"], 100, b"load-secret");
-    let state = ServerState::builder(Arc::new(store.clone()) as Arc<dyn StateStore>)
-        .appender(InboxAppender::group_commit(store.pool().clone(), 512))
+    let dyn_store = Arc::new(store.clone()) as Arc<dyn StateStore>;
+    let state = ServerState::builder(dyn_store.clone())
+        .appender(InboxAppender::group_commit(dyn_store, 512))
         .connection(ConnectionHandle::new("acme", Arc::new(connector.clone())))
         .build();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -87,7 +92,7 @@ async fn main() -> apex_connect_core::Result<()> {
 
     // Drain the backlog with workers before measuring end-to-end latency.
     let shutdown = CancellationToken::new();
-    let sink = Arc::new(LedgerSink::new(store.pool().clone()));
+    let sink = Arc::new(LedgerSink::for_store(&store));
     let mut wc = WorkerConfig::default();
     wc.concurrency = 2;
     wc.batch = 256;

@@ -1,25 +1,28 @@
-//! `GET /admin/status`, `POST /admin/dead-letters/{id}/retry`, `GET /metrics`.
+//! `GET /admin/status`, `GET /admin/rejects`, `POST /admin/dead-letters/{id}/retry`,
+//! `GET /metrics`.
 
-use apex_connect_core::store::{EventId, InboxCounts};
-use apex_connect_core::{ErrorKind, Result};
+use apex_connect_core::store::{EventId, InboxCounts, ScheduleRow, StoredReject};
+use apex_connect_core::{ConnectionId, ErrorKind, Result, StreamId};
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{StatusCode, header};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::metrics::MetricsSnapshot;
-use crate::scheduler::ScheduleRow;
 use crate::state::ServerState;
 
 /// The admin API. Mount it on a private listener (it names connections and shows errors):
 /// - `GET /admin/status`: [`Status`] as JSON;
+/// - `GET /admin/rejects?connection=&stream=&limit=`: quarantined records ([`RejectView`],
+///   without their bytes), oldest first (limit 100 by default, at most 1000);
 /// - `POST /admin/dead-letters/{id}/retry`: requeues a dead letter (`204`; `404` if it is not dead);
 /// - `GET /metrics`: Prometheus text (webhook outcomes, worker outcomes, inbox gauges).
 pub fn admin_router(state: ServerState) -> Router {
     Router::new()
         .route("/admin/status", get(status_handler))
+        .route("/admin/rejects", get(rejects_handler))
         .route("/admin/dead-letters/{id}/retry", post(retry_handler))
         .route("/metrics", get(metrics_handler))
         .with_state(state)
@@ -33,6 +36,8 @@ pub struct Status {
     pub connections: Vec<ConnectionStatusView>,
     /// Inbox events per state.
     pub inbox: InboxCounts,
+    /// Quarantined records, all connections (each connection's count is in `connections`).
+    pub rejects: u64,
     /// The oldest dead letters (up to 50).
     pub dead_letters: Vec<DeadLetterView>,
     /// Scheduled jobs.
@@ -55,6 +60,8 @@ pub struct ConnectionStatusView {
     pub status: String,
     /// Why.
     pub detail: Option<String>,
+    /// Records of this connection in quarantine (`apex-connect rejects list`).
+    pub rejects: u64,
     /// The latest run of each stream.
     pub last_runs: Vec<RunView>,
 }
@@ -81,8 +88,54 @@ pub struct RunView {
     pub records_read: u64,
     /// Records applied.
     pub records_applied: u64,
+    /// Records quarantined.
+    pub records_rejected: u64,
     /// The error.
     pub error: Option<String>,
+}
+
+/// A quarantined record in `GET /admin/rejects` (without its bytes).
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct RejectView {
+    /// Its id in the store.
+    pub id: i64,
+    /// The connection.
+    pub connection: String,
+    /// The stream.
+    pub stream: String,
+    /// `parse` (the envelope could not be read) or `map` (the entity could not be mapped).
+    pub stage: &'static str,
+    /// The object's id, when it could be read.
+    pub record_id: Option<String>,
+    /// Why it was quarantined.
+    pub error: String,
+    /// Times it was quarantined or failed a re-drive.
+    pub attempts: u32,
+    /// Its size in bytes.
+    pub bytes: usize,
+    /// When it was first quarantined, Unix ms.
+    pub first_seen_at: i64,
+    /// When it was last quarantined or re-driven, Unix ms.
+    pub last_seen_at: i64,
+}
+
+impl RejectView {
+    /// The view of a stored reject.
+    pub fn new(r: &StoredReject) -> Self {
+        RejectView {
+            id: r.id.0,
+            connection: r.connection.to_string(),
+            stream: r.reject.stream.to_string(),
+            stage: r.reject.stage.as_str(),
+            record_id: r.reject.id.clone(),
+            error: r.reject.error.clone(),
+            attempts: r.attempts,
+            bytes: r.reject.raw.len(),
+            first_seen_at: r.first_seen_at,
+            last_seen_at: r.last_seen_at,
+        }
+    }
 }
 
 /// A dead letter in [`Status`] (without its body).
@@ -116,6 +169,7 @@ fn run_view(r: &apex_connect_core::store::SyncRun) -> RunView {
         finished_at: r.finished_at,
         records_read: r.records_read,
         records_applied: r.records_applied,
+        records_rejected: r.records_rejected,
         error: r.error.clone(),
     }
 }
@@ -146,6 +200,7 @@ pub async fn status(state: &ServerState) -> Result<Status> {
             platform: h.platform.clone(),
             status: c.map_or("active", |c| c.status.as_str()).to_string(),
             detail: c.and_then(|c| c.status_detail.clone()),
+            rejects: store.count_rejects(Some(&h.id)).await?,
             last_runs,
         });
     }
@@ -171,13 +226,11 @@ pub async fn status(state: &ServerState) -> Result<Status> {
         .take(10)
         .map(run_view)
         .collect();
-    let schedules = match state.schedules() {
-        Some(s) => s.list().await?,
-        None => Vec::new(),
-    };
+    let schedules = store.list_schedules().await?;
     Ok(Status {
         connections,
         inbox: store.inbox_counts().await?,
+        rejects: store.count_rejects(None).await?,
         dead_letters,
         schedules,
         recent_errors,
@@ -191,6 +244,36 @@ async fn status_handler(State(state): State<ServerState>) -> Response {
         Err(e) => {
             tracing::warn!(error = %e, "status failed");
             (StatusCode::SERVICE_UNAVAILABLE, "status unavailable").into_response()
+        }
+    }
+}
+
+/// The query of `GET /admin/rejects`.
+#[derive(Debug, Deserialize)]
+struct RejectsQuery {
+    connection: Option<String>,
+    stream: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn rejects_handler(
+    State(state): State<ServerState>,
+    Query(q): Query<RejectsQuery>,
+) -> Response {
+    let connection = q.connection.map(ConnectionId::from);
+    let stream = q.stream.map(StreamId::from);
+    let limit = q.limit.unwrap_or(100).min(1000);
+    match state
+        .store()
+        .list_rejects(connection.as_ref(), stream.as_ref(), limit)
+        .await
+    {
+        Ok(rows) => {
+            axum::Json(rows.iter().map(RejectView::new).collect::<Vec<_>>()).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "listing rejects failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "rejects unavailable").into_response()
         }
     }
 }

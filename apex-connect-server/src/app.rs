@@ -5,46 +5,30 @@ use std::fmt;
 use std::sync::Arc;
 
 use apex_connect_core::engine::CancellationToken;
-use apex_connect_core::store::{Connection, EncryptionKey, StateStore};
-use apex_connect_core::{
-    ConnectionId, Error, JsonlSink, NullSink, Result, Sink, SqliteSink, SqliteStore, StreamId,
-};
+use apex_connect_core::platform::Platforms;
+use apex_connect_core::store::{Connection, EncryptionKey, OpenedStore, SinkKind, StateStore};
+use apex_connect_core::{ConnectionId, Error, JsonlSink, NullSink, Result, Sink, StreamId};
 use axum::Router;
 
 use crate::config::{ServerConfig, SinkConfig, parse_duration};
+use crate::env::Environment;
 use crate::inbox::InboxAppender;
-use crate::ledger::LedgerSink;
-use crate::registry::{ConnectorRegistry, FactoryContext, Secrets};
-use crate::scheduler::{JobSpec, Scheduler, SchedulerConfig, Schedules};
+use crate::scheduler::{JobSpec, Scheduler, SchedulerConfig};
 use crate::state::{ConnectionHandle, ServerState};
 use crate::worker::{WorkerConfig, Workers};
 use crate::{admin_router, webhook_router};
-
-/// The server's own migrations (`migrations/`), tracked in `_apex_server_migrations` so they
-/// live beside the core store's in one database.
-///
-/// # Errors
-/// `Storage` when they cannot run.
-pub async fn migrate(pool: &sqlx::SqlitePool) -> Result<()> {
-    let mut m = sqlx::migrate!("./migrations");
-    m.dangerous_set_table_name("_apex_server_migrations");
-    m.run(pool)
-        .await
-        .map_err(|e| Error::storage("cannot migrate the server tables").set_source(e))
-}
 
 /// The running parts of the `apex-connect` service.
 pub struct App {
     /// The configuration.
     pub config: ServerConfig,
-    /// The store.
-    pub store: SqliteStore,
+    /// The state store, opened from the configured location
+    /// ([`apex_connect_core::store::open`]); close it before exiting.
+    pub store: OpenedStore,
     /// The shared state (connections, appender, counters).
     pub state: ServerState,
     /// The sink.
     pub sink: Arc<dyn Sink>,
-    /// The schedules table.
-    pub schedules: Schedules,
     jobs: Vec<JobSpec>,
 }
 
@@ -58,47 +42,75 @@ impl fmt::Debug for App {
     }
 }
 
+/// The sink a configuration names, from the store's sinks or its own.
+///
+/// # Errors
+/// `Storage` when a JSONL file cannot be opened.
+pub async fn sink_for(config: &SinkConfig, store: &OpenedStore) -> Result<Arc<dyn Sink>> {
+    Ok(match config {
+        SinkConfig::Records { entities: true } => store.sink(SinkKind::Records),
+        SinkConfig::Records { entities: false } => store.sink(SinkKind::RawRecords),
+        SinkConfig::Ledger => store.sink(SinkKind::Ledger),
+        SinkConfig::Jsonl { path } => Arc::new(JsonlSink::open(path).await?),
+        SinkConfig::Null => Arc::new(NullSink::new()),
+    })
+}
+
 impl App {
-    /// Opens the database, runs the migrations, builds every connection's connector with its
-    /// secrets from the environment, and registers the schedules.
+    /// Opens the store at the configured location, builds every connection's connector
+    /// through its platform in `platforms` (settings checked, secrets from the environment,
+    /// authentication resolved), records the connections in the store, and registers the
+    /// schedules.
     ///
     /// # Errors
-    /// `Config` for an unknown platform, a missing secret or a bad schedule; `Storage`.
+    /// `Config` for an unknown platform, a bad setting, a missing secret or a bad schedule;
+    /// `Storage`.
     pub async fn open(
         config: ServerConfig,
-        registry: &ConnectorRegistry,
+        platforms: &Platforms,
         key: EncryptionKey,
     ) -> Result<App> {
-        let store = SqliteStore::open(&config.database, key).await?;
-        migrate(store.pool()).await?;
-        let dyn_store: Arc<dyn StateStore> = Arc::new(store.clone());
-        let schedules = Schedules::new(store.pool().clone());
-        let mut builder = ServerState::builder(dyn_store.clone())
+        Self::open_with(config, platforms, key, &Environment::system()).await
+    }
+
+    /// [`App::open`] with the connections' secrets read from `env`.
+    ///
+    /// # Errors
+    /// As [`App::open`].
+    pub async fn open_with(
+        config: ServerConfig,
+        platforms: &Platforms,
+        key: EncryptionKey,
+        env: &Environment,
+    ) -> Result<App> {
+        let opened = apex_connect_core::store::open(&config.store_location(), key).await?;
+        match Self::assemble(config, platforms, opened.clone(), env).await {
+            Ok(app) => Ok(app),
+            Err(e) => {
+                opened.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn assemble(
+        config: ServerConfig,
+        platforms: &Platforms,
+        opened: OpenedStore,
+        env: &Environment,
+    ) -> Result<App> {
+        let store: Arc<dyn StateStore> = opened.store().clone();
+        let mut builder = ServerState::builder(store.clone())
             .appender(InboxAppender::group_commit(
-                store.pool().clone(),
+                store.clone(),
                 config.webhooks.max_batch,
             ))
-            .body_limit(config.webhooks.body_limit)
-            .schedules(schedules.clone());
+            .body_limit(config.webhooks.body_limit);
         let mut jobs = Vec::new();
         for c in &config.connections {
-            let secrets = Secrets::from_env(c);
-            let oauth_tokens = if crate::registry::has_oauth(c) {
-                match dyn_store.load(&ConnectionId::from(c.id.clone())).await {
-                    Ok(t) => t.is_some(),
-                    Err(e) => {
-                        // Stored but unreadable (another key?): use OAuth, so the error shows
-                        // at first use instead of silently falling back to a static token.
-                        tracing::warn!(connection = %c.id, error = %e, "cannot read the stored OAuth tokens");
-                        true
-                    }
-                }
-            } else {
-                false
-            };
-            let connector = registry.build(
-                FactoryContext::new(c, &secrets, &dyn_store).with_oauth_tokens(oauth_tokens),
-            )?;
+            let secrets = env.secrets(c);
+            let connector =
+                crate::connections::build_with_secrets(platforms, c, &secrets, &store).await?;
             let streams: Vec<StreamId> = c.streams.iter().cloned().map(StreamId::from).collect();
             let handle = ConnectionHandle::new(c.id.clone(), connector).with_streams(streams);
             for s in &c.schedules {
@@ -136,28 +148,22 @@ impl App {
                     "base_url": c.base_url, "streams": c.streams, "settings": settings,
                 }),
             );
-            if let Some(existing) = dyn_store.get_connection(&id).await? {
+            if let Some(existing) = store.get_connection(&id).await? {
                 row = row.with_status(existing.status, existing.status_detail);
             }
-            dyn_store.upsert_connection(&row).await?;
+            store.upsert_connection(&row).await?;
             builder = builder.connection(handle);
         }
-        let sink: Arc<dyn Sink> = match &config.sink {
-            SinkConfig::Sqlite => Arc::new(SqliteSink::for_store(&store)),
-            SinkConfig::Ledger => Arc::new(LedgerSink::new(store.pool().clone())),
-            SinkConfig::Jsonl { path } => Arc::new(JsonlSink::open(path).await?),
-            SinkConfig::Null => Arc::new(NullSink::new()),
-        };
+        let sink = sink_for(&config.sink, &opened).await?;
         // Register the schedules now (keeping stored due times), so `status` shows them.
         let now = apex_connect_core::webhook::unix_ms(std::time::SystemTime::now());
         for job in &jobs {
-            schedules.upsert(job, now).await?;
+            store.upsert_schedule(&job.entry(now), now).await?;
         }
         Ok(App {
             state: builder.build(),
-            store,
+            store: opened,
             sink,
-            schedules,
             jobs,
             config,
         })
@@ -178,7 +184,10 @@ impl App {
             max_backoff: parse_duration(&w.max_backoff)?,
             poll: parse_duration(&w.poll)?,
             // These sinks write to the state database: serialize with the inbox writer.
-            gate_sink_writes: matches!(self.config.sink, SinkConfig::Sqlite | SinkConfig::Ledger),
+            gate_sink_writes: matches!(
+                self.config.sink,
+                SinkConfig::Records { .. } | SinkConfig::Ledger
+            ),
             ..WorkerConfig::default()
         };
         Ok(Workers::new(self.state.clone(), self.sink.clone(), c))
@@ -197,14 +206,7 @@ impl App {
             max_backoff: parse_duration(&s.max_backoff)?,
             ..SchedulerConfig::default()
         };
-        Scheduler::new(
-            self.state.clone(),
-            self.schedules.clone(),
-            self.jobs.clone(),
-            self.sink.clone(),
-            c,
-        )
-        .await
+        Scheduler::new(self.state.clone(), self.jobs.clone(), self.sink.clone(), c).await
     }
 
     /// Webhooks (plus the admin API unless `admin_listen` is set).
@@ -219,7 +221,7 @@ impl App {
 
     /// Serves webhooks, the admin API, the workers and the scheduler until `shutdown`; then
     /// stops accepting, lets workers finish or release their batches, cancels scheduled runs
-    /// (their leases released), and closes the database.
+    /// (their leases released), and closes the store.
     ///
     /// # Errors
     /// `Config` when an address cannot be bound.

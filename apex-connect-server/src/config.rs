@@ -1,8 +1,9 @@
-//! The TOML configuration of the `apex-connect` binary.
+//! The TOML configuration of the `apex-connect` command line and service.
 //!
-//! Secrets never live in the file: a key named like `token`, `secret`, `password`, `key` (as in
-//! an API key) or `credential` is refused, except inside a connection's `env` table, whose values
-//! are the *names* of the environment variables holding the secrets.
+//! Secrets never live in the file (settings are stored in the state database as they are): a
+//! key named like a token, secret, password, credential or key (an API key, a private key) is
+//! refused anywhere in the file, except inside a connection's `env` table, whose values are the
+//! *names* of the environment variables holding the secrets (see [`is_secret_name`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,14 +13,22 @@ use std::time::Duration;
 use apex_connect_core::{Error, Result};
 use serde::Deserialize;
 
+/// The default state database, when neither `store` nor `database` is set.
+pub const DEFAULT_DATABASE: &str = "apex-connect.db";
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ServerConfig {
-    /// The SQLite state database (inbox, cursors, runs, schedules, tokens).
-    #[serde(default = "default_database")]
-    pub database: PathBuf,
+    /// Where the state lives (inbox, cursors, runs, schedules, tokens, rejects), as
+    /// `apex_connect_core::store::open` reads it: a SQLite path, a `sqlite:` URL, or
+    /// `memory:` (nothing kept). Default: `database`, else `apex-connect.db`.
+    #[serde(default)]
+    pub store: Option<String>,
+    /// The SQLite state database file (the older spelling of `store`; set one of the two).
+    #[serde(default)]
+    pub database: Option<PathBuf>,
     /// Where `serve` listens for webhooks (and the admin API unless `admin_listen` is set).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
@@ -43,24 +52,26 @@ pub struct ServerConfig {
     pub connections: Vec<ConnectionConfig>,
 }
 
-fn default_database() -> PathBuf {
-    PathBuf::from("apex-connect.db")
-}
-
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
 
-/// Where records go (`[sink]`, `kind = "sqlite" | "ledger" | "jsonl" | "null"`).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Where records go (`[sink]`, `kind = "records" | "ledger" | "jsonl" | "null"`).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum SinkConfig {
-    /// The `records` table of the state database (default).
-    #[default]
-    Sqlite,
-    /// The `records` table plus an apply counter per record (`sink_ledger`): every change the
-    /// sink actually applied is counted, so audits and tests can prove exactly-once application.
+    /// The records table of the state store (default; `kind = "sqlite"` is the older name).
+    #[serde(alias = "sqlite")]
+    Records {
+        /// Store each record's normalized entity beside its raw JSON (default `true`); records
+        /// that cannot be mapped are quarantined (see `apex-connect rejects`). `false`: raw
+        /// JSON only, no mapping runs.
+        #[serde(default = "yes")]
+        entities: bool,
+    },
+    /// The ledger of the state store: records plus an apply counter per record, so audits and
+    /// tests can prove exactly-once application.
     Ledger,
     /// One JSON line per record, appended to `path`.
     Jsonl {
@@ -69,6 +80,16 @@ pub enum SinkConfig {
     },
     /// Keep nothing (dry runs, benchmarks).
     Null,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig::Records { entities: true }
+    }
 }
 
 /// `[webhooks]`.
@@ -173,9 +194,35 @@ pub struct ConnectionConfig {
     /// Secret name -> environment variable name, e.g. `api_token = "FRONT_API_TOKEN"`.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Platform-specific settings (no secrets), passed to the connector factory.
+    /// Platform-specific settings (no secrets), checked by the platform when the
+    /// configuration is loaded; the shared authentication settings (`client_id`, `auth`,
+    /// `token_url`, ...; see `apex_connect_core::platform::AUTH_SETTINGS`) live here too.
     #[serde(default)]
     pub settings: toml::Table,
+}
+
+impl ConnectionConfig {
+    /// The settings as the platform reads them (a JSON object).
+    ///
+    /// # Errors
+    /// `Config` for a value JSON cannot hold.
+    pub fn settings(&self) -> Result<apex_connect_core::Settings> {
+        let value = serde_json::to_value(&self.settings).map_err(|e| {
+            Error::config("connection settings cannot be read")
+                .with_context("connection", &self.id)
+                .set_source(e)
+        })?;
+        apex_connect_core::Settings::from_value(value)
+            .map_err(|e| e.with_context("connection", &self.id))
+    }
+
+    /// The connection's secrets, read from the environment variables its `env` table names
+    /// (an unset variable is simply absent: the platform says whether it needs it).
+    pub fn secrets(&self) -> apex_connect_core::Secrets {
+        apex_connect_core::Secrets::from_env_names(
+            self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+    }
 }
 
 /// One `[[connection.schedule]]`: `every` (with `jitter`) or `cron`.
@@ -229,7 +276,25 @@ impl ServerConfig {
         Ok(config)
     }
 
+    /// Where the state lives (`store`, else `database`, else [`DEFAULT_DATABASE`]), for
+    /// `apex_connect_core::store::open`.
+    pub fn store_location(&self) -> String {
+        match (&self.store, &self.database) {
+            (Some(s), _) => s.clone(),
+            (None, Some(d)) => d.display().to_string(),
+            (None, None) => DEFAULT_DATABASE.to_string(),
+        }
+    }
+
     fn validate(&self) -> Result<()> {
+        if self.store.is_some() && self.database.is_some() {
+            return Err(Error::config(
+                "set one of `store` and `database` (`database` is the older spelling)",
+            ));
+        }
+        if let Some(store) = &self.store {
+            refuse_url_password(store, "store")?;
+        }
         let mut seen = std::collections::BTreeSet::new();
         for c in &self.connections {
             if c.id.is_empty()
@@ -304,7 +369,75 @@ impl ScheduleConfig {
     }
 }
 
-const SECRET_WORDS: [&str; 6] = ["token", "secret", "password", "passwd", "apikey", "api_key"];
+/// Whether a configuration key names a secret: it is refused anywhere in the file but inside
+/// `env` tables. The name is split into words (at `_`, `-`, `.`, spaces and camelCase humps,
+/// lowercased); it is a secret when
+/// - its letters contain `token`, `secret`, `password`, `passwd`, `passphrase`, `credential`,
+///   `apikey` or `privatekey` (`api_token`, `clientSecret`, `db-password`, `credentials`,
+///   `apiKey`), or
+/// - one of its words is `key` or `keys` (`key`, `private_key`, `signing-key`, `accessKey`),
+///
+/// unless it names an endpoint (last word `url` or `uri`: `token_url`) or a key's identifier
+/// (`key` followed by `id`: `jwt_key_id`).
+pub fn is_secret_name(name: &str) -> bool {
+    let words = words(name);
+    if words
+        .last()
+        .is_some_and(|w| w == "url" || w == "uri" || w == "urls")
+    {
+        return false;
+    }
+    let joined: String = words.concat();
+    const WORDS: [&str; 8] = [
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "passphrase",
+        "credential",
+        "apikey",
+        "privatekey",
+    ];
+    if WORDS.iter().any(|w| joined.contains(w)) {
+        return true;
+    }
+    words.iter().enumerate().any(|(i, w)| {
+        (w == "key" || w == "keys") && words.get(i + 1).is_none_or(|next| next != "id")
+    })
+}
+
+/// `name` split into lowercase words at non-alphanumeric characters and camelCase humps.
+fn words(name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut prev_lower = false;
+    for ch in name.chars() {
+        if !ch.is_alphanumeric() {
+            if !current.is_empty() {
+                out.push(std::mem::take(&mut current));
+            }
+            prev_lower = false;
+            continue;
+        }
+        if ch.is_uppercase() && prev_lower && !current.is_empty() {
+            out.push(std::mem::take(&mut current));
+        }
+        prev_lower = ch.is_lowercase() || ch.is_ascii_digit();
+        current.extend(ch.to_lowercase());
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+fn secret_refused(key: String) -> Error {
+    Error::config(
+        "secrets are not allowed in the configuration file: put the secret in an \
+         environment variable and name it in the connection's `env` table",
+    )
+    .with_context("key", key)
+}
 
 fn refuse_secrets(table: &toml::Table, path: &str) -> Result<()> {
     for (key, value) in table {
@@ -314,29 +447,43 @@ fn refuse_secrets(table: &toml::Table, path: &str) -> Result<()> {
             format!("{path}.{key}")
         };
         // `env` tables map secret names to variable names: their keys may say "token".
-        if key == "env" {
+        if key == "env" && matches!(value, toml::Value::Table(_)) {
             continue;
         }
-        let lower = key.to_ascii_lowercase();
-        // `token_url`, `auth_url`, ...: endpoints, not secrets.
-        let is_url = lower.ends_with("_url") || lower == "url";
-        if !is_url && SECRET_WORDS.iter().any(|w| lower.contains(w)) {
-            return Err(Error::config(
-                "secrets are not allowed in the configuration file: put the secret in an \
-                 environment variable and name it in the connection's `env` table",
-            )
-            .with_context("key", here));
+        if is_secret_name(key) {
+            return Err(secret_refused(here));
         }
-        match value {
-            toml::Value::Table(t) => refuse_secrets(t, &here)?,
-            toml::Value::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    if let toml::Value::Table(t) = item {
-                        refuse_secrets(t, &format!("{here}[{i}]"))?;
-                    }
-                }
+        refuse_secrets_in(value, &here)?;
+    }
+    Ok(())
+}
+
+fn refuse_secrets_in(value: &toml::Value, here: &str) -> Result<()> {
+    match value {
+        toml::Value::Table(t) => refuse_secrets(t, here),
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                refuse_secrets_in(item, &format!("{here}[{i}]"))?;
             }
-            _ => {}
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a URL carrying a password (`postgres://user:password@host/db`): the password
+/// belongs in the environment (PostgreSQL clients read `PGPASSWORD`). Never echoes the value.
+fn refuse_url_password(url: &str, key: &str) -> Result<()> {
+    if let Some((_, rest)) = url.split_once("://") {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if let Some((userinfo, _)) = authority.rsplit_once('@')
+            && userinfo.contains(':')
+        {
+            return Err(Error::config(
+                "the store URL holds a password: put it in the environment (PGPASSWORD for \
+                 PostgreSQL), not in the configuration file",
+            )
+            .with_context("key", key));
         }
     }
     Ok(())
@@ -451,6 +598,18 @@ cron = "*/5 * * * *"
             "[[connection]]\nid = \"a\"\nplatform = \"memory\"\n[connection.settings]\napi_token = \"x\"\n",
             "webhook_secret = \"x\"\n",
             "[[connection]]\nid = \"a\"\nplatform = \"memory\"\nclient_password = \"x\"\n",
+            // What issue 9 found let through: key, credential, private key, in settings.
+            "[[connection]]\nid = \"a\"\nplatform = \"memory\"\n[connection.settings]\nprivate_key = \"x\"\n",
+            "[[connection]]\nid = \"a\"\nplatform = \"memory\"\n[connection.settings]\nkey = \"x\"\n",
+            "[[connection]]\nid = \"a\"\nplatform = \"memory\"\n[connection.settings]\ncredentials = \"x\"\n",
+            "[[connection]]\nid = \"a\"\nplatform = \"memory\"\n[connection.settings]\nsigning-key = \"x\"\n",
+            "[[connection]]\nid = \"a\"\nplatform = \"memory\"\n[connection.settings]\nprivateKey = \"x\"\n",
+            "[[connection]]\nid = \"a\"\nplatform = \"memory\"\n[connection.settings]\naccessKey = \"x\"\n",
+            "[[connection]]\nid = \"a\"\nplatform = \"memory\"\n[connection.settings.jwt]\nkey = \"x\"\n",
+            // Nested anywhere: in tables of arrays of arrays too.
+            "[[connection]]\nid = \"a\"\nplatform = \"memory\"\n[connection.settings]\nlist = [[{ api_key = \"x\" }]]\n",
+            // An `env` that is not a table is no excuse.
+            "[[connection]]\nid = \"a\"\nplatform = \"memory\"\n[connection.settings]\nenv = [{ secret = \"x\" }]\n",
         ] {
             let e = ServerConfig::parse(text).unwrap_err();
             assert!(e.to_string().contains("secrets are not allowed"), "{e}");
@@ -469,6 +628,63 @@ cron = "*/5 * * * *"
         )
         .unwrap();
         assert!(c.connections[0].settings.contains_key("token_url"));
+        // A password in the store URL is refused without echoing it.
+        let e = ServerConfig::parse("store = \"postgres://apex:hunter2@db/apex\"\n").unwrap_err();
+        assert!(!format!("{e:?}{e}").contains("hunter2"), "{e:?}");
+        assert!(ServerConfig::parse("store = \"postgres://apex@db/apex\"\n").is_ok());
+    }
+
+    #[test]
+    fn secret_names() {
+        for secret in [
+            "token",
+            "api_token",
+            "accessToken",
+            "client_secret",
+            "webhook-secret",
+            "password",
+            "db_passwd",
+            "passphrase",
+            "credential",
+            "credentials",
+            "gcpCredentials",
+            "key",
+            "keys",
+            "api_key",
+            "apikey",
+            "API_KEY",
+            "private_key",
+            "privatekey",
+            "PrivateKey",
+            "private key",
+            "signing_key",
+            "access-key",
+            "key_pem",
+        ] {
+            assert!(is_secret_name(secret), "{secret} should be refused");
+        }
+        for fine in [
+            "token_url",
+            "auth_url",
+            "revoke_url",
+            "client_id",
+            "scopes",
+            "client_auth",
+            "refresh_skew",
+            "jwt_subject",
+            "jwt_audience",
+            "jwt_key_id",
+            "key_id",
+            "page_size",
+            "app_id",
+            "webhook_target_url",
+            "monkey",
+            "keyword",
+            "generated",
+            "streams",
+        ] {
+            assert!(!is_secret_name(fine), "{fine} is not a secret");
+        }
     }
 
     #[test]

@@ -22,13 +22,13 @@ use crate::state::ServerState;
 /// # Behavior
 /// - A body over the state's limit (1 MiB by default): `413`, nothing stored.
 /// - An unknown connection, or one of another platform, or one without webhooks: `404`.
-/// - The connection's [`apex_connect_core::WebhookVerifier`] checks the raw bytes at the state's
-///   clock: a missing or wrong signature `401` (`bad_signature`), a timestamp outside the
-///   tolerance `401` (`expired`), a malformed header or body `400`; nothing is stored. A body
-///   the connector's [`apex_connect_core::Connector::webhook_events`] finds malformed is `400`
-///   too, nothing stored.
+/// - The connection's [`apex_connect_core::WebhookVerifier`] (from the connector's
+///   [`apex_connect_core::Webhooks`]) checks the raw bytes at the state's clock: a missing or
+///   wrong signature `401` (`bad_signature`), a timestamp outside the tolerance `401`
+///   (`expired`), a malformed header or body `400`; nothing is stored. A body
+///   [`apex_connect_core::Webhooks::events`] finds malformed is `400` too, nothing stored.
 /// - A handshake (Front's `x-front-challenge`): the verifier's reply, nothing stored.
-/// - Otherwise each event of the delivery, as the connector's `webhook_events` splits and
+/// - Otherwise each event of the delivery, as the connector's `Webhooks::events` splits and
 ///   keys it (HubSpot: one per array element, by `eventId`), is appended durably to the inbox,
 ///   unique on its event id, and only then answered `200`; a redelivered id is answered `200`
 ///   and dropped. A store failure is `503`, so the platform retries.
@@ -119,7 +119,7 @@ async fn receive(
             "unknown_connection",
         );
     };
-    let Some(verifier) = handle.verifier.clone() else {
+    let Some(hooks) = handle.webhooks() else {
         return answer(
             &state,
             Outcome::UnknownConnection,
@@ -129,7 +129,7 @@ async fn receive(
     };
     let now = state.clock().now();
     let request = WebhookRequest::new(&method, &uri, &headers, &body);
-    let verified = match verifier.verify(&request, now) {
+    let verified = match hooks.verifier().verify(&request, now) {
         Ok(v) => v,
         Err(e) => return refused(&state, &e),
     };
@@ -143,7 +143,7 @@ async fn receive(
     }
     let received_at = unix_ms(now);
     let stored_headers = headers_json(&headers, &verified);
-    let events = match handle.connector.webhook_events(&verified, &body) {
+    let events = match hooks.events(&verified, &body) {
         Ok(events) => events,
         Err(e) => return refused(&state, &e),
     };

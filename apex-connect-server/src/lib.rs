@@ -5,25 +5,25 @@
 
 pub mod admin;
 pub mod app;
+pub mod cli;
 pub mod config;
+pub mod connections;
+pub mod env;
 pub mod inbox;
 pub mod ingress;
-pub mod ledger;
 pub mod metrics;
-pub mod registry;
 pub mod scheduler;
 pub mod state;
 pub mod tap;
 pub mod worker;
 
-pub use admin::{Status, admin_router, status};
-pub use app::{App, migrate};
+pub use admin::{RejectView, Status, admin_router, status};
+pub use app::App;
 pub use config::ServerConfig;
+pub use env::Environment;
 pub use inbox::InboxAppender;
 pub use ingress::webhook_router;
-pub use ledger::LedgerSink;
 pub use metrics::{Metrics, Outcome};
-pub use registry::{ConnectorRegistry, FactoryContext, Secrets};
-pub use scheduler::{JobSpec, Scheduler, SchedulerConfig, Schedules};
+pub use scheduler::{JobSpec, Scheduler, SchedulerConfig};
 pub use state::{ConnectionHandle, ServerState};
 pub use worker::{WorkerConfig, Workers};

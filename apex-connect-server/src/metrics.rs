@@ -117,6 +117,7 @@ pub struct Metrics {
     webhooks: [AtomicU64; 9],
     work: [AtomicU64; 5],
     records: AtomicU64,
+    rejected: AtomicU64,
     sync_runs_ok: AtomicU64,
     sync_runs_failed: AtomicU64,
 }
@@ -131,6 +132,8 @@ pub struct MetricsSnapshot {
     pub inbox_work: std::collections::BTreeMap<&'static str, u64>,
     /// Records handed to the sink by workers.
     pub records_written: u64,
+    /// Records of webhooks quarantined by workers (they could not be mapped).
+    pub records_rejected: u64,
     /// Scheduled runs that succeeded.
     pub sync_runs_succeeded: u64,
     /// Scheduled runs that failed.
@@ -156,6 +159,11 @@ impl Metrics {
     /// Counts records written by workers.
     pub fn records(&self, n: u64) {
         self.records.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts records quarantined by workers.
+    pub fn rejected(&self, n: u64) {
+        self.rejected.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts a scheduled run.
@@ -184,6 +192,7 @@ impl Metrics {
                 .map(|o| (o.as_str(), self.work[o.index()].load(Ordering::Relaxed)))
                 .collect(),
             records_written: self.records.load(Ordering::Relaxed),
+            records_rejected: self.rejected.load(Ordering::Relaxed),
             sync_runs_succeeded: self.sync_runs_ok.load(Ordering::Relaxed),
             sync_runs_failed: self.sync_runs_failed.load(Ordering::Relaxed),
         }
@@ -210,6 +219,12 @@ impl Metrics {
             out,
             "apex_connect_records_written_total {}",
             s.records_written
+        );
+        out.push_str("# TYPE apex_connect_records_rejected_total counter\n");
+        let _ = writeln!(
+            out,
+            "apex_connect_records_rejected_total {}",
+            s.records_rejected
         );
         out.push_str("# TYPE apex_connect_sync_runs_total counter\n");
         let _ = writeln!(

@@ -1,12 +1,13 @@
 //! The scheduler: sync jobs per (connection, stream) on an interval (with jitter) or a cron
-//! expression, persisted in the `schedules` table, run by at most one process at a time.
+//! expression, persisted through the store's
+//! [`ScheduleStore`](apex_connect_core::ScheduleStore), run by at most one process at a time.
 //!
 //! # Guarantees
 //! - **Persisted**: each job's `next_due_at` is stored; a restarted process continues from it
 //!   (a job that was due while nothing ran runs once, not once per missed tick).
 //! - **One run at a time** per (connection, stream), across processes sharing the database:
-//!   a run starts only after a single `UPDATE ... WHERE lease_until <= now` took the job's lease
-//!   (compare-and-swap). The lease is renewed while the run goes on; a crashed process's lease
+//!   a run starts only after the store's claim took the job's lease (compare-and-swap; on
+//!   SQLite a single `UPDATE ... WHERE lease_until <= now`). The lease is renewed while the run goes on; a crashed process's lease
 //!   expires and another takes the job. The sync engine's cursor compare-and-swap is a second
 //!   line: two runs could never both commit a cursor.
 //! - **Retries**: a failed run is retried after a backoff that doubles per consecutive failure
@@ -19,13 +20,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apex_connect_core::engine::CancellationToken;
+use apex_connect_core::store::{RunStatus, ScheduleEntry, ScheduleOutcome, ScheduleRow};
 use apex_connect_core::{
     ConnectionId, Error, ErrorKind, Result, Sink, StreamId, SyncEngine, SyncOptions,
 };
 use chrono::{TimeZone, Utc};
 use rand::Rng;
-use serde::Serialize;
-use sqlx::sqlite::SqlitePool;
 
 use crate::state::ServerState;
 
@@ -65,7 +65,7 @@ impl Cadence {
     /// The first due time of a new job: now (plus jitter) for an interval, the next cron time.
     pub fn first(&self, now_ms: i64) -> i64 {
         match self {
-            Cadence::Every { jitter, .. } => now_ms + jitter_ms(*jitter),
+            Cadence::Every { jitter, .. } => now_ms.saturating_add(jitter_ms(*jitter)),
             Cadence::Cron(_) => self.next(now_ms),
         }
     }
@@ -73,11 +73,9 @@ impl Cadence {
     /// The next due time after a run that ended at `now_ms`.
     pub fn next(&self, now_ms: i64) -> i64 {
         match self {
-            Cadence::Every { every, jitter } => {
-                now_ms
-                    + i64::try_from(every.as_millis()).unwrap_or(i64::MAX / 4)
-                    + jitter_ms(*jitter)
-            }
+            Cadence::Every { every, jitter } => now_ms
+                .saturating_add(i64::try_from(every.as_millis()).unwrap_or(i64::MAX / 4))
+                .saturating_add(jitter_ms(*jitter)),
             Cadence::Cron(s) => Utc
                 .timestamp_millis_opt(now_ms)
                 .single()
@@ -157,216 +155,16 @@ impl JobSpec {
         self.full = full;
         self
     }
-}
 
-/// A row of the `schedules` table, as in the status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
-#[non_exhaustive]
-pub struct ScheduleRow {
-    /// The connection.
-    pub connection: String,
-    /// The stream.
-    pub stream: String,
-    /// The cadence text.
-    pub spec: String,
-    /// Next due time, Unix milliseconds.
-    pub next_due_at: i64,
-    /// The process running it now (if its lease holds).
-    pub lease_owner: Option<String>,
-    /// Until when the lease holds.
-    pub lease_until: Option<i64>,
-    /// Consecutive failures.
-    pub failures: i64,
-    /// Runs finished.
-    pub runs: i64,
-    /// Last start, Unix milliseconds.
-    pub last_started_at: Option<i64>,
-    /// Last end.
-    pub last_finished_at: Option<i64>,
-    /// `succeeded`, `failed` or `cancelled`.
-    pub last_status: Option<String>,
-    /// The last error.
-    pub last_error: Option<String>,
-}
-
-/// The `schedules` table.
-#[derive(Clone)]
-pub struct Schedules {
-    pool: SqlitePool,
-}
-
-impl fmt::Debug for Schedules {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Schedules")
-    }
-}
-
-fn db(what: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
-    move |e| Error::storage(what).set_source(e)
-}
-
-impl Schedules {
-    /// The table in a database migrated by [`crate::migrate`].
-    pub fn new(pool: SqlitePool) -> Self {
-        Schedules { pool }
-    }
-
-    /// Registers a job: a new one is due at `cadence.first(now)`; an existing one keeps its
-    /// `next_due_at` (restart) unless its cadence text changed.
-    ///
-    /// # Errors
-    /// `Storage`.
-    pub async fn upsert(&self, job: &JobSpec, now: i64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO schedules (connection, stream, spec, full_sync, next_due_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-             ON CONFLICT (connection, stream) DO UPDATE SET spec = excluded.spec, \
-                 full_sync = excluded.full_sync, next_due_at = excluded.next_due_at, \
-                 updated_at = excluded.updated_at \
-             WHERE schedules.spec IS NOT excluded.spec OR schedules.full_sync IS NOT excluded.full_sync",
+    /// The job as the store registers it, first due after `now_ms`.
+    pub fn entry(&self, now_ms: i64) -> ScheduleEntry {
+        ScheduleEntry::new(
+            self.connection.clone(),
+            self.stream.clone(),
+            self.spec.clone(),
+            self.cadence.first(now_ms),
         )
-        .bind(job.connection.as_str())
-        .bind(job.stream.as_str())
-        .bind(&job.spec)
-        .bind(job.full)
-        .bind(job.cadence.first(now))
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(db("cannot save a schedule"))?;
-        Ok(())
-    }
-
-    /// Takes the lease of up to `limit` due jobs whose lease is free, in one statement.
-    ///
-    /// # Errors
-    /// `Storage`.
-    pub async fn claim(
-        &self,
-        owner: &str,
-        lease: Duration,
-        now: i64,
-        limit: usize,
-    ) -> Result<Vec<ScheduleRow>> {
-        let until = now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 4);
-        sqlx::query_as::<_, ScheduleRow>(
-            "UPDATE schedules SET lease_owner = ?1, lease_until = ?2, last_started_at = ?3 \
-             WHERE (connection, stream) IN ( \
-                 SELECT connection, stream FROM schedules \
-                 WHERE next_due_at <= ?3 AND (lease_until IS NULL OR lease_until <= ?3) \
-                 ORDER BY next_due_at LIMIT ?4) \
-               AND (lease_until IS NULL OR lease_until <= ?3) \
-             RETURNING connection, stream, spec, next_due_at, lease_owner, lease_until, failures, \
-                 runs, last_started_at, last_finished_at, last_status, last_error",
-        )
-        .bind(owner)
-        .bind(until)
-        .bind(now)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("cannot claim schedules"))
-    }
-
-    /// Extends a held lease; `false` when it is no longer held by `owner`.
-    ///
-    /// # Errors
-    /// `Storage`.
-    pub async fn renew(
-        &self,
-        connection: &str,
-        stream: &str,
-        owner: &str,
-        until: i64,
-        now: i64,
-    ) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE schedules SET lease_until = ?4 \
-             WHERE connection = ?1 AND stream = ?2 AND lease_owner = ?3 AND lease_until > ?5",
-        )
-        .bind(connection)
-        .bind(stream)
-        .bind(owner)
-        .bind(until)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(db("cannot renew a schedule lease"))?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Records the end of a run and releases the lease; `false` when the lease was lost.
-    ///
-    /// # Errors
-    /// `Storage`.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn finish(
-        &self,
-        connection: &str,
-        stream: &str,
-        owner: &str,
-        status: &str,
-        error: Option<&str>,
-        next_due_at: i64,
-        now: i64,
-    ) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE schedules SET lease_owner = NULL, lease_until = NULL, next_due_at = ?4, \
-                 last_finished_at = ?5, last_status = ?6, last_error = ?7, \
-                 runs = runs + (CASE WHEN ?6 = 'cancelled' THEN 0 ELSE 1 END), \
-                 failures = CASE WHEN ?6 = 'failed' THEN failures + 1 \
-                                 WHEN ?6 = 'succeeded' THEN 0 ELSE failures END, \
-                 updated_at = ?5 \
-             WHERE connection = ?1 AND stream = ?2 AND lease_owner = ?3",
-        )
-        .bind(connection)
-        .bind(stream)
-        .bind(owner)
-        .bind(next_due_at)
-        .bind(now)
-        .bind(status)
-        .bind(error)
-        .execute(&self.pool)
-        .await
-        .map_err(db("cannot record a scheduled run"))?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Makes a job due now (an unresolved thin webhook asks for a re-read); no-op without a job.
-    ///
-    /// # Errors
-    /// `Storage`.
-    pub async fn make_due(
-        &self,
-        connection: &ConnectionId,
-        stream: &StreamId,
-        now: i64,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE schedules SET next_due_at = MIN(next_due_at, ?3) WHERE connection = ?1 AND stream = ?2",
-        )
-        .bind(connection.as_str())
-        .bind(stream.as_str())
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(db("cannot update a schedule"))?;
-        Ok(())
-    }
-
-    /// Every job, by (connection, stream).
-    ///
-    /// # Errors
-    /// `Storage`.
-    pub async fn list(&self) -> Result<Vec<ScheduleRow>> {
-        sqlx::query_as::<_, ScheduleRow>(
-            "SELECT connection, stream, spec, next_due_at, lease_owner, lease_until, failures, runs, \
-                 last_started_at, last_finished_at, last_status, last_error \
-             FROM schedules ORDER BY connection, stream",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("cannot list schedules"))
+        .full(self.full)
     }
 }
 
@@ -402,7 +200,6 @@ impl Default for SchedulerConfig {
 #[derive(Clone)]
 pub struct Scheduler {
     state: ServerState,
-    schedules: Schedules,
     jobs: Arc<BTreeMap<(ConnectionId, StreamId), JobSpec>>,
     sink: Arc<dyn Sink>,
     config: SchedulerConfig,
@@ -434,13 +231,13 @@ pub struct JobRun {
 }
 
 impl Scheduler {
-    /// A scheduler for `jobs`, registering them in `schedules` (keeping stored due times).
+    /// A scheduler for `jobs`, registering them in the state's store (keeping stored due
+    /// times).
     ///
     /// # Errors
     /// `Storage`.
     pub async fn new(
         state: ServerState,
-        schedules: Schedules,
         jobs: Vec<JobSpec>,
         sink: Arc<dyn Sink>,
         config: SchedulerConfig,
@@ -448,12 +245,11 @@ impl Scheduler {
         let now = state.clock().now_ms();
         let mut map = BTreeMap::new();
         for job in jobs {
-            schedules.upsert(&job, now).await?;
+            state.store().upsert_schedule(&job.entry(now), now).await?;
             map.insert((job.connection.clone(), job.stream.clone()), job);
         }
         Ok(Scheduler {
             state,
-            schedules,
             jobs: Arc::new(map),
             sink,
             config,
@@ -496,8 +292,9 @@ impl Scheduler {
     async fn run_due_until(&self, shutdown: &CancellationToken) -> Result<Vec<JobRun>> {
         let now = self.state.clock().now_ms();
         let rows = self
-            .schedules
-            .claim(
+            .state
+            .store()
+            .claim_schedules(
                 &self.owner,
                 self.config.lease,
                 now,
@@ -511,10 +308,7 @@ impl Scheduler {
     }
 
     async fn run_job(&self, row: ScheduleRow, cancel: CancellationToken) -> JobRun {
-        let key = (
-            ConnectionId::from(row.connection.clone()),
-            StreamId::from(row.stream.clone()),
-        );
+        let key = (row.connection.clone(), row.stream.clone());
         let job = self.jobs.get(&key);
         let handle = self.state.connection(&key.0);
         let result: Result<()> = match (job, handle) {
@@ -544,15 +338,13 @@ impl Scheduler {
             )),
         };
         let now = self.state.clock().now_ms();
-        let (status, next, error) = match &result {
-            Ok(()) => (
-                "succeeded",
-                job.map(|j| j.cadence.next(now)).unwrap_or(i64::MAX / 2),
-                None,
-            ),
-            Err(e) if e.kind() == ErrorKind::Cancelled => ("cancelled", now, Some(e.to_string())),
+        let regular = job.map(|j| j.cadence.next(now)).unwrap_or(i64::MAX / 2);
+        let outcome = match &result {
+            Ok(()) => ScheduleOutcome::new(RunStatus::Succeeded, regular),
+            Err(e) if e.kind() == ErrorKind::Cancelled => {
+                ScheduleOutcome::new(RunStatus::Cancelled, now).with_error(e.to_string())
+            }
             Err(e) => {
-                let regular = job.map(|j| j.cadence.next(now)).unwrap_or(i64::MAX / 2);
                 let failures = u32::try_from(row.failures)
                     .unwrap_or(u32::MAX)
                     .saturating_add(1);
@@ -562,22 +354,19 @@ impl Scheduler {
                     .backoff
                     .saturating_mul(1u32 << exp)
                     .min(self.config.max_backoff);
-                let retry = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 4);
-                ("failed", retry.min(regular), Some(e.to_string()))
+                let retry =
+                    now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 4));
+                ScheduleOutcome::new(RunStatus::Failed, retry.min(regular))
+                    .with_error(e.to_string())
             }
         };
-        self.state.metrics().sync_run(status == "succeeded");
+        self.state
+            .metrics()
+            .sync_run(outcome.status == RunStatus::Succeeded);
         match self
-            .schedules
-            .finish(
-                &row.connection,
-                &row.stream,
-                &self.owner,
-                status,
-                error.as_deref(),
-                next,
-                now,
-            )
+            .state
+            .store()
+            .finish_schedule(&row.connection, &row.stream, &self.owner, &outcome, now)
             .await
         {
             Ok(true) => {}
@@ -587,10 +376,10 @@ impl Scheduler {
             Err(e) => tracing::warn!(error = %e, "cannot record the end of a scheduled run"),
         }
         JobRun {
-            connection: row.connection,
-            stream: row.stream,
-            status,
-            next_due_at: next,
+            connection: row.connection.to_string(),
+            stream: row.stream.to_string(),
+            status: outcome.status.as_str(),
+            next_due_at: outcome.next_due_at,
         }
     }
 
@@ -601,10 +390,13 @@ impl Scheduler {
         loop {
             tokio::time::sleep(every).await;
             let now = self.state.clock().now_ms();
-            let until = now + i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX / 4);
+            let until = now.saturating_add(
+                i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX / 4),
+            );
             match self
-                .schedules
-                .renew(&row.connection, &row.stream, &self.owner, until, now)
+                .state
+                .store()
+                .renew_schedule(&row.connection, &row.stream, &self.owner, until, now)
                 .await
             {
                 Ok(true) => {}

@@ -5,12 +5,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use apex_connect_core::store::{Clock, StateStore};
-use apex_connect_core::{ConnectionId, Connector, StreamId, WebhookVerifier};
+use apex_connect_core::{ConnectionId, Connector, StreamId, Webhooks};
 use tokio::sync::Notify;
 
 use crate::inbox::InboxAppender;
 use crate::metrics::Metrics;
-use crate::scheduler::Schedules;
 
 /// One connection the server serves.
 #[derive(Clone)]
@@ -22,8 +21,6 @@ pub struct ConnectionHandle {
     pub platform: String,
     /// The connector.
     pub connector: Arc<dyn Connector>,
-    /// Its webhook verifier, if the platform pushes webhooks.
-    pub verifier: Option<Arc<dyn WebhookVerifier>>,
     /// The streams synced (default: all of the connector's).
     pub streams: Vec<StreamId>,
 }
@@ -33,7 +30,7 @@ impl fmt::Debug for ConnectionHandle {
         f.debug_struct("ConnectionHandle")
             .field("id", &self.id)
             .field("platform", &self.platform)
-            .field("webhooks", &self.verifier.is_some())
+            .field("webhooks", &self.connector.webhooks().is_some())
             .field("streams", &self.streams)
             .finish()
     }
@@ -52,9 +49,13 @@ impl ConnectionHandle {
                 .iter()
                 .map(|s| s.id.clone())
                 .collect(),
-            verifier: connector.webhook_verifier(),
             connector,
         }
+    }
+
+    /// The connector's webhook handler, when the connection takes webhooks.
+    pub fn webhooks(&self) -> Option<&dyn Webhooks> {
+        self.connector.webhooks()
     }
 
     /// Restricts the synced streams.
@@ -80,7 +81,6 @@ pub(crate) struct Inner {
     pub(crate) clock: Clock,
     pub(crate) body_limit: usize,
     pub(crate) wake: Arc<Notify>,
-    pub(crate) schedules: Option<Schedules>,
 }
 
 impl fmt::Debug for ServerState {
@@ -107,7 +107,6 @@ impl ServerState {
             metrics: None,
             clock: Clock::system(),
             body_limit: 1024 * 1024,
-            schedules: None,
             store,
         }
     }
@@ -142,19 +141,9 @@ impl ServerState {
         &self.inner.wake
     }
 
-    /// The SQLite pool of a group-commit appender, if any.
-    pub(crate) fn sqlite_pool(&self) -> Option<&sqlx::SqlitePool> {
-        self.inner.appender.sqlite_pool()
-    }
-
     /// The write gate of a group-commit appender, if any.
     pub(crate) fn write_gate(&self) -> Option<&crate::inbox::WriteGate> {
         self.inner.appender.write_gate()
-    }
-
-    /// The schedules table, when the server has one.
-    pub fn schedules(&self) -> Option<&Schedules> {
-        self.inner.schedules.as_ref()
     }
 }
 
@@ -167,7 +156,6 @@ pub struct ServerStateBuilder {
     metrics: Option<Arc<Metrics>>,
     clock: Clock,
     body_limit: usize,
-    schedules: Option<Schedules>,
 }
 
 impl fmt::Debug for ServerStateBuilder {
@@ -185,7 +173,9 @@ impl ServerStateBuilder {
         self
     }
 
-    /// Sets how events are appended (e.g. [`InboxAppender::group_commit`]).
+    /// Sets how events are appended (e.g. [`InboxAppender::group_commit`]; default: one
+    /// [`append_many`](apex_connect_core::InboxStore::append_many) per request, straight
+    /// through the store).
     pub fn appender(mut self, appender: InboxAppender) -> Self {
         self.appender = Some(appender);
         self
@@ -209,12 +199,6 @@ impl ServerStateBuilder {
         self
     }
 
-    /// The schedules table (shown in the status; unresolved thin events make a stream due).
-    pub fn schedules(mut self, schedules: Schedules) -> Self {
-        self.schedules = Some(schedules);
-        self
-    }
-
     /// The state.
     pub fn build(self) -> ServerState {
         let appender = self
@@ -229,7 +213,6 @@ impl ServerStateBuilder {
                 clock: self.clock,
                 body_limit: self.body_limit,
                 wake: Arc::new(Notify::new()),
-                schedules: self.schedules,
             }),
         }
     }

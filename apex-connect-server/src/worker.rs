@@ -1,13 +1,17 @@
-//! Inbox workers: claim with a lease, `parse_webhook`, write to the sink, complete; retry with
-//! backoff, dead-letter after the last attempt.
+//! Inbox workers: claim with a lease, parse the claimed events of each connection with one
+//! [`Webhooks::parse_batch`](apex_connect_core::Webhooks::parse_batch), map the records when the
+//! sink wants entities (quarantining the ones that do not map), write to the sink, complete;
+//! retry with backoff, dead-letter after the last attempt.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use apex_connect_core::store::{ClaimedEvent, FailAction};
+use apex_connect_core::webhook::VerifiedWebhook;
 use apex_connect_core::{
-    Batch, Change, ConnectionId, Error, ErrorKind, Op, Record, Result, Sink, StreamId,
+    Batch, Change, ConnectionId, Entity, Error, ErrorKind, Op, Record, Reject, Result, Sink,
+    StreamId,
 };
 use futures::StreamExt;
 use rand::Rng;
@@ -37,13 +41,15 @@ pub struct WorkerConfig {
     pub poll: Duration,
     /// At shutdown, how long a batch in progress may take before its events are released.
     pub shutdown_grace: Duration,
-    /// How many events of a batch are parsed at once (thin events fetch objects).
+    /// How many connections' events of a claimed batch are parsed at once (each connection's
+    /// events go to its connector in one `parse_batch` call; thin events fetch objects).
     pub parse_concurrency: usize,
     /// Hold the group-commit appender's [`WriteGate`](crate::inbox::WriteGate) around sink
     /// writes too (default `false`). Set it when the sink writes to the state database (the
-    /// `sqlite` and `ledger` sinks; `App` does), so the inbox writer never sleeps in SQLite's
-    /// busy handler behind a sink transaction; leave it off for sinks elsewhere (a slow remote
-    /// sink would hold up webhook answers). Claims and completions always take the gate.
+    /// store's `records` and `ledger` sinks; `App` does), so the inbox writer never sleeps in
+    /// SQLite's busy handler behind a sink transaction; leave it off for sinks elsewhere (a slow
+    /// remote sink would hold up webhook answers). Claims, completions and quarantines always
+    /// take the gate.
     pub gate_sink_writes: bool,
 }
 
@@ -177,39 +183,38 @@ impl Workers {
                 return Ok(n);
             }
         };
+        // Complete the successes in one call; failures are recorded one by one.
+        let ok: Vec<_> = claims
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|(c, _)| c.id)
+            .collect();
         let mut rest = Vec::new();
-        match self.state.sqlite_pool() {
-            Some(pool) => {
-                // Complete the successes in one statement.
-                let ok: Vec<_> = claims
-                    .iter()
-                    .zip(&results)
-                    .filter(|(_, r)| r.is_ok())
-                    .map(|(c, _)| c.id)
-                    .collect();
-                let done = {
-                    let _turn = self.write_turn(true).await;
-                    let now = self.state.clock().now_ms();
-                    crate::inbox::complete_many(pool, &ok, worker, now).await
-                };
-                match done {
-                    Ok(done) => {
-                        let metrics = self.state.metrics();
-                        metrics.work(WorkOutcome::Processed, done.len() as u64);
-                        metrics.work(WorkOutcome::LeaseLost, (ok.len() - done.len()) as u64);
-                        for (claim, result) in claims.iter().zip(results) {
-                            if result.is_err() {
-                                rest.push((claim, result));
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "batch completion failed; completing one by one");
-                        rest.extend(claims.iter().zip(results));
+        let done = if ok.is_empty() {
+            Ok(Vec::new())
+        } else {
+            let _turn = self.write_turn(true).await;
+            store.inbox_complete_many(&ok, worker).await
+        };
+        match done {
+            Ok(done) => {
+                let metrics = self.state.metrics();
+                metrics.work(WorkOutcome::Processed, done.len() as u64);
+                metrics.work(
+                    WorkOutcome::LeaseLost,
+                    ok.len().saturating_sub(done.len()) as u64,
+                );
+                for (claim, result) in claims.iter().zip(results) {
+                    if result.is_err() {
+                        rest.push((claim, result));
                     }
                 }
             }
-            None => rest.extend(claims.iter().zip(results)),
+            Err(e) => {
+                tracing::warn!(error = %e, "batch completion failed; completing one by one");
+                rest.extend(claims.iter().zip(results));
+            }
         }
         for (claim, result) in rest {
             self.finish(worker, claim, result).await;
@@ -277,13 +282,11 @@ impl Workers {
         base.mul_f64(rand::rng().random_range(0.5..=1.0))
     }
 
-    /// Parses every claim, writes the records, and returns each claim's result.
+    /// Parses the claims (one `parse_batch` per connection), turns changes into records,
+    /// maps them when the sink wants entities (quarantining those that do not map), writes
+    /// them per (connection, stream), and returns each claim's result.
     async fn process(&self, claims: &[ClaimedEvent]) -> Vec<Result<()>> {
-        let futs: Vec<_> = claims.iter().map(|c| Box::pin(self.parse(c))).collect();
-        let parsed: Vec<Result<Vec<Change>>> = futures::stream::iter(futs)
-            .buffered(self.config.parse_concurrency.max(1))
-            .collect()
-            .await;
+        let parsed = self.parse_all(claims).await;
         let mut results: Vec<Result<()>> = Vec::with_capacity(claims.len());
         let mut groups: BTreeMap<(ConnectionId, StreamId), Vec<Pending>> = BTreeMap::new();
         for (i, (claim, changes)) in claims.iter().zip(parsed).enumerate() {
@@ -306,6 +309,7 @@ impl Workers {
                 }
             }
         }
+        let wants_entities = self.sink.wants_entities();
         for ((connection, stream), mut pending) in groups {
             // Per object, oldest change first: a sink without versions still ends with the
             // newest, and a versioned sink skips the older ones.
@@ -321,44 +325,148 @@ impl Workers {
                         b.record.version,
                     ))
             });
-            let (records, owners): (Vec<Record>, Vec<usize>) =
-                pending.into_iter().map(|p| (p.record, p.claim)).unzip();
+            let fail = |results: &mut Vec<Result<()>>, owners: &[usize], what: &str, e: &Error| {
+                for &claim in owners {
+                    if results[claim].is_ok() {
+                        results[claim] = Err(Error::new(e.kind(), what.to_string())
+                            .with_context("cause", e.message())
+                            .with_context("stream", &stream)
+                            .temporary());
+                    }
+                }
+            };
+            let (records, owners, entities, rejects) = if wants_entities {
+                match self.state.connection(&connection) {
+                    Some(handle) => map_pending(handle.connector.as_ref(), pending),
+                    None => {
+                        let owners: Vec<usize> = pending.iter().map(|p| p.claim).collect();
+                        let e = Error::config("the event's connection is no longer configured");
+                        fail(&mut results, &owners, "cannot map records", &e);
+                        continue;
+                    }
+                }
+            } else {
+                let (records, owners): (Vec<Record>, Vec<usize>) =
+                    pending.into_iter().map(|p| (p.record, p.claim)).unzip();
+                (records, owners, Vec::new(), Vec::new())
+            };
+            // Quarantined records are kept before their events complete: a record that does
+            // not map never dead-letters the event that brought it.
+            if !rejects.is_empty() {
+                let reject_owners: Vec<usize> = rejects.iter().map(|(c, _)| *c).collect();
+                let rejects: Vec<Reject> = rejects.into_iter().map(|(_, r)| r).collect();
+                let stored = {
+                    let _turn = self.write_turn(true).await;
+                    self.state.store().put_rejects(&connection, &rejects).await
+                };
+                match stored {
+                    Ok(()) => {
+                        tracing::warn!(%connection, %stream, rejected = rejects.len(),
+                            first_error = %rejects[0].error, "webhook records quarantined");
+                        self.state.metrics().rejected(rejects.len() as u64);
+                    }
+                    Err(e) => fail(
+                        &mut results,
+                        &reject_owners,
+                        "cannot quarantine records",
+                        &e,
+                    ),
+                }
+            }
+            if records.is_empty() {
+                continue;
+            }
             let written = {
                 let _turn = self.write_turn(self.config.gate_sink_writes).await;
                 self.sink
-                    .write(Batch {
-                        connection: &connection,
-                        stream: &stream,
-                        records: &records,
-                    })
+                    .write(Batch::new(&connection, &stream, &records).with_entities(&entities))
                     .await
             };
             match written {
                 Ok(_) => self.state.metrics().records(records.len() as u64),
-                Err(e) => {
-                    for &claim in &owners {
-                        if results[claim].is_ok() {
-                            results[claim] = Err(Error::new(e.kind(), "sink write failed")
-                                .with_context("cause", e.message())
-                                .with_context("stream", &stream)
-                                .temporary());
-                        }
-                    }
-                }
+                Err(e) => fail(&mut results, &owners, "sink write failed", &e),
             }
         }
         results
     }
 
-    async fn parse(&self, claim: &ClaimedEvent) -> Result<Vec<Change>> {
-        let Some(handle) = self.state.connection(&claim.event.connection) else {
-            return Err(
-                Error::config("the event's connection is no longer configured")
-                    .with_context("connection", &claim.event.connection),
-            );
-        };
-        let webhook = to_verified_webhook(&claim.event);
-        handle.connector.parse_webhook(&webhook).await
+    /// The changes of each claim, in order: the claims of one connection go to its
+    /// connector's `parse_batch` together; connections are parsed concurrently (up to
+    /// `parse_concurrency`).
+    async fn parse_all(&self, claims: &[ClaimedEvent]) -> Vec<Result<Vec<Change>>> {
+        let mut by_connection: BTreeMap<ConnectionId, Vec<usize>> = BTreeMap::new();
+        for (i, c) in claims.iter().enumerate() {
+            by_connection
+                .entry(c.event.connection.clone())
+                .or_default()
+                .push(i);
+        }
+        let parsed: Vec<Vec<(usize, Result<Vec<Change>>)>> =
+            futures::stream::iter(by_connection)
+                .map(|(connection, idx)| async move {
+                    let Some(handle) = self.state.connection(&connection) else {
+                        return idx
+                            .into_iter()
+                            .map(|i| {
+                                (
+                                    i,
+                                    Err(Error::config(
+                                        "the event's connection is no longer configured",
+                                    )
+                                    .with_context("connection", &connection)),
+                                )
+                            })
+                            .collect::<Vec<_>>();
+                    };
+                    let Some(hooks) = handle.webhooks() else {
+                        return idx
+                            .into_iter()
+                            .map(|i| {
+                                (
+                                    i,
+                                    Err(Error::config("the connection takes no webhooks")
+                                        .with_context("connection", &connection)),
+                                )
+                            })
+                            .collect();
+                    };
+                    let webhooks: Vec<VerifiedWebhook> = idx
+                        .iter()
+                        .map(|&i| to_verified_webhook(&claims[i].event))
+                        .collect();
+                    let mut out = hooks.parse_batch(&webhooks).await;
+                    if out.len() != webhooks.len() {
+                        // A connector that broke the one-result-per-webhook rule: retry later
+                        // rather than pair results with the wrong events.
+                        out = webhooks
+                            .iter()
+                            .map(|_| {
+                                Err(Error::new(
+                                    ErrorKind::Unexpected,
+                                    "parse_batch returned a result count different from the webhooks given",
+                                )
+                                .with_context("connection", &connection)
+                                .temporary())
+                            })
+                            .collect();
+                    }
+                    idx.into_iter().zip(out).collect()
+                })
+                .buffer_unordered(self.config.parse_concurrency.max(1))
+                .collect()
+                .await;
+        let mut slots: Vec<Option<Result<Vec<Change>>>> = claims.iter().map(|_| None).collect();
+        for (i, r) in parsed.into_iter().flatten() {
+            slots[i] = Some(r);
+        }
+        slots
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(Error::new(ErrorKind::Unexpected, "event was not parsed").temporary())
+                })
+            })
+            .collect()
     }
 
     /// The record a change writes: the connector's (versioned by the change's time when the
@@ -369,14 +477,14 @@ impl Workers {
             (Some(r), _) => r.clone(),
             (None, Op::Delete) => Record::delete(change.stream.clone(), change.id.clone()),
             (None, Op::Upsert) => {
-                if let Some(s) = self.state.schedules() {
-                    let now = self.state.clock().now_ms();
-                    if let Err(e) = s
-                        .make_due(&claim.event.connection, &change.stream, now)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "cannot make the stream due");
-                    }
+                let now = self.state.clock().now_ms();
+                if let Err(e) = self
+                    .state
+                    .store()
+                    .make_schedule_due(&claim.event.connection, &change.stream, now)
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot make the stream due");
                 }
                 tracing::info!(connection = %claim.event.connection, stream = %change.stream, id = %change.id,
                     "thin event not resolved by the connector: the stream's next sync re-reads it");
@@ -391,6 +499,33 @@ impl Workers {
         }
         Some(record)
     }
+}
+
+/// Records, their owners (claim index), their entities, and the rejects (with their owner).
+type Mapped = (
+    Vec<Record>,
+    Vec<usize>,
+    Vec<Option<Entity>>,
+    Vec<(usize, Reject)>,
+);
+
+/// Maps each pending record with `connector`; those that cannot be mapped become rejects.
+fn map_pending(connector: &dyn apex_connect_core::Connector, pending: Vec<Pending>) -> Mapped {
+    let mut records = Vec::with_capacity(pending.len());
+    let mut owners = Vec::with_capacity(pending.len());
+    let mut entities = Vec::with_capacity(pending.len());
+    let mut rejects = Vec::new();
+    for p in pending {
+        match connector.map_entity(&p.record) {
+            Ok(entity) => {
+                records.push(p.record);
+                owners.push(p.claim);
+                entities.push(entity);
+            }
+            Err(e) => rejects.push((p.claim, Reject::unmapped(&p.record, &e))),
+        }
+    }
+    (records, owners, entities, rejects)
 }
 
 fn hostname() -> String {

@@ -5,7 +5,7 @@
 //!
 //! 1. Sync engine into `PgSink` (entities mapped, as by default, and raw only) and, for
 //!    comparison on the same machine, into `SqliteSink`: records/s.
-//! 2. Inbox appends: one at a time (1 and 16 concurrent callers) and `inbox_append_many`.
+//! 2. Inbox appends: one at a time (1 and 16 concurrent callers) and `append_many`.
 //! 3. Inbox claims: 1 and 3 concurrent claimers (each its own `PgStore`, as three nodes),
 //!    each claim followed by a complete of every event claimed.
 //!
@@ -144,10 +144,10 @@ async fn run() {
         let events: Vec<_> = (0..total).map(|i| ev(10_000_000 * batch + i)).collect();
         let started = Instant::now();
         for chunk in events.chunks(batch as usize) {
-            store.inbox_append_many(chunk).await.unwrap();
+            store.append_many(chunk).await.unwrap();
         }
         line(
-            &format!("inbox_append_many, batches of {batch}"),
+            &format!("append_many, batches of {batch}"),
             total,
             started.elapsed().as_secs_f64(),
             "events",
@@ -164,7 +164,7 @@ async fn run() {
         let total = scaled(60_000);
         let events: Vec<_> = (0..total).map(ev).collect();
         for chunk in events.chunks(1_000) {
-            seed.inbox_append_many(chunk).await.unwrap();
+            seed.append_many(chunk).await.unwrap();
         }
         let mut nodes = Vec::new();
         for _ in 0..claimers {

@@ -7,6 +7,7 @@ pub mod conformance;
 pub mod hostile;
 pub mod memory;
 pub mod oauth_server;
+pub mod platform;
 pub mod sim;
 
 pub use memory::{MemoryConnector, MemoryCursor};

@@ -15,7 +15,8 @@ use apex_connect_core::store::{
     AppendOutcome, ClaimedEvent, Connection, ConnectionStatus, ConnectionStore, CursorStore,
     DeadLetter, EncryptionKey, EventId, FailAction, InboxCounts, InboxEvent, InboxStore,
     MemoryStore, PgStore, RejectId, RejectStore, RunId, RunKind, RunOutcome, RunStatus, RunStore,
-    SqliteStore, StateStore, StoredReject, SyncRun,
+    ScheduleEntry, ScheduleOutcome, ScheduleRow, ScheduleStore, SqliteStore, StateStore,
+    StoredReject, SyncRun,
 };
 use apex_connect_core::{
     Ack, Batch, ConnectionId, Connector, ConnectorInfo, CursorToken, Error, ErrorKind, MemorySink,
@@ -276,6 +277,48 @@ impl InboxStore for FaultyStore {
     }
     async fn inbox_counts(&self) -> Result<InboxCounts> {
         self.inner.inbox_counts().await
+    }
+}
+
+#[async_trait]
+impl ScheduleStore for FaultyStore {
+    async fn upsert_schedule(&self, e: &ScheduleEntry, now: i64) -> Result<()> {
+        self.inner.upsert_schedule(e, now).await
+    }
+    async fn claim_schedules(
+        &self,
+        owner: &str,
+        lease: Duration,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<ScheduleRow>> {
+        self.inner.claim_schedules(owner, lease, now, limit).await
+    }
+    async fn renew_schedule(
+        &self,
+        c: &ConnectionId,
+        s: &StreamId,
+        owner: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<bool> {
+        self.inner.renew_schedule(c, s, owner, until, now).await
+    }
+    async fn finish_schedule(
+        &self,
+        c: &ConnectionId,
+        s: &StreamId,
+        owner: &str,
+        o: &ScheduleOutcome,
+        now: i64,
+    ) -> Result<bool> {
+        self.inner.finish_schedule(c, s, owner, o, now).await
+    }
+    async fn make_schedule_due(&self, c: &ConnectionId, s: &StreamId, now: i64) -> Result<()> {
+        self.inner.make_schedule_due(c, s, now).await
+    }
+    async fn list_schedules(&self) -> Result<Vec<ScheduleRow>> {
+        self.inner.list_schedules().await
     }
 }
 

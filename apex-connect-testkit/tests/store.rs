@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use apex_connect_core::store::prelude::*;
 use apex_connect_core::store::{
-    AppendOutcome, Clock, Connection, ConnectionStatus, EncryptionKey, FailAction, InboxCounts,
-    InboxEvent, MemoryStore, RunKind, RunOutcome, RunStatus, SqliteStore, StateStore,
+    AppendOutcome, Clock, Connection, ConnectionStatus, EncryptionKey, EventId, FailAction,
+    InboxCounts, InboxEvent, MemoryStore, RunKind, RunOutcome, RunStatus, ScheduleEntry,
+    ScheduleOutcome, SinkKind, SqliteStore, StateStore, StoreLocation,
 };
 use apex_connect_core::{ConnectionId, CursorToken, ErrorKind, StreamId, TokenSet, TokenStore};
 use secrecy::ExposeSecret;
@@ -406,11 +407,260 @@ async fn semantics(store: Arc<dyn StateStore>, clock: ManualClock) {
     assert_eq!(store.count_rejects(None).await.unwrap(), 1);
 }
 
+/// Group commit (`append_many`), batch completion, and the scheduler's jobs.
+async fn batches_and_schedules(store: Arc<dyn StateStore>, clock: ManualClock) {
+    // ---- append_many: one outcome per event, in order; duplicates within and across ----
+    let t0 = clock.now();
+    let ev = |id: &str| InboxEvent::new("memory", "acme", id, t0, id.as_bytes().to_vec());
+    assert!(store.append_many(&[]).await.unwrap().is_empty());
+    let AppendOutcome::Inserted(first) = store.inbox_append(&ev("a")).await.unwrap() else {
+        panic!("insert")
+    };
+    let out = store
+        .append_many(&[ev("b"), ev("a"), ev("c"), ev("b")])
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 4);
+    assert!(matches!(out[0], AppendOutcome::Inserted(_)));
+    assert_eq!(out[1], AppendOutcome::Duplicate, "stored before");
+    assert!(matches!(out[2], AppendOutcome::Inserted(_)));
+    assert_eq!(
+        out[3],
+        AppendOutcome::Duplicate,
+        "repeated within the batch"
+    );
+    assert_eq!(counts(store.inbox_counts().await.unwrap()), (3, 0, 0, 0));
+    let appended: Vec<EventId> = out
+        .iter()
+        .filter_map(|o| match o {
+            AppendOutcome::Inserted(id) => Some(*id),
+            AppendOutcome::Duplicate => None,
+        })
+        .collect();
+    assert!(appended.iter().all(|id| *id > first), "ids grow");
+
+    // ---- inbox_complete_many: only what the worker still holds ----
+    let lease = Duration::from_secs(30);
+    let mine = store.inbox_claim("w1", lease, 2).await.unwrap();
+    let theirs = store.inbox_claim("w2", lease, 10).await.unwrap();
+    assert_eq!((mine.len(), theirs.len()), (2, 1));
+    let mut ids: Vec<EventId> = mine.iter().map(|c| c.id).collect();
+    ids.push(theirs[0].id);
+    let mut done = store.inbox_complete_many(&ids, "w1").await.unwrap();
+    done.sort();
+    let mut want: Vec<EventId> = mine.iter().map(|c| c.id).collect();
+    want.sort();
+    assert_eq!(done, want, "w2's event is not w1's to complete");
+    assert!(
+        store
+            .inbox_complete_many(&want, "w1")
+            .await
+            .unwrap()
+            .is_empty(),
+        "already done"
+    );
+    assert!(
+        store
+            .inbox_complete_many(&[], "w1")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // a lease that ran out cannot be completed in a batch either
+    clock.advance(30_001);
+    assert!(
+        store
+            .inbox_complete_many(&[theirs[0].id], "w2")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(counts(store.inbox_counts().await.unwrap()), (1, 0, 2, 0));
+
+    // ---- schedules ----
+    let (c, s1, s2) = (
+        ConnectionId::from("acme"),
+        StreamId::from("contacts"),
+        StreamId::from("deals"),
+    );
+    let now = clock.now();
+    assert!(store.list_schedules().await.unwrap().is_empty());
+    store
+        .upsert_schedule(
+            &ScheduleEntry::new(c.clone(), s2.clone(), "every 1h", now + 10),
+            now,
+        )
+        .await
+        .unwrap();
+    store
+        .upsert_schedule(
+            &ScheduleEntry::new(c.clone(), s1.clone(), "every 1h", now),
+            now,
+        )
+        .await
+        .unwrap();
+    // a restart re-registers with a new first due time: the stored one is kept...
+    store
+        .upsert_schedule(
+            &ScheduleEntry::new(c.clone(), s1.clone(), "every 1h", now + 999_999),
+            now,
+        )
+        .await
+        .unwrap();
+    let rows = store.list_schedules().await.unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.stream.as_str()).collect::<Vec<_>>(),
+        ["contacts", "deals"],
+        "ordered by (connection, stream)"
+    );
+    assert_eq!(rows[0].next_due_at, now, "kept across a re-registration");
+    assert_eq!((rows[0].runs, rows[0].failures), (0, 0));
+    assert!(!rows[0].full);
+    // ...unless the cadence changed
+    store
+        .upsert_schedule(
+            &ScheduleEntry::new(c.clone(), s2.clone(), "every 2h", now + 20).full(true),
+            now,
+        )
+        .await
+        .unwrap();
+    let deals = &store.list_schedules().await.unwrap()[1];
+    assert_eq!((deals.spec.as_str(), deals.full), ("every 2h", true));
+    assert_eq!(deals.next_due_at, now + 20);
+
+    // claim: due and unleased only, earliest first, each to one owner
+    let lease = Duration::from_secs(60);
+    let a = store.claim_schedules("a", lease, now, 10).await.unwrap();
+    assert_eq!(a.len(), 1, "deals is not due yet");
+    assert_eq!(a[0].stream, s1);
+    assert_eq!(a[0].lease_owner.as_deref(), Some("a"));
+    assert_eq!(a[0].lease_until, Some(now + 60_000));
+    assert_eq!(a[0].last_started_at, Some(now));
+    assert!(
+        store
+            .claim_schedules("b", lease, now, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let both = store
+        .claim_schedules("b", lease, now + 20, 1)
+        .await
+        .unwrap();
+    assert_eq!(both.len(), 1, "limit; contacts is leased");
+    assert_eq!(both[0].stream, s2);
+
+    // renew: only by the holder, only while the lease holds
+    assert!(
+        store
+            .renew_schedule(&c, &s1, "a", now + 90_000, now + 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .renew_schedule(&c, &s1, "b", now + 90_000, now + 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_schedules("c", lease, now + 60_001, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the renewed lease holds past the first one"
+    );
+
+    // finish: records the outcome, releases the lease; a lost lease is `false`
+    let t = now + 70_000;
+    let failed = ScheduleOutcome::new(RunStatus::Failed, t + 30_000).with_error("platform down");
+    assert!(
+        !store
+            .finish_schedule(&c, &s1, "b", &failed, t)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .finish_schedule(&c, &s1, "a", &failed, t)
+            .await
+            .unwrap()
+    );
+    let row = store.list_schedules().await.unwrap()[0].clone();
+    assert_eq!(row.lease_owner, None);
+    assert_eq!(row.lease_until, None);
+    assert_eq!(row.next_due_at, t + 30_000);
+    assert_eq!(row.last_finished_at, Some(t));
+    assert_eq!(row.last_status, Some(RunStatus::Failed));
+    assert_eq!(row.last_error.as_deref(), Some("platform down"));
+    assert_eq!((row.runs, row.failures), (1, 1));
+    // a cancelled run counts neither; a success resets the failures
+    let claimed = store
+        .claim_schedules("a", lease, t + 30_000, 10)
+        .await
+        .unwrap();
+    assert!(claimed.iter().any(|r| r.stream == s1));
+    let cancelled = ScheduleOutcome::new(RunStatus::Cancelled, t + 30_000);
+    assert!(
+        store
+            .finish_schedule(&c, &s1, "a", &cancelled, t + 30_001)
+            .await
+            .unwrap()
+    );
+    let row = store.list_schedules().await.unwrap()[0].clone();
+    assert_eq!((row.runs, row.failures), (1, 1));
+    assert_eq!(row.last_status, Some(RunStatus::Cancelled));
+    store
+        .claim_schedules("a", lease, t + 30_001, 10)
+        .await
+        .unwrap();
+    let ok = ScheduleOutcome::new(RunStatus::Succeeded, t + 3_600_000);
+    assert!(
+        store
+            .finish_schedule(&c, &s1, "a", &ok, t + 30_002)
+            .await
+            .unwrap()
+    );
+    let row = store.list_schedules().await.unwrap()[0].clone();
+    assert_eq!((row.runs, row.failures), (2, 0));
+    assert_eq!(row.last_error, None);
+    let running = ScheduleOutcome::new(RunStatus::Running, t);
+    assert_eq!(
+        store
+            .finish_schedule(&c, &s1, "a", &running, t)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidInput
+    );
+
+    // make_due: brings it forward, never later; no-op without a job
+    store.make_schedule_due(&c, &s1, t + 40_000).await.unwrap();
+    assert_eq!(
+        store.list_schedules().await.unwrap()[0].next_due_at,
+        t + 40_000
+    );
+    store.make_schedule_due(&c, &s1, t + 50_000).await.unwrap();
+    assert_eq!(
+        store.list_schedules().await.unwrap()[0].next_due_at,
+        t + 40_000
+    );
+    store
+        .make_schedule_due(&c, &StreamId::from("nope"), t)
+        .await
+        .unwrap();
+    assert_eq!(store.list_schedules().await.unwrap().len(), 2);
+}
+
 #[tokio::test]
 async fn memory_store_semantics() {
     let clock = ManualClock::new();
     let store = Arc::new(MemoryStore::new().with_clock(clock.clock()));
     semantics(store, clock).await;
+    let clock = ManualClock::new();
+    let store = Arc::new(MemoryStore::new().with_clock(clock.clock()));
+    batches_and_schedules(store, clock).await;
 }
 
 #[tokio::test]
@@ -422,6 +672,12 @@ async fn sqlite_store_semantics() {
         .unwrap()
         .with_clock(clock.clock());
     semantics(Arc::new(store), clock).await;
+    let clock = ManualClock::new();
+    let store = SqliteStore::open(dir.path().join("other.db"), EncryptionKey::generate())
+        .await
+        .unwrap()
+        .with_clock(clock.clock());
+    batches_and_schedules(Arc::new(store), clock).await;
 }
 
 #[tokio::test]
@@ -432,6 +688,135 @@ async fn sqlite_in_memory_url_semantics() {
         .unwrap()
         .with_clock(clock.clock());
     semantics(Arc::new(store), clock).await;
+    let clock = ManualClock::new();
+    let store = SqliteStore::connect("sqlite::memory:", EncryptionKey::generate())
+        .await
+        .unwrap()
+        .with_clock(clock.clock());
+    batches_and_schedules(Arc::new(store), clock).await;
+}
+
+/// Two processes' stores on one file claim a due job at once: exactly one gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_claims_across_sqlite_stores_are_exclusive() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
+    let key = EncryptionKey::generate();
+    let a = SqliteStore::open(&path, key.clone()).await.unwrap();
+    let b = SqliteStore::open(&path, key).await.unwrap();
+    let now = 1_700_000_000_000;
+    for i in 0..50 {
+        a.upsert_schedule(
+            &ScheduleEntry::new("acme", format!("s{i:02}"), "every 1h", now),
+            now,
+        )
+        .await
+        .unwrap();
+    }
+    let lease = Duration::from_secs(60);
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        let (x, y) = tokio::join!(
+            a.claim_schedules("a", lease, now, 3),
+            b.claim_schedules("b", lease, now, 3)
+        );
+        got.extend(x.unwrap().into_iter().map(|r| r.stream.to_string()));
+        got.extend(y.unwrap().into_iter().map(|r| r.stream.to_string()));
+    }
+    let unique: std::collections::BTreeSet<_> = got.iter().cloned().collect();
+    assert_eq!(unique.len(), got.len(), "a job was claimed twice: {got:?}");
+    assert_eq!(got.len(), 50);
+}
+
+/// `store::open` reads every configured location form and hands out the matching sinks; a
+/// database file made by the server's old migration (`_apex_server_migrations`, with the
+/// `schedules` and `sink_ledger` tables) opens and keeps its rows.
+#[tokio::test]
+async fn open_from_a_location() {
+    use apex_connect_core::Batch;
+    let dir = tempfile::tempdir().unwrap();
+    let key = EncryptionKey::generate();
+
+    let mem = apex_connect_core::store::open("memory:", key.clone())
+        .await
+        .unwrap();
+    assert!(mem.is_ephemeral());
+    assert_eq!(mem.location(), &StoreLocation::Memory);
+    assert!(mem.sink(SinkKind::Records).wants_entities());
+    assert!(!mem.sink(SinkKind::RawRecords).wants_entities());
+
+    let e = apex_connect_core::store::open("postgres://u:pw@db/apex", key.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(!format!("{e:?}").contains("pw"), "{e:?}");
+
+    // A file made by the old server migration.
+    let old = dir.path().join("old.db");
+    {
+        let pool = sqlx::SqlitePool::connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&old)
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+        for sql in [
+            "CREATE TABLE _apex_server_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL,              installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, success BOOLEAN NOT NULL,              checksum BLOB NOT NULL, execution_time BIGINT NOT NULL)",
+            "INSERT INTO _apex_server_migrations (version, description, success, checksum, execution_time)              VALUES (1, 'server', 1, x'00', 0)",
+            "CREATE TABLE schedules (connection TEXT NOT NULL, stream TEXT NOT NULL, spec TEXT NOT NULL,              full_sync INTEGER NOT NULL DEFAULT 0, next_due_at BIGINT NOT NULL, lease_owner TEXT,              lease_until BIGINT, failures BIGINT NOT NULL DEFAULT 0, runs BIGINT NOT NULL DEFAULT 0,              last_started_at BIGINT, last_finished_at BIGINT, last_status TEXT, last_error TEXT,              updated_at BIGINT NOT NULL, PRIMARY KEY (connection, stream))",
+            "INSERT INTO schedules (connection, stream, spec, next_due_at, runs, last_status, updated_at)              VALUES ('acme', 'items', 'every 3600000ms jitter 0ms', 42, 7, 'succeeded', 1)",
+            "CREATE TABLE sink_ledger (connection TEXT NOT NULL, stream TEXT NOT NULL, id TEXT NOT NULL,              op TEXT NOT NULL, version BIGINT, raw TEXT NOT NULL, applies BIGINT NOT NULL,              first_applied_at BIGINT NOT NULL, last_applied_at BIGINT NOT NULL,              PRIMARY KEY (connection, stream, id))",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+    }
+    for location in [
+        old.display().to_string(),
+        format!("sqlite://{}", old.display()),
+    ] {
+        let opened = apex_connect_core::store::open(&location, key.clone())
+            .await
+            .unwrap();
+        assert!(!opened.is_ephemeral());
+        let rows = opened.store().list_schedules().await.unwrap();
+        assert_eq!(rows.len(), 1, "{location}");
+        assert_eq!((rows[0].next_due_at, rows[0].runs), (42, 7));
+        assert_eq!(rows[0].last_status, Some(RunStatus::Succeeded));
+        let (c, s) = (ConnectionId::from("acme"), StreamId::from("items"));
+        let records =
+            [apex_connect_core::Record::upsert(s.clone(), "r1", json!({"n": 1})).with_version(1)];
+        let ack = opened
+            .sink(SinkKind::Ledger)
+            .write(Batch::new(&c, &s, &records))
+            .await
+            .unwrap();
+        assert!(ack.applied + ack.unchanged == 1);
+        opened.close().await;
+    }
+    let ledger = apex_connect_core::sinks::LedgerSink::for_store(
+        &SqliteStore::open(&old, key.clone()).await.unwrap(),
+    );
+    let entries = ledger
+        .entries(&ConnectionId::from("acme"), &StreamId::from("items"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (entries.len(), entries[0].applies),
+        (1, 1),
+        "replay not counted"
+    );
+
+    // A new file through a sqlite: URL is created.
+    let fresh = format!("sqlite://{}", dir.path().join("fresh.db").display());
+    let opened = apex_connect_core::store::open(&fresh, key).await.unwrap();
+    assert!(opened.store().list_schedules().await.unwrap().is_empty());
+    opened.close().await;
+    assert!(dir.path().join("fresh.db").exists());
 }
 
 #[tokio::test]
@@ -753,7 +1138,7 @@ async fn postgres_stores_share_state_and_claim_each_event_exactly_once() {
     }
     for chunk in (300..900).collect::<Vec<_>>().chunks(100) {
         let events: Vec<_> = chunk.iter().map(|&i| ev(i)).collect();
-        let out = b.inbox_append_many(&events).await.unwrap();
+        let out = b.append_many(&events).await.unwrap();
         assert!(out.iter().all(|o| matches!(o, AppendOutcome::Inserted(_))));
     }
     assert_eq!(
@@ -761,7 +1146,7 @@ async fn postgres_stores_share_state_and_claim_each_event_exactly_once() {
         AppendOutcome::Duplicate
     );
     let redelivered: Vec<_> = (890..910).map(ev).collect();
-    let out = c3.inbox_append_many(&redelivered).await.unwrap();
+    let out = c3.append_many(&redelivered).await.unwrap();
     assert_eq!(
         out.iter()
             .filter(|o| matches!(o, AppendOutcome::Inserted(_)))
@@ -844,7 +1229,7 @@ async fn postgres_expired_leases_are_taken_over_by_another_store() {
             )
         })
         .collect();
-    a.inbox_append_many(&events).await.unwrap();
+    a.append_many(&events).await.unwrap();
     let lease = Duration::from_secs(10);
     let held = a.inbox_claim("node-a", lease, 10).await.unwrap();
     assert_eq!(held.len(), 5);
@@ -906,7 +1291,7 @@ async fn postgres_inbox_wakeups_fire_on_appends_from_any_store() {
     .unwrap();
     woken(&mut w).await;
     woken(&mut w2).await; // each clone sees it
-    b.inbox_append_many(&[
+    b.append_many(&[
         InboxEvent::new("frontapp", c.clone(), "e2", now, &b"{}"[..]),
         InboxEvent::new("frontapp", c.clone(), "e3", now, &b"{}"[..]),
     ])
@@ -945,7 +1330,7 @@ async fn postgres_append_many_outcomes_and_nul_characters() {
         panic!("insert")
     };
     let out = store
-        .inbox_append_many(&[
+        .append_many(&[
             ev("z", b"first z"),
             ev("old", b"again"),
             ev("a", b"a"),
@@ -961,7 +1346,7 @@ async fn postgres_append_many_outcomes_and_nul_characters() {
         AppendOutcome::Duplicate,
         "second of a key in one batch"
     );
-    assert!(store.inbox_append_many(&[]).await.unwrap().is_empty());
+    assert!(store.append_many(&[]).await.unwrap().is_empty());
     let claimed = store
         .inbox_claim("w", Duration::from_secs(60), 10)
         .await
@@ -979,7 +1364,7 @@ async fn postgres_append_many_outcomes_and_nul_characters() {
     let e = store.inbox_append(&ev("bad\0id", b"x")).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput);
     let e = store
-        .inbox_append_many(&[ev("fine", b"x"), ev("bad\0id", b"x")])
+        .append_many(&[ev("fine", b"x"), ev("bad\0id", b"x")])
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput);

@@ -61,8 +61,8 @@ pub use paging::{
 };
 pub use path::path_segment;
 pub use policy::{
-    DefaultPolicy, MAX_RETRY_HINT, PlatformPolicy, RateState, classify_status, reset_to_duration,
-    retry_after, with_request_context, x_ratelimit_state,
+    DefaultPolicy, MAX_RETRY_HINT, PlatformPolicy, RateState, RateWindow, classify_status,
+    reset_to_duration, retry_after, with_request_context, x_ratelimit_state,
 };
 pub use retry::{IdempotencyExt, IdempotencyKey, Idempotent, RetryConfig};
 pub use stats::{HttpStats, HttpStatsSnapshot};

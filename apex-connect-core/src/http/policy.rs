@@ -19,6 +19,41 @@ pub struct RateState {
     pub reset_after: Duration,
 }
 
+/// A rolling (sliding) window a platform enforces — at most `limit` requests in any span of
+/// `interval` — as one answer reports it (HubSpot's `X-HubSpot-RateLimit-Max`,
+/// `-Interval-Milliseconds` and `-Remaining`).
+///
+/// A gate made with [`RateGate::rolling`](super::RateGate::rolling) learns its limit and
+/// interval from it, and accounts for requests it did not send itself when `remaining` is
+/// lower than its own count says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateWindow {
+    /// Requests allowed in any span of `interval`.
+    pub limit: u64,
+    /// The window's length.
+    pub interval: Duration,
+    /// Requests left in the window as the platform counted when it answered, if it says.
+    pub remaining: Option<u64>,
+}
+
+impl RateWindow {
+    /// A window of `limit` requests per `interval`.
+    pub fn new(limit: u64, interval: Duration) -> Self {
+        RateWindow {
+            limit,
+            interval,
+            remaining: None,
+        }
+    }
+
+    /// Sets what is left in the window.
+    pub fn with_remaining(mut self, remaining: u64) -> Self {
+        self.remaining = Some(remaining);
+        self
+    }
+}
+
 /// What a platform crate teaches the HTTP stack about its API.
 ///
 /// Every method has a default that fits most JSON APIs; [`DefaultPolicy`] uses them all.
@@ -37,6 +72,15 @@ pub trait PlatformPolicy: fmt::Debug + Send + Sync {
     /// The rate budget the platform reports in `headers`. Default: [`x_ratelimit_state`].
     fn rate_state(&self, headers: &HeaderMap) -> Option<RateState> {
         x_ratelimit_state(headers, SystemTime::now())
+    }
+
+    /// The rolling window the platform enforces, as `headers` report it. A gate made with
+    /// [`RateGate::rolling`](super::RateGate::rolling) learns its limit and interval from
+    /// it. Default: none (platforms with fixed windows report them through
+    /// [`rate_state`](PlatformPolicy::rate_state)).
+    fn rate_window(&self, headers: &HeaderMap) -> Option<RateWindow> {
+        let _ = headers;
+        None
     }
 
     /// How long to wait before retrying a response with `status`, from platform headers.

@@ -61,6 +61,12 @@ struct PlatformTokenResponse {
     /// Salesforce: when the token was issued, seconds or milliseconds (ms in practice).
     #[serde(default)]
     issued_at: Option<serde_json::Value>,
+    /// Salesforce: the identity URL (signed together with `issued_at`).
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+    /// Salesforce: Base64 HMAC-SHA256 of `id` + `issued_at`, keyed with the client secret.
+    #[serde(default)]
+    signature: Option<serde_json::Value>,
 }
 
 impl fmt::Debug for PlatformTokenResponse {
@@ -656,6 +662,11 @@ fn token_set_from_response(
     t.issued_at_ms = Some(issued_at_ms);
     t.scopes = scopes;
     t.instance_url = instance_url;
+    t.identity = crate::token_identity::TokenIdentity::from_answer(
+        resp.id.as_ref(),
+        resp.issued_at.as_ref(),
+        resp.signature.as_ref(),
+    );
     t
 }
 
@@ -913,6 +924,10 @@ mod tests {
         let t = token_set_from_response(&sf, now, None);
         assert_eq!(t.expires_at_ms, None);
         assert_eq!(t.instance_url.as_deref(), Some("https://na1.example.com"));
+        let identity = t.identity.expect("identity fields kept");
+        assert_eq!(identity.id, "https://login/id/x/y");
+        assert_eq!(identity.issued_at, "1726235737296");
+        assert_eq!(identity.signature.as_deref(), Some("zz"));
     }
 
     /// The expiry computed from a token answer with these extra JSON fields, at `NOW_MS`.

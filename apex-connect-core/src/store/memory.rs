@@ -10,15 +10,16 @@ use async_trait::async_trait;
 use super::{
     AppendOutcome, ClaimedEvent, Clock, Connection, ConnectionStatus, ConnectionStore, CursorStore,
     DeadLetter, EventId, FailAction, InboxCounts, InboxEvent, InboxStore, RejectId, RejectStore,
-    RunId, RunKind, RunOutcome, RunStatus, RunStore, StoredReject, SyncRun, cursor_conflict,
-    lease_lost, lease_ms, not_found, reject_key, run_finished, validate_outcome,
+    RunId, RunKind, RunOutcome, RunStatus, RunStore, ScheduleEntry, ScheduleOutcome, ScheduleRow,
+    ScheduleStore, StoredReject, SyncRun, cursor_conflict, lease_lost, lease_ms, not_found,
+    reject_key, run_finished, validate_outcome, validate_schedule_outcome,
 };
 use crate::cursor::CursorToken;
 use crate::error::{Error, Result};
 use crate::model::{ConnectionId, Reject, StreamId};
 use crate::token::{TokenSet, TokenStore, Versioned, conflict};
 
-/// A [`StateStore`] in memory: for tests and hosts that keep nothing across restarts.
+/// A [`StateStore`](super::StateStore) in memory: for tests and hosts that keep nothing across restarts.
 /// Tokens are held as they are (not encrypted: nothing is at rest).
 #[derive(Default)]
 pub struct MemoryStore {
@@ -38,6 +39,7 @@ struct Inner {
     next_event: i64,
     rejects: BTreeMap<i64, StoredReject>,
     next_reject: i64,
+    schedules: BTreeMap<(ConnectionId, StreamId), ScheduleRow>,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -354,22 +356,19 @@ impl RunStore for MemoryStore {
     }
 }
 
-#[async_trait]
-impl InboxStore for MemoryStore {
-    async fn inbox_append(&self, event: &InboxEvent) -> Result<AppendOutcome> {
-        let now = self.clock.now_ms();
-        let mut inner = self.lock()?;
-        let dup = inner.inbox.values().any(|e| {
+impl Inner {
+    fn append(&mut self, event: &InboxEvent, now: i64) -> AppendOutcome {
+        let dup = self.inbox.values().any(|e| {
             e.event.platform == event.platform
                 && e.event.connection == event.connection
                 && e.event.event_id == event.event_id
         });
         if dup {
-            return Ok(AppendOutcome::Duplicate);
+            return AppendOutcome::Duplicate;
         }
-        inner.next_event += 1;
-        let id = inner.next_event;
-        inner.inbox.insert(
+        self.next_event += 1;
+        let id = self.next_event;
+        self.inbox.insert(
             id,
             Entry {
                 event: event.clone(),
@@ -382,7 +381,35 @@ impl InboxStore for MemoryStore {
                 finished_at: None,
             },
         );
-        Ok(AppendOutcome::Inserted(EventId(id)))
+        AppendOutcome::Inserted(EventId(id))
+    }
+
+    fn complete(&mut self, id: EventId, worker: &str, now: i64) -> Result<()> {
+        let e = self
+            .inbox
+            .get_mut(&id.0)
+            .filter(|e| e.held_by(worker, now))
+            .ok_or_else(|| lease_lost(id, worker))?;
+        e.state = State::Done;
+        e.lease_owner = None;
+        e.lease_until = None;
+        e.finished_at = Some(now);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl InboxStore for MemoryStore {
+    async fn inbox_append(&self, event: &InboxEvent) -> Result<AppendOutcome> {
+        let now = self.clock.now_ms();
+        Ok(self.lock()?.append(event, now))
+    }
+
+    async fn append_many(&self, events: &[InboxEvent]) -> Result<Vec<AppendOutcome>> {
+        let now = self.clock.now_ms();
+        // One lock: the batch is appended atomically.
+        let mut inner = self.lock()?;
+        Ok(events.iter().map(|e| inner.append(e, now)).collect())
     }
 
     async fn inbox_claim(
@@ -423,17 +450,17 @@ impl InboxStore for MemoryStore {
 
     async fn inbox_complete(&self, id: EventId, worker: &str) -> Result<()> {
         let now = self.clock.now_ms();
+        self.lock()?.complete(id, worker, now)
+    }
+
+    async fn inbox_complete_many(&self, ids: &[EventId], worker: &str) -> Result<Vec<EventId>> {
+        let now = self.clock.now_ms();
         let mut inner = self.lock()?;
-        let e = inner
-            .inbox
-            .get_mut(&id.0)
-            .filter(|e| e.held_by(worker, now))
-            .ok_or_else(|| lease_lost(id, worker))?;
-        e.state = State::Done;
-        e.lease_owner = None;
-        e.lease_until = None;
-        e.finished_at = Some(now);
-        Ok(())
+        Ok(ids
+            .iter()
+            .filter(|id| inner.complete(**id, worker, now).is_ok())
+            .copied()
+            .collect())
     }
 
     async fn inbox_fail(
@@ -589,5 +616,152 @@ impl RejectStore for MemoryStore {
         r.attempts = r.attempts.saturating_add(1);
         r.last_seen_at = now;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl ScheduleStore for MemoryStore {
+    async fn upsert_schedule(&self, entry: &ScheduleEntry, _now: i64) -> Result<()> {
+        let mut inner = self.lock()?;
+        let key = (entry.connection.clone(), entry.stream.clone());
+        match inner.schedules.get_mut(&key) {
+            Some(row) => {
+                if row.spec != entry.spec || row.full != entry.full {
+                    row.spec = entry.spec.clone();
+                    row.full = entry.full;
+                    row.next_due_at = entry.first_due_at;
+                }
+            }
+            None => {
+                inner.schedules.insert(
+                    key,
+                    ScheduleRow {
+                        connection: entry.connection.clone(),
+                        stream: entry.stream.clone(),
+                        spec: entry.spec.clone(),
+                        full: entry.full,
+                        next_due_at: entry.first_due_at,
+                        lease_owner: None,
+                        lease_until: None,
+                        failures: 0,
+                        runs: 0,
+                        last_started_at: None,
+                        last_finished_at: None,
+                        last_status: None,
+                        last_error: None,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn claim_schedules(
+        &self,
+        owner: &str,
+        lease: Duration,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<ScheduleRow>> {
+        let until = now.saturating_add(lease_ms(lease));
+        let mut inner = self.lock()?;
+        let mut due: Vec<(i64, (ConnectionId, StreamId))> = inner
+            .schedules
+            .iter()
+            .filter(|(_, r)| r.next_due_at <= now && r.lease_until.is_none_or(|t| t <= now))
+            .map(|(k, r)| (r.next_due_at, k.clone()))
+            .collect();
+        due.sort();
+        let mut out = Vec::new();
+        for (_, key) in due.into_iter().take(limit) {
+            if let Some(r) = inner.schedules.get_mut(&key) {
+                r.lease_owner = Some(owner.to_string());
+                r.lease_until = Some(until);
+                r.last_started_at = Some(now);
+                out.push(r.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn renew_schedule(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+        owner: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<bool> {
+        let mut inner = self.lock()?;
+        match inner
+            .schedules
+            .get_mut(&(connection.clone(), stream.clone()))
+        {
+            Some(r)
+                if r.lease_owner.as_deref() == Some(owner)
+                    && r.lease_until.is_some_and(|t| t > now) =>
+            {
+                r.lease_until = Some(until);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn finish_schedule(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+        owner: &str,
+        outcome: &ScheduleOutcome,
+        now: i64,
+    ) -> Result<bool> {
+        validate_schedule_outcome(outcome)?;
+        let mut inner = self.lock()?;
+        let Some(r) = inner
+            .schedules
+            .get_mut(&(connection.clone(), stream.clone()))
+            .filter(|r| r.lease_owner.as_deref() == Some(owner))
+        else {
+            return Ok(false);
+        };
+        r.lease_owner = None;
+        r.lease_until = None;
+        r.next_due_at = outcome.next_due_at;
+        r.last_finished_at = Some(now);
+        r.last_status = Some(outcome.status);
+        r.last_error = outcome.error.clone();
+        match outcome.status {
+            RunStatus::Succeeded => {
+                r.runs = r.runs.saturating_add(1);
+                r.failures = 0;
+            }
+            RunStatus::Failed => {
+                r.runs = r.runs.saturating_add(1);
+                r.failures = r.failures.saturating_add(1);
+            }
+            RunStatus::Cancelled | RunStatus::Running => {}
+        }
+        Ok(true)
+    }
+
+    async fn make_schedule_due(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+        now: i64,
+    ) -> Result<()> {
+        let mut inner = self.lock()?;
+        if let Some(r) = inner
+            .schedules
+            .get_mut(&(connection.clone(), stream.clone()))
+        {
+            r.next_due_at = r.next_due_at.min(now);
+        }
+        Ok(())
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<ScheduleRow>> {
+        Ok(self.lock()?.schedules.values().cloned().collect())
     }
 }

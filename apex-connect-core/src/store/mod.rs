@@ -1,9 +1,13 @@
-//! Durable state: connections, encrypted tokens, cursors, sync runs and the webhook inbox.
+//! Durable state: connections, encrypted tokens, cursors, sync runs, the webhook inbox,
+//! quarantined records and the scheduler's jobs.
 //!
-//! [`StateStore`] is the one trait the engine, the webhook workers and the server use; it
-//! extends [`TokenStore`] so one store also keeps the OAuth tokens. Two implementations ship:
-//! [`MemoryStore`] (tests, single-process hosts) and `SqliteStore` (feature `sqlite`, the
-//! embedded default). The schema (`migrations/sqlite/`) is written so that PostgreSQL can follow
+//! [`StateStore`] is every focused store trait in one ([`TokenStore`], [`ConnectionStore`],
+//! [`CursorStore`], [`RunStore`], [`InboxStore`], [`RejectStore`], [`ScheduleStore`]): the one
+//! handle the engine, the webhook workers, the scheduler and the server use. Two
+//! implementations ship: [`MemoryStore`] (tests, single-process hosts) and `SqliteStore`
+//! (feature `sqlite`, the embedded default). Hosts open one from a configured location with
+//! [`open`], which also gives the record sinks that write into the same database, so nothing
+//! above the store names a backend. The schema (`migrations/sqlite/`) is written so that PostgreSQL can follow
 //! with the same tables: timestamps are Unix milliseconds, compare-and-swap is an
 //! `UPDATE ... SET version = version + 1 WHERE ... AND version = ?`, and inbox claims are one
 //! `UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING ...` statement, so several processes
@@ -30,24 +34,24 @@ use crate::webhook::unix_ms;
 
 mod crypto;
 mod memory;
-pub mod open;
+mod open;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 pub use crypto::{ENCRYPTION_KEY_ENV, EncryptionKey};
+pub use open::{OpenedStore, SinkKind, StoreLocation, open};
 
 /// The store traits, to bring their methods into scope: `use apex_connect_core::store::prelude::*;`.
 pub mod prelude {
     pub use super::{
         ConnectionStore as _, CursorStore as _, InboxStore as _, RejectStore as _, RunStore as _,
-        StateStore,
+        ScheduleStore as _, StateStore,
     };
     pub use crate::token::TokenStore as _;
 }
 pub use memory::MemoryStore;
-pub use open::{Backend, OpenedStore, is_postgres_url, open_url};
 #[cfg(feature = "postgres")]
 pub use postgres::{InboxWakeups, PgStore, PgStoreOptions};
 #[cfg(feature = "sqlite")]
@@ -261,7 +265,7 @@ impl RunStatus {
     }
 }
 
-/// How a run ended, recorded by [`StateStore::finish_run`].
+/// How a run ended, recorded by [`RunStore::finish_run`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RunOutcome {
@@ -405,7 +409,7 @@ impl InboxEvent {
     }
 }
 
-/// What [`StateStore::inbox_append`] did.
+/// What [`InboxStore::inbox_append`] (and each event of [`InboxStore::append_many`]) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppendOutcome {
     /// Stored as a new pending event.
@@ -414,7 +418,7 @@ pub enum AppendOutcome {
     Duplicate,
 }
 
-/// An inbox event handed to a worker by [`StateStore::inbox_claim`].
+/// An inbox event handed to a worker by [`InboxStore::inbox_claim`].
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct ClaimedEvent {
@@ -586,6 +590,25 @@ pub trait InboxStore: Send + Sync + fmt::Debug {
     /// Appends a verified webhook delivery, due at once, unless it is a duplicate.
     async fn inbox_append(&self, event: &InboxEvent) -> Result<AppendOutcome>;
 
+    /// Appends several deliveries (group commit): one outcome per event, in order; an event
+    /// repeating an earlier one of the same call is a `Duplicate`.
+    ///
+    /// # Behavior
+    /// - The built-in stores append them in **one transaction**: when this returns `Ok` every
+    ///   event is durable, and on `Err` none of them is stored, so a receiver that answers each
+    ///   request after this call never acknowledges an event it could lose, and throughput is
+    ///   the commit rate times the batch size.
+    /// - The default implementation calls [`inbox_append`](InboxStore::inbox_append) once per
+    ///   event (not atomic: after an `Err` some events may be stored; a redelivery of those is
+    ///   a `Duplicate`, so nothing is lost or doubled either way).
+    async fn append_many(&self, events: &[InboxEvent]) -> Result<Vec<AppendOutcome>> {
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            out.push(self.inbox_append(e).await?);
+        }
+        Ok(out)
+    }
+
     /// Claims up to `limit` events for `worker` under a lease of `lease`.
     async fn inbox_claim(
         &self,
@@ -596,6 +619,23 @@ pub trait InboxStore: Send + Sync + fmt::Debug {
 
     /// Marks a claimed event done.
     async fn inbox_complete(&self, id: EventId, worker: &str) -> Result<()>;
+
+    /// Marks several claimed events done (one statement on the built-in stores) and returns
+    /// the ids it completed: those still leased to `worker`; the others' leases were lost
+    /// (an event whose lease expired may be with another worker) and are left as they are.
+    ///
+    /// The default implementation calls [`inbox_complete`](InboxStore::inbox_complete) per id.
+    async fn inbox_complete_many(&self, ids: &[EventId], worker: &str) -> Result<Vec<EventId>> {
+        let mut done = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.inbox_complete(*id, worker).await {
+                Ok(()) => done.push(*id),
+                Err(e) if e.kind() == ErrorKind::Conflict => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
 
     /// Records a failed attempt: retry at a time, or dead-letter.
     async fn inbox_fail(
@@ -690,6 +730,180 @@ pub trait RejectStore: Send + Sync + fmt::Debug {
     async fn reject_failed(&self, id: RejectId, error: &str) -> Result<()>;
 }
 
+/// A scheduled sync as a scheduler registers it with [`ScheduleStore::upsert_schedule`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ScheduleEntry {
+    /// The connection.
+    pub connection: ConnectionId,
+    /// The stream.
+    pub stream: StreamId,
+    /// The cadence as text (`"every 900000ms jitter 0ms"`, `"cron 0 */5 * * * *"`): a change
+    /// of text reschedules the job.
+    pub spec: String,
+    /// Full resyncs instead of incremental.
+    pub full: bool,
+    /// When a new job is first due, Unix milliseconds.
+    pub first_due_at: i64,
+}
+
+impl ScheduleEntry {
+    /// An incremental job of (connection, stream) with cadence text `spec`, first due at
+    /// `first_due_at`.
+    pub fn new(
+        connection: impl Into<ConnectionId>,
+        stream: impl Into<StreamId>,
+        spec: impl Into<String>,
+        first_due_at: i64,
+    ) -> Self {
+        ScheduleEntry {
+            connection: connection.into(),
+            stream: stream.into(),
+            spec: spec.into(),
+            full: false,
+            first_due_at,
+        }
+    }
+
+    /// Makes it a full resync.
+    pub fn full(mut self, full: bool) -> Self {
+        self.full = full;
+        self
+    }
+}
+
+/// A scheduled job as stored (and shown by `status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ScheduleRow {
+    /// The connection.
+    pub connection: ConnectionId,
+    /// The stream.
+    pub stream: StreamId,
+    /// The cadence text.
+    pub spec: String,
+    /// Full resyncs instead of incremental.
+    pub full: bool,
+    /// Next due time, Unix milliseconds.
+    pub next_due_at: i64,
+    /// The process running it now (if its lease holds).
+    pub lease_owner: Option<String>,
+    /// Until when the lease holds.
+    pub lease_until: Option<i64>,
+    /// Consecutive failed runs.
+    pub failures: u64,
+    /// Runs finished (cancelled ones not counted).
+    pub runs: u64,
+    /// Last start, Unix milliseconds.
+    pub last_started_at: Option<i64>,
+    /// Last end.
+    pub last_finished_at: Option<i64>,
+    /// How the last run ended: `succeeded`, `failed` or `cancelled`.
+    pub last_status: Option<RunStatus>,
+    /// The last error.
+    pub last_error: Option<String>,
+}
+
+/// How a scheduled run ended, recorded by [`ScheduleStore::finish_schedule`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ScheduleOutcome {
+    /// `Succeeded`, `Failed` or `Cancelled` (`Running` is refused).
+    pub status: RunStatus,
+    /// The error text of a failed or cancelled run.
+    pub error: Option<String>,
+    /// When the job is due next, Unix milliseconds.
+    pub next_due_at: i64,
+}
+
+impl ScheduleOutcome {
+    /// A run that ended with `status`, due again at `next_due_at`.
+    pub fn new(status: RunStatus, next_due_at: i64) -> Self {
+        ScheduleOutcome {
+            status,
+            error: None,
+            next_due_at,
+        }
+    }
+
+    /// Sets the error text.
+    pub fn with_error(mut self, error: impl Into<String>) -> Self {
+        self.error = Some(error.into());
+        self
+    }
+}
+
+/// The scheduler's jobs: one row per scheduled (connection, stream) with its next due time
+/// and a lease, so a restarted process continues where it was and at most one process runs a
+/// job at a time.
+///
+/// Times are given by the caller (the scheduler's clock computes the next due times too), in
+/// Unix milliseconds.
+///
+/// # Behavior
+/// - `upsert_schedule` registers a job due at `first_due_at`; an existing job keeps its
+///   `next_due_at` (a restart) unless its `spec` or `full` changed.
+/// - `claim_schedules` takes, in one atomic step, the lease (until `now + lease`) of up to
+///   `limit` jobs that are due (`next_due_at <= now`) and not leased (`lease_until` empty or
+///   `<= now`), earliest due first, and sets `last_started_at`: two processes claiming at
+///   once never both get a job (compare-and-swap).
+/// - `renew_schedule` extends the lease only while `owner` holds it unexpired; `false`
+///   otherwise (the lease was lost: stop the run).
+/// - `finish_schedule` records the outcome and releases the lease only while `owner` holds it
+///   (`false` otherwise): `runs` grows except for a cancelled run, `failures` grows on failure
+///   and is reset by a success.
+/// - `make_schedule_due` brings a job's `next_due_at` forward to `now` (never later); no-op
+///   without a job.
+/// - `list_schedules` is ordered by (connection, stream).
+///
+/// # Errors
+/// `Storage` (temporary) for I/O and database failures; `InvalidInput` for a `Running` outcome.
+#[async_trait]
+pub trait ScheduleStore: Send + Sync + fmt::Debug {
+    /// Registers a job (see the behaviour above).
+    async fn upsert_schedule(&self, entry: &ScheduleEntry, now: i64) -> Result<()>;
+
+    /// Takes the lease of up to `limit` due jobs for `owner`.
+    async fn claim_schedules(
+        &self,
+        owner: &str,
+        lease: Duration,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<ScheduleRow>>;
+
+    /// Extends a held lease to `until`; `false` when `owner` no longer holds it.
+    async fn renew_schedule(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+        owner: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<bool>;
+
+    /// Records the end of a run and releases the lease; `false` when the lease was lost.
+    async fn finish_schedule(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+        owner: &str,
+        outcome: &ScheduleOutcome,
+        now: i64,
+    ) -> Result<bool>;
+
+    /// Makes a job due now (an unresolved thin webhook asks for a re-read).
+    async fn make_schedule_due(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+        now: i64,
+    ) -> Result<()>;
+
+    /// Every job, by (connection, stream).
+    async fn list_schedules(&self) -> Result<Vec<ScheduleRow>>;
+}
+
 /// The durable state of apex-connect: every focused store trait in one, for hosts and
 /// engines that want one handle (`Arc<dyn StateStore>`). Implemented automatically for any
 /// type implementing them all; code that needs only one part takes that trait
@@ -705,6 +919,7 @@ pub trait StateStore:
     + RunStore
     + InboxStore
     + RejectStore
+    + ScheduleStore
     + Send
     + Sync
     + fmt::Debug
@@ -718,6 +933,7 @@ impl<T> StateStore for T where
         + RunStore
         + InboxStore
         + RejectStore
+        + ScheduleStore
         + Send
         + Sync
         + fmt::Debug
@@ -762,6 +978,15 @@ fn not_found(what: &'static str, id: impl fmt::Display) -> Error {
 
 fn lease_ms(lease: Duration) -> i64 {
     i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+fn validate_schedule_outcome(outcome: &ScheduleOutcome) -> Result<()> {
+    if outcome.status == RunStatus::Running {
+        return Err(Error::invalid_input(
+            "a scheduled run cannot finish with status running",
+        ));
+    }
+    Ok(())
 }
 
 fn validate_outcome(outcome: &RunOutcome) -> Result<()> {

@@ -1,159 +1,295 @@
-//! Opening the state store (and the sink into the same database) from a location string.
+//! Opening a state store from a configured location, with the record sinks that write into
+//! the same database: the one place that names a storage backend.
 
+use std::fmt;
 use std::sync::Arc;
 
 use super::{EncryptionKey, MemoryStore, StateStore};
 use crate::error::{Error, Result};
 use crate::sink::Sink;
+use crate::sinks::MemorySink;
+
+/// Where a store lives, parsed from configuration text (see [`StoreLocation::parse`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreLocation {
+    /// In this process only (`memory:`): nothing survives a restart. For tests and one-off
+    /// runs such as a Singer tap.
+    Memory,
+    /// A SQLite database: a `sqlite:` URL (`sqlite://state.db`, `sqlite::memory:`), or a file
+    /// path (created when missing).
+    Sqlite(String),
+    /// A PostgreSQL database: a `postgres://user@host:port/database` (or `postgresql://`) URL
+    /// without the password, which comes from `PGPASSWORD` or `~/.pgpass`. Opened as a
+    /// `PgStore` when apex-connect-core is built with the `postgres` feature; refused
+    /// (`Config`) otherwise.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// Parses a location: `memory:` (or `memory://`), a `sqlite:` URL, a `postgres://` or
+    /// `postgresql://` URL, or else a file path for SQLite.
+    ///
+    /// # Errors
+    /// `Config` for an empty location or an unknown `scheme://`.
+    pub fn parse(text: &str) -> Result<Self> {
+        let t = text.trim();
+        if t.is_empty() {
+            return Err(Error::config("the store location is empty"));
+        }
+        let lower = t.to_ascii_lowercase();
+        if lower == "memory:" || lower == "memory://" {
+            return Ok(StoreLocation::Memory);
+        }
+        if lower.starts_with("sqlite:") {
+            return Ok(StoreLocation::Sqlite(t.to_string()));
+        }
+        if is_postgres_url(t) {
+            return Ok(StoreLocation::Postgres(t.to_string()));
+        }
+        if let Some((scheme, _)) = t.split_once("://") {
+            return Err(Error::config(
+                "unknown store location scheme (memory:, sqlite:, postgres://)",
+            )
+            .with_context("scheme", scheme));
+        }
+        Ok(StoreLocation::Sqlite(t.to_string()))
+    }
+}
 
 /// Whether `location` names a PostgreSQL database (`postgres://` or `postgresql://`, any case).
-pub fn is_postgres_url(location: &str) -> bool {
+pub(crate) fn is_postgres_url(location: &str) -> bool {
     let head = location.get(..13).unwrap_or(location).to_ascii_lowercase();
     head.starts_with("postgres://") || head.starts_with("postgresql://")
 }
 
-/// The concrete store behind an [`OpenedStore`], for what only one backend offers
-/// (PostgreSQL's [`super::PgStore::subscribe_inbox`], pools for admin queries).
-#[derive(Debug, Clone)]
+/// Which record sink of an [`OpenedStore`] to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Backend {
-    /// In memory (`memory:`): nothing survives the process.
-    Memory(Arc<MemoryStore>),
-    /// A SQLite file (a path, or a `sqlite:` URL).
+pub enum SinkKind {
+    /// Records with their normalized entities, upserted by (connection, stream, id) with the
+    /// highest version winning (the `records` table: `SqliteSink` on SQLite, `PgSink` on
+    /// PostgreSQL).
+    /// Records that cannot be mapped are quarantined by the engine and the workers.
+    Records,
+    /// The same table without entities: no mapping runs (`SqliteSink::raw_only`,
+    /// `PgSink::raw_only`).
+    RawRecords,
+    /// The ledger: records with a count of how often each change was applied (the
+    /// `sink_ledger` table: `LedgerSink` on SQLite, `PgLedgerSink` on PostgreSQL). In memory: a [`MemorySink`], which counts
+    /// applications too ([`MemorySink::apply_count`]).
+    Ledger,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Memory,
     #[cfg(feature = "sqlite")]
     Sqlite(super::SqliteStore),
-    /// A PostgreSQL database (a `postgres://` URL).
     #[cfg(feature = "postgres")]
     Postgres(super::PgStore),
 }
 
-/// A state store and a sink writing into the same database, as [`open_url`] returns them.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
+/// A state store opened by [`open`], with the record sinks that write into the same database.
+/// Cheap to clone.
+#[derive(Clone)]
 pub struct OpenedStore {
-    /// The state store.
-    pub state: Arc<dyn StateStore>,
-    /// The records sink of the same database (it wants entities): `SqliteSink`, `PgSink`, or
-    /// a `MemorySink` for `memory:`.
-    pub sink: Arc<dyn Sink>,
-    /// The concrete store.
-    pub backend: Backend,
+    store: Arc<dyn StateStore>,
+    backend: Backend,
+    location: StoreLocation,
 }
 
-/// Opens the store named by `location` and runs its migrations:
+impl fmt::Debug for OpenedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenedStore")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens (creating when needed, migrating) the state store at `location` (see
+/// [`StoreLocation::parse`]); tokens are encrypted at rest with `key` in persistent stores.
 ///
-/// - `postgres://user@host:port/database[?sslmode=...]` (or `postgresql://`): a
-///   [`super::PgStore`] with a [`crate::sinks::PgSink`] (feature `postgres`). The password
-///   comes from `PGPASSWORD` or `~/.pgpass`, never from the URL.
-/// - `sqlite:...` URL (`sqlite://state.db?mode=rwc`, `sqlite::memory:`), or any other text as
-///   a file path (created if missing): a `SqliteStore` with a `SqliteSink` (feature `sqlite`).
-/// - `memory:`: a [`MemoryStore`] with an entity-keeping `MemorySink`.
-///
-/// Token sets are encrypted with `key` (the memory store keeps them in memory as they are).
+/// The returned [`OpenedStore`] hands out the store as `Arc<dyn StateStore>` and the record
+/// sinks of the same database ([`OpenedStore::sink`]), so hosts (the server, the CLI) never
+/// name a backend: a new one plugs in here.
 ///
 /// # Errors
-/// `Config` for an empty location, a backend this build lacks (the message names the
-/// feature), or what the backend's `connect`/`open` refuses; `Storage` when the database
-/// cannot be reached or migrated.
-pub async fn open_url(location: &str, key: EncryptionKey) -> Result<OpenedStore> {
-    let location = location.trim();
-    if location.is_empty() {
-        return Err(Error::config("the store location is empty"));
+/// `Config` for a malformed location, a PostgreSQL URL carrying a password, or a backend this
+/// build lacks (PostgreSQL without the `postgres` feature, SQLite without `sqlite`);
+/// `Storage` when the database cannot be reached, opened or migrated.
+pub async fn open(location: &str, key: EncryptionKey) -> Result<OpenedStore> {
+    let location = StoreLocation::parse(location)?;
+    match &location {
+        StoreLocation::Memory => Ok(OpenedStore {
+            store: Arc::new(MemoryStore::new()),
+            backend: Backend::Memory,
+            location,
+        }),
+        #[cfg(feature = "postgres")]
+        StoreLocation::Postgres(url) => {
+            let store = super::PgStore::connect(url, key).await?;
+            Ok(OpenedStore {
+                store: Arc::new(store.clone()),
+                backend: Backend::Postgres(store),
+                location,
+            })
+        }
+        #[cfg(not(feature = "postgres"))]
+        StoreLocation::Postgres(_) => {
+            let _ = key;
+            Err(Error::config(
+                "PostgreSQL state stores need the `postgres` feature of apex-connect-core \
+                 (the `postgres` feature of apex-connect-server / apex-connect)",
+            ))
+        }
+        #[cfg(feature = "sqlite")]
+        StoreLocation::Sqlite(target) => {
+            let store = open_sqlite(target, key).await?;
+            Ok(OpenedStore {
+                store: Arc::new(store.clone()),
+                backend: Backend::Sqlite(store),
+                location,
+            })
+        }
+        #[cfg(not(feature = "sqlite"))]
+        StoreLocation::Sqlite(_) => {
+            let _ = key;
+            Err(Error::config(
+                "SQLite state stores need the `sqlite` feature of apex-connect-core",
+            ))
+        }
     }
-    if is_postgres_url(location) {
-        return open_postgres(location, key).await;
-    }
-    if location == "memory:" {
-        let store = Arc::new(MemoryStore::new());
-        return Ok(OpenedStore {
-            state: store.clone(),
-            sink: Arc::new(crate::sinks::MemorySink::with_entities()),
-            backend: Backend::Memory(store),
-        });
-    }
-    open_sqlite(location, key).await
-}
-
-#[cfg(feature = "postgres")]
-async fn open_postgres(url: &str, key: EncryptionKey) -> Result<OpenedStore> {
-    let store = super::PgStore::connect(url, key).await?;
-    Ok(OpenedStore {
-        state: Arc::new(store.clone()),
-        sink: Arc::new(crate::sinks::PgSink::for_store(&store)),
-        backend: Backend::Postgres(store),
-    })
-}
-
-#[cfg(not(feature = "postgres"))]
-async fn open_postgres(_url: &str, _key: EncryptionKey) -> Result<OpenedStore> {
-    Err(Error::config(
-        "this build has no PostgreSQL backend: enable the `postgres` feature",
-    ))
 }
 
 #[cfg(feature = "sqlite")]
-async fn open_sqlite(location: &str, key: EncryptionKey) -> Result<OpenedStore> {
-    let store = if location.starts_with("sqlite:") {
-        super::SqliteStore::connect(location, key).await?
-    } else {
-        super::SqliteStore::open(location, key).await?
-    };
-    Ok(OpenedStore {
-        state: Arc::new(store.clone()),
-        sink: Arc::new(crate::sinks::SqliteSink::for_store(&store)),
-        backend: Backend::Sqlite(store),
-    })
+async fn open_sqlite(target: &str, key: EncryptionKey) -> Result<super::SqliteStore> {
+    use std::str::FromStr;
+
+    use sqlx::sqlite::SqliteConnectOptions;
+
+    if !target.to_ascii_lowercase().starts_with("sqlite:") {
+        return super::SqliteStore::open(target, key).await;
+    }
+    let mut options = SqliteConnectOptions::from_str(target)
+        .map_err(|e| Error::config("not a valid sqlite: URL").set_source(e))?;
+    // A URL that does not say `mode=` creates its file, as a plain path does.
+    if !target.contains("mode=") {
+        options = options.create_if_missing(true);
+    }
+    let in_memory = target.contains(":memory:") || target.contains("mode=memory");
+    super::SqliteStore::with_options(options, in_memory, key).await
 }
 
-#[cfg(not(feature = "sqlite"))]
-async fn open_sqlite(_location: &str, _key: EncryptionKey) -> Result<OpenedStore> {
-    Err(Error::config(
-        "this build has no SQLite backend: enable the `sqlite` feature (or use postgres:// or memory:)",
-    ))
+impl OpenedStore {
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.store
+    }
+
+    /// Where it lives.
+    pub fn location(&self) -> &StoreLocation {
+        &self.location
+    }
+
+    /// Whether it keeps nothing across restarts (`memory:`).
+    pub fn is_ephemeral(&self) -> bool {
+        matches!(self.backend, Backend::Memory)
+    }
+
+    /// A record sink writing into the same database (see [`SinkKind`]).
+    pub fn sink(&self, kind: SinkKind) -> Arc<dyn Sink> {
+        match (&self.backend, kind) {
+            (Backend::Memory, SinkKind::Records) => Arc::new(MemorySink::with_entities()),
+            (Backend::Memory, SinkKind::RawRecords | SinkKind::Ledger) => {
+                Arc::new(MemorySink::new())
+            }
+            #[cfg(feature = "sqlite")]
+            (Backend::Sqlite(s), SinkKind::Records) => Arc::new(crate::SqliteSink::for_store(s)),
+            #[cfg(feature = "sqlite")]
+            (Backend::Sqlite(s), SinkKind::RawRecords) => {
+                Arc::new(crate::SqliteSink::for_store(s).raw_only())
+            }
+            #[cfg(feature = "sqlite")]
+            (Backend::Sqlite(s), SinkKind::Ledger) => {
+                Arc::new(crate::sinks::LedgerSink::for_store(s))
+            }
+            #[cfg(feature = "postgres")]
+            (Backend::Postgres(s), SinkKind::Records) => Arc::new(crate::PgSink::for_store(s)),
+            #[cfg(feature = "postgres")]
+            (Backend::Postgres(s), SinkKind::RawRecords) => {
+                Arc::new(crate::PgSink::for_store(s).raw_only())
+            }
+            #[cfg(feature = "postgres")]
+            (Backend::Postgres(s), SinkKind::Ledger) => {
+                Arc::new(crate::sinks::PgLedgerSink::for_store(s))
+            }
+        }
+    }
+
+    /// The PostgreSQL store, when this is one: for what only PostgreSQL offers
+    /// ([`super::PgStore::subscribe_inbox`], the pool for a host's own queries).
+    #[cfg(feature = "postgres")]
+    pub fn postgres(&self) -> Option<&super::PgStore> {
+        match &self.backend {
+            Backend::Postgres(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Closes the database, waiting for its connections to finish (SQLite checkpoints its
+    /// write-ahead log; PostgreSQL's pool ends its connections). Call it before the process
+    /// exits.
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Memory => {}
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(s) => s.close().await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(s) => s.close().await,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ErrorKind;
 
-    #[tokio::test]
-    async fn memory_and_empty() {
-        let opened = open_url("memory:", EncryptionKey::generate())
-            .await
-            .unwrap();
-        assert!(matches!(opened.backend, Backend::Memory(_)));
-        assert!(opened.sink.wants_entities());
-        let e = open_url("  ", EncryptionKey::generate()).await.unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Config);
-    }
-
-    #[cfg(feature = "sqlite")]
-    #[tokio::test]
-    async fn sqlite_path_and_url() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        let opened = open_url(path.to_str().unwrap(), EncryptionKey::generate())
-            .await
-            .unwrap();
-        assert!(matches!(opened.backend, Backend::Sqlite(_)));
-        assert!(opened.sink.wants_entities());
-        assert!(path.exists());
-        let opened = open_url("sqlite::memory:", EncryptionKey::generate())
-            .await
-            .unwrap();
-        assert!(matches!(opened.backend, Backend::Sqlite(_)));
+    #[test]
+    fn locations() {
+        assert_eq!(
+            StoreLocation::parse("memory:").unwrap(),
+            StoreLocation::Memory
+        );
+        assert_eq!(
+            StoreLocation::parse("state.db").unwrap(),
+            StoreLocation::Sqlite("state.db".into())
+        );
+        assert_eq!(
+            StoreLocation::parse("sqlite://state.db").unwrap(),
+            StoreLocation::Sqlite("sqlite://state.db".into())
+        );
+        assert!(matches!(
+            StoreLocation::parse("postgres://db/apex").unwrap(),
+            StoreLocation::Postgres(_)
+        ));
+        assert!(matches!(
+            StoreLocation::parse("PostgreSQL://db/apex").unwrap(),
+            StoreLocation::Postgres(_)
+        ));
+        assert!(StoreLocation::parse("mysql://db").is_err());
+        assert!(StoreLocation::parse("  ").is_err());
     }
 
     #[tokio::test]
     async fn postgres_url_with_a_password_is_refused_before_connecting() {
-        let e = open_url(
+        let e = open(
             "postgres://apex:pw-in-url@127.0.0.1:1/apex",
             EncryptionKey::generate(),
         )
         .await
         .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Config);
+        assert_eq!(e.kind(), crate::ErrorKind::Config);
         assert!(!format!("{e:?}").contains("pw-in-url"));
     }
 }

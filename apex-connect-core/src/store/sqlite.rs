@@ -15,8 +15,9 @@ use sqlx::sqlite::{
 use super::{
     AppendOutcome, ClaimedEvent, Clock, Connection, ConnectionStatus, ConnectionStore, CursorStore,
     DeadLetter, EncryptionKey, EventId, FailAction, InboxCounts, InboxEvent, InboxStore, RejectId,
-    RejectStore, RunId, RunKind, RunOutcome, RunStatus, RunStore, StoredReject, SyncRun,
-    cursor_conflict, lease_lost, lease_ms, not_found, run_finished, validate_outcome,
+    RejectStore, RunId, RunKind, RunOutcome, RunStatus, RunStore, ScheduleEntry, ScheduleOutcome,
+    ScheduleRow, ScheduleStore, StoredReject, SyncRun, cursor_conflict, lease_lost, lease_ms,
+    not_found, run_finished, validate_outcome, validate_schedule_outcome,
 };
 use crate::cursor::CursorToken;
 use crate::error::{Error, Result};
@@ -31,7 +32,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pool size: SQLite has one writer at a time; a few connections let reads overlap it (WAL).
 const POOL_SIZE: u32 = 4;
 
-/// A [`StateStore`] in one SQLite file: WAL journal, `synchronous=NORMAL`, a busy timeout,
+/// A [`StateStore`](super::StateStore) in one SQLite file: WAL journal, `synchronous=NORMAL`, a busy timeout,
 /// foreign keys on, a small pool, and the versioned migrations run at open (idempotent:
 /// reopening an existing file is fine). Token sets are encrypted with the [`EncryptionKey`].
 ///
@@ -89,7 +90,7 @@ impl SqliteStore {
         Self::with_options(options, in_memory, key).await
     }
 
-    async fn with_options(
+    pub(super) async fn with_options(
         options: SqliteConnectOptions,
         in_memory: bool,
         key: EncryptionKey,
@@ -657,6 +658,38 @@ impl InboxStore for SqliteStore {
         append_inbox_row(&mut conn, event, &headers, self.clock.now_ms()).await
     }
 
+    async fn append_many(&self, events: &[InboxEvent]) -> Result<Vec<AppendOutcome>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let headers = events
+            .iter()
+            .map(|e| serde_json::to_string(&e.headers_json))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| {
+                Error::invalid_input("webhook headers cannot be serialized").set_source(e)
+            })?;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_err("cannot append to the inbox"))?;
+        // Take the write lock at once: a deferred transaction that upgrades later can fail
+        // with SQLITE_BUSY without waiting.
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err("cannot begin an inbox transaction"))?;
+        let now = self.clock.now_ms();
+        let mut out = Vec::with_capacity(events.len());
+        for (event, headers) in events.iter().zip(&headers) {
+            out.push(append_inbox_row(&mut tx, event, headers, now).await?);
+        }
+        tx.commit()
+            .await
+            .map_err(db_err("cannot commit the inbox transaction"))?;
+        Ok(out)
+    }
+
     async fn inbox_claim(
         &self,
         worker: &str,
@@ -720,6 +753,32 @@ impl InboxStore for SqliteStore {
             return Err(lease_lost(id, worker));
         }
         Ok(())
+    }
+
+    async fn inbox_complete_many(&self, ids: &[EventId], worker: &str) -> Result<Vec<EventId>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.clock.now_ms();
+        let list = serde_json::to_string(&ids.iter().map(|i| i.0).collect::<Vec<_>>())
+            .map_err(|e| Error::storage("cannot encode inbox ids").set_source(e))?;
+        // One statement for the batch (PostgreSQL: `id = ANY($1)`).
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "UPDATE inbox SET status = 'done', lease_owner = NULL, lease_until = NULL, \
+                 finished_at = ?3 \
+             WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'pending' \
+               AND lease_owner = ?2 AND lease_until > ?3 \
+             RETURNING id",
+        )
+        .bind(list)
+        .bind(worker)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("cannot complete inbox events"))?;
+        let mut done: Vec<EventId> = rows.into_iter().map(|(id,)| EventId(id)).collect();
+        done.sort_unstable();
+        Ok(done)
     }
 
     async fn inbox_fail(
@@ -1025,5 +1084,198 @@ impl RejectStore for SqliteStore {
             return Err(not_found("reject", id));
         }
         Ok(())
+    }
+}
+
+const SCHEDULE_COLUMNS: &str = "connection, stream, spec, full_sync, next_due_at, lease_owner, \
+     lease_until, failures, runs, last_started_at, last_finished_at, last_status, last_error";
+
+fn schedule_from_row(r: &SqliteRow) -> Result<ScheduleRow> {
+    let get = || -> std::result::Result<_, sqlx::Error> {
+        Ok((
+            r.try_get::<String, _>("connection")?,
+            r.try_get::<String, _>("stream")?,
+            r.try_get::<String, _>("spec")?,
+            r.try_get::<bool, _>("full_sync")?,
+            [
+                r.try_get::<i64, _>("next_due_at")?,
+                r.try_get::<i64, _>("failures")?,
+                r.try_get::<i64, _>("runs")?,
+            ],
+            r.try_get::<Option<String>, _>("lease_owner")?,
+            [
+                r.try_get::<Option<i64>, _>("lease_until")?,
+                r.try_get::<Option<i64>, _>("last_started_at")?,
+                r.try_get::<Option<i64>, _>("last_finished_at")?,
+            ],
+            r.try_get::<Option<String>, _>("last_status")?,
+            r.try_get::<Option<String>, _>("last_error")?,
+        ))
+    };
+    let (connection, stream, spec, full, n, lease_owner, t, last_status, last_error) =
+        get().map_err(db_err("cannot decode a schedule row"))?;
+    Ok(ScheduleRow {
+        connection: ConnectionId::from(connection),
+        stream: StreamId::from(stream),
+        spec,
+        full,
+        next_due_at: n[0],
+        lease_owner,
+        lease_until: t[0],
+        failures: to_u64(n[1]),
+        runs: to_u64(n[2]),
+        last_started_at: t[1],
+        last_finished_at: t[2],
+        last_status: last_status.as_deref().map(RunStatus::parse).transpose()?,
+        last_error,
+    })
+}
+
+#[async_trait]
+impl ScheduleStore for SqliteStore {
+    async fn upsert_schedule(&self, entry: &ScheduleEntry, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO schedules (connection, stream, spec, full_sync, next_due_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT (connection, stream) DO UPDATE SET spec = excluded.spec, \
+                 full_sync = excluded.full_sync, next_due_at = excluded.next_due_at, \
+                 updated_at = excluded.updated_at \
+             WHERE schedules.spec IS NOT excluded.spec \
+                OR schedules.full_sync IS NOT excluded.full_sync",
+        )
+        .bind(entry.connection.as_str())
+        .bind(entry.stream.as_str())
+        .bind(&entry.spec)
+        .bind(entry.full)
+        .bind(entry.first_due_at)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("cannot save a schedule"))?;
+        Ok(())
+    }
+
+    async fn claim_schedules(
+        &self,
+        owner: &str,
+        lease: Duration,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<ScheduleRow>> {
+        let until = now.saturating_add(lease_ms(lease));
+        // One statement: the selection and the lease are atomic (on PostgreSQL add
+        // `FOR UPDATE SKIP LOCKED` to the sub-select).
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE schedules SET lease_owner = ?1, lease_until = ?2, last_started_at = ?3 \
+             WHERE (connection, stream) IN ( \
+                 SELECT connection, stream FROM schedules \
+                 WHERE next_due_at <= ?3 AND (lease_until IS NULL OR lease_until <= ?3) \
+                 ORDER BY next_due_at LIMIT ?4) \
+               AND (lease_until IS NULL OR lease_until <= ?3) \
+             RETURNING {SCHEDULE_COLUMNS}"
+        )))
+        .bind(owner)
+        .bind(until)
+        .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("cannot claim schedules"))?;
+        let mut out = rows
+            .iter()
+            .map(schedule_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        // RETURNING has no defined order.
+        out.sort_by(|a, b| {
+            (a.next_due_at, &a.connection, &a.stream).cmp(&(
+                b.next_due_at,
+                &b.connection,
+                &b.stream,
+            ))
+        });
+        Ok(out)
+    }
+
+    async fn renew_schedule(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+        owner: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE schedules SET lease_until = ?4 \
+             WHERE connection = ?1 AND stream = ?2 AND lease_owner = ?3 AND lease_until > ?5",
+        )
+        .bind(connection.as_str())
+        .bind(stream.as_str())
+        .bind(owner)
+        .bind(until)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("cannot renew a schedule lease"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn finish_schedule(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+        owner: &str,
+        outcome: &ScheduleOutcome,
+        now: i64,
+    ) -> Result<bool> {
+        validate_schedule_outcome(outcome)?;
+        let done = sqlx::query(
+            "UPDATE schedules SET lease_owner = NULL, lease_until = NULL, next_due_at = ?4, \
+                 last_finished_at = ?5, last_status = ?6, last_error = ?7, \
+                 runs = runs + (CASE WHEN ?6 = 'cancelled' THEN 0 ELSE 1 END), \
+                 failures = CASE WHEN ?6 = 'failed' THEN failures + 1 \
+                                 WHEN ?6 = 'succeeded' THEN 0 ELSE failures END, \
+                 updated_at = ?5 \
+             WHERE connection = ?1 AND stream = ?2 AND lease_owner = ?3",
+        )
+        .bind(connection.as_str())
+        .bind(stream.as_str())
+        .bind(owner)
+        .bind(outcome.next_due_at)
+        .bind(now)
+        .bind(outcome.status.as_str())
+        .bind(outcome.error.as_deref())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("cannot record a scheduled run"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn make_schedule_due(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE schedules SET next_due_at = MIN(next_due_at, ?3) \
+             WHERE connection = ?1 AND stream = ?2",
+        )
+        .bind(connection.as_str())
+        .bind(stream.as_str())
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("cannot update a schedule"))?;
+        Ok(())
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<ScheduleRow>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY connection, stream"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("cannot list schedules"))?;
+        rows.iter().map(schedule_from_row).collect()
     }
 }

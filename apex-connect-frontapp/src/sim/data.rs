@@ -11,6 +11,8 @@ const STEP_SECS: f64 = 60.0;
 const FRACTION: f64 = 0.125;
 /// Ids at or above this index belong to the overlay (created by mutations).
 pub(crate) const OVERLAY_BASE: u64 = 36u64.pow(8);
+/// Ids at or above this index name objects added as they are ([`Overlay::raw`]).
+pub(crate) const RAW_BASE: u64 = 36u64.pow(9);
 
 const FIRST: [&str; 16] = [
     "Michael", "Dwight", "Jim", "Pam", "Ryan", "Andy", "Angela", "Kevin", "Oscar", "Stanley",
@@ -159,6 +161,8 @@ pub(crate) struct NewEvent {
     pub(crate) conversation: Option<u64>,
     /// `(target _meta.type, target data)`.
     pub(crate) target: Option<(String, Value)>,
+    /// An event added as it is (served instead of one rendered from the fields above).
+    pub(crate) raw: Option<Value>,
 }
 
 /// Everything mutations changed.
@@ -170,6 +174,9 @@ pub(crate) struct Overlay {
     pub(crate) comments: Vec<NewComment>,
     pub(crate) events: Vec<NewEvent>,
     pub(crate) last_time: f64,
+    /// Objects added as they are, per stream (messages and comments belong to conversation
+    /// 0; events are in `events`). Object `n` of a stream has index `RAW_BASE + n`.
+    pub(crate) raw: HashMap<&'static str, Vec<Value>>,
 }
 
 impl Overlay {
@@ -183,6 +190,11 @@ impl Overlay {
         let t = now.max(self.last_time + 0.001);
         self.last_time = t;
         t
+    }
+
+    /// The objects of `stream` added as they are.
+    pub(crate) fn raw(&self, stream: &str) -> &[Value] {
+        self.raw.get(stream).map_or(&[], Vec::as_slice)
     }
 
     /// Touched conversations, most recently updated first.
@@ -582,6 +594,12 @@ impl Data {
 
     /// Message `i` (generated, `i < messages()`) or overlay message `OVERLAY_BASE + n`.
     pub(crate) fn message(&self, i: u64, overlay: &Overlay) -> Option<Value> {
+        if i >= RAW_BASE {
+            return overlay
+                .raw("messages")
+                .get((i - RAW_BASE) as usize)
+                .cloned();
+        }
         let (conv, created, text, inbound, author_t) = if i >= OVERLAY_BASE {
             let m = overlay.messages.get((i - OVERLAY_BASE) as usize)?;
             (
@@ -673,10 +691,19 @@ impl Data {
             .unwrap_or_default();
         let m = self.shape.messages_per_conversation;
         out.extend((0..m).rev().map(|j| c * m + j));
+        if c == 0 {
+            out.extend((0..overlay.raw("messages").len() as u64).map(|n| RAW_BASE + n));
+        }
         out
     }
 
     pub(crate) fn comment(&self, i: u64, overlay: &Overlay) -> Option<Value> {
+        if i >= RAW_BASE {
+            return overlay
+                .raw("comments")
+                .get((i - RAW_BASE) as usize)
+                .cloned();
+        }
         let (conv, posted, body, author) = if i >= OVERLAY_BASE {
             let m = overlay.comments.get((i - OVERLAY_BASE) as usize)?;
             (m.conversation, m.posted_at, m.body.clone(), m.author)
@@ -713,6 +740,9 @@ impl Data {
         let mut out: Vec<u64> = (0..cpc).map(|j| c * cpc + j).collect();
         if let Some(ch) = overlay.conversations.get(&c) {
             out.extend(ch.comments.iter().map(|n| OVERLAY_BASE + n));
+        }
+        if c == 0 {
+            out.extend((0..overlay.raw("comments").len() as u64).map(|n| RAW_BASE + n));
         }
         out
     }
@@ -756,6 +786,9 @@ impl Data {
             )
         } else {
             let e = overlay.events.get((p - g) as usize)?;
+            if let Some(raw) = &e.raw {
+                return Some(raw.clone());
+            }
             let target = match &e.target {
                 Some((t, data)) => json!({"_meta": {"type": t}, "data": data}),
                 None => Value::Null,
@@ -869,7 +902,10 @@ impl Data {
             "messages" => {
                 for c in 0..self.shape.conversations {
                     for i in self.message_ids_desc(c, overlay) {
-                        let t = if i >= OVERLAY_BASE {
+                        let t = if i >= RAW_BASE {
+                            self.message(i, overlay)
+                                .and_then(|v| v.get("created_at").and_then(Value::as_f64))
+                        } else if i >= OVERLAY_BASE {
                             overlay
                                 .messages
                                 .get((i - OVERLAY_BASE) as usize)
@@ -922,6 +958,25 @@ impl Data {
                 }
             }
             _ => {}
+        }
+        // Objects added as they are (messages and comments are in their conversation's list).
+        let prefix = match stream {
+            "conversations" => "cnv",
+            "contacts" => "crd",
+            "tags" => "tag",
+            "teammates" => "tea",
+            "inboxes" => "inb",
+            _ => return out,
+        };
+        let field = |v: &Value, f: &str| v.get(f).and_then(Value::as_f64);
+        for (n, v) in overlay.raw(stream).iter().enumerate() {
+            let version = match stream {
+                "teammates" | "inboxes" => None,
+                _ => field(v, "updated_at")
+                    .or_else(|| field(v, "created_at"))
+                    .and_then(ms),
+            };
+            out.insert(format!("{prefix}_{}", b36(RAW_BASE + n as u64)), version);
         }
         out
     }

@@ -46,7 +46,9 @@ use secrecy::SecretString;
 use serde_json::{Map, Value, json};
 
 use crate::webhook::{CHALLENGE_HEADER, FrontAppWebhookVerifier};
-use data::{Data, NewComment, NewEvent, NewMessage, OVERLAY_BASE, Overlay, Shape, parse_id};
+use data::{
+    Data, NewComment, NewEvent, NewMessage, OVERLAY_BASE, Overlay, RAW_BASE, Shape, b36, parse_id,
+};
 
 /// The simulator's settings. `Default` is a small account (100 conversations of 5 messages);
 /// [`FrontSimConfig::realistic`] is a busier one.
@@ -88,6 +90,8 @@ pub struct FrontSimConfig {
     pub oauth_access_ttl: Duration,
     /// The app secret signing application webhooks.
     pub webhook_secret: String,
+    /// The loopback port to listen on (`None`: a free one).
+    pub port: Option<u16>,
 }
 
 impl Default for FrontSimConfig {
@@ -110,6 +114,7 @@ impl Default for FrontSimConfig {
             oauth_client_secret: "front-sim-client-secret".into(),
             oauth_access_ttl: Duration::from_secs(3600),
             webhook_secret: "front-sim-app-secret".into(),
+            port: None,
         }
     }
 }
@@ -163,6 +168,12 @@ impl FrontSimConfig {
     /// Uses these faults.
     pub fn faults(mut self, faults: Faults) -> Self {
         self.faults = Some(faults);
+        self
+    }
+
+    /// Listens on `127.0.0.1:port` instead of a free port.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
         self
     }
 }
@@ -280,7 +291,7 @@ impl FrontSim {
             .layer(limiter.layer())
             .layer(faults.layer())
             .layer(stats.layer());
-        let server = SimServer::start(app).await?;
+        let server = SimServer::start_on(app, config.port.unwrap_or(0)).await?;
         let base = server.base_url().to_string();
         let _ = state.data.set(Data::new(state.shape.clone(), base.clone()));
         Ok(FrontSimHandle {
@@ -513,7 +524,8 @@ impl FrontSimHandle {
     pub fn count(&self, stream: &str) -> u64 {
         let s = &self.inner.state.shape;
         let overlay = self.inner.state.overlay();
-        match stream {
+        let raw = overlay.raw(stream).len() as u64;
+        raw + match stream {
             "conversations" => s.conversations,
             "messages" => s.messages() + overlay.messages.len() as u64,
             "comments" => {
@@ -641,6 +653,22 @@ impl FrontSimHandle {
         Ok(())
     }
 
+    /// Adds objects to `stream` exactly as given (JSON objects; anything else is skipped),
+    /// for tests of what a real account may hold that the generator never makes (hostile
+    /// variants of Front's documented shapes). The simulator sets only what it needs to
+    /// serve them: each gets a fresh `id`; events also a fresh `emitted_at` (the feed stays
+    /// in time order) and contacts a fresh `updated_at` (their list is in `updated_at`
+    /// order). Messages and comments go into conversation 0 (`conversation_id(0)`);
+    /// conversations, contacts, tags, teammates and inboxes come after the generated ones in
+    /// their lists, events at the end of the feed. Returns the ids given, in order.
+    ///
+    /// # Errors
+    /// `NotFound` for a stream the simulator does not serve.
+    pub fn add_raw(&self, stream: &str, objects: Vec<Value>) -> Result<Vec<String>> {
+        let stream = crate::streams::by_name(stream).ok_or_else(|| bad_id("stream", stream))?;
+        Ok(self.inner.state.add_raw(stream, objects))
+    }
+
     /// The id of the newest event of the feed.
     pub fn latest_event_id(&self) -> Option<String> {
         let n = self.count("events");
@@ -742,6 +770,62 @@ impl FrontSimHandle {
 }
 
 impl SimState {
+    pub(crate) fn add_raw(&self, stream: &'static str, objects: Vec<Value>) -> Vec<String> {
+        let data = self.data();
+        let mut o = self.overlay_mut();
+        let mut ids = Vec::with_capacity(objects.len());
+        for mut v in objects {
+            let Some(m) = v.as_object_mut() else {
+                continue;
+            };
+            if stream == crate::streams::EVENTS {
+                let t = o.tick();
+                let id = Data::event_id(data.events_len(&o));
+                m.insert("id".into(), json!(id));
+                m.insert("emitted_at".into(), json!(t));
+                let kind = m
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown")
+                    .to_string();
+                o.events.push(NewEvent {
+                    kind,
+                    emitted_at: t,
+                    conversation: None,
+                    target: None,
+                    raw: Some(v),
+                });
+                ids.push(id);
+                continue;
+            }
+            let prefix = match stream {
+                "conversations" => "cnv",
+                "messages" => "msg",
+                "comments" => "com",
+                "contacts" => "crd",
+                "tags" => "tag",
+                "teammates" => "tea",
+                _ => "inb",
+            };
+            let n = o.raw(stream).len() as u64;
+            let id = format!("{prefix}_{}", b36(RAW_BASE + n));
+            m.insert("id".into(), json!(id));
+            if stream == crate::streams::CONTACTS {
+                let t = o.tick();
+                m.insert("updated_at".into(), json!(t));
+            }
+            o.raw.entry(stream).or_default().push(v);
+            ids.push(id);
+        }
+        ids
+    }
+
+    /// An object of `stream` added as it is, by id.
+    pub(crate) fn raw_object(&self, stream: &str, prefix: &str, id: &str) -> Option<Value> {
+        let i = parse_id(id, prefix)?.checked_sub(RAW_BASE)?;
+        self.overlay().raw(stream).get(i as usize).cloned()
+    }
+
     pub(crate) fn tag_index(&self, id: &str) -> Option<u64> {
         parse_id(id, "tag").filter(|t| *t < self.shape.tags)
     }
@@ -778,6 +862,7 @@ impl SimState {
             emitted_at: t,
             conversation: Some(c),
             target,
+            raw: None,
         });
         Data::event_id(data.events_len(&o) - 1)
     }
@@ -806,6 +891,7 @@ impl SimState {
             emitted_at: t,
             conversation: Some(c),
             target: Some(("message".into(), preview)),
+            raw: None,
         });
         Data::message_id(OVERLAY_BASE + n)
     }
@@ -830,6 +916,7 @@ impl SimState {
             emitted_at: t,
             conversation: Some(c),
             target: Some(("comment".into(), comment)),
+            raw: None,
         });
         Data::comment_id(OVERLAY_BASE + n)
     }
@@ -884,6 +971,7 @@ impl SimState {
             emitted_at: t,
             conversation: None,
             target: Some(("contact".into(), contact)),
+            raw: None,
         });
         Data::event_id(data.events_len(&o) - 1)
     }

@@ -61,6 +61,13 @@ pub(crate) fn router(state: Arc<SimState>) -> Router {
         .route("/messages/{id}", get(get_message))
         .route("/comments/{id}", get(get_comment))
         .route("/contacts", get(list_contacts))
+        .route("/contacts/custom_fields", get(contact_custom_fields))
+        .route(
+            "/conversations/custom_fields",
+            get(conversation_custom_fields),
+        )
+        .route("/teammates/custom_fields", get(no_custom_fields))
+        .route("/inboxes/custom_fields", get(no_custom_fields))
         .route("/contacts/{id}", get(get_contact).patch(patch_contact))
         .route("/tags", get(list_tags))
         .route("/tags/{id}", get(get_tag))
@@ -213,7 +220,9 @@ async fn list_conversations(State(s): St, uri: Uri) -> Response {
     };
     let o = s.overlay();
     let touched = o.touched_desc();
-    let n = d.shape.conversations;
+    let generated = d.shape.conversations;
+    let raw = o.raw("conversations");
+    let n = generated + raw.len() as u64;
     let end = start.saturating_add(limit as u64).min(n);
     let next = (end < n).then(|| next_link(d, "/conversations", &q, end));
     render_list(
@@ -223,15 +232,25 @@ async fn list_conversations(State(s): St, uri: Uri) -> Response {
         2_600 * limit,
         |out| {
             let mut first = true;
-            for c in (start..end).filter_map(|p| d.conversation_at(p, &touched)) {
-                out.comma(&mut first);
-                d.write_conversation(out, c, &o);
+            for p in start..end {
+                if p >= generated {
+                    if let Some(v) = raw.get((p - generated) as usize) {
+                        out.comma(&mut first);
+                        out.value(v);
+                    }
+                } else if let Some(c) = d.conversation_at(p, &touched) {
+                    out.comma(&mut first);
+                    d.write_conversation(out, c, &o);
+                }
             }
         },
     )
 }
 
 async fn get_conversation(State(s): St, Path(id): Path<String>) -> Response {
+    if let Some(v) = s.raw_object("conversations", "cnv", &id) {
+        return axum::Json(v).into_response();
+    }
     match s.conversation_index(&id) {
         Some(c) => axum::Json(s.data().conversation(c, &s.overlay())).into_response(),
         None => not_found("conversation"),
@@ -400,8 +419,17 @@ async fn list_contacts(State(s): St, uri: Uri) -> Response {
     };
     let o = s.overlay();
     let changed = o.contacts_asc();
-    let n = d.shape.contacts;
+    let generated = d.shape.contacts;
+    let raw = o.raw("contacts");
+    let n = generated + raw.len() as u64;
     let time = |p: u64| -> f64 {
+        if p >= generated {
+            return raw
+                .get((p - generated) as usize)
+                .and_then(|v| v.get("updated_at"))
+                .and_then(Value::as_f64)
+                .unwrap_or(f64::INFINITY);
+        }
         d.contact_at(p, &changed)
             .map(|k| {
                 o.contacts
@@ -432,14 +460,24 @@ async fn list_contacts(State(s): St, uri: Uri) -> Response {
     let next = (end < n).then(|| next_link(d, "/contacts", &q, end));
     render_list(d, "/contacts", Some(next.as_deref()), 900 * limit, |out| {
         let mut first = true;
-        for k in (start..end).filter_map(|p| d.contact_at(p, &changed)) {
-            out.comma(&mut first);
-            d.write_contact(out, k, &o);
+        for p in start..end {
+            if p >= generated {
+                if let Some(v) = raw.get((p - generated) as usize) {
+                    out.comma(&mut first);
+                    out.value(v);
+                }
+            } else if let Some(k) = d.contact_at(p, &changed) {
+                out.comma(&mut first);
+                d.write_contact(out, k, &o);
+            }
         }
     })
 }
 
 async fn get_contact(State(s): St, Path(id): Path<String>) -> Response {
+    if let Some(v) = s.raw_object("contacts", "crd", &id) {
+        return axum::Json(v).into_response();
+    }
     match s.contact_index(&id) {
         Some(k) => axum::Json(s.data().contact(k, &s.overlay())).into_response(),
         None => not_found("contact"),
@@ -475,14 +513,28 @@ async fn list_tags(State(s): St, uri: Uri) -> Response {
         (Ok(l), Ok(t)) => (l, t.unwrap_or(0)),
         (Err(r), _) | (_, Err(r)) => return r,
     };
-    let n = d.shape.tags;
+    let o = s.overlay();
+    let raw = o.raw("tags");
+    let generated = d.shape.tags;
+    let n = generated + raw.len() as u64;
     let end = start.saturating_add(limit as u64).min(n);
-    let results = (start..end).map(|t| d.tag(t)).collect();
+    let results = (start..end)
+        .filter_map(|t| {
+            if t >= generated {
+                raw.get((t - generated) as usize).cloned()
+            } else {
+                Some(d.tag(t))
+            }
+        })
+        .collect();
     let next = (end < n).then(|| next_link(d, "/tags", &q, end));
     list(d, "/tags", results, next)
 }
 
 async fn get_tag(State(s): St, Path(id): Path<String>) -> Response {
+    if let Some(v) = s.raw_object("tags", "tag", &id) {
+        return axum::Json(v).into_response();
+    }
     match s.tag_index(&id) {
         Some(t) => axum::Json(s.data().tag(t)).into_response(),
         None => not_found("tag"),
@@ -491,16 +543,61 @@ async fn get_tag(State(s): St, Path(id): Path<String>) -> Response {
 
 async fn list_teammates(State(s): St) -> Response {
     let d = s.data();
-    let results: Vec<Value> = (0..d.shape.teammates).map(|t| d.teammate(t)).collect();
+    let mut results: Vec<Value> = (0..d.shape.teammates).map(|t| d.teammate(t)).collect();
+    results.extend(s.overlay().raw("teammates").iter().cloned());
     axum::Json(json!({"_links": {"self": format!("{}/teammates", d.base)}, "_results": results}))
         .into_response()
 }
 
 async fn list_inboxes(State(s): St) -> Response {
     let d = s.data();
-    let results: Vec<Value> = (0..d.shape.inboxes).map(|i| d.inbox(i)).collect();
+    let mut results: Vec<Value> = (0..d.shape.inboxes).map(|i| d.inbox(i)).collect();
+    results.extend(s.overlay().raw("inboxes").iter().cloned());
     axum::Json(json!({"_links": {"self": format!("{}/inboxes", d.base)}, "_results": results}))
         .into_response()
+}
+
+/// A custom-fields list (`CustomFieldResponse` items) of `path`.
+fn custom_fields(s: &SimState, path: &str, fields: &[(&str, &str, &[&str])]) -> Response {
+    let d = s.data();
+    let results: Vec<Value> = fields
+        .iter()
+        .enumerate()
+        .map(|(i, (name, kind, values))| {
+            json!({
+                "_links": {"self": format!("{}/custom_fields/fld_{}", d.base, path.len() + i)},
+                "id": format!("fld_{}", path.len() + i),
+                "name": name,
+                "description": format!("The {}", name.to_lowercase()),
+                "type": kind,
+                "values": values.iter().map(|v| json!({"value": v, "label": v})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    axum::Json(json!({"_links": {"self": format!("{}{path}", d.base)}, "_results": results}))
+        .into_response()
+}
+
+/// The contacts' custom fields: the `Tier` every generated contact has.
+async fn contact_custom_fields(State(s): St) -> Response {
+    custom_fields(
+        &s,
+        "/contacts/custom_fields",
+        &[("Tier", "enum", &["gold", "silver", "bronze"])],
+    )
+}
+
+/// The conversations' custom fields: the `Priority` every generated conversation has.
+async fn conversation_custom_fields(State(s): St) -> Response {
+    custom_fields(
+        &s,
+        "/conversations/custom_fields",
+        &[("Priority", "enum", &["low", "normal", "high"])],
+    )
+}
+
+async fn no_custom_fields(State(s): St, uri: Uri) -> Response {
+    custom_fields(&s, uri.path(), &[])
 }
 
 /// Most positions one `/events` request scans for matches (Front, too, may answer a short

@@ -1,11 +1,16 @@
 //! API tests against wiremock on loopback, with fixtures shaped like Front's documented
 //! responses (tests/fixtures/).
 
+mod descriptor;
+mod discover;
+mod hostile;
+mod nested;
+
 use std::time::{Duration, Instant};
 
 use apex_connect_core::http::RetryConfig;
 use apex_connect_core::{
-    Connector, CursorToken, ErrorKind, Op, StreamId, SyncCursor, WriteAction, WriteOp,
+    Connector, CursorToken, ErrorKind, Op, RejectStage, StreamId, SyncCursor, WriteAction, WriteOp,
 };
 use apex_connect_frontapp::cursor::{ConversationsCursor, ListPosition};
 use apex_connect_frontapp::{FrontApiError, FrontConnector, streams};
@@ -108,8 +113,11 @@ async fn conversations_page_across_company_host_next_link() {
     let r = &p1.records[0];
     assert_eq!(r.id, "cnv_yo1kg5q");
     assert_eq!(r.version, Some(1_701_292_649_333));
-    assert_eq!(r.raw["metadata"]["external_conversation_ids"][0], "JS3949");
-    let e = r.entity.as_ref().unwrap();
+    assert_eq!(
+        r.raw.to_value().unwrap()["metadata"]["external_conversation_ids"][0],
+        "JS3949"
+    );
+    let e = front.map_entity(r).unwrap().unwrap();
     assert_eq!(e.name.as_deref(), Some("How to prank Dwight Schrute"));
     assert!(
         e.relations
@@ -318,7 +326,12 @@ async fn rate_limited_request_is_retried_after_retry_after() {
         started.elapsed()
     );
     assert_eq!(
-        page.records[0].entity.as_ref().unwrap().name.as_deref(),
+        front
+            .map_entity(&page.records[0])
+            .unwrap()
+            .unwrap()
+            .name
+            .as_deref(),
         Some("Michael Scott")
     );
     assert_eq!(server.received_requests().await.unwrap().len(), 2);
@@ -351,11 +364,18 @@ async fn malformed_json_is_a_permanent_invalid_response() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidResponse);
     assert!(!e.is_temporary());
-    let e = front
+    // An object without an id cannot be read: it is quarantined, the page goes on.
+    let page = front
         .read(&StreamId::from(streams::TAGS), None)
         .await
-        .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::InvalidResponse, "an object without id");
+        .unwrap();
+    assert!(page.records.is_empty());
+    assert_eq!(page.rejects.len(), 1, "an object without id");
+    let reject = &page.rejects[0];
+    assert_eq!(reject.stage, RejectStage::Parse);
+    assert_eq!(reject.id, None);
+    assert!(reject.error.contains("has no id"), "{}", reject.error);
+    assert_eq!(&reject.raw[..], br#"{"name":"no id"}"#);
 }
 
 #[tokio::test]
@@ -438,7 +458,7 @@ async fn messages_walk_nested_and_events_fetch_named_objects() {
     );
     assert!(!p.has_more);
     let m = &p.records[1];
-    let e = m.entity.as_ref().unwrap();
+    let e = front.map_entity(m).unwrap().unwrap();
     assert!(
         e.relations
             .iter()
@@ -449,9 +469,12 @@ async fn messages_walk_nested_and_events_fetch_named_objects() {
         "Andy_Anger_Management_Certificate.png"
     );
     assert_eq!(
-        p.records[0].entity.as_ref().unwrap().relations[0].target.id,
+        front.map_entity(&p.records[0]).unwrap().unwrap().relations[0]
+            .target
+            .id,
         "cnv_y4xb93i"
     );
+    assert_eq!(p.records[0].parent.as_deref(), Some("cnv_y4xb93i"));
 
     // Incremental: conversations named by events are fetched (once per page).
     Mock::given(method("GET"))

@@ -348,6 +348,8 @@ pub(crate) struct Overlay {
     pub(crate) by_modified: Vec<BTreeSet<(i64, u64)>>,
     /// Per type: the next id for created objects.
     pub(crate) next_id: Vec<u64>,
+    /// Per type: objects served verbatim (hostile variants of the documented shape).
+    pub(crate) raw: Vec<BTreeMap<u64, Value>>,
     /// The last modification time handed out.
     pub(crate) clock_ms: i64,
 }
@@ -357,6 +359,7 @@ impl Overlay {
         Overlay {
             objects: (0..8).map(|_| BTreeMap::new()).collect(),
             by_modified: (0..8).map(|_| BTreeSet::new()).collect(),
+            raw: (0..8).map(|_| BTreeMap::new()).collect(),
             next_id: (0..8)
                 .map(|t| Seeded::first_id(t) + seeded.counts[t])
                 .collect(),

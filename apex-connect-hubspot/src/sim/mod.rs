@@ -7,8 +7,14 @@
 //!   `filterGroups` (OR of ANDs), one sort, `after` offsets, the 10,000-result cap (a `400`
 //!   past it) and ties on the modified date returned in descending id order (HubSpot leaves
 //!   that order unspecified; the simulator picks the unfriendly one).
-//! - Rate limits: `X-HubSpot-RateLimit-*` headers and `429` bodies with `policyName`
+//! - Rate limits as HubSpot enforces them: a rolling ten-second window (at most N requests
+//!   in any ten seconds, not fixed windows), `X-HubSpot-RateLimit-Max`, `-Remaining` and
+//!   `-Interval-Milliseconds` on every answer, and `429` bodies with `policyName`
 //!   (`TEN_SECONDLY_ROLLING`; `SECONDLY` for search, whose answers carry no rate headers).
+//!   Time can be a virtual [`Clock`] shared with the client ([`HubSpotSimConfig::clock`]),
+//!   with a simulated network latency.
+//! - Hostile objects ([`HubSpotSim::inject_hostile`]): variants of the documented object
+//!   shape with odd values, nulls and unknown keys, served verbatim by the list endpoint.
 //! - OAuth: the testkit's [`OAuthServer`] under `/oauth/v1` (`/oauth/v1/token`).
 //! - Batch read/create/update/upsert/archive with partial failures (`207`).
 //! - Webhooks signed as v1, v2 or v3.
@@ -18,18 +24,23 @@ mod routes;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use apex_connect_core::http::Clock;
 use apex_connect_core::oauth::{ClientAuth, OAuthConfig};
 use apex_connect_core::webhook::{WebhookRequest, WebhookSecrets, unix_ms};
 use apex_connect_core::{Error, ErrorKind, Result};
 use apex_connect_testkit::oauth_server::{OAuthServer, OAuthServerConfig};
 use apex_connect_testkit::sim::{
-    Faults, FixedWindowLimiter, Intercept, RateLimitHeaders, SimHandle, SimServer, SimStats,
+    Faults, FixedWindowLimiter, Intercept, Next, RateLimitHeaders, SimHandle, SimServer, SimStats,
     WebhookDelivery, WebhookSender,
 };
+use axum::extract::Request;
+use axum::response::Response;
+use futures::future::BoxFuture;
 use http::{HeaderMap, Method, Uri};
 use serde_json::{Value, json};
 
@@ -69,6 +80,12 @@ pub struct HubSpotSimConfig {
     pub search_per_second: Option<u32>,
     /// Modified time of the first seeded object (Unix ms).
     pub base_ms: i64,
+    /// The clock the rate limits count on (`None`: real time). A virtual clock shared with
+    /// the connector's HTTP stack makes rate tests exact and fast.
+    pub clock: Option<Arc<dyn Clock>>,
+    /// Time each API answer takes after the rate limiter counted its request, slept on
+    /// [`clock`](Self::clock) (default zero): the network's return path.
+    pub latency: Duration,
 }
 
 impl Default for HubSpotSimConfig {
@@ -88,6 +105,8 @@ impl Default for HubSpotSimConfig {
             requests_per_10s: Some(190),
             search_per_second: Some(5),
             base_ms: 1_600_000_000_000,
+            clock: None,
+            latency: Duration::ZERO,
         }
     }
 }
@@ -111,6 +130,18 @@ impl HubSpotSimConfig {
         self
     }
 
+    /// Counts time on `clock` (see [`HubSpotSimConfig::clock`]).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Delays every API answer by `latency` after its request was counted.
+    pub fn latency(mut self, latency: Duration) -> Self {
+        self.latency = latency;
+        self
+    }
+
     /// Sets the rate limits (`None`: unlimited).
     pub fn rate_limits(mut self, per_10s: Option<u32>, search_per_second: Option<u32>) -> Self {
         self.requests_per_10s = per_10s;
@@ -130,6 +161,7 @@ impl fmt::Debug for HubSpotSimConfig {
             .field("owners", &self.owners)
             .field("requests_per_10s", &self.requests_per_10s)
             .field("search_per_second", &self.search_per_second)
+            .field("latency", &self.latency)
             .finish_non_exhaustive()
     }
 }
@@ -173,9 +205,52 @@ impl Shared {
     }
 }
 
+/// The network's return path: answers leave `delay` after the request was admitted.
+#[derive(Clone)]
+struct Latency {
+    clock: Option<Arc<dyn Clock>>,
+    delay: Duration,
+}
+
+impl Intercept for Latency {
+    fn intercept(&self, req: Request, next: Next) -> BoxFuture<'static, Response> {
+        let this = self.clone();
+        Box::pin(async move {
+            let resp = next.run(req).await;
+            if !this.delay.is_zero() {
+                match &this.clock {
+                    Some(c) => c.sleep(this.delay).await,
+                    None => tokio::time::sleep(this.delay).await,
+                }
+            }
+            resp
+        })
+    }
+}
+
+/// Where the simulator is served.
+enum Server {
+    /// On a free port (the testkit's server).
+    Sim(SimHandle),
+    /// On a given address; the sender stops it (dropping it too).
+    Own {
+        base_url: String,
+        _stop: tokio::sync::oneshot::Sender<()>,
+    },
+}
+
+impl Server {
+    fn base_url(&self) -> &str {
+        match self {
+            Server::Sim(h) => h.base_url(),
+            Server::Own { base_url, .. } => base_url,
+        }
+    }
+}
+
 /// A running simulator. Dropping it stops the server.
 pub struct HubSpotSim {
-    handle: SimHandle,
+    server: Server,
     shared: Arc<Shared>,
     faults: Faults,
     stats: SimStats,
@@ -186,7 +261,7 @@ pub struct HubSpotSim {
 impl fmt::Debug for HubSpotSim {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HubSpotSim")
-            .field("base_url", &self.handle.base_url())
+            .field("base_url", &self.server.base_url())
             .field("config", &self.shared.config)
             .finish()
     }
@@ -243,11 +318,23 @@ pub(crate) fn render(t: usize, id: u64, o: &Obj, properties: Option<&[String]>) 
 }
 
 impl HubSpotSim {
-    /// Starts a simulator.
+    /// Starts a simulator on a free loopback port.
     ///
     /// # Errors
     /// `Config` when no loopback port can be bound.
     pub async fn start(config: HubSpotSimConfig) -> Result<HubSpotSim> {
+        Self::start_at(config, None).await
+    }
+
+    /// Starts a simulator listening on `addr` (a separate simulator process for benchmarks).
+    ///
+    /// # Errors
+    /// `Config` when `addr` cannot be bound.
+    pub async fn start_on(config: HubSpotSimConfig, addr: SocketAddr) -> Result<HubSpotSim> {
+        Self::start_at(config, Some(addr)).await
+    }
+
+    async fn start_at(config: HubSpotSimConfig, addr: Option<SocketAddr>) -> Result<HubSpotSim> {
         let e = config.engagements;
         let seeded = Seeded {
             seed: config.seed,
@@ -279,10 +366,9 @@ impl HubSpotSim {
         let api_path = |u: &Uri| u.path().starts_with("/crm/");
         let is_search = |u: &Uri| u.path().starts_with("/crm/") && u.path().ends_with("/search");
         let c1 = shared.clone();
-        let limiter = FixedWindowLimiter::new(shared.config.requests_per_10s.unwrap_or(u32::MAX), Duration::from_secs(10))
-            // HubSpot's ten-second window rolls; a window starting with the simulator gives
-            // tests a whole first window.
-            .with_epoch_alignment(false)
+        let mut limiter = FixedWindowLimiter::new(shared.config.requests_per_10s.unwrap_or(u32::MAX), Duration::from_secs(10))
+            // HubSpot's ten-second window rolls: at most N requests in any ten seconds.
+            .with_rolling_window(true)
             .with_headers(RateLimitHeaders::hubspot())
             .with_filter(move |_, u| api_path(u) && !is_search(u))
             .with_body(move || {
@@ -293,8 +379,11 @@ impl HubSpotSim {
                         "policyName": "TEN_SECONDLY_ROLLING", "requestId": c1.correlation_id()}),
                 )
             });
+        if let Some(clock) = &shared.config.clock {
+            limiter = limiter.with_clock(clock.clone());
+        }
         let c2 = shared.clone();
-        let search_limiter = FixedWindowLimiter::new(
+        let mut search_limiter = FixedWindowLimiter::new(
             shared.config.search_per_second.unwrap_or(u32::MAX),
             Duration::from_secs(1),
         )
@@ -308,6 +397,13 @@ impl HubSpotSim {
                         "policyName": "SECONDLY", "requestId": c2.correlation_id()}),
             )
         });
+        if let Some(clock) = &shared.config.clock {
+            search_limiter = search_limiter.with_clock(clock.clone());
+        }
+        let latency = Latency {
+            clock: shared.config.clock.clone(),
+            delay: shared.config.latency,
+        };
         let c3 = shared.clone();
         let faults = Faults::new(shared.config.seed)
             .with_filter(move |_, u| api_path(u))
@@ -329,14 +425,40 @@ impl HubSpotSim {
         };
         let app = routes::router(shared.clone())
             .layer(auth.layer())
+            .layer(latency.layer())
             .nest("/oauth/v1", oauth.router())
             .layer(limiter.layer())
             .layer(search_limiter.layer())
             .layer(faults.layer())
             .layer(stats.layer());
-        let handle = SimServer::start(app).await?;
+        let server = match addr {
+            None => Server::Sim(SimServer::start(app).await?),
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    Error::new(ErrorKind::Config, "cannot bind the simulator's address")
+                        .with_context("addr", addr)
+                        .set_source(e)
+                })?;
+                let local = listener.local_addr().map_err(|e| {
+                    Error::new(ErrorKind::Config, "simulator listener has no address").set_source(e)
+                })?;
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                tokio::spawn(async move {
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                        let _ = rx.await;
+                    });
+                    if let Err(e) = serve.await {
+                        tracing::warn!(error = %e, "simulator server stopped with an error");
+                    }
+                });
+                Server::Own {
+                    base_url: format!("http://{local}"),
+                    _stop: tx,
+                }
+            }
+        };
         Ok(HubSpotSim {
-            handle,
+            server,
             shared,
             faults,
             stats,
@@ -347,7 +469,7 @@ impl HubSpotSim {
 
     /// `http://127.0.0.1:<port>`.
     pub fn base_url(&self) -> &str {
-        self.handle.base_url()
+        self.server.base_url()
     }
 
     /// The configuration.
@@ -432,6 +554,12 @@ impl HubSpotSim {
                 if !o.archived {
                     out.insert(id.to_string(), Some(o.updated_ms));
                 }
+            }
+            for (id, v) in &ov.raw[t] {
+                let version = v["updatedAt"]
+                    .as_str()
+                    .and_then(crate::models::parse_time_ms);
+                out.insert(id.to_string(), version);
             }
             return out;
         }
@@ -558,6 +686,63 @@ impl HubSpotSim {
         o.updated_ms = self.shared.next_ts(&mut ov);
         ov.put(t, id, o);
         Ok(())
+    }
+
+    /// The documented shape of an object of `stream` (`SimplePublicObjectWithAssociations`,
+    /// every optional field present), made from seeded object `index`.
+    ///
+    /// # Errors
+    /// `NotFound` for a stream that is not an object stream.
+    pub fn documented_object(&self, stream: &str, index: u64) -> Result<Value> {
+        let t = type_index(stream)?;
+        let id = Seeded::first_id(t) + index;
+        let o = self
+            .shared
+            .seeded
+            .base(t, index % self.shared.seeded.counts[t].max(1));
+        let mut v = render(t, id, &o, None);
+        v["archivedAt"] = Value::Null;
+        let mut history = serde_json::Map::new();
+        history.insert(
+            OBJECT_TYPES[t].modified_property.to_string(),
+            json!([{"value": format_time_ms(o.updated_ms), "timestamp": format_time_ms(o.updated_ms),
+                "sourceType": "CRM_UI", "sourceId": "userId:1", "updatedByUserId": 1}]),
+        );
+        v["propertiesWithHistory"] = Value::Object(history);
+        v["associations"] = json!({ "companies": {
+            "results": [{"id": "3001", "type": "contact_to_company"}],
+            "paging": {"next": {"after": "1", "link": "?after=1"}}
+        }});
+        v["objectWriteTraceId"] = json!("trace-1");
+        Ok(v)
+    }
+
+    /// Adds objects made from [`documented_object`](Self::documented_object) with hostile
+    /// variations ([`apex_connect_testkit::hostile::variants`], seeded by `seed`): properties
+    /// of odd types, fields absent or `null`, unknown keys at every level; the envelope
+    /// (`id`, `updatedAt`) kept valid. The list endpoint serves them verbatim (not search or
+    /// batch reads). Returns their ids.
+    ///
+    /// # Errors
+    /// `NotFound` for a stream that is not an object stream.
+    pub fn inject_hostile(&self, stream: &str, seed: u64, n: usize) -> Result<Vec<String>> {
+        let t = type_index(stream)?;
+        let example = self.documented_object(stream, seed)?;
+        let variants =
+            apex_connect_testkit::hostile::variants(&example, &["id", "updatedAt"], seed, n);
+        let mut ov = self.shared.overlay();
+        let mut ids = Vec::with_capacity(n);
+        for mut v in variants {
+            let id = ov.next_id[t];
+            ov.next_id[t] += 1;
+            let Some(obj) = v.as_object_mut() else {
+                continue;
+            };
+            obj.insert("id".into(), json!(id.to_string()));
+            ov.raw[t].insert(id, v);
+            ids.push(id.to_string());
+        }
+        Ok(ids)
     }
 
     /// A verifier with the simulator's client secret, signing as `version`.

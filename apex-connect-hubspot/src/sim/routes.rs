@@ -184,31 +184,47 @@ async fn list(State(s): St, Path(object): Path<String>, uri: Uri) -> Response {
         .get("associations")
         .map(|a| a.split(',').collect())
         .unwrap_or_default();
-    let mut results = Vec::with_capacity(limit);
+    let mut results: Vec<(u64, Result<Obj, Value>)> = Vec::with_capacity(limit);
     let mut next = None;
     {
         let ov = s.overlay();
         let first = Seeded::first_id(t);
         let base_end = first + s.seeded.counts[t];
-        let created: Vec<u64> = ov.objects[t].range(base_end..).map(|(id, _)| *id).collect();
-        let ids = (first.max(start)..base_end).chain(created.into_iter().filter(|id| *id >= start));
+        // Objects created through the API and hostile ones share the ids after the seeded.
+        let mut created: Vec<u64> = ov.objects[t]
+            .range(base_end..)
+            .map(|(id, _)| *id)
+            .chain(ov.raw[t].keys().copied())
+            .filter(|id| *id >= start)
+            .collect();
+        created.sort_unstable();
+        let ids = (first.max(start)..base_end).chain(created);
         for id in ids {
-            let Some(o) = s.get(&ov, t, id) else { continue };
+            let item = match ov.raw[t].get(&id) {
+                Some(v) => Err(v.clone()),
+                None => match s.get(&ov, t, id) {
+                    Some(o) => Ok(o),
+                    None => continue,
+                },
+            };
             if results.len() == limit {
                 next = Some(id);
                 break;
             }
-            results.push((id, o));
+            results.push((id, item));
         }
     }
     let results: Vec<Value> = results
-        .iter()
-        .map(|(id, o)| {
-            let mut v = render(t, *id, o, Some(&props));
-            if !assoc.is_empty() {
-                v["associations"] = assoc_render(&s, t, *id, &assoc);
+        .into_iter()
+        .map(|(id, item)| match item {
+            Err(verbatim) => verbatim,
+            Ok(o) => {
+                let mut v = render(t, id, &o, Some(&props));
+                if !assoc.is_empty() {
+                    v["associations"] = assoc_render(&s, t, id, &assoc);
+                }
+                v
             }
-            v
         })
         .collect();
     let mut body = json!({ "results": results });

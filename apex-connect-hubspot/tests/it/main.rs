@@ -3,13 +3,16 @@
 
 use std::time::Duration;
 
-use apex_connect_core::{Connector, CursorToken, ErrorKind, StreamId, WriteAction, WriteOp};
+use apex_connect_core::{
+    Connector, ConnectorExt, CursorToken, ErrorKind, StreamId, WriteAction, WriteOp,
+};
 use apex_connect_hubspot::{HubSpotApiError, HubSpotConnector};
 use wiremock::matchers::{
     any, body_partial_json, header, method, path, query_param, query_param_is_missing,
 };
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+mod records;
 mod webhooks;
 
 const TOKEN: &str = "pat-na1-test-0000";
@@ -75,7 +78,7 @@ async fn list_pages_with_discovered_properties_then_hands_over_to_search() {
     let p1 = hs.read(&s, None).await.unwrap();
     assert!(p1.has_more);
     assert_eq!(p1.records.len(), 1);
-    let e = p1.records[0].entity.as_ref().unwrap();
+    let e = hs.map_entity(&p1.records[0]).unwrap().unwrap();
     assert_eq!(
         e.custom_fields["apex_tier"], "gold",
         "custom property discovered and kept"
@@ -295,8 +298,5 @@ fn builder_validates() {
         .unwrap();
     assert_eq!(hs.info().name, apex_connect_hubspot::NAME);
     assert_eq!(hs.config().base_url, "https://api.hubapi.com");
-    assert!(
-        !hs.info().capabilities.webhooks,
-        "no client secret, no webhooks"
-    );
+    assert!(!hs.takes_webhooks(), "no client secret, no webhooks");
 }

@@ -18,8 +18,9 @@ pub fn pct(sorted: &[f64], p: f64) -> f64 {
 /// Signed requests `prefix0..prefixN`, prepared before the clock starts.
 pub fn requests(c: &MemoryConnector, prefix: &str, n: usize) -> Vec<(HeaderMap, Vec<u8>)> {
     let v = c
-        .webhook_verifier()
-        .expect("memory connector verifies webhooks");
+        .webhooks()
+        .expect("memory connector verifies webhooks")
+        .verifier();
     let (m, u) = (Method::POST, Uri::from_static("/"));
     (0..n)
         .map(|i| {

@@ -32,12 +32,10 @@ impl ManualClock {
 }
 
 pub async fn sqlite(dir: &std::path::Path, clock: &ManualClock) -> SqliteStore {
-    let store = SqliteStore::open(dir.join("state.db"), EncryptionKey::from_bytes([7; 32]))
+    SqliteStore::open(dir.join("state.db"), EncryptionKey::from_bytes([7; 32]))
         .await
         .unwrap()
-        .with_clock(clock.clock());
-    apex_connect_server::migrate(store.pool()).await.unwrap();
-    store
+        .with_clock(clock.clock())
 }
 
 pub fn dyn_store(s: &SqliteStore) -> Arc<dyn StateStore> {
@@ -61,8 +59,9 @@ pub fn signed(
     h.insert("webhook-id", HeaderValue::from_str(msg_id).unwrap());
     let (m, u) = (Method::POST, Uri::from_static("/"));
     let mut headers = connector
-        .webhook_verifier()
+        .webhooks()
         .unwrap()
+        .verifier()
         .sign(&WebhookRequest::new(&m, &u, &h, &body), now)
         .unwrap();
     headers.insert("content-type", HeaderValue::from_static("application/json"));

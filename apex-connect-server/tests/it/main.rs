@@ -2,5 +2,7 @@
 
 mod common;
 mod ingress;
+mod platform;
 mod scheduler;
+mod tap;
 mod worker;

@@ -6,9 +6,7 @@ use apex_connect_core::{
     ConnectionId, Connector, ConnectorInfo, CursorToken, Error, MemorySink, Page, Result, StreamId,
     async_trait,
 };
-use apex_connect_server::{
-    ConnectionHandle, JobSpec, Scheduler, SchedulerConfig, Schedules, ServerState,
-};
+use apex_connect_server::{ConnectionHandle, JobSpec, Scheduler, SchedulerConfig, ServerState};
 use apex_connect_testkit::MemoryConnector;
 
 use crate::common::*;
@@ -47,7 +45,6 @@ impl Connector for Slow {
 struct Proc {
     state: ServerState,
     scheduler: Scheduler,
-    store: apex_connect_core::SqliteStore,
 }
 
 /// One "process": its own store handle on the shared file, its own scheduler.
@@ -67,21 +64,11 @@ async fn process(
     let mut config = SchedulerConfig::default();
     config.lease = Duration::from_secs(60);
     config.backoff = Duration::from_secs(30);
-    let scheduler = Scheduler::new(
-        state.clone(),
-        Schedules::new(store.pool().clone()),
-        vec![job],
-        sink,
-        config,
-    )
-    .await
-    .unwrap()
-    .with_owner(owner);
-    Proc {
-        state,
-        scheduler,
-        store,
-    }
+    let scheduler = Scheduler::new(state.clone(), vec![job], sink, config)
+        .await
+        .unwrap()
+        .with_owner(owner);
+    Proc { state, scheduler }
 }
 
 #[tokio::test]
@@ -141,9 +128,9 @@ async fn a_scheduled_job_survives_restarts_and_never_runs_twice_at_once() {
 
     // A process crashes holding the lease mid-run: nobody runs the job until the lease ends.
     clock.advance(Duration::from_secs(3601));
-    let schedules = Schedules::new(c.store.pool().clone());
+    let schedules = c.state.store().clone();
     let held = schedules
-        .claim(
+        .claim_schedules(
             "crashed",
             Duration::from_secs(60),
             clock.clock().now_ms(),
@@ -173,7 +160,7 @@ async fn a_scheduled_job_survives_restarts_and_never_runs_twice_at_once() {
     connector.failing.store(false, Ordering::SeqCst);
     clock.advance(Duration::from_secs(31));
     assert_eq!(c.scheduler.run_due().await.unwrap()[0].status, "succeeded");
-    let rows = schedules.list().await.unwrap();
+    let rows = schedules.list_schedules().await.unwrap();
     assert_eq!(rows[0].failures, 0);
     assert_eq!(connector.max_running.load(Ordering::SeqCst), 1);
 }

@@ -3,10 +3,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use apex_connect_core::store::InboxEvent;
-use apex_connect_core::webhook::VerifiedWebhook;
+use apex_connect_core::webhook::{StandardWebhooksVerifier, VerifiedWebhook, WebhookSecrets};
 use apex_connect_core::{
     Ack, Batch, Capabilities, Change, ConnectionId, Connector, ConnectorInfo, CursorToken, Error,
-    ErrorKind, MemorySink, Op, Page, Record, Result, Sink, StreamId, StreamInfo, async_trait,
+    ErrorKind, MemorySink, Op, Page, Record, Result, Sink, StreamId, StreamInfo, WebhookVerifier,
+    Webhooks, async_trait,
 };
 use apex_connect_server::{ConnectionHandle, ServerState, WorkerConfig, Workers};
 
@@ -162,7 +163,7 @@ async fn failures_back_off_then_dead_letter_and_admin_requeues() {
 
 /// A connector whose webhook bodies are `{"id", "v", "at"}`: full objects, timed by `at`.
 #[derive(Debug)]
-struct Timed(ConnectorInfo);
+struct Timed(ConnectorInfo, StandardWebhooksVerifier);
 
 #[async_trait]
 impl Connector for Timed {
@@ -175,7 +176,17 @@ impl Connector for Timed {
     async fn read(&self, _: &StreamId, _: Option<&CursorToken>) -> Result<Page> {
         Ok(Page::new(vec![], None, false))
     }
-    async fn parse_webhook(&self, w: &VerifiedWebhook) -> Result<Vec<Change>> {
+    fn webhooks(&self) -> Option<&dyn Webhooks> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Webhooks for Timed {
+    fn verifier(&self) -> &dyn WebhookVerifier {
+        &self.1
+    }
+    async fn parse(&self, w: &VerifiedWebhook) -> Result<Vec<Change>> {
         let v: serde_json::Value =
             serde_json::from_slice(&w.body).map_err(|e| Error::from_json(e, "body"))?;
         let id = v["id"].as_str().unwrap_or_default().to_string();
@@ -203,7 +214,7 @@ impl Sink for Recorder {
             self.0
                 .lock()
                 .unwrap()
-                .push((r.id.clone(), r.raw["v"].clone()));
+                .push((r.id.clone(), r.raw.to_value().unwrap()["v"].clone()));
         }
         self.1.apply(batch)
     }
@@ -217,11 +228,15 @@ async fn an_older_change_never_overwrites_a_newer_one() {
     let info = ConnectorInfo::new(
         "timed",
         "1",
-        Capabilities::new(vec![StreamInfo::new("items", true)]).with_webhooks(),
+        Capabilities::new(vec![StreamInfo::new("items", true)]),
     );
+    let verifier = StandardWebhooksVerifier::new(WebhookSecrets::single(SECRET));
     let state = ServerState::builder(dyn_store(&store))
         .clock(clock.clock())
-        .connection(ConnectionHandle::new("acme", Arc::new(Timed(info))))
+        .connection(ConnectionHandle::new(
+            "acme",
+            Arc::new(Timed(info, verifier)),
+        ))
         .build();
     let sink = Arc::new(Recorder::default());
     let w = Workers::new(state.clone(), sink.clone(), config());
@@ -292,4 +307,198 @@ async fn a_body_the_connector_cannot_read_is_dead_lettered_at_once() {
     assert_eq!(w.run_once("w").await.unwrap(), 1);
     let c = state.store().inbox_counts().await.unwrap();
     assert_eq!(c.dead, 1, "InvalidInput is permanent: no retries");
+}
+
+async fn append_for(
+    state: &ServerState,
+    clock: &ManualClock,
+    connection: &str,
+    msg: &str,
+    item: &str,
+    op: Op,
+) {
+    let c = memory();
+    let (h, b) = signed(&c, msg, item, op, clock.now());
+    let mut v = apex_connect_core::webhook::Verified::default();
+    v.event_id = Some(msg.to_string());
+    v.timestamp_ms = Some(clock.clock().now_ms());
+    let ev = InboxEvent::new(
+        "memory",
+        connection.to_string(),
+        msg,
+        clock.clock().now_ms(),
+        b,
+    )
+    .with_headers(apex_connect_server::inbox::headers_json(&h, &v));
+    state.store().inbox_append(&ev).await.unwrap();
+}
+
+/// The memory connector, counting the sizes of its `parse_batch` calls.
+#[derive(Debug)]
+struct Batching {
+    inner: apex_connect_testkit::MemoryConnector,
+    calls: std::sync::Mutex<Vec<usize>>,
+}
+
+#[async_trait]
+impl Connector for Batching {
+    fn info(&self) -> &ConnectorInfo {
+        self.inner.info()
+    }
+    async fn check(&self) -> Result<()> {
+        Ok(())
+    }
+    async fn read(&self, s: &StreamId, c: Option<&CursorToken>) -> Result<Page> {
+        self.inner.read(s, c).await
+    }
+    fn webhooks(&self) -> Option<&dyn Webhooks> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Webhooks for Batching {
+    fn verifier(&self) -> &dyn WebhookVerifier {
+        self.inner.verifier()
+    }
+    async fn parse(&self, w: &VerifiedWebhook) -> Result<Vec<Change>> {
+        Webhooks::parse(&self.inner, w).await
+    }
+    async fn parse_batch(&self, ws: &[VerifiedWebhook]) -> Vec<Result<Vec<Change>>> {
+        self.calls.lock().unwrap().push(ws.len());
+        self.inner.parse_batch(ws).await
+    }
+}
+
+#[tokio::test]
+async fn claimed_events_are_parsed_in_one_batch_per_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let store = sqlite(dir.path(), &clock).await;
+    let batching = || {
+        Arc::new(Batching {
+            inner: memory(),
+            calls: Default::default(),
+        })
+    };
+    let (a, b) = (batching(), batching());
+    let state = ServerState::builder(dyn_store(&store))
+        .clock(clock.clock())
+        .connection(ConnectionHandle::new("acme", a.clone()))
+        .connection(ConnectionHandle::new("beta", b.clone()))
+        .build();
+    for i in 0..5 {
+        append_for(
+            &state,
+            &clock,
+            "acme",
+            &format!("a{i}"),
+            &format!("x{i}"),
+            Op::Delete,
+        )
+        .await;
+    }
+    for i in 0..3 {
+        append_for(
+            &state,
+            &clock,
+            "beta",
+            &format!("b{i}"),
+            &format!("y{i}"),
+            Op::Delete,
+        )
+        .await;
+    }
+    let sink = Arc::new(MemorySink::new());
+    let w = Workers::new(state.clone(), sink.clone(), config());
+    assert_eq!(w.run_once("w").await.unwrap(), 8);
+    assert_eq!(*a.calls.lock().unwrap(), [5]);
+    assert_eq!(*b.calls.lock().unwrap(), [3]);
+    assert_eq!(state.store().inbox_counts().await.unwrap().done, 8);
+    assert_eq!(sink.len(), 8);
+}
+
+#[tokio::test]
+async fn a_record_that_does_not_map_is_quarantined_and_its_event_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let store = sqlite(dir.path(), &clock).await;
+    let connector = memory();
+    let items = StreamId::from("items");
+    connector.put(
+        &items,
+        "good",
+        serde_json::json!({"id": "good", "name": "fine"}),
+    );
+    // `name` must be a string for the memory connector's entity mapping.
+    connector.put(&items, "bad", serde_json::json!({"id": "bad", "name": 5}));
+    let state = ServerState::builder(dyn_store(&store))
+        .clock(clock.clock())
+        .connection(ConnectionHandle::new("acme", Arc::new(connector)))
+        .build();
+    let base = serve(state.clone()).await;
+    append_for(&state, &clock, "acme", "m1", "good", Op::Upsert).await;
+    append_for(&state, &clock, "acme", "m2", "bad", Op::Upsert).await;
+    let sink = Arc::new(MemorySink::with_entities());
+    let w = Workers::new(state.clone(), sink.clone(), config());
+    assert_eq!(w.run_once("w").await.unwrap(), 2);
+
+    let c = state.store().inbox_counts().await.unwrap();
+    assert_eq!(
+        (c.done, c.dead, c.pending),
+        (2, 0, 0),
+        "never dead-lettered"
+    );
+    let conn = ConnectionId::from("acme");
+    assert_eq!(sink.apply_count(&conn, &items, "good"), 1);
+    assert_eq!(sink.apply_count(&conn, &items, "bad"), 0);
+    assert!(sink.entity(&conn, &items, "good").is_some());
+    let rejects = state
+        .store()
+        .list_rejects(Some(&conn), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(rejects.len(), 1);
+    assert_eq!(rejects[0].reject.id.as_deref(), Some("bad"));
+    assert_eq!(rejects[0].reject.stage, apex_connect_core::RejectStage::Map);
+    assert_eq!(
+        rejects[0].reject.raw.as_ref(),
+        br#"{"id":"bad","name":5}"#,
+        "kept as received"
+    );
+    assert_eq!(state.metrics().snapshot().records_rejected, 1);
+
+    // The admin API shows it: per connection in the status, listed under /admin/rejects.
+    let status: serde_json::Value = reqwest::get(format!("{base}/admin/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["connections"][0]["rejects"], 1, "{status}");
+    assert_eq!(status["rejects"], 1);
+    let listed: serde_json::Value = reqwest::get(format!("{base}/admin/rejects?connection=acme"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[0]["record_id"], "bad", "{listed}");
+    assert_eq!(listed[0]["stage"], "map");
+    assert!(listed[0].get("raw").is_none(), "no bytes in the listing");
+    let none: serde_json::Value = reqwest::get(format!("{base}/admin/rejects?connection=other"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(none, serde_json::json!([]));
+
+    // A sink that wants no entities maps nothing and quarantines nothing.
+    append_for(&state, &clock, "acme", "m3", "bad", Op::Upsert).await;
+    let raw_sink = Arc::new(MemorySink::new());
+    let w = Workers::new(state.clone(), raw_sink.clone(), config());
+    assert_eq!(w.run_once("w").await.unwrap(), 1);
+    assert_eq!(raw_sink.apply_count(&conn, &items, "bad"), 1);
+    assert_eq!(state.store().count_rejects(None).await.unwrap(), 1);
 }

@@ -1,10 +1,11 @@
-//! A fixed-window rate limiter with the platform's headers.
+//! A fixed-window (or rolling-window) rate limiter with the platform's headers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use apex_connect_core::http::Clock;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
@@ -115,7 +116,19 @@ type BodyFn = Arc<dyn Fn() -> Response + Send + Sync>;
 struct State {
     /// Per key: (window index, requests allowed in it).
     windows: HashMap<String, (u64, u32)>,
+    /// Rolling mode, per key: when the requests of the last window were allowed, oldest first.
+    logs: HashMap<String, VecDeque<Instant>>,
     stats: LimiterStats,
+}
+
+impl State {
+    fn new() -> State {
+        State {
+            windows: HashMap::new(),
+            logs: HashMap::new(),
+            stats: LimiterStats::default(),
+        }
+    }
 }
 
 struct Inner {
@@ -127,6 +140,8 @@ struct Inner {
     key: Option<KeyFn>,
     filter: Option<Filter>,
     body: Option<BodyFn>,
+    rolling: bool,
+    clock: Option<Arc<dyn Clock>>,
     state: Mutex<State>,
 }
 
@@ -149,6 +164,12 @@ struct Inner {
 ///   already cloned into a router they make a new, separate limiter.
 /// - The key defaults to one global account; [`FixedWindowLimiter::with_key`] derives it from
 ///   the request (the `Authorization` header, say).
+/// - In rolling mode ([`FixedWindowLimiter::with_rolling_window`]) a request passes when
+///   fewer than `limit` requests of its key passed in the last `window` (a sliding window, as
+///   HubSpot counts its ten seconds); the remaining count is what that leaves, and the reset
+///   (and `Retry-After`) is when the oldest of them leaves the window.
+/// - Time is real time, or the [`Clock`] given to [`FixedWindowLimiter::with_clock`] (tests
+///   share a virtual clock between a simulator and the client's rate gate).
 #[derive(Clone)]
 pub struct FixedWindowLimiter {
     inner: Arc<Inner>,
@@ -181,10 +202,9 @@ impl FixedWindowLimiter {
                 key: None,
                 filter: None,
                 body: None,
-                state: Mutex::new(State {
-                    windows: HashMap::new(),
-                    stats: LimiterStats::default(),
-                }),
+                rolling: false,
+                clock: None,
+                state: Mutex::new(State::new()),
             }),
         }
     }
@@ -201,10 +221,9 @@ impl FixedWindowLimiter {
                 key: shared.key.clone(),
                 filter: shared.filter.clone(),
                 body: shared.body.clone(),
-                state: Mutex::new(State {
-                    windows: HashMap::new(),
-                    stats: LimiterStats::default(),
-                }),
+                rolling: shared.rolling,
+                clock: shared.clock.clone(),
+                state: Mutex::new(State::new()),
             },
         };
         f(&mut inner);
@@ -217,6 +236,24 @@ impl FixedWindowLimiter {
     /// (`false`: a test then has a whole first window, away from any edge).
     pub fn with_epoch_alignment(self, aligned: bool) -> Self {
         self.map(|i| (i.start, i.start_wall) = window_origin(i.window, aligned))
+    }
+
+    /// Counts requests in a rolling window (`true`: at most `limit` in any span of `window`,
+    /// as HubSpot does) instead of fixed windows (`false`, the default).
+    pub fn with_rolling_window(self, rolling: bool) -> Self {
+        self.map(|i| i.rolling = rolling)
+    }
+
+    /// Reads the time from `clock` instead of the real clock (a virtual clock shared with the
+    /// client under test).
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        self.map(|i| {
+            // Window 0 starts as long before the clock's now as it did before real now.
+            let now = clock.now().into_std();
+            let behind = Instant::now().saturating_duration_since(i.start);
+            i.start = now.checked_sub(behind).unwrap_or(now);
+            i.clock = Some(clock);
+        })
     }
 
     /// Announces the limit with these headers.
@@ -267,7 +304,14 @@ impl FixedWindowLimiter {
 
     /// The index of the current window.
     pub fn current_window(&self) -> u64 {
-        self.window_index(Instant::now())
+        self.window_index(self.now())
+    }
+
+    fn now(&self) -> Instant {
+        match &self.inner.clock {
+            Some(c) => c.now().into_std(),
+            None => Instant::now(),
+        }
     }
 
     /// The counters so far.
@@ -301,7 +345,10 @@ impl FixedWindowLimiter {
 
     /// Counts one request of `key` now: (allowed, remaining, window index, time left in window).
     fn admit(&self, key: String) -> (bool, u32, u64, Duration) {
-        let now = Instant::now();
+        let now = self.now();
+        if self.inner.rolling {
+            return self.admit_rolling(key, now);
+        }
         let idx = self.window_index(now);
         let window_end = self.inner.start + self.windows_len(idx + 1);
         let left = window_end.saturating_duration_since(now);
@@ -316,6 +363,36 @@ impl FixedWindowLimiter {
             entry.1 += 1;
         }
         let remaining = self.inner.limit.saturating_sub(entry.1);
+        if allowed {
+            *s.stats.allowed_by_window.entry(idx).or_default() += 1;
+        } else {
+            s.stats.rejected += 1;
+            *s.stats.rejected_by_window.entry(idx).or_default() += 1;
+        }
+        (allowed, remaining, idx, left)
+    }
+
+    /// Rolling mode: as [`admit`](Self::admit), the "time left" being when the oldest request
+    /// of the window leaves it.
+    fn admit_rolling(&self, key: String, now: Instant) -> (bool, u32, u64, Duration) {
+        let window = self.inner.window;
+        let idx = self.window_index(now);
+        let limit = self.inner.limit;
+        let mut s = self.state();
+        s.stats.requests += 1;
+        let log = s.logs.entry(key).or_default();
+        while log.front().is_some_and(|t| *t + window <= now) {
+            log.pop_front();
+        }
+        let used = u32::try_from(log.len()).unwrap_or(u32::MAX);
+        let allowed = used < limit;
+        if allowed {
+            log.push_back(now);
+        }
+        let remaining = limit.saturating_sub(used.saturating_add(u32::from(allowed)));
+        let left = log
+            .front()
+            .map_or(window, |t| (*t + window).saturating_duration_since(now));
         if allowed {
             *s.stats.allowed_by_window.entry(idx).or_default() += 1;
         } else {
@@ -405,5 +482,43 @@ impl Intercept for FixedWindowLimiter {
             this.set_headers(resp.headers_mut(), remaining, idx, left);
             resp
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apex_connect_core::http::RecordingClock;
+
+    #[tokio::test]
+    async fn rolling_window_counts_the_last_window_and_resets_when_the_oldest_leaves() {
+        let clock = Arc::new(RecordingClock::new());
+        let l = FixedWindowLimiter::new(3, Duration::from_secs(10))
+            .with_rolling_window(true)
+            .with_headers(RateLimitHeaders::hubspot())
+            .with_clock(clock.clone());
+        // t = 0, 4, 8: three allowed; the third leaves nothing.
+        for (i, left) in [(2, 10), (1, 6), (0, 2)] {
+            let (ok, remaining, _, until) = l.admit(String::new());
+            assert!(ok);
+            assert_eq!(remaining, i);
+            assert_eq!(until, Duration::from_secs(left));
+            clock.sleep(Duration::from_secs(4)).await;
+        }
+        // t = 12: the first (t = 0) left at 10, the second (t = 4) leaves at 14.
+        let (ok, remaining, _, until) = l.admit(String::new());
+        assert!(ok, "a fixed window of 10 s would refuse this one");
+        assert_eq!((remaining, until), (0, Duration::from_secs(2)));
+        let (ok, remaining, _, until) = l.admit(String::new());
+        assert!(!ok);
+        assert_eq!((remaining, until), (0, Duration::from_secs(2)));
+        clock.sleep(Duration::from_secs(2)).await;
+        assert!(l.admit(String::new()).0);
+        let stats = l.stats();
+        assert_eq!((stats.requests, stats.rejected), (6, 1));
+        let mut h = HeaderMap::new();
+        l.set_headers(&mut h, 0, 0, Duration::from_secs(1));
+        assert_eq!(h["x-hubspot-ratelimit-interval-milliseconds"], "10000");
+        assert_eq!(h["x-hubspot-ratelimit-max"], "3");
     }
 }

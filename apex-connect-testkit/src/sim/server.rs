@@ -24,11 +24,21 @@ impl SimServer {
     /// # Errors
     /// `Config` when no loopback port can be bound.
     pub async fn start(router: Router) -> Result<SimHandle> {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(|e| {
+        Self::start_on(router, 0).await
+    }
+
+    /// Serves `router` on `127.0.0.1:port` (`0`: a free port), in a background task of the
+    /// current tokio runtime; for simulators run as their own process at a known address.
+    ///
+    /// # Errors
+    /// `Config` when the port cannot be bound.
+    pub async fn start_on(router: Router, port: u16) -> Result<SimHandle> {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| {
             Error::new(
                 ErrorKind::Config,
                 "cannot bind a loopback port for the simulator",
             )
+            .with_context("port", port)
             .set_source(e)
         })?;
         let addr = listener.local_addr().map_err(|e| {

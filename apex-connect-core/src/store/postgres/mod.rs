@@ -19,8 +19,9 @@ use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use super::{
     AppendOutcome, ClaimedEvent, Clock, Connection, ConnectionStatus, ConnectionStore, CursorStore,
     DeadLetter, EncryptionKey, EventId, FailAction, InboxCounts, InboxEvent, InboxStore, RejectId,
-    RejectStore, RunId, RunKind, RunOutcome, RunStatus, RunStore, StoredReject, SyncRun,
-    cursor_conflict, lease_lost, lease_ms, not_found, run_finished, validate_outcome,
+    RejectStore, RunId, RunKind, RunOutcome, RunStatus, RunStore, ScheduleEntry, ScheduleOutcome,
+    ScheduleRow, ScheduleStore, StoredReject, SyncRun, cursor_conflict, lease_lost, lease_ms,
+    not_found, run_finished, validate_outcome, validate_schedule_outcome,
 };
 use crate::cursor::CursorToken;
 use crate::error::{Error, ErrorKind, Result};
@@ -36,7 +37,7 @@ pub use options::{DEFAULT_MAX_CONNECTIONS, PASSWORD_ENV, PgStoreOptions};
 /// The versioned migrations in `migrations/postgres/`, shared by the store and the sink.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// Events per statement in [`PgStore::inbox_append_many`] / [`append_inbox_rows`].
+/// Events per statement in [`InboxStore::append_many`] / [`append_inbox_rows`].
 const APPEND_ROWS_PER_STATEMENT: usize = 1_000;
 
 /// A [`StateStore`](super::StateStore) in a PostgreSQL database (feature `postgres`).
@@ -202,29 +203,6 @@ impl PgStore {
         notify::subscribe(self.options.connect.clone()).await
     }
 
-    /// Appends many webhook deliveries in one transaction (one statement per 1,000 events),
-    /// due at once: one outcome per event, in order. An event whose (platform, connection,
-    /// event id) is already stored, or appears earlier in `events`, is a `Duplicate`.
-    ///
-    /// # Errors
-    /// `InvalidInput` for an event with a NUL character in its platform, connection or event
-    /// id; `Storage` on database errors (then nothing was appended).
-    pub async fn inbox_append_many(&self, events: &[InboxEvent]) -> Result<Vec<AppendOutcome>> {
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(pg_err("cannot append to the inbox"))?;
-        let out = append_inbox_rows(&mut tx, events, self.clock.now_ms()).await?;
-        tx.commit()
-            .await
-            .map_err(pg_err("cannot append to the inbox"))?;
-        Ok(out)
-    }
-
     async fn token_version(&self, connection: &ConnectionId) -> Result<Option<u64>> {
         let row: Option<(i64,)> = sqlx::query_as(
             "SELECT version FROM tokens WHERE connection = $1 AND ciphertext IS NOT NULL",
@@ -255,7 +233,7 @@ impl PgStore {
 
 /// Appends webhook deliveries to the inbox on `conn` (inside the caller's transaction, if
 /// any; one statement per 1,000 events), due at `due_at_ms`: one outcome per event, in order.
-/// Used by [`PgStore::inbox_append_many`] and by receivers that group appends of several
+/// Used by [`InboxStore::append_many`] and by receivers that group appends of several
 /// requests into one transaction. Rows are inserted in key order, so two concurrent batches
 /// holding the same events cannot deadlock.
 ///
@@ -873,6 +851,25 @@ impl InboxStore for PgStore {
         })
     }
 
+    /// One transaction (one statement per 1,000 events), rows inserted in key order so two
+    /// concurrent batches holding the same events cannot deadlock. `InvalidInput` for an
+    /// event with a NUL character in its platform, connection or event id (nothing appended).
+    async fn append_many(&self, events: &[InboxEvent]) -> Result<Vec<AppendOutcome>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(pg_err("cannot append to the inbox"))?;
+        let out = append_inbox_rows(&mut tx, events, self.clock.now_ms()).await?;
+        tx.commit()
+            .await
+            .map_err(pg_err("cannot append to the inbox"))?;
+        Ok(out)
+    }
+
     async fn inbox_claim(
         &self,
         worker: &str,
@@ -894,7 +891,7 @@ impl InboxStore for PgStore {
                  ORDER BY received_at, id \
                  LIMIT $4 \
                  FOR UPDATE SKIP LOCKED) \
-             UPDATE inbox SET lease_owner = $1, lease_until = $2, attempts = inbox.attempts + 1 \
+             UPDATE inbox SET lease_owner = $1, lease_until = $2, attempts = LEAST(inbox.attempts, 9223372036854775806) + 1 \
              FROM due WHERE inbox.id = due.id \
              RETURNING inbox.id, platform, connection, event_id, received_at, headers, body, \
                  attempts, lease_until, last_error",
@@ -942,6 +939,28 @@ impl InboxStore for PgStore {
             return Err(lease_lost(id, worker));
         }
         Ok(())
+    }
+
+    async fn inbox_complete_many(&self, ids: &[EventId], worker: &str) -> Result<Vec<EventId>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.clock.now_ms();
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "UPDATE inbox SET status = 'done', lease_owner = NULL, lease_until = NULL, \
+                 finished_at = $3 \
+             WHERE id = ANY($1) AND status = 'pending' AND lease_owner = $2 AND lease_until > $3 \
+             RETURNING id",
+        )
+        .bind(ids.iter().map(|i| i.0).collect::<Vec<i64>>())
+        .bind(lossy(worker).as_ref())
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg_err("cannot complete inbox events"))?;
+        let mut done: Vec<EventId> = rows.into_iter().map(|(id,)| EventId(id)).collect();
+        done.sort_unstable();
+        Ok(done)
     }
 
     async fn inbox_fail(
@@ -1141,7 +1160,7 @@ impl RejectStore for PgStore {
                      parent = excluded.parent, op = excluded.op, \
                      version = excluded.version, updated_at = excluded.updated_at, \
                      raw = excluded.raw, error = excluded.error, \
-                     attempts = rejects.attempts + 1, last_seen_at = excluded.last_seen_at",
+                     attempts = LEAST(rejects.attempts, 9223372036854775806) + 1, last_seen_at = excluded.last_seen_at",
             )
             .bind(connection.as_str())
             .bind(r.stream.as_str())
@@ -1208,7 +1227,8 @@ impl RejectStore for PgStore {
 
     async fn reject_failed(&self, id: RejectId, error: &str) -> Result<()> {
         let done = sqlx::query(
-            "UPDATE rejects SET error = $2, attempts = attempts + 1, last_seen_at = $3 WHERE id = $1",
+            "UPDATE rejects SET error = $2, attempts = LEAST(attempts, 9223372036854775806) + 1, \
+             last_seen_at = $3 WHERE id = $1",
         )
         .bind(id.0)
         .bind(lossy(error).as_ref())
@@ -1220,6 +1240,230 @@ impl RejectStore for PgStore {
             return Err(not_found("reject", id));
         }
         Ok(())
+    }
+}
+
+const SCHEDULE_COLUMNS: &str = "connection, stream, spec, full_sync, next_due_at, lease_owner, \
+     lease_until, failures, runs, last_started_at, last_finished_at, last_status, last_error";
+
+fn schedule_from_row(r: &PgRow) -> Result<ScheduleRow> {
+    let get = || -> std::result::Result<_, sqlx::Error> {
+        Ok((
+            r.try_get::<String, _>("connection")?,
+            r.try_get::<String, _>("stream")?,
+            r.try_get::<String, _>("spec")?,
+            r.try_get::<bool, _>("full_sync")?,
+            [
+                r.try_get::<i64, _>("next_due_at")?,
+                r.try_get::<i64, _>("failures")?,
+                r.try_get::<i64, _>("runs")?,
+            ],
+            r.try_get::<Option<String>, _>("lease_owner")?,
+            [
+                r.try_get::<Option<i64>, _>("lease_until")?,
+                r.try_get::<Option<i64>, _>("last_started_at")?,
+                r.try_get::<Option<i64>, _>("last_finished_at")?,
+            ],
+            r.try_get::<Option<String>, _>("last_status")?,
+            r.try_get::<Option<String>, _>("last_error")?,
+        ))
+    };
+    let (connection, stream, spec, full, n, lease_owner, t, last_status, last_error) =
+        get().map_err(pg_err("cannot decode a schedule row"))?;
+    Ok(ScheduleRow {
+        connection: ConnectionId::from(connection),
+        stream: StreamId::from(stream),
+        spec,
+        full,
+        next_due_at: n[0],
+        lease_owner,
+        lease_until: t[0],
+        failures: to_u64(n[1]),
+        runs: to_u64(n[2]),
+        last_started_at: t[1],
+        last_finished_at: t[2],
+        last_status: last_status.as_deref().map(RunStatus::parse).transpose()?,
+        last_error,
+    })
+}
+
+/// Whether (connection, stream) could be stored at all: PostgreSQL text holds no NUL, so a
+/// key with one names no job (lookups find nothing, as they would on SQLite).
+fn storable_key(connection: &ConnectionId, stream: &StreamId) -> bool {
+    !connection.as_str().contains('\0') && !stream.as_str().contains('\0')
+}
+
+/// The jobs as on SQLite (same statements, PostgreSQL syntax); claims lock the rows they take
+/// with `FOR UPDATE SKIP LOCKED`. Counters saturate at `i64::MAX`. A connection, stream,
+/// spec or owner with a NUL character is refused by `upsert_schedule` and `claim_schedules`
+/// (`InvalidInput`); the other methods find no job for it.
+#[async_trait]
+impl ScheduleStore for PgStore {
+    async fn upsert_schedule(&self, entry: &ScheduleEntry, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO schedules (connection, stream, spec, full_sync, next_due_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (connection, stream) DO UPDATE SET spec = excluded.spec, \
+                 full_sync = excluded.full_sync, next_due_at = excluded.next_due_at, \
+                 updated_at = excluded.updated_at \
+             WHERE schedules.spec IS DISTINCT FROM excluded.spec \
+                OR schedules.full_sync IS DISTINCT FROM excluded.full_sync",
+        )
+        .bind(pg_text("connection", entry.connection.as_str())?)
+        .bind(pg_text("stream", entry.stream.as_str())?)
+        .bind(pg_text("spec", &entry.spec)?)
+        .bind(entry.full)
+        .bind(entry.first_due_at)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(pg_err("cannot save a schedule"))?;
+        Ok(())
+    }
+
+    async fn claim_schedules(
+        &self,
+        owner: &str,
+        lease: Duration,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<ScheduleRow>> {
+        let owner = pg_text("owner", owner)?;
+        let until = now.saturating_add(lease_ms(lease));
+        // As the inbox claim: the selection locks what it takes and skips rows another
+        // claimer holds; a row claimed and committed meanwhile is re-checked and left out.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH due AS ( \
+                 SELECT connection, stream FROM schedules \
+                 WHERE next_due_at <= $3 AND (lease_until IS NULL OR lease_until <= $3) \
+                 ORDER BY next_due_at, connection COLLATE \"C\", stream COLLATE \"C\" \
+                 LIMIT $4 \
+                 FOR UPDATE SKIP LOCKED) \
+             UPDATE schedules SET lease_owner = $1, lease_until = $2, last_started_at = $3 \
+             FROM due \
+             WHERE schedules.connection = due.connection AND schedules.stream = due.stream \
+               AND (schedules.lease_until IS NULL OR schedules.lease_until <= $3) \
+             RETURNING {}",
+            SCHEDULE_COLUMNS
+                .split(", ")
+                .map(|c| format!("schedules.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+        .bind(owner)
+        .bind(until)
+        .bind(now)
+        .bind(limit_i64(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg_err("cannot claim schedules"))?;
+        let mut out = rows
+            .iter()
+            .map(schedule_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        // RETURNING has no defined order.
+        out.sort_by(|a, b| {
+            (a.next_due_at, &a.connection, &a.stream).cmp(&(
+                b.next_due_at,
+                &b.connection,
+                &b.stream,
+            ))
+        });
+        Ok(out)
+    }
+
+    async fn renew_schedule(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+        owner: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<bool> {
+        if !storable_key(connection, stream) || owner.contains('\0') {
+            return Ok(false);
+        }
+        let done = sqlx::query(
+            "UPDATE schedules SET lease_until = $4 \
+             WHERE connection = $1 AND stream = $2 AND lease_owner = $3 AND lease_until > $5",
+        )
+        .bind(connection.as_str())
+        .bind(stream.as_str())
+        .bind(owner)
+        .bind(until)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(pg_err("cannot renew a schedule lease"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn finish_schedule(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+        owner: &str,
+        outcome: &ScheduleOutcome,
+        now: i64,
+    ) -> Result<bool> {
+        validate_schedule_outcome(outcome)?;
+        if !storable_key(connection, stream) || owner.contains('\0') {
+            return Ok(false);
+        }
+        let done = sqlx::query(
+            "UPDATE schedules SET lease_owner = NULL, lease_until = NULL, next_due_at = $4, \
+                 last_finished_at = $5, last_status = $6, last_error = $7, \
+                 runs = CASE WHEN $6 = 'cancelled' THEN runs \
+                             ELSE LEAST(runs, 9223372036854775806) + 1 END, \
+                 failures = CASE WHEN $6 = 'failed' THEN LEAST(failures, 9223372036854775806) + 1 \
+                                 WHEN $6 = 'succeeded' THEN 0 ELSE failures END, \
+                 updated_at = $5 \
+             WHERE connection = $1 AND stream = $2 AND lease_owner = $3",
+        )
+        .bind(connection.as_str())
+        .bind(stream.as_str())
+        .bind(owner)
+        .bind(outcome.next_due_at)
+        .bind(now)
+        .bind(outcome.status.as_str())
+        .bind(outcome.error.as_deref().map(lossy))
+        .execute(&self.pool)
+        .await
+        .map_err(pg_err("cannot record a scheduled run"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn make_schedule_due(
+        &self,
+        connection: &ConnectionId,
+        stream: &StreamId,
+        now: i64,
+    ) -> Result<()> {
+        if !storable_key(connection, stream) {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE schedules SET next_due_at = LEAST(next_due_at, $3) \
+             WHERE connection = $1 AND stream = $2",
+        )
+        .bind(connection.as_str())
+        .bind(stream.as_str())
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(pg_err("cannot update a schedule"))?;
+        Ok(())
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<ScheduleRow>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SCHEDULE_COLUMNS} FROM schedules \
+             ORDER BY connection COLLATE \"C\", stream COLLATE \"C\""
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg_err("cannot list schedules"))?;
+        rows.iter().map(schedule_from_row).collect()
     }
 }
 

@@ -1,0 +1,39 @@
+//! Reading a response body into memory with a cap (for answers the platforms send as one JSON
+//! document; exports are streamed instead).
+
+use apex_connect_core::http::DEFAULT_MAX_BODY_BYTES;
+use apex_connect_core::{Error, ErrorKind, Result};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+
+/// Reads `resp`'s body, at most [`DEFAULT_MAX_BODY_BYTES`].
+///
+/// # Errors
+/// `InvalidResponse`: permanent for a body over the cap, temporary for one cut short.
+pub(crate) async fn read_body(resp: reqwest::Response) -> Result<Bytes> {
+    const MAX: usize = DEFAULT_MAX_BODY_BYTES;
+    let too_big = || {
+        Error::new(
+            ErrorKind::InvalidResponse,
+            "response body exceeds the limit",
+        )
+        .permanent()
+    };
+    if resp.content_length().is_some_and(|n| n > MAX as u64) {
+        return Err(too_big());
+    }
+    let mut out = BytesMut::new();
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| {
+            Error::new(ErrorKind::InvalidResponse, "response body ended early")
+                .temporary()
+                .set_source(e.without_url())
+        })?;
+        if out.len().saturating_add(chunk.len()) > MAX {
+            return Err(too_big());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
+}
