@@ -1256,3 +1256,140 @@ async fn postgres_sink_semantics_jsonb_and_nul_ids() {
     store.close().await;
     db.drop_db().await;
 }
+
+/// The ledger sinks (`SqliteSink`'s and `PgSink`'s twins that count applications): the same
+/// answers on both backends.
+#[derive(Clone)]
+enum Ledger {
+    Sqlite(apex_connect_core::sinks::LedgerSink),
+    Postgres(apex_connect_core::sinks::PgLedgerSink),
+}
+
+impl Ledger {
+    fn sink(&self) -> Arc<dyn Sink> {
+        match self {
+            Ledger::Sqlite(s) => Arc::new(s.clone()),
+            Ledger::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+
+    async fn entries(&self) -> Vec<(String, String, Option<i64>, i64)> {
+        let (c, s) = (conn(), stream());
+        let e = match self {
+            Ledger::Sqlite(l) => l.entries(&c, &s).await.unwrap(),
+            Ledger::Postgres(l) => l.entries(&c, &s).await.unwrap(),
+        };
+        e.into_iter()
+            .map(|e| {
+                assert!(e.first_applied_at <= e.last_applied_at);
+                (e.id, e.op, e.version, e.applies)
+            })
+            .collect()
+    }
+}
+
+async fn ledger_semantics(ledger: &Ledger) {
+    use apex_connect_core::{RawJson, Record};
+    let (c, s) = (conn(), stream());
+    let sink = ledger.sink();
+    assert!(!sink.wants_entities());
+    let write = |records: Vec<Record>| {
+        let sink = sink.clone();
+        let (c, s) = (c.clone(), s.clone());
+        async move { sink.write(Batch::new(&c, &s, &records)).await.unwrap() }
+    };
+    assert_eq!(write(Vec::new()).await, Ack::new(0, 0));
+    let v1 = vec![
+        Record::upsert(s.clone(), "a", json!({"n": 1})).with_version(1),
+        Record::delete(s.clone(), "b").with_version(1),
+        Record::upsert(s.clone(), "c", json!({"n": 1})),
+    ];
+    assert_eq!(write(v1.clone()).await, Ack::new(3, 0));
+    assert_eq!(write(v1).await, Ack::new(0, 3), "a replay is not counted");
+    let later = vec![
+        Record::upsert(s.clone(), "a", json!({"n": 0})).with_version(0),
+        Record::upsert(s.clone(), "b", json!({"back": 1})).with_version(1),
+        Record::upsert(s.clone(), "c", json!({"n": 2})),
+    ];
+    // older version: no; same version, other op: yes; no version, other content: yes
+    assert_eq!(write(later).await, Ack::new(2, 1));
+    // whitespace is content: raw is compared as received
+    let spaced = vec![Record::upsert(
+        s.clone(),
+        "c",
+        RawJson::parse(bytes::Bytes::from_static(br#"{"n": 2}"#)).unwrap(),
+    )];
+    assert_eq!(write(spaced).await, Ack::new(1, 0));
+    // one id several times in a batch: applied in order
+    let dup = vec![
+        Record::upsert(s.clone(), "d", json!({"v": 1})).with_version(1),
+        Record::upsert(s.clone(), "d", json!({"v": 2})).with_version(2),
+        Record::upsert(s.clone(), "d", json!({"v": 1})).with_version(1),
+        Record::upsert(s.clone(), "d", json!({"v": 2})).with_version(2),
+    ];
+    assert_eq!(write(dup).await, Ack::new(2, 2));
+    assert_eq!(
+        ledger.entries().await,
+        [
+            ("a".into(), "upsert".into(), Some(1), 1),
+            ("b".into(), "upsert".into(), Some(1), 2),
+            ("c".into(), "upsert".into(), None, 3),
+            ("d".into(), "upsert".into(), Some(2), 2),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn sqlite_ledger_semantics() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("state.db"), EncryptionKey::generate())
+        .await
+        .unwrap();
+    ledger_semantics(&Ledger::Sqlite(
+        apex_connect_core::sinks::LedgerSink::for_store(&store),
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_ledger_semantics_saturation_and_nul_ids() {
+    use apex_connect_core::Record;
+    let Some((db, store)) = pg_store().await else {
+        return;
+    };
+    let ledger = apex_connect_core::sinks::PgLedgerSink::for_store(&store);
+    ledger_semantics(&Ledger::Postgres(ledger.clone())).await;
+    let (c, s) = (conn(), stream());
+
+    // `applies` saturates rather than failing at the top of BIGINT
+    sqlx::query("UPDATE sink_ledger SET applies = $1 WHERE id = 'a'")
+        .bind(i64::MAX)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let v9 = [Record::upsert(s.clone(), "a", json!({"n": 9})).with_version(9)];
+    assert_eq!(
+        ledger.write(Batch::new(&c, &s, &v9)).await.unwrap(),
+        Ack::new(1, 0)
+    );
+    let a = ledger.entries(&c, &s).await.unwrap();
+    assert_eq!((a[0].id.as_str(), a[0].applies), ("a", i64::MAX));
+
+    // a NUL in an id: a typed error, nothing of the batch applied
+    let bad = [
+        Record::upsert(s.clone(), "fine", json!({})),
+        Record::upsert(s.clone(), "bad\u{0}id", json!({})),
+    ];
+    let e = ledger.write(Batch::new(&c, &s, &bad)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert!(
+        ledger
+            .entries(&c, &s)
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| e.id != "fine")
+    );
+    store.close().await;
+    db.drop_db().await;
+}

@@ -980,6 +980,7 @@ async fn two_sqlite_stores_on_one_file_see_each_other() {
 // PostgreSQL
 // ---------------------------------------------------------------------------------------
 
+use apex_connect_core::PgSink;
 use apex_connect_core::store::{InboxWakeups, PgStore};
 
 /// Opens a store on a fresh database: `None` when the PostgreSQL tests are skipped.
@@ -1005,6 +1006,152 @@ async fn postgres_store_semantics() {
     let store = store.with_clock(clock.clock());
     semantics(Arc::new(store.clone()), clock).await;
     store.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn postgres_batches_and_schedules() {
+    let clock = ManualClock::new();
+    let Some((db, store)) = pg_store(&EncryptionKey::generate()).await else {
+        return;
+    };
+    let store = store.with_clock(clock.clock());
+    batches_and_schedules(Arc::new(store.clone()), clock).await;
+
+    // PostgreSQL text holds no NUL: such a job cannot be registered or claimed for such an
+    // owner (a typed error); lookups of such a key find nothing, as anywhere else.
+    let now = 1_700_000_000_000;
+    let e = store
+        .upsert_schedule(&ScheduleEntry::new("a\0c", "s", "every 1h", now), now)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    let e = store
+        .claim_schedules("o\0", Duration::from_secs(1), now, 1)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    let (c, s) = (ConnectionId::from("a\0c"), StreamId::from("s"));
+    assert!(!store.renew_schedule(&c, &s, "o", now, now).await.unwrap());
+    let done = ScheduleOutcome::new(RunStatus::Succeeded, now);
+    assert!(!store.finish_schedule(&c, &s, "o", &done, now).await.unwrap());
+    store.make_schedule_due(&c, &s, now).await.unwrap();
+
+    // Counters saturate instead of failing at the top of BIGINT.
+    let (c, s) = (ConnectionId::from("sat"), StreamId::from("s"));
+    store
+        .upsert_schedule(&ScheduleEntry::new(c.clone(), s.clone(), "every 1h", 0), now)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE schedules SET runs = $1, failures = $1 WHERE connection = 'sat'")
+        .bind(i64::MAX)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_schedules("o", Duration::from_secs(60), i64::MAX, 10)
+        .await
+        .unwrap();
+    assert!(claimed.iter().any(|r| r.connection == c));
+    let failed = ScheduleOutcome::new(RunStatus::Failed, now).with_error("boom \0");
+    assert!(store.finish_schedule(&c, &s, "o", &failed, now).await.unwrap());
+    let row = store
+        .list_schedules()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.connection == c)
+        .unwrap();
+    assert_eq!((row.runs, row.failures), (i64::MAX as u64, i64::MAX as u64));
+    assert_eq!(row.last_error.as_deref(), Some("boom \u{FFFD}"));
+    store.close().await;
+    db.drop_db().await;
+}
+
+/// Two processes' stores on one PostgreSQL database claim due jobs at once: each job goes to
+/// exactly one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_claims_across_postgres_stores_are_exclusive() {
+    let key = EncryptionKey::generate();
+    let Some((db, a)) = pg_store(&key).await else {
+        return;
+    };
+    let b = PgStore::connect(&db.url, key).await.unwrap();
+    let now = 1_700_000_000_000;
+    for i in 0..50 {
+        a.upsert_schedule(
+            &ScheduleEntry::new("acme", format!("s{i:02}"), "every 1h", now),
+            now,
+        )
+        .await
+        .unwrap();
+    }
+    let lease = Duration::from_secs(60);
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        let (x, y) = tokio::join!(
+            a.claim_schedules("a", lease, now, 3),
+            b.claim_schedules("b", lease, now, 3)
+        );
+        got.extend(x.unwrap().into_iter().map(|r| r.stream.to_string()));
+        got.extend(y.unwrap().into_iter().map(|r| r.stream.to_string()));
+    }
+    let unique: std::collections::BTreeSet<_> = got.iter().cloned().collect();
+    assert_eq!(unique.len(), got.len(), "a job was claimed twice: {got:?}");
+    assert_eq!(got.len(), 50);
+    a.close().await;
+    b.close().await;
+    db.drop_db().await;
+}
+
+/// `store::open` with a `postgres://` location: a `PgStore` with its three sinks.
+#[tokio::test]
+async fn open_a_postgres_location() {
+    use apex_connect_core::{Batch, Record};
+    let Some(db) = pg::fresh().await else { return };
+    let opened = apex_connect_core::store::open(&db.url, EncryptionKey::generate())
+        .await
+        .unwrap();
+    assert!(matches!(opened.location(), StoreLocation::Postgres(_)));
+    assert!(!opened.is_ephemeral());
+    assert!(opened.postgres().is_some());
+    assert!(format!("{opened:?}").contains("PgStore"));
+    assert!(opened.sink(SinkKind::Records).wants_entities());
+    assert!(!opened.sink(SinkKind::RawRecords).wants_entities());
+    assert!(!opened.sink(SinkKind::Ledger).wants_entities());
+    let store = opened.store();
+    store
+        .upsert_schedule(&ScheduleEntry::new("acme", "items", "every 1h", 42), 1)
+        .await
+        .unwrap();
+    assert_eq!(store.list_schedules().await.unwrap().len(), 1);
+    let (c, s) = (ConnectionId::from("acme"), StreamId::from("items"));
+    let records = [Record::upsert(s.clone(), "r1", json!({"n": 1})).with_version(1)];
+    for _ in 0..2 {
+        opened
+            .sink(SinkKind::RawRecords)
+            .write(Batch::new(&c, &s, &records))
+            .await
+            .unwrap();
+    }
+    let ack = opened
+        .sink(SinkKind::Ledger)
+        .write(Batch::new(&c, &s, &records))
+        .await
+        .unwrap();
+    assert_eq!((ack.applied, ack.unchanged), (1, 0));
+    let raw = PgSink::for_store(opened.postgres().unwrap())
+        .records(&c, &s)
+        .await
+        .unwrap();
+    assert_eq!(raw.len(), 1);
+    opened.close().await;
+    // A second open of the same database finds the migrations done and the rows kept.
+    let again = apex_connect_core::store::open(&db.url, EncryptionKey::generate())
+        .await
+        .unwrap();
+    assert_eq!(again.store().list_schedules().await.unwrap().len(), 1);
+    again.close().await;
     db.drop_db().await;
 }
 
