@@ -25,6 +25,14 @@ pub use apex_connect_frontapp as frontapp;
 #[cfg(feature = "hubspot")]
 pub use apex_connect_hubspot as hubspot;
 
+/// The Salesforce connector (feature `salesforce`).
+#[cfg(feature = "salesforce")]
+pub use apex_connect_salesforce as salesforce;
+
+/// The Mixpanel and Google Analytics 4 connectors (feature `analytics`).
+#[cfg(feature = "analytics")]
+pub use apex_connect_analytics as analytics;
+
 /// The `memory` platform and the rest of the testkit (feature `memory`: tests and demos).
 #[cfg(feature = "memory")]
 pub use apex_connect_testkit as testkit;
@@ -46,6 +54,14 @@ pub fn platforms() -> Platforms {
     p.add(Arc::new(Registered(&apex_connect_frontapp::PLATFORM)));
     #[cfg(feature = "hubspot")]
     p.add(Arc::new(Registered(&apex_connect_hubspot::PLATFORM)));
+    #[cfg(feature = "salesforce")]
+    p.add(Arc::new(Registered(&apex_connect_salesforce::PLATFORM)));
+    #[cfg(feature = "analytics")]
+    p.add(Arc::new(Registered(
+        &apex_connect_analytics::mixpanel::PLATFORM,
+    )));
+    #[cfg(feature = "analytics")]
+    p.add(Arc::new(Registered(&apex_connect_analytics::ga4::PLATFORM)));
     #[cfg(feature = "memory")]
     p.add(Arc::new(Registered(
         &apex_connect_testkit::platform::MEMORY,

@@ -15,8 +15,7 @@ use std::time::Instant;
 use apex_connect_analytics::ga4::sim::{Ga4Sim, Ga4SimConfig};
 use apex_connect_analytics::ga4::{Ga4Config, Ga4Connector, streams};
 use apex_connect_core::{
-    ConnectionId, MemoryStore, NullSink, StateStore, StaticToken, StreamId, SyncEngine,
-    SyncOptions,
+    ConnectionId, MemoryStore, NullSink, StateStore, StaticToken, StreamId, SyncEngine, SyncOptions,
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

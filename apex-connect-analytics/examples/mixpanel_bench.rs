@@ -67,7 +67,9 @@ fn connector(sim: &MixpanelSimHandle, gzip: bool) -> Result<MixpanelConnector, B
             secret: c.service_account.1.clone().into(),
         })
         .base_url(sim.base_url())
-        .clock(Arc::new(move || UNIX_EPOCH + Duration::from_secs(noon as u64)))
+        .clock(Arc::new(move || {
+            UNIX_EPOCH + Duration::from_secs(noon as u64)
+        }))
         .build()?)
 }
 
@@ -88,13 +90,11 @@ async fn run(
         use std::sync::atomic::Ordering::Relaxed;
         while next.load(Relaxed) <= 4 && p.records_read * 4 >= expected * next.load(Relaxed) {
             let next_quarter = next.load(Relaxed);
-            if let Some((hwm, rss)) = memory_mb() {
-                if let Ok(mut q) = q.lock() {
-                    q.push(format!(
-                        "{}%: VmHWM {hwm:.1} MB, VmRSS {rss:.1} MB",
-                        next_quarter * 25
-                    ));
-                }
+            if let (Some((hwm, rss)), Ok(mut q)) = (memory_mb(), q.lock()) {
+                q.push(format!(
+                    "{}%: VmHWM {hwm:.1} MB, VmRSS {rss:.1} MB",
+                    next_quarter * 25
+                ));
             }
             next.fetch_add(1, Relaxed);
         }
@@ -123,7 +123,11 @@ async fn run(
         println!("      {q}");
     }
     if report.records_read != expected {
-        return Err(format!("{label}: read {} events, expected {expected}", report.records_read).into());
+        return Err(format!(
+            "{label}: read {} events, expected {expected}",
+            report.records_read
+        )
+        .into());
     }
     Ok(())
 }
@@ -165,14 +169,27 @@ async fn main() -> Result<(), BoxError> {
     println!("SQLite (SqliteSink over SqliteStore, temporary file):");
     for entities in [true, false] {
         let dir = tempfile::tempdir()?;
-        let store = Arc::new(SqliteStore::open(dir.path().join("bench.db"), EncryptionKey::generate()).await?);
+        let store = Arc::new(
+            SqliteStore::open(dir.path().join("bench.db"), EncryptionKey::generate()).await?,
+        );
         let sink = if entities {
             SqliteSink::for_store(&store)
         } else {
             SqliteSink::for_store(&store).raw_only()
         };
-        let label = if entities { "sqlite, entities" } else { "sqlite, raw only" };
-        run(label, &connector(&sim, false)?, store.clone(), &sink, expected).await?;
+        let label = if entities {
+            "sqlite, entities"
+        } else {
+            "sqlite, raw only"
+        };
+        run(
+            label,
+            &connector(&sim, false)?,
+            store.clone(),
+            &sink,
+            expected,
+        )
+        .await?;
         store.close().await;
     }
     println!(

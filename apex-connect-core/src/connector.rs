@@ -185,9 +185,9 @@ impl Change {
 }
 
 /// One event of a verified webhook delivery, as a host stores it: the unit it deduplicates
-/// (on `id`) and later hands to [`Connector::parse_webhook`] (as `body`).
+/// (on `id`) and later hands to [`Webhooks::parse`] (as `body`).
 ///
-/// Made by [`Connector::webhook_events`]; most deliveries are one event with the whole body.
+/// Made by [`Webhooks::events`]; most deliveries are one event with the whole body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WebhookEvent {
@@ -207,7 +207,7 @@ impl WebhookEvent {
     }
 
     /// A delivery as one event: the verifier's [`Verified::event_id`] when the scheme has one,
-    /// else [`body_hash`] of the body. What [`Connector::webhook_events`] does by default.
+    /// else [`body_hash`] of the body. What [`Webhooks::events`] does by default.
     pub fn whole_delivery(verified: &Verified, body: &Bytes) -> Self {
         let id = match &verified.event_id {
             Some(id) => id.clone(),

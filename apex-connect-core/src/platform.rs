@@ -762,7 +762,14 @@ pub fn resolve_auth(
     // A Google service-account key file (`service_account_json`) stands for the JWT-bearer
     // settings and the `private_key` secret (see `crate::service_account`).
     if let Some((settings, secrets)) = crate::service_account::expand(settings, inputs.secrets)? {
-        return resolve_auth(platform, &settings, AuthInputs { secrets: &secrets, ..inputs });
+        return resolve_auth(
+            platform,
+            &settings,
+            AuthInputs {
+                secrets: &secrets,
+                ..inputs
+            },
+        );
     }
     let mode = auth_mode(platform, settings, inputs.secrets, inputs.tokens_stored)?;
     if mode == AuthMode::Token {

@@ -61,7 +61,7 @@ fn body_event_id(body: &[u8]) -> Option<String> {
     id.starts_with("evt_").then(|| id.to_string())
 }
 
-/// The inbox event of a verified Front delivery (what `FrontConnector::webhook_events`
+/// The inbox event of a verified Front delivery (what `Webhooks::events` of `FrontConnector`
 /// returns): always one event with the whole body, keyed by the verifier's event id, else
 /// the body's `payload.id` (application webhooks) or `id` (rule webhooks), else
 /// [`apex_connect_core::body_hash`] of the body.

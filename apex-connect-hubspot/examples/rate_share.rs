@@ -59,11 +59,14 @@ async fn main() -> apex_connect_core::Result<()> {
         let el = t0.elapsed().as_secs_f64();
         let snap = hs.api().http().stats().snapshot();
         // Time in reads less time waiting at the gate: round trips (and client work).
-        let round_trip = busy.saturating_sub(snap.gate_wait).as_secs_f64()
-            / snap.requests_sent.max(1) as f64;
+        let round_trip =
+            busy.saturating_sub(snap.gate_wait).as_secs_f64() / snap.requests_sent.max(1) as f64;
         let stats = sim.limiter().stats();
         let ok = stats.requests - stats.rejected;
-        println!("  requests allowed per ten-second window: {:?}", stats.allowed_by_window);
+        println!(
+            "  requests allowed per ten-second window: {:?}",
+            stats.allowed_by_window
+        );
         let allowed = f64::from(limit) / 10.0;
         println!(
             "limit {limit}/10s: {ok} requests in {el:.1} s = {:.2}/s of {allowed:.1}/s allowed ({:.1} %), {} 429s; \

@@ -541,7 +541,7 @@ pub fn parse_events(body: &[u8]) -> apex_connect_core::Result<Vec<HubSpotEvent>>
     })
 }
 
-/// The inbox events of a verified HubSpot delivery (what `HubSpotConnector::webhook_events`
+/// The inbox events of a verified HubSpot delivery (what `Webhooks::events` of `HubSpotConnector`
 /// returns). A delivery is an array of up to 100 events and a retry may batch them
 /// differently, so it is split: one event per array element, keyed by its `eventId` (number
 /// or string), with the one-element array as body (which [`parse_events`] and so

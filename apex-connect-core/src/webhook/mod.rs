@@ -112,7 +112,7 @@ pub struct Verified {
 }
 
 /// A webhook that passed verification, owned, as stored in the inbox and given to
-/// [`crate::Connector::parse_webhook`].
+/// [`crate::Webhooks::parse`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct VerifiedWebhook {
