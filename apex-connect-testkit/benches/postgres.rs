@@ -81,13 +81,23 @@ async fn run() {
             .unwrap();
         let sink = SqliteSink::for_store(&store);
         let secs = sync(Arc::new(store.clone()), &sink, records).await;
-        line("engine -> SqliteSink (entities mapped)", records, secs, "records");
+        line(
+            "engine -> SqliteSink (entities mapped)",
+            records,
+            secs,
+            "records",
+        );
         store.close().await;
     }
     {
         let n = records * 2;
         let secs = sync(Arc::new(MemoryStore::new()), &NullSink::new(), n).await;
-        line("engine -> NullSink (MemoryStore), the ceiling", n, secs, "records");
+        line(
+            "engine -> NullSink (MemoryStore), the ceiling",
+            n,
+            secs,
+            "records",
+        );
     }
 
     // ---- 2. inbox appends ----

@@ -1034,13 +1034,21 @@ async fn postgres_batches_and_schedules() {
     let (c, s) = (ConnectionId::from("a\0c"), StreamId::from("s"));
     assert!(!store.renew_schedule(&c, &s, "o", now, now).await.unwrap());
     let done = ScheduleOutcome::new(RunStatus::Succeeded, now);
-    assert!(!store.finish_schedule(&c, &s, "o", &done, now).await.unwrap());
+    assert!(
+        !store
+            .finish_schedule(&c, &s, "o", &done, now)
+            .await
+            .unwrap()
+    );
     store.make_schedule_due(&c, &s, now).await.unwrap();
 
     // Counters saturate instead of failing at the top of BIGINT.
     let (c, s) = (ConnectionId::from("sat"), StreamId::from("s"));
     store
-        .upsert_schedule(&ScheduleEntry::new(c.clone(), s.clone(), "every 1h", 0), now)
+        .upsert_schedule(
+            &ScheduleEntry::new(c.clone(), s.clone(), "every 1h", 0),
+            now,
+        )
         .await
         .unwrap();
     sqlx::query("UPDATE schedules SET runs = $1, failures = $1 WHERE connection = 'sat'")
@@ -1054,7 +1062,12 @@ async fn postgres_batches_and_schedules() {
         .unwrap();
     assert!(claimed.iter().any(|r| r.connection == c));
     let failed = ScheduleOutcome::new(RunStatus::Failed, now).with_error("boom \0");
-    assert!(store.finish_schedule(&c, &s, "o", &failed, now).await.unwrap());
+    assert!(
+        store
+            .finish_schedule(&c, &s, "o", &failed, now)
+            .await
+            .unwrap()
+    );
     let row = store
         .list_schedules()
         .await

@@ -159,7 +159,9 @@ impl Sink for PgLedgerSink {
             round.sort_unstable_by(|a, b| a.id.cmp(b.id));
         }
         let now = unix_ms(std::time::SystemTime::now());
-        let err = |e: sqlx::Error| pg_err("cannot write the ledger")(e).with_context("stream", batch.stream);
+        let err = |e: sqlx::Error| {
+            pg_err("cannot write the ledger")(e).with_context("stream", batch.stream)
+        };
         let mut tx = self.pool.begin().await.map_err(err)?;
         let mut applied = 0u64;
         for round in &rounds {
