@@ -112,6 +112,8 @@ struct FaultyConnector {
     at: usize,
     reads: AtomicUsize,
     cancel: Option<CancellationToken>,
+    /// Waited for before the first read: two runs sharing it both start from the same cursor.
+    start: Option<Arc<tokio::sync::Barrier>>,
 }
 
 #[async_trait]
@@ -124,6 +126,9 @@ impl Connector for FaultyConnector {
     }
     async fn read(&self, stream: &StreamId, cursor: Option<&CursorToken>) -> Result<Page> {
         let n = self.reads.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(start) = self.start.as_ref().filter(|_| n == 1) {
+            start.wait().await;
+        }
         if n == self.at {
             match &self.cancel {
                 Some(token) => {
@@ -466,6 +471,7 @@ async fn connector_faults_and_cancellation_at_every_read() {
                 at: k,
                 reads: AtomicUsize::new(0),
                 cancel: cancel_it.then(|| token.clone()),
+                start: None,
             };
             let ctx = format!("read {k}, cancel {cancel_it}, read_ahead {read_ahead}");
             let err = engine
@@ -698,17 +704,22 @@ async fn two_concurrent_runs_one_conflicts_data_exact_on2(
         let source = connector();
         let engine = SyncEngine::new(store.clone());
         let sink = MemorySink::new();
+        // Both runs load the (empty) cursor before either reads: they race for every commit
+        // whatever the stores' latency (two PostgreSQL pools used to let one run finish first).
+        let start = Arc::new(tokio::sync::Barrier::new(2));
         let a = FaultyConnector {
             inner: source.clone(),
             at: 0,
             reads: AtomicUsize::new(0),
             cancel: None,
+            start: Some(start.clone()),
         };
         let b = FaultyConnector {
             inner: source.clone(),
             at: 0,
             reads: AtomicUsize::new(0),
             cancel: None,
+            start: Some(start),
         };
         let opts = SyncOptions::new().read_ahead(read_ahead);
         let (c, s) = (conn(), stream());
