@@ -40,9 +40,13 @@ pub use model::{
 pub use oauth::{OAuthClient, OAuthConfig, TokenManager};
 pub use platform::{BuildContext, ConnectionAuth, Platform, Platforms, Secrets, Settings};
 pub use sink::{Ack, Batch, Sink};
+#[cfg(feature = "postgres")]
+pub use sinks::PgSink;
 #[cfg(feature = "sqlite")]
 pub use sinks::SqliteSink;
 pub use sinks::{ChannelSink, JsonlSink, MemorySink, NullSink};
+#[cfg(feature = "postgres")]
+pub use store::PgStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
 pub use store::{

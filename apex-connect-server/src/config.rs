@@ -23,8 +23,10 @@ pub const DEFAULT_DATABASE: &str = "apex-connect.db";
 #[non_exhaustive]
 pub struct ServerConfig {
     /// Where the state lives (inbox, cursors, runs, schedules, tokens, rejects), as
-    /// `apex_connect_core::store::open` reads it: a SQLite path, a `sqlite:` URL, or
-    /// `memory:` (nothing kept). Default: `database`, else `apex-connect.db`.
+    /// `apex_connect_core::store::open` reads it: a SQLite path, a `sqlite:` URL,
+    /// `postgres://user@host:port/db` (built with the `postgres` feature; the password from
+    /// `PGPASSWORD` or `~/.pgpass`, never here), or `memory:` (nothing kept). Default:
+    /// `database`, else `apex-connect.db`.
     #[serde(default)]
     pub store: Option<String>,
     /// The SQLite state database file (the older spelling of `store`; set one of the two).

@@ -1,6 +1,10 @@
 //! The sync engine under interruption: a sink that fails on its k-th write (before or after
 //! applying), cancellation at every step, a store whose k-th cursor commit fails; each time a
 //! fresh run resumes and the sink must hold exactly the connector's records, each applied once.
+//! The persistent pairs run on SQLite and on PostgreSQL (see `support/pg.rs`).
+
+#[path = "support/pg.rs"]
+mod pg;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,13 +14,13 @@ use apex_connect_core::engine::CancellationToken;
 use apex_connect_core::store::{
     AppendOutcome, ClaimedEvent, Connection, ConnectionStatus, ConnectionStore, CursorStore,
     DeadLetter, EncryptionKey, EventId, FailAction, InboxCounts, InboxEvent, InboxStore,
-    MemoryStore, RejectId, RejectStore, RunId, RunKind, RunOutcome, RunStatus, RunStore,
+    MemoryStore, PgStore, RejectId, RejectStore, RunId, RunKind, RunOutcome, RunStatus, RunStore,
     ScheduleEntry, ScheduleOutcome, ScheduleRow, ScheduleStore, SqliteStore, StateStore,
     StoredReject, SyncRun,
 };
 use apex_connect_core::{
     Ack, Batch, ConnectionId, Connector, ConnectorInfo, CursorToken, Error, ErrorKind, MemorySink,
-    NullSink, Page, Result, Sink, SqliteSink, StreamId, SyncEngine, SyncOptions, TokenSet,
+    NullSink, Page, PgSink, Result, Sink, SqliteSink, StreamId, SyncEngine, SyncOptions, TokenSet,
     TokenStore, Versioned, async_trait,
 };
 use apex_connect_testkit::MemoryConnector;
@@ -108,6 +112,8 @@ struct FaultyConnector {
     at: usize,
     reads: AtomicUsize,
     cancel: Option<CancellationToken>,
+    /// Waited for before the first read: two runs sharing it both start from the same cursor.
+    start: Option<Arc<tokio::sync::Barrier>>,
 }
 
 #[async_trait]
@@ -120,6 +126,9 @@ impl Connector for FaultyConnector {
     }
     async fn read(&self, stream: &StreamId, cursor: Option<&CursorToken>) -> Result<Page> {
         let n = self.reads.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(start) = self.start.as_ref().filter(|_| n == 1) {
+            start.wait().await;
+        }
         if n == self.at {
             match &self.cancel {
                 Some(token) => {
@@ -474,6 +483,7 @@ async fn connector_faults_and_cancellation_at_every_read() {
                 at: k,
                 reads: AtomicUsize::new(0),
                 cancel: cancel_it.then(|| token.clone()),
+                start: None,
             };
             let ctx = format!("read {k}, cancel {cancel_it}, read_ahead {read_ahead}");
             let err = engine
@@ -537,8 +547,21 @@ async fn cancelled_before_start_reads_nothing() {
 
 #[tokio::test]
 async fn incremental_picks_up_exactly_the_changes() {
+    incremental_picks_up_exactly_the_changes_on(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn incremental_picks_up_exactly_the_changes_on_postgres() {
+    let Some((db, store)) = pg_store().await else {
+        return;
+    };
+    incremental_picks_up_exactly_the_changes_on(Arc::new(store.clone())).await;
+    store.close().await;
+    db.drop_db().await;
+}
+
+async fn incremental_picks_up_exactly_the_changes_on(store: Arc<dyn StateStore>) {
     let source = connector();
-    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
     let engine = SyncEngine::new(store.clone());
     let sink = MemorySink::new();
     let calls = Arc::new(AtomicUsize::new(0));
@@ -650,27 +673,72 @@ async fn max_pages_stops_and_the_next_run_continues() {
 #[tokio::test]
 async fn two_concurrent_runs_one_conflicts_data_exact() {
     for read_ahead in [true, false] {
+        two_concurrent_runs_one_conflicts_data_exact_on(Arc::new(MemoryStore::new()), read_ahead)
+            .await;
+    }
+}
+
+/// Two engines on two stores (two nodes) sharing one database: one run wins each commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_runs_on_two_postgres_stores_one_conflicts_data_exact() {
+    for read_ahead in [true, false] {
+        let Some((db, store)) = pg_store().await else {
+            return;
+        };
+        let other = PgStore::connect(&db.url, EncryptionKey::generate())
+            .await
+            .unwrap();
+        two_concurrent_runs_one_conflicts_data_exact_on2(
+            Arc::new(store.clone()),
+            Arc::new(other.clone()),
+            read_ahead,
+        )
+        .await;
+        store.close().await;
+        other.close().await;
+        db.drop_db().await;
+    }
+}
+
+async fn two_concurrent_runs_one_conflicts_data_exact_on(
+    store: Arc<dyn StateStore>,
+    read_ahead: bool,
+) {
+    two_concurrent_runs_one_conflicts_data_exact_on2(store.clone(), store, read_ahead).await;
+}
+
+async fn two_concurrent_runs_one_conflicts_data_exact_on2(
+    store: Arc<dyn StateStore>,
+    second: Arc<dyn StateStore>,
+    read_ahead: bool,
+) {
+    {
         let source = connector();
-        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
         let engine = SyncEngine::new(store.clone());
         let sink = MemorySink::new();
+        // Both runs load the (empty) cursor before either reads: they race for every commit
+        // whatever the stores' latency (two PostgreSQL pools used to let one run finish first).
+        let start = Arc::new(tokio::sync::Barrier::new(2));
         let a = FaultyConnector {
             inner: source.clone(),
             at: 0,
             reads: AtomicUsize::new(0),
             cancel: None,
+            start: Some(start.clone()),
         };
         let b = FaultyConnector {
             inner: source.clone(),
             at: 0,
             reads: AtomicUsize::new(0),
             cancel: None,
+            start: Some(start),
         };
         let opts = SyncOptions::new().read_ahead(read_ahead);
         let (c, s) = (conn(), stream());
+        let engine_b = SyncEngine::new(second);
         let (ra, rb) = tokio::join!(
             engine.run(&a, &c, &s, &sink, opts.clone()),
-            engine.run(&b, &c, &s, &sink, opts.clone()),
+            engine_b.run(&b, &c, &s, &sink, opts.clone()),
         );
         let conflicts = [&ra, &rb]
             .iter()
@@ -726,12 +794,79 @@ async fn more_pages_without_progress_is_an_error_not_a_loop() {
     assert_eq!(err.kind(), ErrorKind::InvalidResponse);
 }
 
-/// The same interruption on the persistent pair: SqliteStore + SqliteSink in one file.
+/// A persistent sink of either backend, with what the tests read back.
+#[derive(Debug, Clone)]
+enum Persistent {
+    Sqlite(SqliteSink),
+    Postgres(PgSink),
+}
+
+impl Persistent {
+    async fn records(&self) -> Vec<apex_connect_core::Record> {
+        match self {
+            Persistent::Sqlite(s) => s.records(&conn(), &stream()).await.unwrap(),
+            Persistent::Postgres(s) => s.records(&conn(), &stream()).await.unwrap(),
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for Persistent {
+    async fn write(&self, batch: Batch<'_>) -> Result<Ack> {
+        match self {
+            Persistent::Sqlite(s) => s.write(batch).await,
+            Persistent::Postgres(s) => s.write(batch).await,
+        }
+    }
+    fn wants_entities(&self) -> bool {
+        match self {
+            Persistent::Sqlite(s) => s.wants_entities(),
+            Persistent::Postgres(s) => s.wants_entities(),
+        }
+    }
+}
+
+async fn sqlite_pair(dir: &tempfile::TempDir) -> (Arc<dyn StateStore>, Persistent) {
+    let store = SqliteStore::open(dir.path().join("state.db"), EncryptionKey::generate())
+        .await
+        .unwrap();
+    let sink = Persistent::Sqlite(SqliteSink::for_store(&store));
+    (Arc::new(store), sink)
+}
+
+/// A `PgStore` on a fresh database, or `None` when the PostgreSQL tests are skipped.
+async fn pg_store() -> Option<(pg::TestDb, PgStore)> {
+    let db = pg::fresh().await?;
+    let store = PgStore::connect(&db.url, EncryptionKey::generate())
+        .await
+        .unwrap();
+    Some((db, store))
+}
+
+/// The same interruption on the persistent pairs: SqliteStore + SqliteSink in one file.
 #[tokio::test]
 async fn sqlite_store_and_sink_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, sink) = sqlite_pair(&dir).await;
+    store_and_sink_resume_exactly(store, sink).await;
+}
+
+/// ... and PgStore + PgSink in one database.
+#[tokio::test]
+async fn postgres_store_and_sink_resume_exactly() {
+    let Some((db, store)) = pg_store().await else {
+        return;
+    };
+    let sink = Persistent::Postgres(PgSink::for_store(&store));
+    store_and_sink_resume_exactly(Arc::new(store.clone()), sink).await;
+    store.close().await;
+    db.drop_db().await;
+}
+
+async fn store_and_sink_resume_exactly(store: Arc<dyn StateStore>, inner: Persistent) {
     #[derive(Debug)]
     struct CrashAfterApply {
-        inner: SqliteSink,
+        inner: Persistent,
         at: usize,
         writes: AtomicUsize,
     }
@@ -746,17 +881,13 @@ async fn sqlite_store_and_sink_resume_exactly() {
         }
     }
 
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("state.db"), EncryptionKey::generate())
-        .await
-        .unwrap();
     let sink = CrashAfterApply {
-        inner: SqliteSink::for_store(&store),
+        inner: inner.clone(),
         at: 4,
         writes: AtomicUsize::new(0),
     };
     let source = connector();
-    let engine = SyncEngine::new(Arc::new(store.clone()));
+    let engine = SyncEngine::new(store.clone());
     let err = engine
         .run(&source, &conn(), &stream(), &sink, SyncOptions::new())
         .await
@@ -769,10 +900,7 @@ async fn sqlite_store_and_sink_resume_exactly() {
     // the page applied before the crash is replayed as unchanged
     assert_eq!(r.unchanged, PAGE as u64);
     assert_eq!(r.applied, 40 - 3 * PAGE as u64 - PAGE as u64);
-    let held = SqliteSink::for_store(&store)
-        .records(&conn(), &stream())
-        .await
-        .unwrap();
+    let held = inner.records().await;
     assert_eq!(held.len(), 40, "37 live + 3 tombstones");
     let live: std::collections::BTreeMap<String, (i64, serde_json::Value)> = held
         .into_iter()
@@ -837,12 +965,22 @@ impl Connector for Fixable {
 #[tokio::test]
 async fn unmappable_and_unreadable_records_are_quarantined_not_fatal_and_redriven() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        SqliteStore::open(dir.path().join("q.db"), EncryptionKey::generate())
-            .await
-            .unwrap(),
-    );
-    let sink = SqliteSink::for_store(&store);
+    let (store, sink) = sqlite_pair(&dir).await;
+    quarantine_and_redrive(store, sink).await;
+}
+
+#[tokio::test]
+async fn unmappable_and_unreadable_records_are_quarantined_and_redriven_on_postgres() {
+    let Some((db, store)) = pg_store().await else {
+        return;
+    };
+    let sink = Persistent::Postgres(PgSink::for_store(&store));
+    quarantine_and_redrive(Arc::new(store.clone()), sink).await;
+    store.close().await;
+    db.drop_db().await;
+}
+
+async fn quarantine_and_redrive(store: Arc<dyn StateStore>, sink: Persistent) {
     assert!(sink.wants_entities());
     let c = connector();
     // Two records whose `name` is not a string: the memory mapping refuses them.
@@ -859,7 +997,7 @@ async fn unmappable_and_unreadable_records_are_quarantined_not_fatal_and_redrive
         fixed: false.into(),
         extra_rejects: vec![raw_reject],
     };
-    let engine = SyncEngine::new(store.clone() as Arc<dyn StateStore>);
+    let engine = SyncEngine::new(store.clone());
     let report = engine
         .run(&fixable, &conn(), &stream(), &sink, SyncOptions::new())
         .await
@@ -876,7 +1014,7 @@ async fn unmappable_and_unreadable_records_are_quarantined_not_fatal_and_redrive
     assert!(stages.contains(&(None, apex_connect_core::RejectStage::Parse)));
     assert!(rejects.iter().all(|r| !r.reject.error.is_empty()));
     // The page went on and the cursor moved past them: the sink holds the 37 good records.
-    let held = sink.records(&conn(), &stream()).await.unwrap();
+    let held = sink.records().await;
     assert_eq!(
         held.iter()
             .filter(|r| r.op == apex_connect_core::Op::Upsert)
@@ -916,7 +1054,7 @@ async fn unmappable_and_unreadable_records_are_quarantined_not_fatal_and_redrive
         .unwrap();
     assert_eq!((r.tried, r.written, r.failed), (3, 3, 0));
     assert_eq!(store.count_rejects(Some(&conn())).await.unwrap(), 0);
-    let held = sink.records(&conn(), &stream()).await.unwrap();
+    let held = sink.records().await;
     for id in ["bad1", "bad2", "k9"] {
         assert!(
             held.iter().any(|r| r.id == id),
@@ -972,4 +1110,309 @@ async fn a_pagination_cycle_stops_the_run_instead_of_looping() {
     assert!(err.to_string().contains("cycle"), "{err}");
     // What was read before the cycle is committed.
     assert_eq!(sink.len(), 2);
+}
+
+/// What a persistent sink does with a batch, the same on both backends: exact counts,
+/// highest version kept, a record repeated in one batch applied in order, JSON that
+/// PostgreSQL's JSONB refuses kept exactly.
+async fn sink_semantics(sink: &Persistent) {
+    use apex_connect_core::{RawJson, Record};
+    let (c, s) = (conn(), stream());
+    let write = |records: Vec<Record>| {
+        let sink = sink.clone();
+        let (c, s) = (c.clone(), s.clone());
+        async move { sink.write(Batch::new(&c, &s, &records)).await.unwrap() }
+    };
+    let v1: Vec<Record> = (0..250)
+        .map(|i| Record::upsert(s.clone(), format!("r{i:03}"), json!({"i": i})).with_version(1))
+        .collect();
+    assert_eq!(write(v1.clone()).await, Ack::new(250, 0));
+    assert_eq!(
+        write(v1).await,
+        Ack::new(0, 250),
+        "a replay changes nothing"
+    );
+    let mixed = vec![
+        Record::upsert(s.clone(), "r000", json!({"i": "new"})).with_version(2),
+        Record::upsert(s.clone(), "r001", json!({"i": "old"})).with_version(0),
+        Record::upsert(s.clone(), "r002", json!({"i": "same-version-new-content"})).with_version(1),
+        Record::delete(s.clone(), "r003").with_version(5),
+        Record::upsert(s.clone(), "r004", json!({"i": "four"})),
+        Record::upsert(s.clone(), "fresh", json!({})),
+    ];
+    assert_eq!(write(mixed.clone()).await, Ack::new(5, 1));
+    assert_eq!(write(mixed).await, Ack::new(0, 6));
+    let older = vec![Record::upsert(s.clone(), "r003", json!({"back": true})).with_version(4)];
+    assert_eq!(write(older).await, Ack::new(0, 1), "no resurrection");
+
+    // one id several times in a batch: applied in order, as if written one by one
+    let dup = vec![
+        Record::upsert(s.clone(), "d1", json!({"a": 1})).with_version(1),
+        Record::upsert(s.clone(), "d1", json!({"a": 2})).with_version(2),
+        Record::upsert(s.clone(), "d1", json!({"a": 3})).with_version(1),
+        Record::upsert(s.clone(), "d2", json!({"b": 1})),
+        Record::upsert(s.clone(), "d2", json!({"b": 1})),
+    ];
+    assert_eq!(write(dup).await, Ack::new(3, 2));
+
+    // JSON that JSONB cannot hold, next to ordinary records in one batch
+    let odd_raw = [
+        ("nul", &br#"{"s":"a\u0000b"}"#[..]),
+        ("big", &br#"{"n":1e999999}"#[..]),
+        ("ok", &br#"{"k":1}"#[..]),
+    ];
+    let odd: Vec<Record> = odd_raw
+        .iter()
+        .map(|(id, raw)| {
+            Record::upsert(
+                s.clone(),
+                *id,
+                RawJson::parse(bytes::Bytes::from_static(raw)).unwrap(),
+            )
+            .with_version(1)
+        })
+        .collect();
+    assert_eq!(write(odd.clone()).await, Ack::new(3, 0));
+    assert_eq!(write(odd).await, Ack::new(0, 3));
+
+    let held = sink.records().await;
+    assert_eq!(held.len(), 250 + 1 + 2 + 3);
+    let get = |id: &str| held.iter().find(|r| r.id == id).unwrap();
+    assert_eq!(get("r000").raw.to_value().unwrap(), json!({"i": "new"}));
+    assert_eq!(get("r003").op, apex_connect_core::Op::Delete);
+    assert_eq!(
+        (get("d1").version, get("d1").raw.to_value().unwrap()),
+        (Some(2), json!({"a": 2}))
+    );
+    assert_eq!(get("nul").raw.to_value().unwrap(), json!({"s": "a\u{0}b"}));
+    assert_eq!(
+        get("big").raw.bytes().as_ref(),
+        br#"{"n":1e999999}"#,
+        "kept exactly"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_sink_semantics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, sink) = sqlite_pair(&dir).await;
+    sink_semantics(&sink).await;
+}
+
+#[tokio::test]
+async fn postgres_sink_semantics_jsonb_and_nul_ids() {
+    let Some((db, store)) = pg_store().await else {
+        return;
+    };
+    let pg = PgSink::for_store(&store);
+    sink_semantics(&Persistent::Postgres(pg.clone())).await;
+    // ordinary JSON is JSONB; what JSONB refuses is kept as text
+    let rows: Vec<(String, bool, bool)> = sqlx::query_as(
+        "SELECT id, raw IS NOT NULL, raw_text IS NOT NULL FROM records \
+         WHERE id IN ('nul', 'big', 'ok', 'r010') ORDER BY id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            ("big".into(), false, true),
+            ("nul".into(), false, true),
+            ("ok".into(), true, false),
+            ("r010".into(), true, false),
+        ]
+    );
+    let (kind,): (String,) =
+        sqlx::query_as("SELECT jsonb_typeof(raw -> 'i') FROM records WHERE id = 'r010'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(kind, "number", "raw is queryable JSONB");
+
+    // entities: JSONB, or text when JSONB refuses them
+    use apex_connect_core::{Entity, EntityKind, Record, SourceRef};
+    let (c, s) = (conn(), stream());
+    let records = vec![
+        Record::upsert(s.clone(), "p1", json!({"name": "Ada"})).with_version(1),
+        Record::upsert(s.clone(), "p2", json!({"name": "N\u{0}L"})).with_version(1),
+    ];
+    let entities = vec![
+        Some(
+            Entity::new(
+                EntityKind::Person,
+                SourceRef::new("memory", "contact", "p1"),
+            )
+            .with_name("Ada"),
+        ),
+        Some(
+            Entity::new(
+                EntityKind::Person,
+                SourceRef::new("memory", "contact", "p2"),
+            )
+            .with_name("N\u{0}L"),
+        ),
+    ];
+    let ack = pg
+        .write(Batch::new(&c, &s, &records).with_entities(&entities))
+        .await
+        .unwrap();
+    assert_eq!(ack, Ack::new(2, 0));
+    for (id, e) in [("p1", &entities[0]), ("p2", &entities[1])] {
+        assert_eq!(pg.entity(&c, &s, id).await.unwrap().as_ref(), e.as_ref());
+    }
+
+    // PostgreSQL text cannot hold a NUL in an id: a typed error, nothing of the batch applied
+    let bad = vec![
+        Record::upsert(s.clone(), "fine", json!({})),
+        Record::upsert(s.clone(), "bad\u{0}id", json!({})),
+    ];
+    let e = pg.write(Batch::new(&c, &s, &bad)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert!(
+        pg.records(&c, &s)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.id != "fine")
+    );
+    store.close().await;
+    db.drop_db().await;
+}
+
+/// The ledger sinks (`SqliteSink`'s and `PgSink`'s twins that count applications): the same
+/// answers on both backends.
+#[derive(Clone)]
+enum Ledger {
+    Sqlite(apex_connect_core::sinks::LedgerSink),
+    Postgres(apex_connect_core::sinks::PgLedgerSink),
+}
+
+impl Ledger {
+    fn sink(&self) -> Arc<dyn Sink> {
+        match self {
+            Ledger::Sqlite(s) => Arc::new(s.clone()),
+            Ledger::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+
+    async fn entries(&self) -> Vec<(String, String, Option<i64>, i64)> {
+        let (c, s) = (conn(), stream());
+        let e = match self {
+            Ledger::Sqlite(l) => l.entries(&c, &s).await.unwrap(),
+            Ledger::Postgres(l) => l.entries(&c, &s).await.unwrap(),
+        };
+        e.into_iter()
+            .map(|e| {
+                assert!(e.first_applied_at <= e.last_applied_at);
+                (e.id, e.op, e.version, e.applies)
+            })
+            .collect()
+    }
+}
+
+async fn ledger_semantics(ledger: &Ledger) {
+    use apex_connect_core::{RawJson, Record};
+    let (c, s) = (conn(), stream());
+    let sink = ledger.sink();
+    assert!(!sink.wants_entities());
+    let write = |records: Vec<Record>| {
+        let sink = sink.clone();
+        let (c, s) = (c.clone(), s.clone());
+        async move { sink.write(Batch::new(&c, &s, &records)).await.unwrap() }
+    };
+    assert_eq!(write(Vec::new()).await, Ack::new(0, 0));
+    let v1 = vec![
+        Record::upsert(s.clone(), "a", json!({"n": 1})).with_version(1),
+        Record::delete(s.clone(), "b").with_version(1),
+        Record::upsert(s.clone(), "c", json!({"n": 1})),
+    ];
+    assert_eq!(write(v1.clone()).await, Ack::new(3, 0));
+    assert_eq!(write(v1).await, Ack::new(0, 3), "a replay is not counted");
+    let later = vec![
+        Record::upsert(s.clone(), "a", json!({"n": 0})).with_version(0),
+        Record::upsert(s.clone(), "b", json!({"back": 1})).with_version(1),
+        Record::upsert(s.clone(), "c", json!({"n": 2})),
+    ];
+    // older version: no; same version, other op: yes; no version, other content: yes
+    assert_eq!(write(later).await, Ack::new(2, 1));
+    // whitespace is content: raw is compared as received
+    let spaced = vec![Record::upsert(
+        s.clone(),
+        "c",
+        RawJson::parse(bytes::Bytes::from_static(br#"{"n": 2}"#)).unwrap(),
+    )];
+    assert_eq!(write(spaced).await, Ack::new(1, 0));
+    // one id several times in a batch: applied in order
+    let dup = vec![
+        Record::upsert(s.clone(), "d", json!({"v": 1})).with_version(1),
+        Record::upsert(s.clone(), "d", json!({"v": 2})).with_version(2),
+        Record::upsert(s.clone(), "d", json!({"v": 1})).with_version(1),
+        Record::upsert(s.clone(), "d", json!({"v": 2})).with_version(2),
+    ];
+    assert_eq!(write(dup).await, Ack::new(2, 2));
+    assert_eq!(
+        ledger.entries().await,
+        [
+            ("a".into(), "upsert".into(), Some(1), 1),
+            ("b".into(), "upsert".into(), Some(1), 2),
+            ("c".into(), "upsert".into(), None, 3),
+            ("d".into(), "upsert".into(), Some(2), 2),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn sqlite_ledger_semantics() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("state.db"), EncryptionKey::generate())
+        .await
+        .unwrap();
+    ledger_semantics(&Ledger::Sqlite(
+        apex_connect_core::sinks::LedgerSink::for_store(&store),
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_ledger_semantics_saturation_and_nul_ids() {
+    use apex_connect_core::Record;
+    let Some((db, store)) = pg_store().await else {
+        return;
+    };
+    let ledger = apex_connect_core::sinks::PgLedgerSink::for_store(&store);
+    ledger_semantics(&Ledger::Postgres(ledger.clone())).await;
+    let (c, s) = (conn(), stream());
+
+    // `applies` saturates rather than failing at the top of BIGINT
+    sqlx::query("UPDATE sink_ledger SET applies = $1 WHERE id = 'a'")
+        .bind(i64::MAX)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let v9 = [Record::upsert(s.clone(), "a", json!({"n": 9})).with_version(9)];
+    assert_eq!(
+        ledger.write(Batch::new(&c, &s, &v9)).await.unwrap(),
+        Ack::new(1, 0)
+    );
+    let a = ledger.entries(&c, &s).await.unwrap();
+    assert_eq!((a[0].id.as_str(), a[0].applies), ("a", i64::MAX));
+
+    // a NUL in an id: a typed error, nothing of the batch applied
+    let bad = [
+        Record::upsert(s.clone(), "fine", json!({})),
+        Record::upsert(s.clone(), "bad\u{0}id", json!({})),
+    ];
+    let e = ledger.write(Batch::new(&c, &s, &bad)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert!(
+        ledger
+            .entries(&c, &s)
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| e.id != "fine")
+    );
+    store.close().await;
+    db.drop_db().await;
 }

@@ -1,4 +1,9 @@
-//! The same `StateStore` semantics against `MemoryStore` and `SqliteStore`.
+//! The same `StateStore` semantics against `MemoryStore`, `SqliteStore` and `PgStore`, and
+//! what several processes sharing one PostgreSQL database rely on (see `support/pg.rs` for how
+//! the PostgreSQL tests find a server).
+
+#[path = "support/pg.rs"]
+mod pg;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -1177,4 +1182,698 @@ async fn two_sqlite_stores_on_one_file_see_each_other() {
     assert_eq!(x.len() + y.len(), 200, "no event claimed twice");
     assert_eq!(all.len(), 200);
     assert_eq!(a.inbox_counts().await.unwrap().done, 200);
+}
+
+// ---------------------------------------------------------------------------------------
+// PostgreSQL
+// ---------------------------------------------------------------------------------------
+
+use apex_connect_core::PgSink;
+use apex_connect_core::store::{InboxWakeups, PgStore};
+
+/// Opens a store on a fresh database: `None` when the PostgreSQL tests are skipped.
+async fn pg_store(key: &EncryptionKey) -> Option<(pg::TestDb, PgStore)> {
+    let db = pg::fresh().await?;
+    let store = PgStore::connect(&db.url, key.clone()).await.unwrap();
+    Some((db, store))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[tokio::test]
+async fn postgres_store_semantics() {
+    let clock = ManualClock::new();
+    let Some((db, store)) = pg_store(&EncryptionKey::generate()).await else {
+        return;
+    };
+    let store = store.with_clock(clock.clock());
+    semantics(Arc::new(store.clone()), clock).await;
+    store.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn postgres_batches_and_schedules() {
+    let clock = ManualClock::new();
+    let Some((db, store)) = pg_store(&EncryptionKey::generate()).await else {
+        return;
+    };
+    let store = store.with_clock(clock.clock());
+    batches_and_schedules(Arc::new(store.clone()), clock).await;
+
+    // PostgreSQL text holds no NUL: such a job cannot be registered or claimed for such an
+    // owner (a typed error); lookups of such a key find nothing, as anywhere else.
+    let now = 1_700_000_000_000;
+    let e = store
+        .upsert_schedule(&ScheduleEntry::new("a\0c", "s", "every 1h", now), now)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    let e = store
+        .claim_schedules("o\0", Duration::from_secs(1), now, 1)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    let (c, s) = (ConnectionId::from("a\0c"), StreamId::from("s"));
+    assert!(!store.renew_schedule(&c, &s, "o", now, now).await.unwrap());
+    let done = ScheduleOutcome::new(RunStatus::Succeeded, now);
+    assert!(
+        !store
+            .finish_schedule(&c, &s, "o", &done, now)
+            .await
+            .unwrap()
+    );
+    store.make_schedule_due(&c, &s, now).await.unwrap();
+
+    // Counters saturate instead of failing at the top of BIGINT.
+    let (c, s) = (ConnectionId::from("sat"), StreamId::from("s"));
+    store
+        .upsert_schedule(
+            &ScheduleEntry::new(c.clone(), s.clone(), "every 1h", 0),
+            now,
+        )
+        .await
+        .unwrap();
+    sqlx::query("UPDATE schedules SET runs = $1, failures = $1 WHERE connection = 'sat'")
+        .bind(i64::MAX)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_schedules("o", Duration::from_secs(60), i64::MAX, 10)
+        .await
+        .unwrap();
+    assert!(claimed.iter().any(|r| r.connection == c));
+    let failed = ScheduleOutcome::new(RunStatus::Failed, now).with_error("boom \0");
+    assert!(
+        store
+            .finish_schedule(&c, &s, "o", &failed, now)
+            .await
+            .unwrap()
+    );
+    let row = store
+        .list_schedules()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.connection == c)
+        .unwrap();
+    assert_eq!((row.runs, row.failures), (i64::MAX as u64, i64::MAX as u64));
+    assert_eq!(row.last_error.as_deref(), Some("boom \u{FFFD}"));
+    store.close().await;
+    db.drop_db().await;
+}
+
+/// Two processes' stores on one PostgreSQL database claim due jobs at once: each job goes to
+/// exactly one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_claims_across_postgres_stores_are_exclusive() {
+    let key = EncryptionKey::generate();
+    let Some((db, a)) = pg_store(&key).await else {
+        return;
+    };
+    let b = PgStore::connect(&db.url, key).await.unwrap();
+    let now = 1_700_000_000_000;
+    for i in 0..50 {
+        a.upsert_schedule(
+            &ScheduleEntry::new("acme", format!("s{i:02}"), "every 1h", now),
+            now,
+        )
+        .await
+        .unwrap();
+    }
+    let lease = Duration::from_secs(60);
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        let (x, y) = tokio::join!(
+            a.claim_schedules("a", lease, now, 3),
+            b.claim_schedules("b", lease, now, 3)
+        );
+        got.extend(x.unwrap().into_iter().map(|r| r.stream.to_string()));
+        got.extend(y.unwrap().into_iter().map(|r| r.stream.to_string()));
+    }
+    let unique: std::collections::BTreeSet<_> = got.iter().cloned().collect();
+    assert_eq!(unique.len(), got.len(), "a job was claimed twice: {got:?}");
+    assert_eq!(got.len(), 50);
+    a.close().await;
+    b.close().await;
+    db.drop_db().await;
+}
+
+/// `store::open` with a `postgres://` location: a `PgStore` with its three sinks.
+#[tokio::test]
+async fn open_a_postgres_location() {
+    use apex_connect_core::{Batch, Record};
+    let Some(db) = pg::fresh().await else { return };
+    let opened = apex_connect_core::store::open(&db.url, EncryptionKey::generate())
+        .await
+        .unwrap();
+    assert!(matches!(opened.location(), StoreLocation::Postgres(_)));
+    assert!(!opened.is_ephemeral());
+    assert!(opened.postgres().is_some());
+    assert!(format!("{opened:?}").contains("PgStore"));
+    assert!(opened.sink(SinkKind::Records).wants_entities());
+    assert!(!opened.sink(SinkKind::RawRecords).wants_entities());
+    assert!(!opened.sink(SinkKind::Ledger).wants_entities());
+    let store = opened.store();
+    store
+        .upsert_schedule(&ScheduleEntry::new("acme", "items", "every 1h", 42), 1)
+        .await
+        .unwrap();
+    assert_eq!(store.list_schedules().await.unwrap().len(), 1);
+    let (c, s) = (ConnectionId::from("acme"), StreamId::from("items"));
+    let records = [Record::upsert(s.clone(), "r1", json!({"n": 1})).with_version(1)];
+    for _ in 0..2 {
+        opened
+            .sink(SinkKind::RawRecords)
+            .write(Batch::new(&c, &s, &records))
+            .await
+            .unwrap();
+    }
+    let ack = opened
+        .sink(SinkKind::Ledger)
+        .write(Batch::new(&c, &s, &records))
+        .await
+        .unwrap();
+    assert_eq!((ack.applied, ack.unchanged), (1, 0));
+    let raw = PgSink::for_store(opened.postgres().unwrap())
+        .records(&c, &s)
+        .await
+        .unwrap();
+    assert_eq!(raw.len(), 1);
+    opened.close().await;
+    // A second open of the same database finds the migrations done and the rows kept.
+    let again = apex_connect_core::store::open(&db.url, EncryptionKey::generate())
+        .await
+        .unwrap();
+    assert_eq!(again.store().list_schedules().await.unwrap().len(), 1);
+    again.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn three_concurrent_opens_of_a_fresh_postgres_database_migrate_once() {
+    let Some(db) = pg::fresh().await else { return };
+    let key = EncryptionKey::generate();
+    let opens: Vec<_> = (0..3)
+        .map(|_| {
+            let (url, key) = (db.url.clone(), key.clone());
+            tokio::spawn(async move { PgStore::connect(&url, key).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for open in opens {
+        stores.push(open.await.unwrap().expect("every concurrent open succeeds"));
+    }
+    let files = std::fs::read_dir(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../apex-connect-core/migrations/postgres"
+    ))
+    .unwrap()
+    .filter(|e| {
+        e.as_ref()
+            .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql"))
+    })
+    .count() as i64;
+    let (applied, ok): (i64, bool) =
+        sqlx::query_as("SELECT COUNT(*), bool_and(success) FROM _sqlx_migrations")
+            .fetch_one(stores[0].pool())
+            .await
+            .unwrap();
+    assert_eq!((applied, ok), (files, true), "each migration applied once");
+    // All three work on the one schema; a fourth open later finds it migrated.
+    let c = ConnectionId::from("acme");
+    stores[0]
+        .upsert_connection(&Connection::new(c.clone(), "hubspot", json!({})))
+        .await
+        .unwrap();
+    assert!(stores[2].get_connection(&c).await.unwrap().is_some());
+    let again = PgStore::connect(&db.url, key).await.unwrap();
+    assert_eq!(again.list_connections().await.unwrap().len(), 1);
+    for s in stores.iter().chain([&again]) {
+        s.close().await;
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn postgres_stores_share_state_and_claim_each_event_exactly_once() {
+    let key = EncryptionKey::generate();
+    let Some((db, a)) = pg_store(&key).await else {
+        return;
+    };
+    // three processes' view: three stores, three pools, one database
+    let b = PgStore::connect(&db.url, key.clone()).await.unwrap();
+    let c3 = PgStore::connect(&db.url, key.clone()).await.unwrap();
+    let c = ConnectionId::from("acme");
+    let s = StreamId::from("deals");
+
+    a.upsert_connection(&Connection::new(c.clone(), "salesforce", json!({})))
+        .await
+        .unwrap();
+    assert!(b.get_connection(&c).await.unwrap().is_some());
+
+    // token CAS across stores: b refreshed first, a's stale save loses
+    let v1 = a.save(&c, &tokens("t1"), None).await.unwrap();
+    assert_eq!(TokenStore::load(&b, &c).await.unwrap().unwrap().version, v1);
+    b.save(&c, &tokens("t2"), Some(v1)).await.unwrap();
+    let e = a.save(&c, &tokens("t2-stale"), Some(v1)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict);
+    assert_eq!(
+        TokenStore::load(&c3, &c)
+            .await
+            .unwrap()
+            .unwrap()
+            .value
+            .access_token
+            .expose_secret(),
+        "t2"
+    );
+    // many concurrent CAS saves from the same version: exactly one wins
+    let current = TokenStore::load(&a, &c).await.unwrap().unwrap().version;
+    let racers: Vec<_> = (0..12)
+        .map(|i| {
+            let store = [&a, &b, &c3][i % 3].clone();
+            let c = c.clone();
+            tokio::spawn(async move {
+                store
+                    .save(&c, &tokens(&format!("r{i}")), Some(current))
+                    .await
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for r in racers {
+        match r.await.unwrap() {
+            Ok(v) => {
+                assert_eq!(v, current + 1);
+                wins += 1;
+            }
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Conflict),
+        }
+    }
+    assert_eq!(wins, 1, "one compare-and-swap wins");
+
+    // cursor CAS across stores
+    let k = CursorToken::from_string("memory.v1.k");
+    a.save_cursor(&c, &s, &k, None).await.unwrap();
+    assert_eq!(
+        b.save_cursor(&c, &s, &k, None).await.unwrap_err().kind(),
+        ErrorKind::Conflict
+    );
+
+    // 900 events: 300 appended one by one, 600 in batches; redeliveries are duplicates
+    let now = now_ms();
+    let ev = |i: i64| {
+        InboxEvent::new(
+            "salesforce",
+            c.clone(),
+            format!("e{i}"),
+            now - 10_000 + i,
+            format!("{{\"n\":{i}}}").into_bytes(),
+        )
+    };
+    for i in 0..300 {
+        assert!(matches!(
+            a.inbox_append(&ev(i)).await.unwrap(),
+            AppendOutcome::Inserted(_)
+        ));
+    }
+    for chunk in (300..900).collect::<Vec<_>>().chunks(100) {
+        let events: Vec<_> = chunk.iter().map(|&i| ev(i)).collect();
+        let out = b.append_many(&events).await.unwrap();
+        assert!(out.iter().all(|o| matches!(o, AppendOutcome::Inserted(_))));
+    }
+    assert_eq!(
+        c3.inbox_append(&ev(7)).await.unwrap(),
+        AppendOutcome::Duplicate
+    );
+    let redelivered: Vec<_> = (890..910).map(ev).collect();
+    let out = c3.append_many(&redelivered).await.unwrap();
+    assert_eq!(
+        out.iter()
+            .filter(|o| matches!(o, AppendOutcome::Inserted(_)))
+            .count(),
+        10
+    );
+
+    // two claimers per store, all at once: every event exactly once
+    let claim_all = |store: PgStore, worker: String| async move {
+        let mut ids = Vec::new();
+        loop {
+            let got = store
+                .inbox_claim(&worker, Duration::from_secs(60), 7)
+                .await
+                .unwrap();
+            if got.is_empty() {
+                break ids;
+            }
+            for ev in got {
+                assert_eq!(ev.attempts, 1, "claimed once");
+                store.inbox_complete(ev.id, &worker).await.unwrap();
+                ids.push(ev.id);
+            }
+        }
+    };
+    let mut tasks = Vec::new();
+    for (n, store) in [&a, &b, &c3].into_iter().enumerate() {
+        for w in 0..2 {
+            tasks.push(tokio::spawn(claim_all(
+                store.clone(),
+                format!("node{n}-w{w}"),
+            )));
+        }
+    }
+    let mut all = Vec::new();
+    let mut busy = 0;
+    for t in tasks {
+        let ids = t.await.unwrap();
+        busy += usize::from(!ids.is_empty());
+        all.extend(ids);
+    }
+    let total = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(total, 910, "no event claimed twice");
+    assert_eq!(all.len(), 910);
+    assert!(busy >= 2, "claims were shared");
+    assert_eq!(
+        counts(a.inbox_counts().await.unwrap()),
+        (0, 0, 910, 0),
+        "all done"
+    );
+    for s in [a, b, c3] {
+        s.close().await;
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn postgres_expired_leases_are_taken_over_by_another_store() {
+    let key = EncryptionKey::generate();
+    let clock = ManualClock::new();
+    let Some((db, a)) = pg_store(&key).await else {
+        return;
+    };
+    let a = a.with_clock(clock.clock());
+    let b = PgStore::connect(&db.url, key)
+        .await
+        .unwrap()
+        .with_clock(clock.clock());
+    let c = ConnectionId::from("acme");
+    let events: Vec<_> = (0..5)
+        .map(|i| {
+            InboxEvent::new(
+                "hubspot",
+                c.clone(),
+                format!("e{i}"),
+                clock.now() + i,
+                &b"{}"[..],
+            )
+        })
+        .collect();
+    a.append_many(&events).await.unwrap();
+    let lease = Duration::from_secs(10);
+    let held = a.inbox_claim("node-a", lease, 10).await.unwrap();
+    assert_eq!(held.len(), 5);
+    assert!(b.inbox_claim("node-b", lease, 10).await.unwrap().is_empty());
+    // node a dies; once its lease ends node b takes everything over
+    clock.advance(10_001);
+    let taken = b.inbox_claim("node-b", lease, 10).await.unwrap();
+    assert_eq!(
+        taken.iter().map(|e| e.id).collect::<Vec<_>>(),
+        held.iter().map(|e| e.id).collect::<Vec<_>>(),
+        "oldest first, all of them"
+    );
+    assert!(taken.iter().all(|e| e.attempts == 2));
+    for e in &held {
+        assert_eq!(
+            a.inbox_complete(e.id, "node-a").await.unwrap_err().kind(),
+            ErrorKind::Conflict,
+            "the old holder lost its lease"
+        );
+    }
+    for e in &taken {
+        b.inbox_complete(e.id, "node-b").await.unwrap();
+    }
+    assert_eq!(counts(b.inbox_counts().await.unwrap()), (0, 0, 5, 0));
+    a.close().await;
+    b.close().await;
+    db.drop_db().await;
+}
+
+/// Waits for a wake-up; the bound only keeps a broken build from hanging the suite.
+async fn woken(w: &mut InboxWakeups) {
+    tokio::time::timeout(Duration::from_secs(60), w.notified())
+        .await
+        .expect("a wake-up arrives")
+        .expect("the listener runs");
+}
+
+#[tokio::test]
+async fn postgres_inbox_wakeups_fire_on_appends_from_any_store() {
+    let key = EncryptionKey::generate();
+    let Some((db, a)) = pg_store(&key).await else {
+        return;
+    };
+    let b = PgStore::connect(&db.url, key).await.unwrap();
+    let mut w = a.subscribe_inbox().await.unwrap();
+    let mut w2 = w.clone();
+    assert!(!w.pending());
+    let c = ConnectionId::from("acme");
+    let now = now_ms();
+
+    b.inbox_append(&InboxEvent::new(
+        "frontapp",
+        c.clone(),
+        "e1",
+        now,
+        &b"{}"[..],
+    ))
+    .await
+    .unwrap();
+    woken(&mut w).await;
+    woken(&mut w2).await; // each clone sees it
+    b.append_many(&[
+        InboxEvent::new("frontapp", c.clone(), "e2", now, &b"{}"[..]),
+        InboxEvent::new("frontapp", c.clone(), "e3", now, &b"{}"[..]),
+    ])
+    .await
+    .unwrap();
+    woken(&mut w).await;
+    // a dead letter put back wakes the workers too
+    let got = a
+        .inbox_claim("w", Duration::from_secs(60), 1)
+        .await
+        .unwrap();
+    a.inbox_fail(got[0].id, "w", "boom", FailAction::DeadLetter)
+        .await
+        .unwrap();
+    while w.pending() {
+        woken(&mut w).await;
+    }
+    let before = w.count();
+    b.inbox_requeue(got[0].id).await.unwrap();
+    woken(&mut w).await;
+    assert!(w.count() > before);
+    drop((w, w2));
+    a.close().await;
+    b.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn postgres_append_many_outcomes_and_nul_characters() {
+    let Some((db, store)) = pg_store(&EncryptionKey::generate()).await else {
+        return;
+    };
+    let c = ConnectionId::from("acme");
+    let ev = |id: &str, body: &'static [u8]| InboxEvent::new("frontapp", c.clone(), id, 1, body);
+    let AppendOutcome::Inserted(first) = store.inbox_append(&ev("old", b"1")).await.unwrap() else {
+        panic!("insert")
+    };
+    let out = store
+        .append_many(&[
+            ev("z", b"first z"),
+            ev("old", b"again"),
+            ev("a", b"a"),
+            ev("z", b"second z"),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], AppendOutcome::Inserted(_)));
+    assert_eq!(out[1], AppendOutcome::Duplicate);
+    assert!(matches!(out[2], AppendOutcome::Inserted(_)));
+    assert_eq!(
+        out[3],
+        AppendOutcome::Duplicate,
+        "second of a key in one batch"
+    );
+    assert!(store.append_many(&[]).await.unwrap().is_empty());
+    let claimed = store
+        .inbox_claim("w", Duration::from_secs(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+    assert_eq!(claimed[0].id, first);
+    let z = claimed.iter().find(|e| e.event.event_id == "z").unwrap();
+    assert_eq!(
+        z.event.body.as_ref(),
+        b"first z",
+        "the first of a key is kept"
+    );
+
+    // PostgreSQL text cannot hold NUL: a typed error, and nothing of the batch is stored
+    let e = store.inbox_append(&ev("bad\0id", b"x")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    let e = store
+        .append_many(&[ev("fine", b"x"), ev("bad\0id", b"x")])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert_eq!(store.inbox_counts().await.unwrap().pending, 0);
+    // descriptive text with NUL is stored with a replacement character
+    store
+        .inbox_fail(
+            claimed[1].id,
+            "w",
+            "upstream said \0",
+            FailAction::DeadLetter,
+        )
+        .await
+        .unwrap();
+    let dead = store.inbox_dead_letters(10).await.unwrap();
+    assert_eq!(
+        dead[0].last_error.as_deref(),
+        Some("upstream said \u{FFFD}")
+    );
+    store.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn postgres_tokens_are_encrypted_and_debug_shows_no_secret() {
+    let key = EncryptionKey::generate();
+    let Some((db, store)) = pg_store(&key).await else {
+        return;
+    };
+    let c = ConnectionId::from("acme");
+    store
+        .save(&c, &tokens("secret-access"), None)
+        .await
+        .unwrap();
+    let (sealed,): (Vec<u8>,) = sqlx::query_as("SELECT ciphertext FROM tokens")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert!(
+        !sealed.windows(13).any(|w| w == b"secret-access"),
+        "token stored in clear"
+    );
+    let dbg = format!("{store:?}");
+    assert!(dbg.contains(store.target()), "{dbg}");
+    if let Ok(pw) = std::env::var("PGPASSWORD") {
+        assert!(!dbg.contains(&pw), "password in Debug");
+    }
+    assert!(!dbg.contains("secret-access"));
+
+    // another key: a Config error, never garbage; the rest of the store works
+    let wrong = PgStore::connect(&db.url, EncryptionKey::generate())
+        .await
+        .unwrap();
+    let e = TokenStore::load(&wrong, &c).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(!format!("{e:?}").contains("secret"), "{e:?}");
+    assert!(wrong.list_connections().await.unwrap().is_empty());
+    store.close().await;
+    wrong.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_token_managers_over_three_postgres_stores_refresh_once_per_expiry() {
+    use apex_connect_core::Credentials as _;
+    use apex_connect_core::oauth::{OAuthClient, OAuthConfig, TokenManager};
+    use apex_connect_testkit::oauth_server::{OAuthServer, OAuthServerConfig};
+
+    let key = EncryptionKey::from_bytes([9u8; 32]);
+    let Some((db, a)) = pg_store(&key).await else {
+        return;
+    };
+    let b = PgStore::connect(&db.url, key.clone()).await.unwrap();
+    let c3 = PgStore::connect(&db.url, key.clone()).await.unwrap();
+    let server = OAuthServer::new(
+        OAuthServerConfig::new("client-1", "secret-value-1")
+            .with_rotation(true)
+            .with_latency(Duration::from_millis(40)),
+    );
+    let handle = server.spawn().await.unwrap();
+    let offset = Arc::new(AtomicI64::new(0));
+    let clock = {
+        let offset = offset.clone();
+        move || -> apex_connect_core::oauth::Clock {
+            let offset = offset.clone();
+            Arc::new(move || {
+                SystemTime::now() + Duration::from_millis(offset.load(Ordering::SeqCst) as u64)
+            })
+        }
+    };
+    let conn = ConnectionId::from("shared");
+    a.save(&conn, &server.issue_token_set(None), None)
+        .await
+        .unwrap();
+    let managers: Vec<Arc<TokenManager>> = [a.clone(), b.clone(), c3.clone()]
+        .into_iter()
+        .map(|store| {
+            let config = OAuthConfig::new("client-1", format!("{}/token", handle.base_url()))
+                .with_client_secret("secret-value-1");
+            let client = OAuthClient::new(config, reqwest::Client::new())
+                .unwrap()
+                .with_clock(clock());
+            Arc::new(
+                TokenManager::builder(conn.clone(), Arc::new(store), Arc::new(client))
+                    .clock(clock())
+                    .poll_interval(Duration::from_millis(5))
+                    .build(),
+            )
+        })
+        .collect();
+    let rounds = 4u64;
+    for _ in 0..rounds {
+        offset.fetch_add(3_601_000, Ordering::SeqCst);
+        let mut tasks = Vec::new();
+        for i in 0..60 {
+            let m = managers[i % 3].clone();
+            tasks.push(tokio::spawn(async move { m.authorization().await }));
+        }
+        for t in tasks {
+            let h = t.await.unwrap().unwrap_or_else(|e| panic!("{e}"));
+            assert!(server.validate_access_token(h.to_str().unwrap()));
+        }
+    }
+    let stats = server.stats();
+    assert_eq!(stats.reuse_detected, 0, "{stats:?}");
+    assert_eq!(stats.errors, 0, "{stats:?}");
+    assert_eq!(
+        stats.refresh_token, rounds,
+        "one refresh per expiry across three stores: {stats:?}"
+    );
+    let stored = TokenStore::load(&c3, &conn).await.unwrap().unwrap().value;
+    assert_eq!(
+        stored
+            .refresh_token
+            .as_ref()
+            .map(|t| t.expose_secret().to_string()),
+        server.latest_refresh_token()
+    );
+    drop(managers);
+    for s in [a, b, c3] {
+        s.close().await;
+    }
+    db.drop_db().await;
 }

@@ -8,6 +8,7 @@ use sqlx::sqlite::SqlitePool;
 use crate::error::{Error, Result};
 use crate::model::{ConnectionId, StreamId};
 use crate::sink::{Ack, Batch, Sink};
+use crate::sinks::LedgerEntry;
 use crate::store::SqliteStore;
 use crate::webhook::unix_ms;
 
@@ -33,24 +34,6 @@ impl fmt::Debug for LedgerSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("LedgerSink")
     }
-}
-
-/// One ledger row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct LedgerEntry {
-    /// The record id.
-    pub id: String,
-    /// `upsert` or `delete`.
-    pub op: String,
-    /// The stored version.
-    pub version: Option<i64>,
-    /// How many times a change was applied.
-    pub applies: i64,
-    /// When it was first applied, Unix milliseconds.
-    pub first_applied_at: i64,
-    /// When it was last applied, Unix milliseconds.
-    pub last_applied_at: i64,
 }
 
 impl LedgerSink {
@@ -113,7 +96,7 @@ impl Sink for LedgerSink {
                      first_applied_at, last_applied_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7) \
                  ON CONFLICT (connection, stream, id) DO UPDATE SET op = excluded.op, \
                      version = excluded.version, raw = excluded.raw, \
-                     applies = sink_ledger.applies + 1, last_applied_at = excluded.last_applied_at \
+                     applies = MIN(sink_ledger.applies, 9223372036854775806) + 1, last_applied_at = excluded.last_applied_at \
                  WHERE excluded.version > sink_ledger.version \
                     OR ((excluded.version = sink_ledger.version OR excluded.version IS NULL \
                          OR sink_ledger.version IS NULL) \

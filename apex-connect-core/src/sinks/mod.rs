@@ -1,8 +1,8 @@
-//! Built-in [`Sink`] implementations: SQLite table, SQLite ledger, JSONL file, channel, memory,
-//! null.
+//! Built-in [`Sink`] implementations: SQLite table, SQLite ledger, PostgreSQL table,
+//! PostgreSQL ledger, JSONL file, channel, memory, null.
 //!
 //! Every sink acknowledges a batch only once it holds it (as durably as it can), because the
-//! engine commits the cursor right after the acknowledgement. The SQLite and memory sinks
+//! engine commits the cursor right after the acknowledgement. The SQLite, PostgreSQL and memory sinks
 //! upsert by (connection, stream, record id) and keep the highest version, so a replay after a
 //! crash is counted as `unchanged` and changes nothing (effectively-once). The JSONL and channel
 //! sinks pass replays on; their consumers dedupe by (connection, stream, id, version).
@@ -20,16 +20,43 @@ mod jsonl;
 #[cfg(feature = "sqlite")]
 mod ledger;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "postgres")]
+mod postgres_ledger;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 pub use channel::{ChannelSink, OwnedBatch};
 pub use jsonl::JsonlSink;
 #[cfg(feature = "sqlite")]
-pub use ledger::{LedgerEntry, LedgerSink};
+pub use ledger::LedgerSink;
 pub use memory::{MemorySink, SinkKey};
+#[cfg(feature = "postgres")]
+pub use postgres::PgSink;
+#[cfg(feature = "postgres")]
+pub use postgres_ledger::PgLedgerSink;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteSink;
+
+/// One row of a ledger sink (`LedgerSink` on SQLite, `PgLedgerSink` on PostgreSQL).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LedgerEntry {
+    /// The record id.
+    pub id: String,
+    /// `upsert` or `delete`.
+    pub op: String,
+    /// The stored version.
+    pub version: Option<i64>,
+    /// How many times a change was applied.
+    pub applies: i64,
+    /// When it was first applied, Unix milliseconds.
+    pub first_applied_at: i64,
+    /// When it was last applied, Unix milliseconds.
+    pub last_applied_at: i64,
+}
 
 /// A sink that keeps nothing and counts what it was given (benchmarks, dry runs).
 /// Every record counts as applied.

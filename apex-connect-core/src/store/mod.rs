@@ -46,6 +46,8 @@ use crate::webhook::unix_ms;
 mod crypto;
 mod memory;
 mod open;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -61,6 +63,8 @@ pub mod prelude {
     pub use crate::token::TokenStore as _;
 }
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{InboxWakeups, PgStore, PgStoreOptions};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, append_inbox_row};
 

@@ -19,7 +19,10 @@ pub enum StoreLocation {
     /// A SQLite database: a `sqlite:` URL (`sqlite://state.db`, `sqlite::memory:`), or a file
     /// path (created when missing).
     Sqlite(String),
-    /// A PostgreSQL URL (`postgres://...`): recognised, not available in this build yet.
+    /// A PostgreSQL database: a `postgres://user@host:port/database` (or `postgresql://`) URL
+    /// without the password, which comes from `PGPASSWORD` or `~/.pgpass`. Opened as a
+    /// `PgStore` when apex-connect-core is built with the `postgres` feature; refused
+    /// (`Config`) otherwise.
     Postgres(String),
 }
 
@@ -41,7 +44,7 @@ impl StoreLocation {
         if lower.starts_with("sqlite:") {
             return Ok(StoreLocation::Sqlite(t.to_string()));
         }
-        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+        if is_postgres_url(t) {
             return Ok(StoreLocation::Postgres(t.to_string()));
         }
         if let Some((scheme, _)) = t.split_once("://") {
@@ -54,18 +57,26 @@ impl StoreLocation {
     }
 }
 
+/// Whether `location` names a PostgreSQL database (`postgres://` or `postgresql://`, any case).
+pub(crate) fn is_postgres_url(location: &str) -> bool {
+    let head = location.get(..13).unwrap_or(location).to_ascii_lowercase();
+    head.starts_with("postgres://") || head.starts_with("postgresql://")
+}
+
 /// Which record sink of an [`OpenedStore`] to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SinkKind {
     /// Records with their normalized entities, upserted by (connection, stream, id) with the
-    /// highest version winning (SQLite: the `records` table, see [`crate::SqliteSink`]).
+    /// highest version winning (the `records` table: `SqliteSink` on SQLite, `PgSink` on
+    /// PostgreSQL).
     /// Records that cannot be mapped are quarantined by the engine and the workers.
     Records,
-    /// The same table without entities: no mapping runs (`SqliteSink::raw_only`).
+    /// The same table without entities: no mapping runs (`SqliteSink::raw_only`,
+    /// `PgSink::raw_only`).
     RawRecords,
-    /// The ledger: records with a count of how often each change was applied (SQLite: the
-    /// `sink_ledger` table, see `LedgerSink`). In memory: a [`MemorySink`], which counts
+    /// The ledger: records with a count of how often each change was applied (the
+    /// `sink_ledger` table: `LedgerSink` on SQLite, `PgLedgerSink` on PostgreSQL). In memory: a [`MemorySink`], which counts
     /// applications too ([`MemorySink::apply_count`]).
     Ledger,
 }
@@ -75,6 +86,8 @@ enum Backend {
     Memory,
     #[cfg(feature = "sqlite")]
     Sqlite(super::SqliteStore),
+    #[cfg(feature = "postgres")]
+    Postgres(super::PgStore),
 }
 
 /// A state store opened by [`open`], with the record sinks that write into the same database.
@@ -102,8 +115,9 @@ impl fmt::Debug for OpenedStore {
 /// name a backend: a new one plugs in here.
 ///
 /// # Errors
-/// `Config` for a malformed location or a backend this build lacks (PostgreSQL; SQLite
-/// without the `sqlite` feature); `Storage` when the database cannot be opened or migrated.
+/// `Config` for a malformed location, a PostgreSQL URL carrying a password, or a backend this
+/// build lacks (PostgreSQL without the `postgres` feature, SQLite without `sqlite`);
+/// `Storage` when the database cannot be reached, opened or migrated.
 pub async fn open(location: &str, key: EncryptionKey) -> Result<OpenedStore> {
     let location = StoreLocation::parse(location)?;
     match &location {
@@ -112,9 +126,23 @@ pub async fn open(location: &str, key: EncryptionKey) -> Result<OpenedStore> {
             backend: Backend::Memory,
             location,
         }),
-        StoreLocation::Postgres(_) => Err(Error::config(
-            "PostgreSQL state stores are not available in this build (use a SQLite path)",
-        )),
+        #[cfg(feature = "postgres")]
+        StoreLocation::Postgres(url) => {
+            let store = super::PgStore::connect(url, key).await?;
+            Ok(OpenedStore {
+                store: Arc::new(store.clone()),
+                backend: Backend::Postgres(store),
+                location,
+            })
+        }
+        #[cfg(not(feature = "postgres"))]
+        StoreLocation::Postgres(_) => {
+            let _ = key;
+            Err(Error::config(
+                "PostgreSQL state stores need the `postgres` feature of apex-connect-core \
+                 (the `postgres` feature of apex-connect-server / apex-connect)",
+            ))
+        }
         #[cfg(feature = "sqlite")]
         StoreLocation::Sqlite(target) => {
             let store = open_sqlite(target, key).await?;
@@ -186,16 +214,39 @@ impl OpenedStore {
             (Backend::Sqlite(s), SinkKind::Ledger) => {
                 Arc::new(crate::sinks::LedgerSink::for_store(s))
             }
+            #[cfg(feature = "postgres")]
+            (Backend::Postgres(s), SinkKind::Records) => Arc::new(crate::PgSink::for_store(s)),
+            #[cfg(feature = "postgres")]
+            (Backend::Postgres(s), SinkKind::RawRecords) => {
+                Arc::new(crate::PgSink::for_store(s).raw_only())
+            }
+            #[cfg(feature = "postgres")]
+            (Backend::Postgres(s), SinkKind::Ledger) => {
+                Arc::new(crate::sinks::PgLedgerSink::for_store(s))
+            }
+        }
+    }
+
+    /// The PostgreSQL store, when this is one: for what only PostgreSQL offers
+    /// ([`super::PgStore::subscribe_inbox`], the pool for a host's own queries).
+    #[cfg(feature = "postgres")]
+    pub fn postgres(&self) -> Option<&super::PgStore> {
+        match &self.backend {
+            Backend::Postgres(s) => Some(s),
+            _ => None,
         }
     }
 
     /// Closes the database, waiting for its connections to finish (SQLite checkpoints its
-    /// write-ahead log). Call it before the process exits.
+    /// write-ahead log; PostgreSQL's pool ends its connections). Call it before the process
+    /// exits.
     pub async fn close(&self) {
         match &self.backend {
             Backend::Memory => {}
             #[cfg(feature = "sqlite")]
             Backend::Sqlite(s) => s.close().await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(s) => s.close().await,
         }
     }
 }
@@ -222,7 +273,23 @@ mod tests {
             StoreLocation::parse("postgres://db/apex").unwrap(),
             StoreLocation::Postgres(_)
         ));
+        assert!(matches!(
+            StoreLocation::parse("PostgreSQL://db/apex").unwrap(),
+            StoreLocation::Postgres(_)
+        ));
         assert!(StoreLocation::parse("mysql://db").is_err());
         assert!(StoreLocation::parse("  ").is_err());
+    }
+
+    #[tokio::test]
+    async fn postgres_url_with_a_password_is_refused_before_connecting() {
+        let e = open(
+            "postgres://apex:pw-in-url@127.0.0.1:1/apex",
+            EncryptionKey::generate(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Config);
+        assert!(!format!("{e:?}").contains("pw-in-url"));
     }
 }
