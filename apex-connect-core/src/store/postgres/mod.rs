@@ -817,6 +817,28 @@ impl RunStore for PgStore {
         .map_err(pg_err("cannot read last run"))?;
         row.as_ref().map(run_from_row).transpose()
     }
+
+    async fn purge_runs(&self, before: i64, limit: usize) -> Result<u64> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        // A run with a newer one of the same (connection, stream) is never the latest.
+        let done = sqlx::query(
+            "DELETE FROM sync_runs WHERE id IN ( \
+                 SELECT r.id FROM sync_runs r \
+                 WHERE r.status <> 'running' AND r.finished_at < $1 \
+                   AND EXISTS (SELECT 1 FROM sync_runs n \
+                               WHERE n.connection = r.connection AND n.stream = r.stream \
+                                 AND n.id > r.id) \
+                 ORDER BY r.id LIMIT $2)",
+        )
+        .bind(before)
+        .bind(limit_i64(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(pg_err("cannot purge sync runs"))?;
+        Ok(done.rows_affected())
+    }
 }
 
 #[async_trait]
@@ -891,7 +913,7 @@ impl InboxStore for PgStore {
                  ORDER BY received_at, id \
                  LIMIT $4 \
                  FOR UPDATE SKIP LOCKED) \
-             UPDATE inbox SET lease_owner = $1, lease_until = $2, attempts = LEAST(inbox.attempts, 9223372036854775806) + 1 \
+             UPDATE inbox SET lease_owner = $1, lease_until = $2 \
              FROM due WHERE inbox.id = due.id \
              RETURNING inbox.id, platform, connection, event_id, received_at, headers, body, \
                  attempts, lease_until, last_error",
@@ -910,7 +932,8 @@ impl InboxStore for PgStore {
                 Ok(ClaimedEvent {
                     id: EventId(id),
                     event,
-                    attempts,
+                    // Failed attempts so far (claims count none), plus this one.
+                    attempts: attempts.saturating_add(1),
                     lease_until: r.try_get("lease_until")?,
                     last_error: r.try_get("last_error")?,
                 })
@@ -977,7 +1000,7 @@ impl InboxStore for PgStore {
         };
         let done = sqlx::query(
             "UPDATE inbox SET status = $4, lease_owner = NULL, lease_until = NULL, \
-                 last_error = $5, next_attempt_at = COALESCE($6, next_attempt_at), \
+                 attempts = LEAST(attempts, 9223372036854775806) + 1, last_error = $5, next_attempt_at = COALESCE($6, next_attempt_at), \
                  finished_at = $7 \
              WHERE id = $1 AND status = 'pending' AND lease_owner = $2 AND lease_until > $3",
         )
@@ -995,6 +1018,72 @@ impl InboxStore for PgStore {
             return Err(lease_lost(id, worker));
         }
         Ok(())
+    }
+
+    async fn inbox_renew(
+        &self,
+        ids: &[EventId],
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Vec<EventId>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.clock.now_ms();
+        let until = now.saturating_add(lease_ms(lease));
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "UPDATE inbox SET lease_until = $4 \
+             WHERE id = ANY($1) AND status = 'pending' AND lease_owner = $2 AND lease_until > $3 \
+             RETURNING id",
+        )
+        .bind(ids.iter().map(|i| i.0).collect::<Vec<i64>>())
+        .bind(lossy(worker).as_ref())
+        .bind(now)
+        .bind(until)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg_err("cannot renew inbox leases"))?;
+        let mut held: Vec<EventId> = rows.into_iter().map(|(id,)| EventId(id)).collect();
+        held.sort_unstable();
+        Ok(held)
+    }
+
+    async fn inbox_release(&self, ids: &[EventId], worker: &str) -> Result<Vec<EventId>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.clock.now_ms();
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "UPDATE inbox SET lease_owner = NULL, lease_until = NULL, next_attempt_at = $3 \
+             WHERE id = ANY($1) AND status = 'pending' AND lease_owner = $2 AND lease_until > $3 \
+             RETURNING id",
+        )
+        .bind(ids.iter().map(|i| i.0).collect::<Vec<i64>>())
+        .bind(lossy(worker).as_ref())
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg_err("cannot release inbox events"))?;
+        let mut released: Vec<EventId> = rows.into_iter().map(|(id,)| EventId(id)).collect();
+        released.sort_unstable();
+        Ok(released)
+    }
+
+    async fn purge_inbox_done(&self, before: i64, limit: usize) -> Result<u64> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let done = sqlx::query(
+            "DELETE FROM inbox WHERE id IN ( \
+                 SELECT id FROM inbox WHERE status = 'done' AND finished_at < $1 \
+                 ORDER BY id LIMIT $2)",
+        )
+        .bind(before)
+        .bind(limit_i64(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(pg_err("cannot purge done inbox events"))?;
+        Ok(done.rows_affected())
     }
 
     async fn inbox_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
