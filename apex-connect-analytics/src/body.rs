@@ -22,7 +22,14 @@ pub(crate) async fn read_body(resp: reqwest::Response) -> Result<Bytes> {
     if resp.content_length().is_some_and(|n| n > MAX as u64) {
         return Err(too_big());
     }
-    let mut out = BytesMut::new();
+    // A body that says its length is read into one buffer of that size (no doubling growth,
+    // which could hold twice a page's bytes and copy them on the way).
+    let hint = resp
+        .content_length()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0)
+        .min(MAX);
+    let mut out = BytesMut::with_capacity(hint);
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| {

@@ -332,9 +332,12 @@ impl Ga4SimHandle {
         to: NaiveDate,
     ) -> BTreeMap<String, Option<i64>> {
         let mut out = BTreeMap::new();
+        let epoch = 0;
         for day in self.days_in(from, to) {
-            for row in self.state.report_rows(dimensions, &[], day) {
-                if let Some(id) = report_row_id(dimensions, &row) {
+            for k in 0..self.state.rows_per_day(dimensions) {
+                let row = self.state.report_row(dimensions, &[], day, k, epoch);
+                let values: Vec<&str> = row.dimensions.iter().map(String::as_str).collect();
+                if let Some(id) = row_id_of_values(dimensions, &values) {
                     out.insert(id, None);
                 }
             }
@@ -454,6 +457,11 @@ fn report_row_id(dimensions: &[String], row: &Value) -> Option<String> {
         .iter()
         .map(|v| v["value"].as_str().unwrap_or(""))
         .collect();
+    row_id_of_values(dimensions, &values)
+}
+
+/// The record id the connector gives a row of a dated report with dimension `values`.
+fn row_id_of_values(dimensions: &[String], values: &[&str]) -> Option<String> {
     let di = dimensions.iter().position(|d| d == "date")?;
     let date = models::parse_ga_date(values.get(di)?).ok()?.to_string();
     let others = values
@@ -479,44 +487,56 @@ impl SimState {
         day > days::sub_days(today, u64::from(self.config.fresh_days))
     }
 
-    /// The rows of a dated report on `day` (with metric values when `metrics` are given).
-    fn report_rows(&self, dimensions: &[String], metrics: &[String], day: NaiveDate) -> Vec<Value> {
-        let others = dimensions.iter().filter(|d| d.as_str() != "date").count();
-        let n = if others == 0 {
-            1
-        } else {
+    /// Rows a dated report with `dimensions` has per day (one when `date` is the only one).
+    fn rows_per_day(&self, dimensions: &[String]) -> u64 {
+        if dimensions.iter().any(|d| d != "date") {
             u64::from(self.config.rows_per_day)
-        };
-        let epoch = if self.is_fresh(day) {
+        } else {
+            1
+        }
+    }
+
+    /// The numbers' epoch of `day` (days GA4 still processes change on `reprocess`).
+    fn epoch_of(&self, day: NaiveDate) -> u64 {
+        if self.is_fresh(day) {
             self.epoch.load(Ordering::SeqCst)
         } else {
             0
-        };
-        let day_key = data::day_number(day);
-        let mut out = Vec::with_capacity(n as usize);
-        for k in 0..n {
-            let mut first_other = true;
-            let dims: Vec<Value> = dimensions
-                .iter()
-                .map(|d| {
-                    let v = if d == "date" {
-                        day.format("%Y%m%d").to_string()
-                    } else if first_other {
-                        first_other = false;
-                        data::unique_value(d, k)
-                    } else {
-                        dimension_value(d, k)
-                    };
-                    json!({"value": v})
-                })
-                .collect();
-            let mets: Vec<Value> = metrics
-                .iter()
-                .map(|m| json!({"value": metric_value(self.config.seed, m, day_key, k, epoch)}))
-                .collect();
-            out.push(json!({"dimensionValues": dims, "metricValues": mets}));
         }
-        out
+    }
+
+    /// Row `k` of a dated report on `day` (with metric values when `metrics` are given).
+    fn report_row(
+        &self,
+        dimensions: &[String],
+        metrics: &[String],
+        day: NaiveDate,
+        k: u64,
+        epoch: u64,
+    ) -> GenRow {
+        let mut first_other = true;
+        let dims = dimensions
+            .iter()
+            .map(|d| {
+                if d == "date" {
+                    day.format("%Y%m%d").to_string()
+                } else if first_other {
+                    first_other = false;
+                    data::unique_value(d, k)
+                } else {
+                    dimension_value(d, k)
+                }
+            })
+            .collect();
+        let day_key = data::day_number(day);
+        let mets = metrics
+            .iter()
+            .map(|m| metric_value(self.config.seed, m, day_key, k, epoch))
+            .collect();
+        GenRow {
+            dimensions: dims,
+            metrics: mets,
+        }
     }
 
     fn cohort_rows(&self, weeks: &[String], end_offset: u32) -> Vec<Value> {
@@ -761,7 +781,9 @@ async fn run_report(
         .get(&sig)
         .cloned()
         .unwrap_or_default();
-    let mut rows: Vec<Value> = if req.get("cohortSpec").is_some() {
+    // The rows are made while the answer is serialized, and only those of the page asked for:
+    // the whole result is never held (a report of 100,000 rows is read page by page).
+    let source = if req.get("cohortSpec").is_some() {
         let spec = &req["cohortSpec"];
         let weeks: Vec<String> = spec["cohorts"]
             .as_array()
@@ -774,7 +796,9 @@ async fn run_report(
         let end = int_field(&spec["cohortsRange"]["endOffset"])
             .unwrap_or(0)
             .min(52) as u32;
-        state.cohort_rows(&weeks, end)
+        let mut rows = state.cohort_rows(&weeks, end);
+        rows.extend(extra);
+        RowSource::Values(rows)
     } else {
         let range = &req["dateRanges"][0];
         let (Some(from), Some(to)) = (
@@ -797,45 +821,176 @@ async fn run_report(
             );
         }
         let first = from.max(state.config.first_day());
-        let mut rows = Vec::new();
-        for (i, day) in first
+        let days: Vec<NaiveDate> = first
             .iter_days()
             .take_while(|d| *d <= to.min(today))
-            .enumerate()
-        {
-            rows.extend(state.report_rows(&dims, &metrics, day));
-            if i == 0 && day == state.config.first_day() {
-                rows.extend(extra.iter().cloned());
-            }
+            .collect();
+        // The hostile rows follow the generated rows of the first day with data.
+        let extra = if days.first() == Some(&state.config.first_day()) {
+            extra
+        } else {
+            Vec::new()
+        };
+        RowSource::Dated {
+            per_day: state.rows_per_day(&dims),
+            days,
+            extra,
         }
-        rows
     };
-    if req.get("cohortSpec").is_some() {
-        rows.extend(extra);
-    }
-    let total = rows.len() as u64;
-    let start = usize::try_from(offset)
-        .unwrap_or(usize::MAX)
-        .min(rows.len());
-    let end = start.saturating_add(limit as usize).min(rows.len());
-    let page: Vec<Value> = rows.drain(start..end).collect();
-    let cost = state.config.tokens_per_request + (page.len() as i64) / 10_000;
+    let total = source.len();
+    let start = offset.min(total);
+    let end = start.saturating_add(limit).min(total);
+    let cost = state.config.tokens_per_request + ((end - start) as i64) / 10_000;
     let quota = match state.charge(cost, (state.config.clock)()) {
         Ok(q) => q,
         Err(msg) => return google_error(StatusCode::TOO_MANY_REQUESTS, msg),
     };
-    let mut answer = json!({
-        "dimensionHeaders": dims.iter().map(|d| json!({"name": d})).collect::<Vec<_>>(),
-        "metricHeaders": metrics.iter().map(|m| json!({"name": m, "type": data::metric_type(m)})).collect::<Vec<_>>(),
-        "rows": page,
-        "rowCount": total,
-        "metadata": {"currencyCode": "USD", "timeZone": "UTC"},
-        "kind": "analyticsData#runReport",
-    });
-    if req["returnPropertyQuota"].as_bool() == Some(true) {
-        answer["propertyQuota"] = quota;
+    let answer = ReportAnswer {
+        dimension_headers: dims.iter().map(|d| json!({"name": d})).collect(),
+        kind: "analyticsData#runReport",
+        metadata: json!({"currencyCode": "USD", "timeZone": "UTC"}),
+        metric_headers: metrics
+            .iter()
+            .map(|m| json!({"name": m, "type": data::metric_type(m)}))
+            .collect(),
+        property_quota: (req["returnPropertyQuota"].as_bool() == Some(true)).then_some(quota),
+        row_count: total,
+        rows: PageRows {
+            state: &state,
+            source: &source,
+            dims: &dims,
+            metrics: &metrics,
+            start,
+            end,
+        },
+    };
+    match serde_json::to_vec(&answer) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(_) => google_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error."),
     }
-    axum::Json(answer).into_response()
+}
+
+/// A generated row of a dated report: its dimension and metric values.
+struct GenRow {
+    dimensions: Vec<String>,
+    metrics: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+struct Cell<'a> {
+    value: &'a str,
+}
+
+impl serde::Serialize for GenRow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        fn cells(v: &[String]) -> Vec<Cell<'_>> {
+            v.iter().map(|value| Cell { value }).collect()
+        }
+        let mut st = s.serialize_struct("Row", 2)?;
+        st.serialize_field("dimensionValues", &cells(&self.dimensions))?;
+        st.serialize_field("metricValues", &cells(&self.metrics))?;
+        st.end()
+    }
+}
+
+/// Where the rows of a `runReport` result come from.
+enum RowSource {
+    /// Rows held (cohort reports: a few hundred at most).
+    Values(Vec<Value>),
+    /// A dated report: `per_day` generated rows on each of `days`, then `extra` (hostile
+    /// variants) after those of the first day.
+    Dated {
+        per_day: u64,
+        days: Vec<NaiveDate>,
+        extra: Vec<Value>,
+    },
+}
+
+impl RowSource {
+    /// Rows in the whole result.
+    fn len(&self) -> u64 {
+        match self {
+            RowSource::Values(v) => v.len() as u64,
+            RowSource::Dated {
+                per_day,
+                days,
+                extra,
+            } => per_day
+                .saturating_mul(days.len() as u64)
+                .saturating_add(extra.len() as u64),
+        }
+    }
+}
+
+/// Rows `start..end` of a result, made one at a time as they are serialized.
+struct PageRows<'a> {
+    state: &'a SimState,
+    source: &'a RowSource,
+    dims: &'a [String],
+    metrics: &'a [String],
+    start: u64,
+    end: u64,
+}
+
+impl serde::Serialize for PageRows<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq as _;
+        let mut seq = s.serialize_seq(usize::try_from(self.end - self.start).ok())?;
+        match self.source {
+            RowSource::Values(rows) => {
+                let (a, b) = (self.start as usize, self.end as usize);
+                for row in &rows[a..b] {
+                    seq.serialize_element(row)?;
+                }
+            }
+            RowSource::Dated {
+                per_day,
+                days,
+                extra,
+            } => {
+                // Position of the first row of each day: day 0 holds `per_day + extra` rows.
+                let mut base = 0u64;
+                for (i, day) in days.iter().enumerate() {
+                    let extra_here = if i == 0 { extra.len() as u64 } else { 0 };
+                    let len = per_day + extra_here;
+                    let (lo, hi) = (self.start.max(base), self.end.min(base + len));
+                    if lo < hi {
+                        let epoch = self.state.epoch_of(*day);
+                        for p in lo - base..hi - base {
+                            if p < *per_day {
+                                let row =
+                                    self.state
+                                        .report_row(self.dims, self.metrics, *day, p, epoch);
+                                seq.serialize_element(&row)?;
+                            } else {
+                                seq.serialize_element(&extra[(p - per_day) as usize])?;
+                            }
+                        }
+                    }
+                    base += len;
+                    if base >= self.end {
+                        break;
+                    }
+                }
+            }
+        }
+        seq.end()
+    }
+}
+
+/// A `runReport` answer (fields in the order the simulator always sent them).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReportAnswer<'a> {
+    dimension_headers: Vec<Value>,
+    kind: &'static str,
+    metadata: Value,
+    metric_headers: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    property_quota: Option<Value>,
+    row_count: u64,
+    rows: PageRows<'a>,
 }
 
 async fn run_funnel_report(
