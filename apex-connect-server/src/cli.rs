@@ -217,19 +217,7 @@ pub fn run(platforms: Platforms) -> ExitCode {
         }
     };
     let runner = Runner::new(platforms);
-    // Standard output is line-buffered: one write(2) per Singer message. The tap writes
-    // millions of lines and flushes after each page itself, so it gets a block buffer; the
-    // other commands keep line buffering (`connect` prints a URL, then waits).
-    let result = if matches!(cli.command, Command::Tap { .. }) {
-        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
-        let result = runtime.block_on(runner.run(cli, &mut out));
-        result.and_then(|()| {
-            out.flush()
-                .map_err(|e| Error::storage("cannot write to standard output").set_source(e))
-        })
-    } else {
-        runtime.block_on(runner.run(cli, &mut std::io::stdout()))
-    };
+    let result = runtime.block_on(runner.run(cli, &mut std::io::stdout()));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

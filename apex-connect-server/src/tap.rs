@@ -479,6 +479,9 @@ pub async fn run_tap(
     state: Option<Value>,
     out: &mut impl Write,
 ) -> Result<Value> {
+    // Block-buffered whatever `out` is (standard output is line-buffered: one write(2) per
+    // message); flushed after each page and at the end.
+    let out = &mut std::io::BufWriter::with_capacity(1 << 16, out);
     let mut state = state.unwrap_or_else(|| json!({"bookmarks": {}}));
     if !state.get("bookmarks").is_some_and(Value::is_object) {
         state = json!({"bookmarks": {}});
