@@ -132,7 +132,12 @@ proptest! {
         scheme in "(|http://|https://|HTTPS://)",
         path in "(|/|/about|/a/b\\?x=1|:8080/x)",
     ) {
-        let base = registrable_domain(&format!("{name}.{tld}"));
+        let bare = format!("{name}.{tld}");
+        // Some generated names are public suffixes themselves (`za.com`, `us.com` are in the
+        // list's private section): nothing is registrable there, so they are not inputs of
+        // this property.
+        prop_assume!(psl::suffix_str(&bare) != Some(bare.as_str()));
+        let base = registrable_domain(&bare);
         prop_assert!(base.is_some());
         let written = format!("{scheme}{sub}{}.{tld}{path}", name.to_uppercase());
         prop_assert_eq!(registrable_domain(&written), base);
