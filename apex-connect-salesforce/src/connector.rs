@@ -4,10 +4,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use apex_connect_core::http::{HttpClient, LinkGuard, RetryConfig, StaticToken, path_segment};
-use apex_connect_core::webhook::unix_ms;
+use apex_connect_core::store::Clock;
 use apex_connect_core::{
     Capabilities, Connector, ConnectorInfo, CursorToken, Entity, Error, ErrorKind, Page, RawJson,
     Record, Reject, Result, StreamId, StreamSchema, SyncCursor, TokenManager, Webhooks,
@@ -51,6 +51,7 @@ pub struct SalesforceConnectorBuilder {
     base_url: Option<String>,
     streams: Vec<String>,
     retry: Option<RetryConfig>,
+    clock: Option<Clock>,
 }
 
 enum AuthChoice {
@@ -110,6 +111,14 @@ impl SalesforceConnectorBuilder {
     /// Syncs only these streams (empty: all configured objects).
     pub fn streams(mut self, streams: &[String]) -> Self {
         self.streams = streams.to_vec();
+        self
+    }
+
+    /// The wall clock the connector reads "now" from (default: the system clock): a walk's
+    /// upper bound and whether its last second had ended. Tests share one clock with the
+    /// simulator.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
         self
     }
 
@@ -211,6 +220,7 @@ impl SalesforceConnectorBuilder {
             webhooks,
             echoes: Mutex::new(Echoes::default()),
             user_id: RwLock::new(None),
+            clock: self.clock.unwrap_or_else(Clock::system),
         })
     }
 }
@@ -233,6 +243,7 @@ pub struct SalesforceConnector {
     echoes: Mutex<Echoes>,
     echo_window: Duration,
     user_id: RwLock<Option<String>>,
+    clock: Clock,
 }
 
 impl fmt::Debug for SalesforceConnector {
@@ -250,10 +261,6 @@ struct Step {
     records: Vec<Record>,
     rejects: Vec<Reject>,
     has_more: bool,
-}
-
-fn now_secs_ms() -> i64 {
-    unix_ms(SystemTime::now()).div_euclid(1000) * 1000
 }
 
 /// The keyset mark the next query continues after: the last record read (or the one the walk
@@ -375,10 +382,15 @@ impl SalesforceConnector {
     }
 
     fn new_walk(&self, c: &SalesforceCursor, full: bool) -> Walk {
-        let hi = now_secs_ms();
+        let hi = floor_sec(self.clock.now_ms());
         let lookback = i64::try_from(self.config.lookback.as_millis()).unwrap_or(i64::MAX);
         let (lo, skip_to) = match (&c.mark, full) {
-            (Some(m), false) if lookback == 0 => (floor_sec(m.ms), Some(m.clone())),
+            // Salesforce stamps at second precision: a change made later in the second of the
+            // mark, to a record with a lower `Id`, gets the mark's stamp and would sort before
+            // it. Continue after the mark only when its second had ended before the walk that
+            // read it started; else re-read that whole second (upserts are idempotent).
+            (Some(m), false) if lookback == 0 && !c.mark_open => (floor_sec(m.ms), Some(m.clone())),
+            (Some(m), false) if lookback == 0 => (floor_sec(m.ms), None),
             (Some(m), false) => (floor_sec(m.ms.saturating_sub(lookback)), None),
             _ => (floor_sec(self.config.start_ms), None),
         };
@@ -846,7 +858,7 @@ impl SalesforceConnector {
             return Ok((step, false));
         }
         if self.uses_get_deleted(plan) {
-            let now = now_secs_ms();
+            let now = floor_sec(self.clock.now_ms());
             let oldest = now.saturating_sub(29 * 24 * 3600 * 1000);
             let end = walk.hi_ms;
             let start = walk.lo_ms.max(oldest).min(end.saturating_sub(60_000));
@@ -886,7 +898,7 @@ impl SalesforceConnector {
     // ----- write-back -----
 
     fn remember_writes(&self, object: &str, ids: impl IntoIterator<Item = String>) {
-        let now = unix_ms(SystemTime::now());
+        let now = self.clock.now_ms();
         let mut e = self.echoes.lock().unwrap_or_else(|p| p.into_inner());
         for id in ids {
             let key = (object.to_string(), id);
@@ -912,7 +924,7 @@ impl SalesforceConnector {
         last_modified_ms: Option<i64>,
         last_modified_by: Option<&str>,
     ) -> bool {
-        let now = unix_ms(SystemTime::now());
+        let now = self.clock.now_ms();
         let window = i64::try_from(self.echo_window.as_millis()).unwrap_or(i64::MAX);
         let written = {
             let e = self.echoes.lock().unwrap_or_else(|p| p.into_inner());
@@ -1295,6 +1307,8 @@ impl Connector for SalesforceConnector {
                     {
                         c.mark = Some(last);
                     }
+                    // The walk read its last second (`hi_ms`) while that second was running.
+                    c.mark_open = c.mark.as_ref().is_some_and(|m| m.ms >= walk.hi_ms);
                     if walk.full || self.config.deletes == DeleteMode::None {
                         c.deletes_from_ms =
                             Some(c.deletes_from_ms.unwrap_or(i64::MIN).max(walk.hi_ms));

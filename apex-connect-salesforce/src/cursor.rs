@@ -3,7 +3,8 @@
 //! A stream alternates between two states:
 //! - **caught up**: [`SalesforceCursor::mark`] is the last record read (its replication
 //!   stamp and `Id`) and `deletes_from_ms` the point up to which deletes were read; the next
-//!   read starts a new walk from there (minus the lookback);
+//!   read starts a new walk from there (minus the lookback; with no lookback, after the mark,
+//!   or at the start of the mark's second when that second was still running when read);
 //! - **walking**: [`SalesforceCursor::walk`] holds the walk in progress: its bounds, the
 //!   query window (halved after `QUERY_TIMEOUT`), and where it is (the `nextRecordsUrl` of a
 //!   REST query, or the Bulk job and locator), so a fresh connector resumes exactly there.
@@ -92,6 +93,11 @@ pub struct SalesforceCursor {
     pub object: String,
     /// The last record read by a finished walk.
     pub mark: Option<Mark>,
+    /// Whether the mark's second had not ended when the walk that read it started: a change
+    /// later in that second carries the same stamp (second precision) and may sort before the
+    /// mark, so the next walk re-reads that whole second instead of continuing after the mark.
+    #[serde(default)]
+    pub mark_open: bool,
     /// Deletes were read up to here (Unix ms).
     pub deletes_from_ms: Option<i64>,
     /// The walk in progress.
@@ -109,6 +115,7 @@ impl SalesforceCursor {
         SalesforceCursor {
             object: object.into(),
             mark: None,
+            mark_open: false,
             deletes_from_ms: None,
             walk: None,
         }

@@ -84,23 +84,28 @@ impl Platform for SalesforcePlatform {
     }
 
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Arc<dyn Connector>> {
-        let settings: SalesforceSettings = ctx.settings()?;
-        let mut b = SalesforceConnector::builder()
-            .settings(settings)
-            .streams(ctx.streams);
-        if let Some(url) = ctx.base_url {
-            b = b.base_url(url);
-        }
-        if let Some(s) = ctx.secrets.get("client_secret") {
-            b = b.client_secret(s.expose_secret());
-        }
-        if let Some(s) = ctx.secrets.get("outbound_secret") {
-            b = b.outbound_secret(s.expose_secret());
-        }
-        b = match &ctx.auth {
-            ConnectionAuth::OAuth(m) => b.token_manager(m.clone()),
-            _ => b.access_token(ctx.secrets.require("access_token")?.expose_secret()),
-        };
-        Ok(Arc::new(b.build()?))
+        Ok(Arc::new(builder(ctx)?.build()?))
     }
+}
+
+/// The connector builder a [`BuildContext`] describes (the simulator adds its clock to it).
+pub(crate) fn builder(ctx: &BuildContext<'_>) -> Result<crate::SalesforceConnectorBuilder> {
+    let settings: SalesforceSettings = ctx.settings()?;
+    let mut b = SalesforceConnector::builder()
+        .settings(settings)
+        .streams(ctx.streams);
+    if let Some(url) = ctx.base_url {
+        b = b.base_url(url);
+    }
+    if let Some(s) = ctx.secrets.get("client_secret") {
+        b = b.client_secret(s.expose_secret());
+    }
+    if let Some(s) = ctx.secrets.get("outbound_secret") {
+        b = b.outbound_secret(s.expose_secret());
+    }
+    b = match &ctx.auth {
+        ConnectionAuth::OAuth(m) => b.token_manager(m.clone()),
+        _ => b.access_token(ctx.secrets.require("access_token")?.expose_secret()),
+    };
+    Ok(b)
 }

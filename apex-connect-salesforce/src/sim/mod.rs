@@ -27,9 +27,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use apex_connect_core::platform::{AuthInputs, resolve_auth};
+use apex_connect_core::store::Clock;
 use apex_connect_core::{
-    BuildContext, ConnectionId, Connector, Error, ErrorKind, Platform, Result, Secrets, Settings,
-    TokenStore,
+    BuildContext, ConnectionId, Connector, Error, ErrorKind, Result, Secrets, Settings, TokenStore,
 };
 use apex_connect_testkit::oauth_server::{ExpiryStyle, OAuthServer, OAuthServerConfig};
 use apex_connect_testkit::sim::{Faults, SimHandle, SimServer, SimStats, WebhookDelivery};
@@ -73,6 +73,9 @@ pub struct SalesforceSimConfig {
     pub faults: Option<Faults>,
     /// Whether token answers carry a wrong `signature` (to test verification).
     pub bad_signature: bool,
+    /// The org's wall clock (change stamps); [`SalesforceSim::connector`] gives its connectors
+    /// the same clock. Default: the system clock.
+    pub clock: Option<Clock>,
 }
 
 impl Default for SalesforceSimConfig {
@@ -93,6 +96,7 @@ impl Default for SalesforceSimConfig {
             static_token: "sf-sim-session-id".into(),
             faults: None,
             bad_signature: false,
+            clock: None,
         }
     }
 }
@@ -135,6 +139,13 @@ impl SalesforceSimConfig {
         self.faults = Some(faults);
         self
     }
+
+    /// Uses this wall clock for change stamps (and for the connectors
+    /// [`SalesforceSim::connector`] builds), so tests decide when a second ends.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
 }
 
 pub(crate) struct QState {
@@ -175,7 +186,10 @@ impl SimState {
     /// A change time: now, floored to the second (as Salesforce stamps), never before the
     /// generated data nor before the last change.
     pub(crate) fn now_ms(&self) -> i64 {
-        let now = apex_connect_core::webhook::unix_ms(std::time::SystemTime::now());
+        let now = match &self.config.clock {
+            Some(c) => c.now_ms(),
+            None => apex_connect_core::webhook::unix_ms(std::time::SystemTime::now()),
+        };
         let now = now.div_euclid(1000) * 1000;
         let last = i64::try_from(self.clock_ms.load(Ordering::SeqCst)).unwrap_or(0);
         let t = now.max(last);
@@ -441,7 +455,12 @@ impl SalesforceSim {
             &settings,
             AuthInputs::new(connection, &secrets, store).tokens_stored(true),
         )?;
-        crate::PLATFORM.build(&BuildContext::new(connection, &settings, &secrets, auth))
+        let mut b =
+            crate::descriptor::builder(&BuildContext::new(connection, &settings, &secrets, auth))?;
+        if let Some(c) = &self.state.config.clock {
+            b = b.clock(c.clone());
+        }
+        Ok(Arc::new(b.build()?))
     }
 
     /// The live records of `object`: id -> `SystemModstamp` (ms), what a full sync must

@@ -3,8 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::time::{Duration, UNIX_EPOCH};
 
+use apex_connect_core::store::Clock;
 use apex_connect_core::{
     ConnectionId, Connector, CursorToken, ErrorKind, MemorySink, MemoryStore, MemoryTokenStore, Op,
     Record, StateStore, StreamId, SyncEngine, SyncOptions,
@@ -43,12 +45,29 @@ async fn walk(
     }
 }
 
+/// A wall clock the test moves by hand, shared by the simulator and its connectors.
+fn manual_clock(start_ms: u64) -> (Arc<AtomicU64>, Clock) {
+    let t = Arc::new(AtomicU64::new(start_ms));
+    let c = t.clone();
+    let clock = Clock::from_fn(move || UNIX_EPOCH + Duration::from_millis(c.load(SeqCst)));
+    (t, clock)
+}
+
+/// Half a second into a second of 2027, after the generated data.
+const T0: u64 = 1_800_000_000_500;
+
 #[tokio::test]
 async fn records_sharing_one_second_are_each_read_exactly_once() {
-    let sim = SalesforceSim::start(SalesforceSimConfig::default().count("Account", 10))
-        .await
-        .unwrap();
+    let (now, clock) = manual_clock(T0);
+    let sim = SalesforceSim::start(
+        SalesforceSimConfig::default()
+            .count("Account", 10)
+            .clock(clock),
+    )
+    .await
+    .unwrap();
     let same = sim.add_same_second("Account", 5000).unwrap();
+    now.fetch_add(1000, SeqCst); // that second has ended
     let c = connector(
         &sim,
         json!({"objects": ["Account"], "lookback": "0s", "query_batch_size": 200}),
@@ -77,14 +96,60 @@ async fn records_sharing_one_second_are_each_read_exactly_once() {
     // Caught up: an incremental read (no lookback) brings nothing again...
     let (again, cursor, _) = walk(c.as_ref(), &stream, cursor).await;
     assert!(again.is_empty(), "{} records read again", again.len());
-    // ...and a change arrives once.
+    // ...and a change arrives at once...
     sim.update("Account", &same[4321], json!({"Name": "renamed"}))
         .unwrap();
-    let (changed, _, _) = walk(c.as_ref(), &stream, cursor).await;
+    let (changed, cursor, _) = walk(c.as_ref(), &stream, cursor).await;
     assert_eq!(
         changed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
         vec![same[4321].as_str()]
     );
+    // ...its second, read while running, is read once more after it ends (it may have
+    // changed again)...
+    now.fetch_add(1000, SeqCst);
+    let (reread, cursor, _) = walk(c.as_ref(), &stream, cursor).await;
+    assert!(reread.iter().all(|r| r.id == same[4321]), "{reread:?}");
+    // ...and then nothing more.
+    now.fetch_add(5000, SeqCst);
+    let (after, _, _) = walk(c.as_ref(), &stream, cursor).await;
+    assert!(after.is_empty(), "{} records read again", after.len());
+}
+
+/// Salesforce stamps at second precision: a change made later in a second a walk already
+/// read, to a record with a lower `Id` than the walk's last, carries the same stamp and sorts
+/// before the mark. The next walk re-reads a second that was running when read (lookback 0).
+#[tokio::test]
+async fn a_later_change_in_the_same_second_to_a_lower_id_is_not_lost() {
+    let (now, clock) = manual_clock(T0);
+    let sim = SalesforceSim::start(
+        SalesforceSimConfig::default()
+            .count("Account", 10)
+            .clock(clock),
+    )
+    .await
+    .unwrap();
+    let c = connector(&sim, json!({"objects": ["Account"], "lookback": "0s"})).await;
+    let stream = StreamId::from("Account");
+    let same = sim.add_same_second("Account", 3).unwrap();
+    // Read while that second is still running.
+    let (first, cursor, _) = walk(c.as_ref(), &stream, None).await;
+    assert_eq!(first.len(), 13);
+    // The lowest of the three changes again in the same second.
+    now.fetch_add(200, SeqCst);
+    sim.update(
+        "Account",
+        &same[0],
+        json!({"Name": "changed in the same second"}),
+    )
+    .unwrap();
+    now.fetch_add(1000, SeqCst);
+    let (next, _, _) = walk(c.as_ref(), &stream, cursor).await;
+    let mut ids: Vec<&str> = next.iter().map(|r| r.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, same.iter().map(String::as_str).collect::<Vec<_>>());
+    let renamed = next.iter().find(|r| r.id == same[0]).unwrap();
+    let raw = renamed.raw.to_value().unwrap();
+    assert_eq!(raw["Name"], "changed in the same second");
 }
 
 #[tokio::test]
