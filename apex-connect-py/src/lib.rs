@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use apex_connect::engine::{SyncOptions, SyncReport};
 use apex_connect::oauth::{CallbackParams, PkceVerifier, StateToken};
@@ -18,7 +18,9 @@ use apex_connect::platform::{
     oauth_config, resolve_auth,
 };
 use apex_connect::server::config::ConnectionConfig;
-use apex_connect::server::{ConnectionHandle, ServerState, WorkerConfig, Workers};
+use apex_connect::server::{
+    ConnectionHandle, JobSpec, Scheduler, SchedulerConfig, ServerState, WorkerConfig, Workers,
+};
 use apex_connect::store::{Connection, EncryptionKey, OpenedStore, SinkKind};
 use apex_connect::webhook::{WebhookError, WebhookRequest};
 use apex_connect::{
@@ -31,6 +33,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use secrecy::ExposeSecret;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 // ---------------------------------------------------------------------------------------
@@ -756,6 +759,59 @@ impl Store {
         })
     }
 
+    /// Starts the server's scheduler and inbox workers on the tokio runtime, in this
+    /// process (what a separate `apex-connect serve` would run): `schedules` are
+    /// `(connection, stream, every_seconds)` incremental syncs (with no jitter; the due
+    /// times are stored, so a restart keeps them), `workers` claims the webhook events the
+    /// router appended and writes what they name to the records table. Returns a
+    /// `Background` handle: `await handle.stop()` (or `async with`) ends both.
+    #[pyo3(signature = (*, schedules=Vec::new(), workers=true))]
+    fn start_background<'py>(
+        &self,
+        py: Python<'py>,
+        schedules: Vec<(String, String, f64)>,
+        workers: bool,
+    ) -> PyRes<Bound<'py, PyAny>> {
+        let state = self.inner.server_state();
+        let sink = self.inner.opened.sink(SinkKind::Records);
+        let mut jobs = Vec::new();
+        for (connection, stream, every) in schedules {
+            self.inner.conn(&connection)?;
+            if !(every.is_finite() && every > 0.0) {
+                return Err(InvalidInputError::new_err(
+                    "every_seconds must be a positive number",
+                ));
+            }
+            jobs.push(JobSpec::every(
+                connection,
+                stream,
+                Duration::from_secs_f64(every),
+                Duration::ZERO,
+            ));
+        }
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let cancel = CancellationToken::new();
+            let mut tasks = Vec::new();
+            if !jobs.is_empty() {
+                let mut config = SchedulerConfig::default();
+                config.poll = Duration::from_millis(200);
+                let scheduler =
+                    rt(Scheduler::new(state.clone(), jobs, sink.clone(), config).await)?;
+                let c = cancel.clone();
+                tasks.push(tokio::spawn(async move { scheduler.run(c).await }));
+            }
+            if workers {
+                let w = Workers::new(state, sink, WorkerConfig::default());
+                let c = cancel.clone();
+                tasks.push(tokio::spawn(async move { w.run(c).await }));
+            }
+            Ok(Background {
+                cancel,
+                tasks: Arc::new(tokio::sync::Mutex::new(tasks)),
+            })
+        })
+    }
+
     /// Closes the database (SQLite checkpoints its log).
     fn close<'py>(&self, py: Python<'py>) -> PyRes<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
@@ -785,6 +841,53 @@ impl Store {
             self.inner.location,
             self.connections()
         )
+    }
+}
+
+/// The scheduler and workers started by `Store.start_background`.
+#[pyclass(frozen, module = "apex_connect")]
+struct Background {
+    cancel: CancellationToken,
+    tasks: Arc<tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+#[pymethods]
+impl Background {
+    /// Stops the scheduler and the workers, waiting for the runs in progress to end.
+    fn stop<'py>(&self, py: Python<'py>) -> PyRes<Bound<'py, PyAny>> {
+        self.cancel.cancel();
+        let tasks = self.tasks.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let mut tasks = tasks.lock().await;
+            for t in tasks.drain(..) {
+                let _ = t.await;
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether `stop` was called.
+    #[getter]
+    fn stopped(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    fn __aenter__<'py>(slf: Bound<'py, Self>) -> PyRes<Bound<'py, PyAny>> {
+        let obj = slf.clone().into_any().unbind();
+        pyo3_async_runtimes::tokio::future_into_py(slf.py(), async move { Ok(obj) })
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __aexit__<'py>(
+        &self,
+        py: Python<'py>,
+        _args: &Bound<'py, pyo3::types::PyTuple>,
+    ) -> PyRes<Bound<'py, PyAny>> {
+        self.stop(py)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Background(stopped={})", self.cancel.is_cancelled())
     }
 }
 
@@ -1285,6 +1388,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<WebhookResponse>()?;
     m.add_class::<InboxCounts>()?;
     m.add_class::<Verified>()?;
+    m.add_class::<Background>()?;
     m.add_class::<FrontSimulator>()?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(platforms, m)?)?;

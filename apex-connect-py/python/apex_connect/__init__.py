@@ -13,6 +13,7 @@ from __future__ import annotations
 from ._native import (
     ApexError,
     AuthorizationRequest,
+    Background,
     BadSignatureError,
     ConfigError,
     ConflictError,
@@ -45,6 +46,7 @@ from ._native import (
 __all__ = [
     "ApexError",
     "AuthorizationRequest",
+    "Background",
     "BadSignatureError",
     "ConfigError",
     "ConflictError",
