@@ -46,6 +46,10 @@ def test_config_errors_are_typed(tmp_path: Path) -> None:
             await store.sync("nope", "tags")
         with pytest.raises(ConfigError):
             await Store.open("mysql://db/x")
+        # PostgreSQL: a password in the URL is refused before connecting, and not echoed.
+        with pytest.raises(ConfigError) as e3:
+            await Store.open("postgres://apex:pw-in-url@127.0.0.1:1/apex")
+        assert "pw-in-url" not in str(e3.value) and "pw-in-url" not in repr(e3.value)
 
     run(scenario())
 
