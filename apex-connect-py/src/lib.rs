@@ -7,6 +7,9 @@
 //! and errors, and turns Rust futures into asyncio awaitables (`pyo3-async-runtimes`, on its
 //! tokio runtime).
 
+// Python-facing functions take their keyword arguments as parameters.
+#![allow(clippy::too_many_arguments)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
