@@ -434,10 +434,19 @@ async fn retry_handler(State(state): State<ServerState>, Path(id): Path<i64>) ->
 }
 
 async fn metrics_handler(State(state): State<ServerState>) -> Response {
-    let inbox = state.store().inbox_counts().await.ok();
+    let metrics = state.metrics();
+    if metrics.inbox_gauges_due() {
+        match state.store().inbox_counts().await {
+            Ok(c) => metrics.set_inbox(c),
+            Err(e) => tracing::warn!(error = %e, "cannot count inbox events for /metrics"),
+        }
+    }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics().prometheus(inbox),
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.prometheus(),
     )
         .into_response()
 }

@@ -38,7 +38,24 @@ pub fn webhook_router(state: ServerState) -> Router {
     Router::new()
         .route("/webhooks/{platform}/{connection}", post(receive))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            time_to_ack,
+        ))
         .with_state(state)
+}
+
+/// Records each answer's time from the request's arrival (the body read included) in the
+/// webhook time-to-ack histogram.
+async fn time_to_ack(
+    State(state): State<ServerState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    state.metrics().webhook_ack(started.elapsed());
+    response
 }
 
 fn answer(

@@ -474,7 +474,18 @@ impl Scheduler {
         let result: Result<()> = match (job, handle) {
             (Some(job), Some(handle)) => {
                 let engine = SyncEngine::new(self.state.store().clone());
-                let options = SyncOptions::new().full(job.full).cancel(cancel.clone());
+                let metrics = self.state.metrics().clone();
+                let last_page = std::sync::Mutex::new(std::time::Instant::now());
+                let options = SyncOptions::new()
+                    .full(job.full)
+                    .cancel(cancel.clone())
+                    .progress(move |_: &apex_connect_core::Progress| {
+                        // Called once per committed page: the time since the last one.
+                        let now = std::time::Instant::now();
+                        let mut last = last_page.lock().unwrap_or_else(|p| p.into_inner());
+                        metrics.sync_page(now.saturating_duration_since(*last));
+                        *last = now;
+                    });
                 let sync = AssertUnwindSafe(engine.run(
                     handle.connector.as_ref(),
                     &key.0,

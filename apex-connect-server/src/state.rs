@@ -209,7 +209,11 @@ impl ServerStateBuilder {
                 connections: self.connections,
                 store: self.store,
                 appender,
-                metrics: self.metrics.unwrap_or_default(),
+                metrics: {
+                    let m = self.metrics.unwrap_or_else(Metrics::shared);
+                    Metrics::observe_rate_gates(&m);
+                    m
+                },
                 clock: self.clock,
                 body_limit: self.body_limit,
                 wake: Arc::new(Notify::new()),

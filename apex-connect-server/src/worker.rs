@@ -238,6 +238,7 @@ impl Workers {
         if claims.is_empty() {
             return Ok(0);
         }
+        let started = std::time::Instant::now();
         let n = claims.len();
         let grace = self.config.shutdown_grace;
         let lost = Lost::default();
@@ -329,6 +330,7 @@ impl Workers {
         for (claim, result) in rest {
             self.finish(worker, claim, result).await;
         }
+        self.state.metrics().worker_batch(started.elapsed());
         Ok(n)
     }
 

@@ -44,6 +44,7 @@ mod clock;
 mod credentials;
 mod gate;
 mod hosts;
+mod observe;
 mod paging;
 mod path;
 mod policy;
@@ -56,6 +57,7 @@ pub use clock::{Clock, RecordingClock, TokioClock};
 pub use credentials::{Credentials, StaticToken};
 pub use gate::{DEFAULT_MAX_WAIT, RateGate};
 pub use governor::Quota;
+pub use observe::{GateWaitObserver, observe_gate_waits};
 pub use paging::{
     DEFAULT_MAX_LINKS, DEFAULT_MAX_STALE_PAGES, LinkGuard, check_page_len, page_len_slack,
 };

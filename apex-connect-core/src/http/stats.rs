@@ -104,6 +104,7 @@ impl HttpStats {
         self.inner
             .gate_wait_nanos
             .fetch_add(nanos, Ordering::Relaxed);
+        super::observe::gate_waited(waited);
     }
 }
 

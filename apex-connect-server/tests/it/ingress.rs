@@ -86,12 +86,18 @@ async fn every_outcome_has_its_status_and_counter() {
         assert_eq!(counts.pending, 1, "only the accepted event is stored");
 
         let admin = serve_admin(state.clone()).await;
-        let text = reqwest::get(format!("{admin}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let r = reqwest::get(format!("{admin}/metrics")).await.unwrap();
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        let text = r.text().await.unwrap();
+        // Every answer, refusals included, is timed from the request's arrival.
+        assert!(
+            text.contains("apex_connect_webhook_ack_seconds_count 8\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(
             text.contains("apex_connect_webhooks_total{outcome=\"bad_signature\"} 2"),
             "{text}"

@@ -154,6 +154,23 @@ async fn failures_back_off_then_dead_letter_and_admin_requeues() {
     assert_eq!(w.run_once("w").await.unwrap(), 1);
     let c = state.store().inbox_counts().await.unwrap();
     assert_eq!((c.done, c.dead), (1, 0));
+    // Four claimed batches (three failed attempts and the retry), each timed; the first
+    // scrape reads the inbox gauges from the store.
+    let text = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("apex_connect_worker_batch_seconds_count 4\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("apex_connect_inbox_events{state=\"done\"} 1\n")
+            && text.contains("apex_connect_inbox_events{state=\"dead\"} 0\n"),
+        "{text}"
+    );
     assert_eq!(
         sink.inner
             .apply_count(&ConnectionId::from("acme"), &StreamId::from("items"), "x"),
