@@ -22,7 +22,8 @@ use apex_connect::platform::{
 };
 use apex_connect::server::config::ConnectionConfig;
 use apex_connect::server::{
-    ConnectionHandle, JobSpec, Scheduler, SchedulerConfig, ServerState, WorkerConfig, Workers,
+    ConnectionHandle, InboxAppender, JobSpec, Scheduler, SchedulerConfig, ServerState,
+    WorkerConfig, Workers,
 };
 use apex_connect::store::{Connection, EncryptionKey, OpenedStore, SinkKind};
 use apex_connect::webhook::{WebhookError, WebhookRequest};
@@ -278,7 +279,12 @@ impl StoreInner {
         if let Some(s) = guard.as_ref() {
             return s.clone();
         }
-        let mut b = ServerState::builder(self.opened.store().clone());
+        // Group commit, as the server runs it: one writer task appends every queued request's
+        // events in one transaction (SQLite has one writer). It is spawned on the runtime.
+        let _runtime = pyo3_async_runtimes::tokio::get_runtime().enter();
+        let store = self.opened.store().clone();
+        let mut b =
+            ServerState::builder(store.clone()).appender(InboxAppender::group_commit(store, 512));
         for c in self
             .connections
             .lock()
