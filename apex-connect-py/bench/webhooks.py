@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator
 
 import httpx
+from fastapi import Request, Response
 
 SECRET = "bench-front-app-secret"
 PORT = int(os.environ.get("BENCH_PORT", "8765"))
@@ -39,7 +40,15 @@ def make_app():  # type: ignore[no-untyped-def]
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = await Store.open(os.environ["BENCH_DB"])
         await store.configure("f", "frontapp", secrets={"api_token": "x", "webhook_secret": SECRET})
-        app.include_router(webhook_router(store))
+        if os.environ.get("BENCH_NOOP"):
+            # Baseline: the same route answering 200 without the receiver (uvicorn + FastAPI
+            # + the client only).
+            @app.post("/webhooks/{platform}/{connection}")
+            async def noop(platform: str, connection: str, request: Request) -> Response:
+                await request.body()
+                return Response(content=b'{"status":"accepted"}', media_type="application/json")
+        else:
+            app.include_router(webhook_router(store))
         holder["store"] = store
         yield
         await store.close()
