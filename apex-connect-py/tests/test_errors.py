@@ -102,3 +102,13 @@ def test_platforms_listed() -> None:
     names = {p["name"] for p in apex_connect.platforms()}
     assert {"frontapp", "hubspot"} <= names
     assert set(Store.platforms()) == names
+
+
+def test_store_is_an_async_context_manager(tmp_path: Path) -> None:
+    async def scenario() -> list[str]:
+        async with await Store.open(str(tmp_path / "c.db")) as store:
+            await store.configure("f", "frontapp", secrets={"api_token": SECRET})
+            assert store.streams("f")
+            return store.connections()
+
+    assert run(scenario()) == ["f"]
