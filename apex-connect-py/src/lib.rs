@@ -179,6 +179,23 @@ fn py_err(e: apex_connect::Error) -> PyErr {
     err
 }
 
+/// A Python-side error of `kind` with the same attributes as the Rust errors'.
+fn err_of(kind: ErrorKind, msg: String) -> PyErr {
+    py_err(apex_connect::Error::new(kind, msg))
+}
+
+fn invalid_input(msg: impl Into<String>) -> PyErr {
+    err_of(ErrorKind::InvalidInput, msg.into())
+}
+
+fn config_err(msg: impl Into<String>) -> PyErr {
+    err_of(ErrorKind::Config, msg.into())
+}
+
+fn unexpected(msg: impl Into<String>) -> PyErr {
+    err_of(ErrorKind::Unexpected, msg.into())
+}
+
 fn webhook_err(e: &WebhookError) -> PyErr {
     let text = e.to_string();
     let (err, status, reason) = match e {
@@ -218,16 +235,16 @@ fn json_of(py: Python<'_>, obj: Option<&Bound<'_, PyAny>>) -> PyRes<serde_json::
     }
     let json = py.import("json")?;
     let text: String = json.call_method1("dumps", (obj,))?.extract()?;
-    serde_json::from_str(&text).map_err(|e| InvalidInputError::new_err(e.to_string()))
+    serde_json::from_str(&text).map_err(|e| invalid_input(e.to_string()))
 }
 
 fn header_map(headers: &BTreeMap<String, String>) -> PyRes<http::HeaderMap> {
     let mut map = http::HeaderMap::new();
     for (k, v) in headers {
         let name = http::HeaderName::from_bytes(k.as_bytes())
-            .map_err(|_| InvalidInputError::new_err(format!("not a header name: {k:?}")))?;
+            .map_err(|_| invalid_input(format!("not a header name: {k:?}")))?;
         let value = http::HeaderValue::from_str(v)
-            .map_err(|_| InvalidInputError::new_err(format!("not a header value for {k}")))?;
+            .map_err(|_| invalid_input(format!("not a header value for {k}")))?;
         map.append(name, value);
     }
     Ok(map)
@@ -498,7 +515,7 @@ impl Store {
             "streams": streams.unwrap_or_default(),
             "settings": settings,
         }))
-        .map_err(|e| ConfigError::new_err(format!("invalid connection configuration: {e}")))?;
+        .map_err(|e| config_err(format!("invalid connection configuration: {e}")))?;
         let secrets = Secrets::from_values(secrets.unwrap_or_default());
         let inner = self.inner.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
@@ -582,7 +599,7 @@ impl Store {
         let expected = request.state.clone();
         let verifier = request.verifier.clone();
         let manager = c.tokens.clone().ok_or_else(|| {
-            ConfigError::new_err(format!(
+            config_err(format!(
                 "connection {} does not authenticate with OAuth (set `client_id`)",
                 request.connection
             ))
@@ -600,7 +617,7 @@ impl Store {
     fn access_token<'py>(&self, py: Python<'py>, connection: &str) -> PyRes<Bound<'py, PyAny>> {
         let c = self.inner.conn(connection)?;
         let manager = c.tokens.clone().ok_or_else(|| {
-            ConfigError::new_err(format!(
+            config_err(format!(
                 "connection {connection} does not authenticate with OAuth (set `client_id`)"
             ))
         })?;
@@ -699,13 +716,13 @@ impl Store {
             .method(method.as_str())
             .uri(url.as_str())
             .body(axum::body::Body::from(body))
-            .map_err(|e| InvalidInputError::new_err(format!("invalid request: {e}")))?;
+            .map_err(|e| invalid_input(format!("invalid request: {e}")))?;
         *req.headers_mut() = headers;
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let resp = router
                 .oneshot(req)
                 .await
-                .map_err(|e| UnexpectedError::new_err(format!("{e}")))?;
+                .map_err(|e| unexpected(format!("{e}")))?;
             let status = resp.status().as_u16();
             let content_type = resp
                 .headers()
@@ -715,7 +732,7 @@ impl Store {
                 .to_string();
             let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
                 .await
-                .map_err(|e| UnexpectedError::new_err(format!("{e}")))?;
+                .map_err(|e| unexpected(format!("{e}")))?;
             Python::attach(|py| {
                 Ok(WebhookResponse {
                     status,
@@ -770,26 +787,32 @@ impl Store {
 
     /// Starts the server's scheduler and inbox workers on the tokio runtime, in this
     /// process (what a separate `apex-connect serve` would run): `schedules` are
-    /// `(connection, stream, every_seconds)` incremental syncs (with no jitter; the due
-    /// times are stored, so a restart keeps them), `workers` claims the webhook events the
+    /// `(connection, stream, every_seconds)` incremental syncs (no jitter) or
+    /// `(connection, stream, "cron expression")` (the due times are stored, so a restart
+    /// keeps them), `workers` claims the webhook events the
     /// router appended and writes what they name to the records table. Returns a
     /// `Background` handle: `await handle.stop()` (or `async with`) ends both.
     #[pyo3(signature = (*, schedules=Vec::new(), workers=true))]
     fn start_background<'py>(
         &self,
         py: Python<'py>,
-        schedules: Vec<(String, String, f64)>,
+        schedules: Vec<(String, String, Bound<'py, PyAny>)>,
         workers: bool,
     ) -> PyRes<Bound<'py, PyAny>> {
         let state = self.inner.server_state();
         let sink = self.inner.opened.sink(SinkKind::Records);
         let mut jobs = Vec::new();
-        for (connection, stream, every) in schedules {
+        for (connection, stream, cadence) in schedules {
             self.inner.conn(&connection)?;
+            if let Ok(expr) = cadence.extract::<String>() {
+                jobs.push(rt(JobSpec::cron(connection, stream, &expr))?);
+                continue;
+            }
+            let every: f64 = cadence.extract().map_err(|_| {
+                invalid_input("a schedule's cadence is seconds or a cron expression")
+            })?;
             if !(every.is_finite() && every > 0.0) {
-                return Err(InvalidInputError::new_err(
-                    "every_seconds must be a positive number",
-                ));
+                return Err(invalid_input("every_seconds must be a positive number"));
             }
             jobs.push(JobSpec::every(
                 connection,
@@ -903,7 +926,7 @@ impl Background {
 fn oauth_client(c: &Conn, redirect_uri: &str) -> PyRes<OAuthClient> {
     let config =
         rt(oauth_config(c.platform.as_ref(), &c.settings, &c.secrets))?.ok_or_else(|| {
-            ConfigError::new_err(format!(
+            config_err(format!(
                 "connection {} has no OAuth configuration (set `client_id`)",
                 c.id
             ))
@@ -1166,14 +1189,12 @@ fn verify_with(
     method: &str,
 ) -> PyRes<Verified> {
     let hooks = connector.webhooks().ok_or_else(|| {
-        ConfigError::new_err("this connection has no webhooks (no webhook secret configured)")
+        config_err("this connection has no webhooks (no webhook secret configured)")
     })?;
     let headers = header_map(headers)?;
     let method = http::Method::from_bytes(method.as_bytes())
-        .map_err(|_| InvalidInputError::new_err("not an HTTP method"))?;
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|_| InvalidInputError::new_err("not a URL"))?;
+        .map_err(|_| invalid_input("not an HTTP method"))?;
+    let uri: http::Uri = url.parse().map_err(|_| invalid_input("not a URL"))?;
     let request = WebhookRequest::new(&method, &uri, &headers, body);
     let v = hooks
         .verifier()
@@ -1358,9 +1379,7 @@ impl FrontSimulator {
     #[pyo3(signature = (body, url="http://localhost/".to_string()))]
     fn sign_webhook(&self, body: Vec<u8>, url: String) -> PyRes<HashMap<String, String>> {
         use apex_connect::WebhookVerifier;
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|_| InvalidInputError::new_err("not a URL"))?;
+        let uri: http::Uri = url.parse().map_err(|_| invalid_input("not a URL"))?;
         let headers = http::HeaderMap::new();
         let req = WebhookRequest::new(&http::Method::POST, &uri, &headers, &body);
         let signed = self

@@ -109,6 +109,15 @@ def test_store_is_an_async_context_manager(tmp_path: Path) -> None:
         async with await Store.open(str(tmp_path / "c.db")) as store:
             await store.configure("f", "frontapp", secrets={"api_token": SECRET})
             assert store.streams("f")
+            with pytest.raises(ConfigError):
+                await store.start_background(schedules=[("f", "tags", "not a cron")])
+            with pytest.raises(ApexError) as e:
+                await store.start_background(schedules=[("f", "tags", -1.0)])
+            assert e.value.kind == "invalid_input"
+            assert e.value.message == "every_seconds must be a positive number"
+            assert str(e.value) == "every_seconds must be a positive number (invalid_input, permanent)"
+            bg = await store.start_background(schedules=[("f", "tags", "0 0 * * * *")], workers=False)
+            await bg.stop()
             return store.connections()
 
     assert run(scenario()) == ["f"]

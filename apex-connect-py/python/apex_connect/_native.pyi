@@ -1,7 +1,7 @@
 """Type stubs of the native module (see ``apex_connect``)."""
 
 from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from typing_extensions import Self
 
@@ -183,7 +183,7 @@ class Store:
     def start_background(
         self,
         *,
-        schedules: Sequence[tuple[str, str, float]] = (),
+        schedules: Sequence[tuple[str, str, Union[float, str]]] = (),
         workers: bool = True,
     ) -> Awaitable[Background]: ...
     def close(self) -> Awaitable[None]: ...
