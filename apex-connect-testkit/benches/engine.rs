@@ -3,7 +3,8 @@
 //! A generated `MemoryConnector` stream (records of about 200 bytes of JSON, pages of 1,000)
 //! is synced into a `SqliteSink` on a temporary file (1,000,000 records, peak RSS sampled at
 //! each quarter) and into a `NullSink`. The SQLite run goes first so that the peak RSS
-//! (VmHWM) it reports is its own.
+//! (VmHWM) it reports is its own. `APEX_BENCH_ONLY=null` runs the `NullSink` part alone (to
+//! profile the engine without SQLite: `perf record` on the bench binary).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -41,6 +42,14 @@ fn main() {
 async fn run() {
     let connection = ConnectionId::from("bench");
     let stream = StreamId::from("events");
+    if std::env::var("APEX_BENCH_ONLY").as_deref() == Ok("null") {
+        let (records, secs) = null_run(&connection, &stream).await;
+        println!(
+            "NullSink (MemoryStore): {records} records in {secs:.2} s, {:.0} records/s",
+            records as f64 / secs
+        );
+        return;
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let baseline = proc_status_mb("VmHWM:");
 
@@ -87,20 +96,7 @@ async fn run() {
     store.close().await;
 
     // ---- NullSink ----
-    let null = NullSink::new();
-    let engine = SyncEngine::new(Arc::new(MemoryStore::new()));
-    let source = MemoryConnector::new([stream.clone()], PAGE_SIZE, b"bench").with_generated(
-        stream.clone(),
-        NULL_RECORDS,
-        PAYLOAD_BYTES,
-    );
-    let started = Instant::now();
-    let report = engine
-        .run(&source, &connection, &stream, &null, SyncOptions::new())
-        .await
-        .expect("null sync");
-    let null_secs = started.elapsed().as_secs_f64();
-    assert_eq!(report.records_read, NULL_RECORDS);
+    let (_, null_secs) = null_run(&connection, &stream).await;
 
     println!();
     println!("apex-connect sync engine (pages of {PAGE_SIZE}, ~{PAYLOAD_BYTES} B records)");
@@ -137,4 +133,23 @@ async fn run() {
             println!("{n:>12} {hwm:>14.1} {rss:>14.1}");
         }
     }
+}
+
+/// Syncs `NULL_RECORDS` generated records into a `NullSink`: (records, seconds).
+async fn null_run(connection: &ConnectionId, stream: &StreamId) -> (u64, f64) {
+    let null = NullSink::new();
+    let engine = SyncEngine::new(Arc::new(MemoryStore::new()));
+    let source = MemoryConnector::new([stream.clone()], PAGE_SIZE, b"bench").with_generated(
+        stream.clone(),
+        NULL_RECORDS,
+        PAYLOAD_BYTES,
+    );
+    let started = Instant::now();
+    let report = engine
+        .run(&source, connection, stream, &null, SyncOptions::new())
+        .await
+        .expect("null sync");
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(report.records_read, NULL_RECORDS);
+    (report.records_read, secs)
 }
