@@ -1,6 +1,7 @@
 """Records per second: a Python ``async for`` over ``store.records`` against the same stream
-synced by the Rust engine alone (``store.sync`` into the SQLite records table), both reading
-from the Front simulator in this process. Not part of CI.
+synced by the Rust engine alone, into core's ``NullSink`` (``sink="null"``: the same read and
+cursor commits, records handed to no one; the baseline) and into the SQLite records table,
+all reading from the Front simulator in this process. Not part of CI.
 
     python bench/iterator.py [conversations]
 """
@@ -20,12 +21,15 @@ from apex_connect.testing import FrontSimulator
 async def main(n: int) -> None:
     sim = await FrontSimulator.start(conversations=n, messages_per_conversation=1, contacts=10)
     with tempfile.TemporaryDirectory() as tmp:
-        for label in ("rust sync -> sqlite", "python async for", "rust sync -> sqlite", "python async for"):
+        labels = ("rust sync -> null", "python async for", "rust sync -> sqlite")
+        for label in labels + labels:
             store = await Store.open(str(Path(tmp) / f"{time.monotonic_ns()}.db"))
             await store.configure("f", "frontapp", base_url=sim.base_url,
                                   secrets={"api_token": sim.api_token()}, settings={"page_size": 100})
             started = time.perf_counter()
-            if label.startswith("rust"):
+            if label == "rust sync -> null":
+                read = (await store.sync("f", "conversations", sink="null")).records_read
+            elif label.startswith("rust"):
                 read = (await store.sync("f", "conversations")).records_read
             else:
                 read = 0

@@ -629,19 +629,35 @@ impl Store {
 
     /// Syncs one stream of a connection into the store's records table (`SyncEngine::run`),
     /// from its durable cursor (`full=True`: from the start). Returns the `SyncResult`.
-    #[pyo3(signature = (connection, stream, *, full=false))]
+    /// `sink="null"` reads and commits the cursor but writes the records nowhere (core's
+    /// `NullSink`: the Rust-only cost of a sync, the baseline of the iterator benchmark).
+    #[pyo3(signature = (connection, stream, *, full=false, sink="records"))]
     fn sync<'py>(
         &self,
         py: Python<'py>,
         connection: &str,
         stream: String,
         full: bool,
+        sink: &str,
     ) -> PyRes<Bound<'py, PyAny>> {
         let c = self.inner.conn(connection)?;
         let inner = self.inner.clone();
+        let null = match sink {
+            "records" => false,
+            "null" => true,
+            other => {
+                return Err(invalid_input(format!(
+                    "unknown sink {other:?}: \"records\" or \"null\""
+                )));
+            }
+        };
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let engine = apex_connect::SyncEngine::new(inner.opened.store().clone());
-            let sink = inner.opened.sink(SinkKind::Records);
+            let sink: Arc<dyn apex_connect::Sink> = if null {
+                Arc::new(apex_connect::NullSink::new())
+            } else {
+                inner.opened.sink(SinkKind::Records)
+            };
             let report = rt(engine
                 .run(
                     c.connector.as_ref(),

@@ -6,7 +6,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from apex_connect import Store, SyncRecord, SyncResult
+import pytest
+
+from apex_connect import InvalidInputError, Store, SyncRecord, SyncResult
 from apex_connect.testing import FrontSimulator
 
 from conftest import run
@@ -98,3 +100,28 @@ def test_async_iterator_of_records(tmp_path: Path) -> None:
     assert got[0].stream == "conversations"
     assert got[0].json()["id"] == got[0].id
     assert again < 250
+
+
+def test_sync_into_the_null_sink_reads_and_keeps_the_cursor(tmp_path: Path) -> None:
+    db = tmp_path / "null.db"
+
+    async def scenario() -> tuple[SyncResult, SyncResult]:
+        sim = await FrontSimulator.start(conversations=30, messages_per_conversation=1)
+        store = await Store.open(str(db))
+        await store.configure("front", "frontapp", base_url=sim.base_url,
+                              secrets={"api_token": sim.api_token()})
+        first = await store.sync("front", "conversations", sink="null")
+        again = await store.sync("front", "conversations", sink="null")
+        with pytest.raises(InvalidInputError, match="unknown sink"):
+            await store.sync("front", "conversations", sink="nowhere")  # type: ignore[arg-type]
+        await store.close()
+        await sim.shutdown()
+        return first, again
+
+    first, again = run(scenario())
+    assert first.records_read == 30
+    assert first.has_cursor
+    assert again.records_read < 30, "resumed from the cursor the null sink committed"
+    with sqlite3.connect(db) as con:
+        n = con.execute("select count(*) from records").fetchone()[0]
+    assert n == 0, "the null sink writes nothing"

@@ -1,7 +1,7 @@
 """Type stubs of the native module (see ``apex_connect``)."""
 
 from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from typing_extensions import Self
 
@@ -162,7 +162,14 @@ class Store:
         self, request: AuthorizationRequest, code: str, state: str
     ) -> Awaitable[None]: ...
     def access_token(self, connection: str) -> Awaitable[str]: ...
-    def sync(self, connection: str, stream: str, *, full: bool = False) -> Awaitable[SyncResult]: ...
+    def sync(
+        self,
+        connection: str,
+        stream: str,
+        *,
+        full: bool = False,
+        sink: Literal["records", "null"] = "records",
+    ) -> Awaitable[SyncResult]: ...
     def records(
         self, connection: str, stream: str, *, full: bool = False, buffer: int = 2
     ) -> RecordStream: ...
