@@ -113,7 +113,17 @@ struct Window {
     /// When the answers of the other requests of the window arrived (and, for requests of
     /// other clients the platform reported, when we learnt of them), oldest first.
     done: VecDeque<Instant>,
+    /// When our requests that left the log during the last [`EXPIRED_GRACE`] left it.
+    expired: VecDeque<Instant>,
 }
+
+/// How long a request that left the log is still taken for one of ours when an answer's
+/// `remaining` is read. The platform counts a request from its arrival and our log from its
+/// answer, on two clocks a round trip apart: near the trailing edge of the window the
+/// platform may still count a request the log has just forgotten. Without this slack every
+/// such request was taken for another client's and held a slot for a whole interval (HubSpot
+/// in real time used 93-95 % of its limit instead of all of it).
+const EXPIRED_GRACE: Duration = Duration::from_secs(1);
 
 /// The largest rolling limit a gate keeps a log for (whatever a header says).
 const MAX_WINDOW_LIMIT: u64 = 100_000;
@@ -130,6 +140,7 @@ impl Window {
             interval: conf.interval,
             pending: 0,
             done: VecDeque::new(),
+            expired: VecDeque::new(),
         };
         w.set(conf, conf.limit, conf.interval);
         w
@@ -146,13 +157,25 @@ impl Window {
         self.interval = interval;
     }
 
-    /// Forgets answers older than the interval.
+    /// Forgets answers older than the interval (remembering for [`EXPIRED_GRACE`] when).
     fn prune(&mut self, now: Instant) {
         while let Some(&front) = self.done.front() {
             match front.checked_add(self.interval) {
                 Some(end) if end > now => break,
-                _ => {
+                end => {
                     self.done.pop_front();
+                    if self.expired.len() >= MAX_WINDOW_LIMIT as usize {
+                        self.expired.pop_front();
+                    }
+                    self.expired.push_back(end.unwrap_or(now).min(now));
+                }
+            }
+        }
+        while let Some(&left) = self.expired.front() {
+            match left.checked_add(EXPIRED_GRACE) {
+                Some(until) if until > now => break,
+                _ => {
+                    self.expired.pop_front();
                 }
             }
         }
@@ -213,7 +236,10 @@ impl Window {
         self.prune(now);
         if let Some(remaining) = w.remaining {
             let counted = w.limit.min(MAX_WINDOW_LIMIT).saturating_sub(remaining);
-            let missing = counted.saturating_sub(self.used()).min(self.limit);
+            let ours = self
+                .used()
+                .saturating_add(u64::try_from(self.expired.len()).unwrap_or(u64::MAX));
+            let missing = counted.saturating_sub(ours).min(self.limit);
             for _ in 0..missing {
                 self.push(now);
             }
@@ -1125,6 +1151,45 @@ mod tests {
             assert!(ok <= allowed, "limit {limit}: {ok} of {allowed}");
             assert_eq!(gate.window(), Some((limit, Duration::from_secs(10))));
         }
+    }
+
+    #[test]
+    fn a_request_the_platform_still_counts_at_the_window_edge_is_ours_not_another_clients() {
+        let conf = RollingConf {
+            limit: 3,
+            interval: Duration::from_secs(10),
+            cap: None,
+        };
+        let t0 = Instant::now();
+        let ten = Duration::from_secs(10);
+        // Three of our requests answered at t0: the log holds them until t0 + 10 s.
+        let mut w = Window::new(&conf);
+        for _ in 0..3 {
+            assert_eq!(w.admit(t0, true), None);
+            w.complete(t0);
+        }
+        // An answer read just after they left the log, from a platform whose clock is a
+        // round trip behind: it still counts all three (remaining 0).
+        let edge = t0 + ten + Duration::from_millis(3);
+        w.learn(&conf, &RateWindow::new(3, ten).with_remaining(0), edge);
+        assert_eq!(
+            w.admit(edge, true),
+            None,
+            "our own requests, not three others'"
+        );
+        // Requests of another client reported later than the grace are still counted.
+        let mut w = Window::new(&conf);
+        for _ in 0..3 {
+            assert_eq!(w.admit(t0, true), None);
+            w.complete(t0);
+        }
+        let later = t0 + ten + EXPIRED_GRACE + Duration::from_millis(1);
+        w.learn(&conf, &RateWindow::new(3, ten).with_remaining(0), later);
+        assert_eq!(
+            w.admit(later, true),
+            Some(ten),
+            "three other requests hold the window"
+        );
     }
 
     #[tokio::test]
