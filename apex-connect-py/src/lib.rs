@@ -870,8 +870,7 @@ impl Store {
     }
 
     fn __aenter__<'py>(slf: Bound<'py, Self>) -> PyRes<Bound<'py, PyAny>> {
-        let obj = slf.clone().into_any().unbind();
-        pyo3_async_runtimes::tokio::future_into_py(slf.py(), async move { Ok(obj) })
+        awaitable_of(slf.into_any())
     }
 
     #[pyo3(signature = (*_args))]
@@ -890,6 +889,13 @@ impl Store {
             self.connections()
         )
     }
+}
+
+/// An awaitable that resolves to `obj` (what `async with` binds for `__aenter__`).
+fn awaitable_of(obj: Bound<'_, PyAny>) -> PyRes<Bound<'_, PyAny>> {
+    let py = obj.py();
+    let obj = obj.unbind();
+    pyo3_async_runtimes::tokio::future_into_py(py, async move { Ok(obj) })
 }
 
 /// The scheduler and workers started by `Store.start_background`.
@@ -921,8 +927,7 @@ impl Background {
     }
 
     fn __aenter__<'py>(slf: Bound<'py, Self>) -> PyRes<Bound<'py, PyAny>> {
-        let obj = slf.clone().into_any().unbind();
-        pyo3_async_runtimes::tokio::future_into_py(slf.py(), async move { Ok(obj) })
+        awaitable_of(slf.into_any())
     }
 
     #[pyo3(signature = (*_args))]

@@ -202,10 +202,6 @@ pub struct MetricsSnapshot {
 /// The inbox states of the gauges, in [`InboxCounts`] order.
 const INBOX_STATES: [&str; 4] = ["pending", "in_flight", "done", "dead"];
 
-fn seconds(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
-
 impl Metrics {
     /// Zeroed metrics, registered in their own registry. Rate-gate waits are observed once the
     /// metrics are shared ([`Metrics::shared`], or any `Arc` given to the server state).
@@ -315,7 +311,7 @@ impl Metrics {
 
     /// Records a webhook answer's time from the request's arrival.
     pub fn webhook_ack(&self, elapsed: Duration) {
-        self.webhook_ack.observe(seconds(elapsed));
+        self.webhook_ack.observe(elapsed.as_secs_f64());
     }
 
     /// Counts `n` inbox events with a worker outcome.
@@ -325,12 +321,12 @@ impl Metrics {
 
     /// Records the time a worker took for one batch, claim to completion.
     pub fn worker_batch(&self, elapsed: Duration) {
-        self.worker_batch.observe(seconds(elapsed));
+        self.worker_batch.observe(elapsed.as_secs_f64());
     }
 
     /// Records the time one page of a scheduled sync took.
     pub fn sync_page(&self, elapsed: Duration) {
-        self.sync_page.observe(seconds(elapsed));
+        self.sync_page.observe(elapsed.as_secs_f64());
     }
 
     /// Counts records written by workers.
@@ -408,7 +404,7 @@ impl Metrics {
 
 impl GateWaitObserver for Metrics {
     fn gate_wait(&self, waited: Duration) {
-        self.gate_wait.observe(seconds(waited));
+        self.gate_wait.observe(waited.as_secs_f64());
     }
 }
 

@@ -210,7 +210,7 @@ impl ServerStateBuilder {
                 store: self.store,
                 appender,
                 metrics: {
-                    let m = self.metrics.unwrap_or_else(Metrics::shared);
+                    let m = self.metrics.unwrap_or_default();
                     Metrics::observe_rate_gates(&m);
                     m
                 },

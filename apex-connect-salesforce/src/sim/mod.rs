@@ -75,7 +75,7 @@ pub struct SalesforceSimConfig {
     pub bad_signature: bool,
     /// The org's wall clock (change stamps); [`SalesforceSim::connector`] gives its connectors
     /// the same clock. Default: the system clock.
-    pub clock: Option<Clock>,
+    pub clock: Clock,
 }
 
 impl Default for SalesforceSimConfig {
@@ -96,7 +96,7 @@ impl Default for SalesforceSimConfig {
             static_token: "sf-sim-session-id".into(),
             faults: None,
             bad_signature: false,
-            clock: None,
+            clock: Clock::system(),
         }
     }
 }
@@ -143,7 +143,7 @@ impl SalesforceSimConfig {
     /// Uses this wall clock for change stamps (and for the connectors
     /// [`SalesforceSim::connector`] builds), so tests decide when a second ends.
     pub fn clock(mut self, clock: Clock) -> Self {
-        self.clock = Some(clock);
+        self.clock = clock;
         self
     }
 }
@@ -186,11 +186,7 @@ impl SimState {
     /// A change time: now, floored to the second (as Salesforce stamps), never before the
     /// generated data nor before the last change.
     pub(crate) fn now_ms(&self) -> i64 {
-        let now = match &self.config.clock {
-            Some(c) => c.now_ms(),
-            None => apex_connect_core::webhook::unix_ms(std::time::SystemTime::now()),
-        };
-        let now = now.div_euclid(1000) * 1000;
+        let now = self.config.clock.now_ms().div_euclid(1000) * 1000;
         let last = i64::try_from(self.clock_ms.load(Ordering::SeqCst)).unwrap_or(0);
         let t = now.max(last);
         self.clock_ms
@@ -455,12 +451,9 @@ impl SalesforceSim {
             &settings,
             AuthInputs::new(connection, &secrets, store).tokens_stored(true),
         )?;
-        let mut b =
+        let b =
             crate::descriptor::builder(&BuildContext::new(connection, &settings, &secrets, auth))?;
-        if let Some(c) = &self.state.config.clock {
-            b = b.clock(c.clone());
-        }
-        Ok(Arc::new(b.build()?))
+        Ok(Arc::new(b.clock(self.state.config.clock.clone()).build()?))
     }
 
     /// The live records of `object`: id -> `SystemModstamp` (ms), what a full sync must

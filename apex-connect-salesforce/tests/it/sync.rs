@@ -45,20 +45,15 @@ async fn walk(
     }
 }
 
-/// A wall clock the test moves by hand, shared by the simulator and its connectors.
-fn manual_clock(start_ms: u64) -> (Arc<AtomicU64>, Clock) {
-    let t = Arc::new(AtomicU64::new(start_ms));
-    let c = t.clone();
-    let clock = Clock::from_fn(move || UNIX_EPOCH + Duration::from_millis(c.load(SeqCst)));
-    (t, clock)
-}
-
 /// Half a second into a second of 2027, after the generated data.
 const T0: u64 = 1_800_000_000_500;
 
-#[tokio::test]
-async fn records_sharing_one_second_are_each_read_exactly_once() {
-    let (now, clock) = manual_clock(T0);
+/// A simulator of ten Accounts on a wall clock the test moves by hand (starting at `T0`),
+/// shared with the connectors it builds: the clock's Unix milliseconds and the simulator.
+async fn sim_on_manual_clock() -> (Arc<AtomicU64>, SalesforceSim) {
+    let now = Arc::new(AtomicU64::new(T0));
+    let t = now.clone();
+    let clock = Clock::from_fn(move || UNIX_EPOCH + Duration::from_millis(t.load(SeqCst)));
     let sim = SalesforceSim::start(
         SalesforceSimConfig::default()
             .count("Account", 10)
@@ -66,6 +61,12 @@ async fn records_sharing_one_second_are_each_read_exactly_once() {
     )
     .await
     .unwrap();
+    (now, sim)
+}
+
+#[tokio::test]
+async fn records_sharing_one_second_are_each_read_exactly_once() {
+    let (now, sim) = sim_on_manual_clock().await;
     let same = sim.add_same_second("Account", 5000).unwrap();
     now.fetch_add(1000, SeqCst); // that second has ended
     let c = connector(
@@ -120,14 +121,7 @@ async fn records_sharing_one_second_are_each_read_exactly_once() {
 /// before the mark. The next walk re-reads a second that was running when read (lookback 0).
 #[tokio::test]
 async fn a_later_change_in_the_same_second_to_a_lower_id_is_not_lost() {
-    let (now, clock) = manual_clock(T0);
-    let sim = SalesforceSim::start(
-        SalesforceSimConfig::default()
-            .count("Account", 10)
-            .clock(clock),
-    )
-    .await
-    .unwrap();
+    let (now, sim) = sim_on_manual_clock().await;
     let c = connector(&sim, json!({"objects": ["Account"], "lookback": "0s"})).await;
     let stream = StreamId::from("Account");
     let same = sim.add_same_second("Account", 3).unwrap();
