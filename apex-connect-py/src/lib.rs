@@ -17,8 +17,7 @@ use std::time::{Duration, SystemTime};
 use apex_connect::engine::{SyncOptions, SyncReport};
 use apex_connect::oauth::{CallbackParams, PkceVerifier, StateToken};
 use apex_connect::platform::{
-    AuthInputs, BuildContext, ConnectionAuth, Platform, SecretKind, Secrets, Settings,
-    oauth_config, resolve_auth,
+    BuildContext, ConnectionAuth, Platform, SecretKind, Secrets, Settings, oauth_config,
 };
 use apex_connect::server::config::ConnectionConfig;
 use apex_connect::server::{
@@ -29,7 +28,6 @@ use apex_connect::store::{Connection, EncryptionKey, OpenedStore, SinkKind};
 use apex_connect::webhook::{WebhookError, WebhookRequest};
 use apex_connect::{
     ChannelSink, ConnectionId, Connector, ErrorKind, OAuthClient, Record, StreamId, TokenManager,
-    TokenStore,
 };
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyStopAsyncIteration, PyStopIteration};
@@ -957,8 +955,8 @@ fn oauth_client(c: &Conn, redirect_uri: &str) -> PyRes<OAuthClient> {
     ))
 }
 
-/// What `apex_connect::server::connections::build_with_secrets` does, keeping the token
-/// manager so that `access_token` and `exchange_code` reach it.
+/// A connection built as `apex-connect serve` builds it (`build_parts`: the token manager kept,
+/// so that `access_token` and `exchange_code` reach it).
 async fn build_connection(
     opened: &OpenedStore,
     config: &ConnectionConfig,
@@ -967,51 +965,20 @@ async fn build_connection(
     let platforms = apex_connect::platforms();
     let (platform, settings) = apex_connect::server::connections::check(&platforms, config)?;
     let platform = platform.clone();
-    let id = ConnectionId::from(config.id.clone());
-    let store = opened.store().clone();
-    let tokens: Arc<dyn TokenStore> = store.clone();
-    let stored = if settings.auth()?.client_id.is_some() {
-        TokenStore::load(tokens.as_ref(), &id)
-            .await
-            .map(|t| t.is_some())
-            .unwrap_or(true)
-    } else {
-        false
-    };
-    let hook_store = store.clone();
-    let platform_name = platform.name();
-    let inputs = AuthInputs::new(&id, &secrets, tokens)
-        .tokens_stored(stored)
-        .on_reauth_needed(Arc::new(move |id: &ConnectionId| {
-            let (store, id) = (hook_store.clone(), id.clone());
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let _ = apex_connect::server::connections::mark_needs_reauth(
-                        store.as_ref(),
-                        &id,
-                        platform_name,
-                    )
-                    .await;
-                });
-            }
-        }));
-    let with = |e: apex_connect::Error| e.with_context("connection", &config.id);
-    let auth = resolve_auth(platform.as_ref(), &settings, inputs).map_err(with)?;
-    let tokens = match &auth {
-        ConnectionAuth::OAuth(m) => Some(m.clone()),
-        _ => None,
-    };
-    let ctx = BuildContext::new(&id, &settings, &secrets, auth)
-        .with_base_url(config.base_url.as_deref())
-        .with_streams(&config.streams);
-    let connector = platform.build(&ctx).map_err(with)?;
+    let built = apex_connect::server::connections::build_parts(
+        &platforms,
+        config,
+        &secrets,
+        opened.store(),
+    )
+    .await?;
     Ok(Conn {
-        id,
+        id: ConnectionId::from(config.id.clone()),
         platform,
         settings,
         secrets,
-        connector,
-        tokens,
+        connector: built.connector,
+        tokens: built.tokens,
     })
 }
 

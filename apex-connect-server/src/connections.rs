@@ -8,10 +8,12 @@
 use std::sync::Arc;
 
 use apex_connect_core::platform::{
-    AuthInputs, BuildContext, Platform, Platforms, SecretKind, resolve_auth,
+    AuthInputs, BuildContext, ConnectionAuth, Platform, Platforms, SecretKind, resolve_auth,
 };
 use apex_connect_core::store::{ConnectionStatus, ConnectionStore, StateStore};
-use apex_connect_core::{ConnectionId, Connector, Error, Result, Secrets, Settings, TokenStore};
+use apex_connect_core::{
+    ConnectionId, Connector, Error, Result, Secrets, Settings, TokenManager, TokenStore,
+};
 
 use crate::config::ConnectionConfig;
 
@@ -93,6 +95,42 @@ pub async fn build_with_secrets(
     secrets: &Secrets,
     store: &Arc<dyn StateStore>,
 ) -> Result<Arc<dyn Connector>> {
+    build_parts(platforms, connection, secrets, store)
+        .await
+        .map(|b| b.connector)
+}
+
+/// A connection built by [`build_parts`]: its connector and, when it authenticates through
+/// OAuth, its token manager (for hosts that hand out access tokens or finish a code exchange
+/// themselves, such as the Python bindings).
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct BuiltConnection {
+    /// The connector.
+    pub connector: Arc<dyn Connector>,
+    /// The OAuth token manager the connector uses, if it uses one.
+    pub tokens: Option<Arc<TokenManager>>,
+}
+
+impl std::fmt::Debug for BuiltConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuiltConnection")
+            .field("connector", &self.connector.info().name)
+            .field("oauth", &self.tokens.is_some())
+            .finish()
+    }
+}
+
+/// [`build_with_secrets`], keeping the token manager.
+///
+/// # Errors
+/// As [`build`].
+pub async fn build_parts(
+    platforms: &Platforms,
+    connection: &ConnectionConfig,
+    secrets: &Secrets,
+    store: &Arc<dyn StateStore>,
+) -> Result<BuiltConnection> {
     let (platform, settings) = check(platforms, connection)?;
     let id = ConnectionId::from(connection.id.clone());
     let with = |e: Error| e.with_context("connection", &connection.id);
@@ -119,10 +157,15 @@ pub async fn build_with_secrets(
             }
         }));
     let auth = resolve_auth(platform.as_ref(), &settings, inputs).map_err(with)?;
+    let tokens = match &auth {
+        ConnectionAuth::OAuth(m) => Some(m.clone()),
+        _ => None,
+    };
     let ctx = BuildContext::new(&id, &settings, secrets, auth)
         .with_base_url(connection.base_url.as_deref())
         .with_streams(&connection.streams);
-    platform.build(&ctx).map_err(with)
+    let connector = platform.build(&ctx).map_err(with)?;
+    Ok(BuiltConnection { connector, tokens })
 }
 
 /// The names of the static credentials a platform reads ([`SecretKind::Credential`]), for
