@@ -13,10 +13,10 @@ use std::time::Duration;
 use apex_connect_core::engine::CancellationToken;
 use apex_connect_core::store::{
     AppendOutcome, ClaimedEvent, Connection, ConnectionStatus, ConnectionStore, CursorStore,
-    DeadLetter, EncryptionKey, EventId, FailAction, InboxCounts, InboxEvent, InboxStore,
-    MemoryStore, PgStore, RejectId, RejectStore, RunId, RunKind, RunOutcome, RunStatus, RunStore,
-    ScheduleEntry, ScheduleOutcome, ScheduleRow, ScheduleStore, SqliteStore, StateStore,
-    StoredReject, SyncRun,
+    DailyRunStats, DeadLetter, EncryptionKey, EventId, FailAction, InboxCounts, InboxEvent,
+    InboxStore, LogLevel, MemoryStore, PgStore, RejectId, RejectStore, RunId, RunKind, RunLogLine,
+    RunOutcome, RunStatus, RunStore, ScheduleEntry, ScheduleOutcome, ScheduleRow, ScheduleStore,
+    SqliteStore, StateStore, StoredReject, SyncRun,
 };
 use apex_connect_core::{
     Ack, Batch, ConnectionId, Connector, ConnectorInfo, CursorToken, Error, ErrorKind, MemorySink,
@@ -260,6 +260,23 @@ impl RunStore for FaultyStore {
     }
     async fn purge_runs(&self, before: i64, limit: usize) -> Result<u64> {
         self.inner.purge_runs(before, limit).await
+    }
+    async fn get_run(&self, run: RunId) -> Result<Option<SyncRun>> {
+        self.inner.get_run(run).await
+    }
+    async fn run_stats(&self, c: Option<&ConnectionId>, since: i64) -> Result<Vec<DailyRunStats>> {
+        self.inner.run_stats(c, since).await
+    }
+    async fn append_run_logs(&self, run: RunId, lines: &[RunLogLine]) -> Result<()> {
+        self.inner.append_run_logs(run, lines).await
+    }
+    async fn run_logs(
+        &self,
+        run: RunId,
+        min: Option<LogLevel>,
+        limit: usize,
+    ) -> Result<Vec<RunLogLine>> {
+        self.inner.run_logs(run, min, limit).await
     }
 }
 

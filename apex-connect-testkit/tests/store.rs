@@ -11,9 +11,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use apex_connect_core::store::prelude::*;
 use apex_connect_core::store::{
-    AppendOutcome, Clock, Connection, ConnectionStatus, EncryptionKey, EventId, FailAction,
-    InboxCounts, InboxEvent, MemoryStore, RunKind, RunOutcome, RunStatus, ScheduleEntry,
-    ScheduleOutcome, SinkKind, SqliteStore, StateStore, StoreLocation,
+    AppendOutcome, Clock, Connection, ConnectionStatus, DailyRunStats, EncryptionKey, EventId,
+    FailAction, InboxCounts, InboxEvent, LogLevel, MemoryStore, RunId, RunKind, RunLogLine,
+    RunOutcome, RunStatus, ScheduleEntry, ScheduleOutcome, SinkKind, SqliteStore, StateStore,
+    StoreLocation,
 };
 use apex_connect_core::{ConnectionId, CursorToken, ErrorKind, StreamId, TokenSet, TokenStore};
 use secrecy::ExposeSecret;
@@ -843,6 +844,313 @@ async fn leases_and_retention(store: Arc<dyn StateStore>, clock: ManualClock) {
     assert_eq!(store.last_run(&c, &s1).await.unwrap().unwrap().id, r4);
 }
 
+/// What an admin dashboard reads about runs: one run, daily statistics, log lines (appended
+/// in order, filtered by level, purged with their run).
+async fn run_history(store: Arc<dyn StateStore>, clock: ManualClock) {
+    const DAY: i64 = 86_400_000;
+    // Byte order: "Zeta" before "alpha" (a locale's collation would say otherwise).
+    let alpha = ConnectionId::from("alpha");
+    let zeta = ConnectionId::from("Zeta");
+    let s = StreamId::from("contacts");
+    let day0 = clock.now() / DAY * DAY;
+
+    // ---- get_run ----
+    assert!(store.get_run(RunId(424242)).await.unwrap().is_none());
+    let r1 = store.start_run(&alpha, &s, RunKind::Full).await.unwrap();
+    let got = store.get_run(r1).await.unwrap().unwrap();
+    assert_eq!(
+        (got.id, got.status, got.kind),
+        (r1, RunStatus::Running, RunKind::Full)
+    );
+    assert_eq!(got.started_at, clock.now());
+    store
+        .finish_run(
+            r1,
+            &RunOutcome::new(RunStatus::Succeeded)
+                .with_counts(10, 8, 1, 2)
+                .with_rejected(1),
+        )
+        .await
+        .unwrap();
+    let got = store.get_run(r1).await.unwrap().unwrap();
+    assert_eq!(got.status, RunStatus::Succeeded);
+    assert_eq!(
+        (got.records_read, got.records_applied, got.records_unchanged),
+        (10, 8, 1)
+    );
+    assert_eq!((got.records_rejected, got.pages), (1, 2));
+    assert_eq!(got.finished_at, Some(clock.now()));
+    assert_eq!(store.list_runs(None, 1).await.unwrap()[0], got);
+
+    // ---- run_stats: per connection and UTC day, since a time ----
+    let r2 = store
+        .start_run(&alpha, &s, RunKind::Incremental)
+        .await
+        .unwrap();
+    store
+        .finish_run(
+            r2,
+            &RunOutcome::new(RunStatus::Failed)
+                .with_counts(3, 0, 0, 1)
+                .with_error("boom"),
+        )
+        .await
+        .unwrap();
+    let r3 = store
+        .start_run(&alpha, &s, RunKind::Incremental)
+        .await
+        .unwrap();
+    store
+        .finish_run(
+            r3,
+            &RunOutcome::new(RunStatus::Cancelled).with_counts(2, 2, 0, 1),
+        )
+        .await
+        .unwrap();
+    let r4 = store.start_run(&zeta, &s, RunKind::Full).await.unwrap();
+    store
+        .finish_run(
+            r4,
+            &RunOutcome::new(RunStatus::Succeeded)
+                .with_counts(5, 5, 0, 1)
+                .with_rejected(4),
+        )
+        .await
+        .unwrap();
+    clock.advance(DAY);
+    let r5_at = clock.now();
+    let r5 = store
+        .start_run(&alpha, &s, RunKind::Incremental)
+        .await
+        .unwrap();
+    let row = |c: &ConnectionId, day, runs, failed, read, applied, rejected| {
+        (c.clone(), day, runs, failed, read, applied, rejected)
+    };
+    let rows = |v: Vec<DailyRunStats>| -> Vec<_> {
+        v.into_iter()
+            .map(|d| {
+                (
+                    d.connection,
+                    d.day,
+                    d.runs,
+                    d.failed,
+                    d.records_read,
+                    d.records_applied,
+                    d.records_rejected,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        rows(store.run_stats(None, 0).await.unwrap()),
+        [
+            row(&zeta, day0, 1, 0, 5, 5, 4),
+            // a cancelled run counts as a run, not as a failure
+            row(&alpha, day0, 3, 1, 15, 10, 1),
+            // a running run counts, with its counts so far
+            row(&alpha, day0 + DAY, 1, 0, 0, 0, 0),
+        ]
+    );
+    assert_eq!(
+        rows(store.run_stats(Some(&alpha), 0).await.unwrap()),
+        [
+            row(&alpha, day0, 3, 1, 15, 10, 1),
+            row(&alpha, day0 + DAY, 1, 0, 0, 0, 0)
+        ]
+    );
+    assert_eq!(
+        rows(store.run_stats(Some(&alpha), r5_at).await.unwrap()),
+        [row(&alpha, day0 + DAY, 1, 0, 0, 0, 0)],
+        "since is inclusive"
+    );
+    assert!(store.run_stats(None, r5_at + 1).await.unwrap().is_empty());
+    assert!(
+        store
+            .run_stats(Some(&ConnectionId::from("nobody")), 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // ---- log lines: appended in order, the sequence continues, filtered by level ----
+    let t = clock.now();
+    let line = |dt: i64, level: LogLevel, message: &str| {
+        RunLogLine::new(t + dt, level, "apex_connect_core::engine", message)
+    };
+    assert!(store.run_logs(r1, None, 10).await.unwrap().is_empty());
+    store.append_run_logs(r1, &[]).await.unwrap();
+    let first = [
+        line(0, LogLevel::Info, "reading page page=0"),
+        line(1, LogLevel::Warn, "slow page retry_in_ms=250"),
+        line(1, LogLevel::Debug, "détail: ünïcode ✓"),
+    ];
+    store.append_run_logs(r1, &first).await.unwrap();
+    let second = [
+        line(2, LogLevel::Error, "platform answered 500"),
+        line(3, LogLevel::Trace, "wire bytes"),
+        line(3, LogLevel::Info, "sync run stopped"),
+    ];
+    store.append_run_logs(r1, &second).await.unwrap();
+    store
+        .append_run_logs(r2, &[line(9, LogLevel::Error, "other run")])
+        .await
+        .unwrap();
+    let all: Vec<RunLogLine> = first.iter().chain(&second).cloned().collect();
+    assert_eq!(store.run_logs(r1, None, 100).await.unwrap(), all);
+    assert_eq!(
+        store
+            .run_logs(r1, Some(LogLevel::Trace), 100)
+            .await
+            .unwrap(),
+        all
+    );
+    assert_eq!(store.run_logs(r1, None, 2).await.unwrap(), all[..2]);
+    assert_eq!(
+        store.run_logs(r1, Some(LogLevel::Warn), 100).await.unwrap(),
+        [all[1].clone(), all[3].clone()],
+        "warn and error"
+    );
+    assert_eq!(
+        store
+            .run_logs(r1, Some(LogLevel::Error), 100)
+            .await
+            .unwrap(),
+        [all[3].clone()]
+    );
+    assert_eq!(
+        store.run_logs(r1, Some(LogLevel::Info), 3).await.unwrap(),
+        [all[0].clone(), all[1].clone(), all[3].clone()],
+        "the limit counts the matching lines"
+    );
+    assert_eq!(
+        store.run_logs(r2, None, 100).await.unwrap(),
+        [line(9, LogLevel::Error, "other run")]
+    );
+    assert!(store.run_logs(r3, None, 100).await.unwrap().is_empty());
+
+    // ---- purge_runs deletes the purged runs' lines, not the others' ----
+    store
+        .finish_run(r5, &RunOutcome::new(RunStatus::Succeeded))
+        .await
+        .unwrap();
+    store
+        .append_run_logs(r5, &[line(10, LogLevel::Info, "kept")])
+        .await
+        .unwrap();
+    clock.advance(1);
+    // r1, r2, r3 are older runs of (alpha, contacts); r4 and r5 are the latest of theirs.
+    assert_eq!(store.purge_runs(clock.now(), 100).await.unwrap(), 3);
+    assert!(store.get_run(r1).await.unwrap().is_none());
+    assert!(store.run_logs(r1, None, 100).await.unwrap().is_empty());
+    assert!(store.run_logs(r2, None, 100).await.unwrap().is_empty());
+    assert_eq!(
+        store.run_logs(r5, None, 100).await.unwrap(),
+        [line(10, LogLevel::Info, "kept")]
+    );
+    assert!(store.get_run(r4).await.unwrap().is_some());
+}
+
+#[test]
+fn log_levels_are_ordered_by_severity_and_parse_their_names() {
+    use std::str::FromStr;
+    assert!(LogLevel::Error > LogLevel::Warn);
+    assert!(LogLevel::Warn > LogLevel::Info);
+    assert!(LogLevel::Info > LogLevel::Debug);
+    assert!(LogLevel::Debug > LogLevel::Trace);
+    for level in LogLevel::ALL {
+        assert_eq!(LogLevel::from_str(level.as_str()).unwrap(), level);
+        assert_eq!(level.to_string(), level.as_str());
+    }
+    assert_eq!("WARNING".parse::<LogLevel>().unwrap(), LogLevel::Warn);
+    assert_eq!(
+        "loud".parse::<LogLevel>().unwrap_err().kind(),
+        ErrorKind::Storage
+    );
+    assert_eq!(LogLevel::from(tracing::Level::ERROR), LogLevel::Error);
+    assert_eq!(LogLevel::from(tracing::Level::TRACE), LogLevel::Trace);
+}
+
+#[tokio::test]
+async fn memory_store_run_history() {
+    let clock = ManualClock::new();
+    let store = Arc::new(MemoryStore::new().with_clock(clock.clock()));
+    run_history(store, clock).await;
+}
+
+#[tokio::test]
+async fn sqlite_store_run_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let store = SqliteStore::open(dir.path().join("state.db"), EncryptionKey::generate())
+        .await
+        .unwrap()
+        .with_clock(clock.clock());
+    run_history(Arc::new(store), clock).await;
+}
+
+/// `run_stats` over 100,000 runs (20 connections, one a minute for ~70 days) is one quick
+/// statement; for one connection it reads one range of the (connection, started_at) index.
+#[tokio::test]
+async fn sqlite_run_stats_over_100_000_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = SqliteStore::open(&path, EncryptionKey::generate())
+        .await
+        .unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let t0: i64 = 1_700_000_000_000;
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 99999) \
+         INSERT INTO sync_runs (connection, stream, kind, status, started_at, finished_at, \
+             records_read, records_applied, records_rejected) \
+         SELECT 'c' || (i % 20), 's', 'full', \
+             CASE WHEN i % 10 = 0 THEN 'failed' ELSE 'succeeded' END, \
+             ?1 + i * 60000, ?1 + i * 60000 + 1000, 3, 2, 1 FROM n",
+    )
+    .bind(t0)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+        "EXPLAIN QUERY PLAN SELECT connection, started_at / 86400000 AS day, COUNT(*) \
+         FROM sync_runs WHERE started_at >= 0 AND connection = 'c3' \
+         GROUP BY connection, day ORDER BY connection, day",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        plan.iter().any(|p| p.3.contains("sync_runs_by_start")),
+        "{plan:?}"
+    );
+    pool.close().await;
+
+    let started = std::time::Instant::now();
+    let all = store.run_stats(None, 0).await.unwrap();
+    let all_took = started.elapsed();
+    assert_eq!(all.iter().map(|d| d.runs).sum::<u64>(), 100_000);
+    assert_eq!(all.iter().map(|d| d.failed).sum::<u64>(), 10_000);
+    assert_eq!(all.iter().map(|d| d.records_read).sum::<u64>(), 300_000);
+    let started = std::time::Instant::now();
+    let since = t0 + 30 * 86_400_000;
+    let one = store
+        .run_stats(Some(&ConnectionId::from("c3")), since)
+        .await
+        .unwrap();
+    let one_took = started.elapsed();
+    assert!(
+        one.iter()
+            .all(|d| d.connection.as_str() == "c3" && d.day >= since - 86_400_000)
+    );
+    assert!(one.windows(2).all(|w| w[0].day < w[1].day));
+    // Generous bounds (debug build, shared CI machine); measured: tens of milliseconds.
+    assert!(all_took < Duration::from_secs(2), "{all_took:?}");
+    assert!(one_took < Duration::from_millis(500), "{one_took:?}");
+    eprintln!("run_stats over 100,000 runs: all {all_took:?}, one connection {one_took:?}");
+}
+
 #[tokio::test]
 async fn memory_store_leases_and_retention() {
     let clock = ManualClock::new();
@@ -1225,6 +1533,18 @@ async fn postgres_store_leases_and_retention() {
     };
     let store = store.with_clock(clock.clock());
     leases_and_retention(Arc::new(store.clone()), clock).await;
+    store.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn postgres_store_run_history() {
+    let clock = ManualClock::new();
+    let Some((db, store)) = pg_store(&EncryptionKey::generate()).await else {
+        return;
+    };
+    let store = store.with_clock(clock.clock());
+    run_history(Arc::new(store.clone()), clock).await;
     store.close().await;
     db.drop_db().await;
 }

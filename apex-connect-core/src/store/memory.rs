@@ -9,10 +9,11 @@ use async_trait::async_trait;
 
 use super::{
     AppendOutcome, ClaimedEvent, Clock, Connection, ConnectionStatus, ConnectionStore, CursorStore,
-    DeadLetter, EventId, FailAction, InboxCounts, InboxEvent, InboxStore, RejectId, RejectStore,
-    RunId, RunKind, RunOutcome, RunStatus, RunStore, ScheduleEntry, ScheduleOutcome, ScheduleRow,
-    ScheduleStore, StoredReject, SyncRun, cursor_conflict, lease_lost, lease_ms, not_found,
-    reject_key, run_finished, validate_outcome, validate_schedule_outcome,
+    DAY_MS, DailyRunStats, DeadLetter, EventId, FailAction, InboxCounts, InboxEvent, InboxStore,
+    LogLevel, RejectId, RejectStore, RunId, RunKind, RunLogLine, RunOutcome, RunStatus, RunStore,
+    ScheduleEntry, ScheduleOutcome, ScheduleRow, ScheduleStore, StoredReject, SyncRun,
+    cursor_conflict, lease_lost, lease_ms, not_found, reject_key, run_finished, validate_outcome,
+    validate_schedule_outcome,
 };
 use crate::cursor::CursorToken;
 use crate::error::{Error, Result};
@@ -35,6 +36,8 @@ struct Inner {
     cursors: BTreeMap<(ConnectionId, StreamId), (Option<CursorToken>, u64)>,
     runs: BTreeMap<i64, SyncRun>,
     next_run: i64,
+    /// Log lines per run, in order (the sequence is the position).
+    run_logs: BTreeMap<i64, Vec<RunLogLine>>,
     inbox: BTreeMap<i64, Entry>,
     next_event: i64,
     rejects: BTreeMap<i64, StoredReject>,
@@ -377,8 +380,76 @@ impl RunStore for MemoryStore {
             .collect();
         for id in &doomed {
             inner.runs.remove(id);
+            inner.run_logs.remove(id);
         }
         Ok(doomed.len() as u64)
+    }
+
+    async fn get_run(&self, run: RunId) -> Result<Option<SyncRun>> {
+        Ok(self.lock()?.runs.get(&run.0).cloned())
+    }
+
+    async fn run_stats(
+        &self,
+        connection: Option<&ConnectionId>,
+        since: i64,
+    ) -> Result<Vec<DailyRunStats>> {
+        let inner = self.lock()?;
+        let mut days: BTreeMap<(&ConnectionId, i64), DailyRunStats> = BTreeMap::new();
+        for r in inner.runs.values() {
+            if r.started_at < since || connection.is_some_and(|c| &r.connection != c) {
+                continue;
+            }
+            // Truncating division, as SQL's integer division.
+            let day = r.started_at / DAY_MS * DAY_MS;
+            let d = days
+                .entry((&r.connection, day))
+                .or_insert_with(|| DailyRunStats {
+                    connection: r.connection.clone(),
+                    day,
+                    runs: 0,
+                    failed: 0,
+                    records_read: 0,
+                    records_applied: 0,
+                    records_rejected: 0,
+                });
+            d.runs += 1;
+            d.failed += u64::from(r.status == RunStatus::Failed);
+            d.records_read += r.records_read;
+            d.records_applied += r.records_applied;
+            d.records_rejected += r.records_rejected;
+        }
+        Ok(days.into_values().collect())
+    }
+
+    async fn append_run_logs(&self, run: RunId, lines: &[RunLogLine]) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        self.lock()?
+            .run_logs
+            .entry(run.0)
+            .or_default()
+            .extend_from_slice(lines);
+        Ok(())
+    }
+
+    async fn run_logs(
+        &self,
+        run: RunId,
+        min_level: Option<LogLevel>,
+        limit: usize,
+    ) -> Result<Vec<RunLogLine>> {
+        let inner = self.lock()?;
+        Ok(inner
+            .run_logs
+            .get(&run.0)
+            .into_iter()
+            .flatten()
+            .filter(|l| min_level.is_none_or(|m| l.level >= m))
+            .take(limit)
+            .cloned()
+            .collect())
     }
 }
 

@@ -1,4 +1,5 @@
-//! Durable state: connections, encrypted tokens, cursors, sync runs, the webhook inbox,
+//! Durable state: connections, encrypted tokens, cursors, sync runs (with their log lines
+//! and daily statistics), the webhook inbox,
 //! quarantined records and the scheduler's jobs.
 //!
 //! [`StateStore`] is every focused store trait in one ([`TokenStore`], [`ConnectionStore`],
@@ -364,6 +365,137 @@ pub struct SyncRun {
     pub error: Option<String>,
 }
 
+/// One UTC day of one connection's runs, as [`RunStore::run_stats`] sums them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct DailyRunStats {
+    /// The connection.
+    pub connection: ConnectionId,
+    /// The start of the UTC day, Unix milliseconds (`started_at / 86_400_000 * 86_400_000`).
+    pub day: i64,
+    /// Runs started that day (running, finished and cancelled ones).
+    pub runs: u64,
+    /// Those that failed (status `failed`; cancelled runs are not counted).
+    pub failed: u64,
+    /// Records read by those runs.
+    pub records_read: u64,
+    /// Records applied by the sink in those runs.
+    pub records_applied: u64,
+    /// Records quarantined by those runs.
+    pub records_rejected: u64,
+}
+
+/// Milliseconds in a day: [`DailyRunStats::day`] is a multiple of it.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// The severity of a [`RunLogLine`]. Ordered by severity: `Trace < Debug < Info < Warn < Error`,
+/// so `level >= LogLevel::Warn` is "warn or error".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    /// Very verbose diagnostics.
+    Trace,
+    /// Diagnostics.
+    Debug,
+    /// Normal progress.
+    Info,
+    /// Something unexpected that did not stop the run.
+    Warn,
+    /// A failure.
+    Error,
+}
+
+impl LogLevel {
+    /// Every level, least severe first.
+    pub const ALL: [LogLevel; 5] = [
+        LogLevel::Trace,
+        LogLevel::Debug,
+        LogLevel::Info,
+        LogLevel::Warn,
+        LogLevel::Error,
+    ];
+
+    /// The stored name: `error`, `warn`, `info`, `debug` or `trace`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for LogLevel {
+    type Err = Error;
+
+    /// Parses a name, case-insensitively (`warning` is `warn` too).
+    ///
+    /// # Errors
+    /// `Storage` for an unknown name (a newer schema, or a corrupted row).
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "error" => LogLevel::Error,
+            "warn" | "warning" => LogLevel::Warn,
+            "info" => LogLevel::Info,
+            "debug" => LogLevel::Debug,
+            "trace" => LogLevel::Trace,
+            _ => return Err(unknown_value("log level", s)),
+        })
+    }
+}
+
+impl From<tracing::Level> for LogLevel {
+    fn from(level: tracing::Level) -> Self {
+        match level {
+            tracing::Level::ERROR => LogLevel::Error,
+            tracing::Level::WARN => LogLevel::Warn,
+            tracing::Level::INFO => LogLevel::Info,
+            tracing::Level::DEBUG => LogLevel::Debug,
+            _ => LogLevel::Trace,
+        }
+    }
+}
+
+/// One log line of a sync run (see [`RunStore::append_run_logs`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct RunLogLine {
+    /// When it was logged, Unix milliseconds.
+    pub at: i64,
+    /// Its severity.
+    pub level: LogLevel,
+    /// Where it was logged (the `tracing` target: a module path such as
+    /// `apex_connect_core::engine`).
+    pub target: String,
+    /// The text: the message, then the event's other fields as `key=value`.
+    pub message: String,
+}
+
+impl RunLogLine {
+    /// A line logged at `at` (Unix milliseconds).
+    pub fn new(
+        at: i64,
+        level: LogLevel,
+        target: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        RunLogLine {
+            at,
+            level,
+            target: target.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// The id of an event in the webhook inbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -549,16 +681,29 @@ pub trait CursorStore: Send + Sync + fmt::Debug {
     async fn reset_cursor(&self, connection: &ConnectionId, stream: &StreamId) -> Result<()>;
 }
 
-/// The history of sync runs.
+/// The history of sync runs, with their log lines.
 ///
 /// # Behavior
 /// - `start_run` records a `Running` run; `finish_run` records the outcome once (finishing
-///   twice, or an unknown run, is `Conflict`); `list_runs` is newest first.
+///   twice, or an unknown run, is `Conflict`); `list_runs` is newest first; `get_run` of an
+///   unknown id is `Ok(None)`.
+/// - `run_stats` sums the runs started at or after `since` per connection and UTC day (the
+///   day of `started_at`: `started_at / 86_400_000`), optionally of one connection, ordered
+///   by (connection, day); a day without runs has no entry. `failed` counts the runs with
+///   status `failed` (not cancelled ones); running runs count in `runs` with the counts
+///   recorded so far (zero). One `GROUP BY` statement on the SQL stores, served by an index
+///   on `sync_runs (connection, started_at)`.
+/// - `append_run_logs` appends lines to a run's log after those already stored, in the order
+///   given (the stores number them on: a per-run sequence); `run_logs` returns up to `limit`
+///   of them in that order, only those at `min_level` or more severe when it is given
+///   (`Some(LogLevel::Warn)`: warn and error). The run is not checked: lines of an unknown
+///   run are stored and returned all the same. Appends to one run are expected from one
+///   writer at a time (the engine, at the end of the run).
 /// - `purge_runs` (retention) deletes up to `limit` finished runs that finished before
-///   `before`, oldest first, and returns how many it deleted. Running runs are never purged,
-///   nor the latest run of each (connection, stream), so `last_run` keeps an answer. Call it
-///   repeatedly (until it returns less than `limit`) rather than with a large limit: each
-///   call is one short write.
+///   `before`, oldest first, with their log lines, and returns how many runs it deleted.
+///   Running runs are never purged, nor the latest run of each (connection, stream), so
+///   `last_run` keeps an answer. Call it repeatedly (until it returns less than `limit`)
+///   rather than with a large limit: each call is one short write.
 ///
 /// # Errors
 /// `Storage` (temporary) for I/O and database failures.
@@ -589,10 +734,33 @@ pub trait RunStore: Send + Sync + fmt::Debug {
         stream: &StreamId,
     ) -> Result<Option<SyncRun>>;
 
+    /// The run `run`, or `None` if the store does not know it (never started, or purged).
+    async fn get_run(&self, run: RunId) -> Result<Option<SyncRun>>;
+
+    /// Per connection and UTC day, the runs started at or after `since` (Unix milliseconds),
+    /// of one connection or all, ordered by (connection, day).
+    async fn run_stats(
+        &self,
+        connection: Option<&ConnectionId>,
+        since: i64,
+    ) -> Result<Vec<DailyRunStats>>;
+
+    /// Appends `lines` to the log of `run`, after the lines already stored, in order.
+    async fn append_run_logs(&self, run: RunId, lines: &[RunLogLine]) -> Result<()>;
+
+    /// Up to `limit` log lines of `run` in the order they were appended; with `min_level`,
+    /// only the lines at that level or more severe.
+    async fn run_logs(
+        &self,
+        run: RunId,
+        min_level: Option<LogLevel>,
+        limit: usize,
+    ) -> Result<Vec<RunLogLine>>;
+
     /// Retention: deletes up to `limit` finished runs whose `finished_at` is before `before`
-    /// (Unix milliseconds), oldest first, keeping the latest run of each (connection, stream)
-    /// and every running run; returns how many were deleted (one statement on the built-in
-    /// stores).
+    /// (Unix milliseconds), oldest first, with their log lines, keeping the latest run of each
+    /// (connection, stream) and every running run; returns how many runs were deleted (one
+    /// transaction on the built-in stores).
     async fn purge_runs(&self, before: i64, limit: usize) -> Result<u64>;
 }
 
@@ -1053,4 +1221,17 @@ fn validate_outcome(outcome: &RunOutcome) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The rank of a stored level name in SQL (0 for trace, 4 for error; an unknown name ranks
+/// high so a `min_level` query shows it and decoding reports it), compared with
+/// [`level_rank`]. The same text on SQLite and PostgreSQL.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+const LEVEL_RANK: &str = "(CASE level WHEN 'trace' THEN 0 WHEN 'debug' THEN 1 \
+     WHEN 'info' THEN 2 WHEN 'warn' THEN 3 WHEN 'error' THEN 4 ELSE 5 END)";
+
+/// The rank [`LEVEL_RANK`] gives `level` (`None`: every line).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn level_rank(level: Option<LogLevel>) -> i64 {
+    level.map_or(0, |l| l as i64)
 }

@@ -14,10 +14,11 @@ use sqlx::sqlite::{
 
 use super::{
     AppendOutcome, ClaimedEvent, Clock, Connection, ConnectionStatus, ConnectionStore, CursorStore,
-    DeadLetter, EncryptionKey, EventId, FailAction, InboxCounts, InboxEvent, InboxStore, RejectId,
-    RejectStore, RunId, RunKind, RunOutcome, RunStatus, RunStore, ScheduleEntry, ScheduleOutcome,
-    ScheduleRow, ScheduleStore, StoredReject, SyncRun, cursor_conflict, lease_lost, lease_ms,
-    not_found, run_finished, validate_outcome, validate_schedule_outcome,
+    DAY_MS, DailyRunStats, DeadLetter, EncryptionKey, EventId, FailAction, InboxCounts, InboxEvent,
+    InboxStore, LEVEL_RANK, LogLevel, RejectId, RejectStore, RunId, RunKind, RunLogLine,
+    RunOutcome, RunStatus, RunStore, ScheduleEntry, ScheduleOutcome, ScheduleRow, ScheduleStore,
+    StoredReject, SyncRun, cursor_conflict, lease_lost, lease_ms, level_rank, not_found,
+    run_finished, validate_outcome, validate_schedule_outcome,
 };
 use crate::cursor::CursorToken;
 use crate::error::{Error, Result};
@@ -653,22 +654,165 @@ impl RunStore for SqliteStore {
         if limit == 0 {
             return Ok(0);
         }
+        let err = || db_err("cannot purge sync runs");
+        let mut conn = self.pool.acquire().await.map_err(err())?;
+        // The write lock from the start: no other writer between the two deletes, so both
+        // select the same runs.
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE")
+            .await
+            .map_err(err())?;
         // A run with a newer one of the same (connection, stream) is never the latest.
-        let done = sqlx::query(
-            "DELETE FROM sync_runs WHERE id IN ( \
-                 SELECT r.id FROM sync_runs r \
-                 WHERE r.status <> 'running' AND r.finished_at < ?1 \
-                   AND EXISTS (SELECT 1 FROM sync_runs n \
-                               WHERE n.connection = r.connection AND n.stream = r.stream \
-                                 AND n.id > r.id) \
-                 ORDER BY r.id LIMIT ?2)",
-        )
+        const DOOMED: &str = "SELECT r.id FROM sync_runs r \
+             WHERE r.status <> 'running' AND r.finished_at < ?1 \
+               AND EXISTS (SELECT 1 FROM sync_runs n \
+                           WHERE n.connection = r.connection AND n.stream = r.stream \
+                             AND n.id > r.id) \
+             ORDER BY r.id LIMIT ?2";
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM run_logs WHERE run IN ({DOOMED})"
+        )))
         .bind(before)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .execute(&self.pool)
+        .bind(limit)
+        .execute(&mut *tx)
         .await
-        .map_err(db_err("cannot purge sync runs"))?;
+        .map_err(err())?;
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM sync_runs WHERE id IN ({DOOMED})"
+        )))
+        .bind(before)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await
+        .map_err(err())?;
+        tx.commit().await.map_err(err())?;
         Ok(done.rows_affected())
+    }
+
+    async fn get_run(&self, run: RunId) -> Result<Option<SyncRun>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM sync_runs WHERE id = ?1"
+        )))
+        .bind(run.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err("cannot read run"))?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    async fn run_stats(
+        &self,
+        connection: Option<&ConnectionId>,
+        since: i64,
+    ) -> Result<Vec<DailyRunStats>> {
+        // Per connection, one range of sync_runs_by_start (connection, started_at), read in
+        // the order of the GROUP BY.
+        let filter = if connection.is_some() {
+            "AND connection = ?3"
+        } else {
+            ""
+        };
+        let query = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT connection, started_at / ?2 AS day, COUNT(*) AS runs, \
+                 SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed, \
+                 SUM(records_read) AS records_read, SUM(records_applied) AS records_applied, \
+                 SUM(records_rejected) AS records_rejected \
+             FROM sync_runs WHERE started_at >= ?1 {filter} \
+             GROUP BY connection, day ORDER BY connection, day"
+        )))
+        .bind(since)
+        .bind(DAY_MS);
+        let query = match connection {
+            Some(c) => query.bind(c.as_str()),
+            None => query,
+        };
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("cannot read run statistics"))?;
+        rows.iter()
+            .map(|r| {
+                let get = || -> std::result::Result<_, sqlx::Error> {
+                    Ok(DailyRunStats {
+                        connection: ConnectionId::from(r.try_get::<String, _>("connection")?),
+                        day: r.try_get::<i64, _>("day")? * DAY_MS,
+                        runs: to_u64(r.try_get("runs")?),
+                        failed: to_u64(r.try_get("failed")?),
+                        records_read: to_u64(r.try_get("records_read")?),
+                        records_applied: to_u64(r.try_get("records_applied")?),
+                        records_rejected: to_u64(r.try_get("records_rejected")?),
+                    })
+                };
+                get().map_err(db_err("cannot decode run statistics"))
+            })
+            .collect()
+    }
+
+    async fn append_run_logs(&self, run: RunId, lines: &[RunLogLine]) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let err = || db_err("cannot append run logs");
+        let mut conn = self.pool.acquire().await.map_err(err())?;
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE")
+            .await
+            .map_err(err())?;
+        let (base,): (i64,) =
+            sqlx::query_as("SELECT COALESCE(MAX(seq), 0) FROM run_logs WHERE run = ?1")
+                .bind(run.0)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(err())?;
+        for (seq, line) in (base + 1..).zip(lines) {
+            sqlx::query(
+                "INSERT INTO run_logs (run, seq, at, level, target, message) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .bind(run.0)
+            .bind(seq)
+            .bind(line.at)
+            .bind(line.level.as_str())
+            .bind(&line.target)
+            .bind(&line.message)
+            .execute(&mut *tx)
+            .await
+            .map_err(err())?;
+        }
+        tx.commit().await.map_err(err())?;
+        Ok(())
+    }
+
+    async fn run_logs(
+        &self,
+        run: RunId,
+        min_level: Option<LogLevel>,
+        limit: usize,
+    ) -> Result<Vec<RunLogLine>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT at, level, target, message FROM run_logs \
+             WHERE run = ?1 AND {LEVEL_RANK} >= ?2 ORDER BY seq LIMIT ?3"
+        )))
+        .bind(run.0)
+        .bind(level_rank(min_level))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("cannot read run logs"))?;
+        rows.iter()
+            .map(|r| {
+                let get = || -> std::result::Result<_, sqlx::Error> {
+                    Ok((
+                        r.try_get::<i64, _>("at")?,
+                        r.try_get::<String, _>("level")?,
+                        r.try_get::<String, _>("target")?,
+                        r.try_get::<String, _>("message")?,
+                    ))
+                };
+                let (at, level, target, message) =
+                    get().map_err(db_err("cannot decode a run log line"))?;
+                Ok(RunLogLine::new(at, level.parse()?, target, message))
+            })
+            .collect()
     }
 }
 

@@ -18,10 +18,11 @@ use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 
 use super::{
     AppendOutcome, ClaimedEvent, Clock, Connection, ConnectionStatus, ConnectionStore, CursorStore,
-    DeadLetter, EncryptionKey, EventId, FailAction, InboxCounts, InboxEvent, InboxStore, RejectId,
-    RejectStore, RunId, RunKind, RunOutcome, RunStatus, RunStore, ScheduleEntry, ScheduleOutcome,
-    ScheduleRow, ScheduleStore, StoredReject, SyncRun, cursor_conflict, lease_lost, lease_ms,
-    not_found, run_finished, validate_outcome, validate_schedule_outcome,
+    DAY_MS, DailyRunStats, DeadLetter, EncryptionKey, EventId, FailAction, InboxCounts, InboxEvent,
+    InboxStore, LEVEL_RANK, LogLevel, RejectId, RejectStore, RunId, RunKind, RunLogLine,
+    RunOutcome, RunStatus, RunStore, ScheduleEntry, ScheduleOutcome, ScheduleRow, ScheduleStore,
+    StoredReject, SyncRun, cursor_conflict, lease_lost, lease_ms, level_rank, not_found,
+    run_finished, validate_outcome, validate_schedule_outcome,
 };
 use crate::cursor::CursorToken;
 use crate::error::{Error, ErrorKind, Result};
@@ -822,22 +823,144 @@ impl RunStore for PgStore {
         if limit == 0 {
             return Ok(0);
         }
-        // A run with a newer one of the same (connection, stream) is never the latest.
-        let done = sqlx::query(
-            "DELETE FROM sync_runs WHERE id IN ( \
-                 SELECT r.id FROM sync_runs r \
-                 WHERE r.status <> 'running' AND r.finished_at < $1 \
-                   AND EXISTS (SELECT 1 FROM sync_runs n \
-                               WHERE n.connection = r.connection AND n.stream = r.stream \
-                                 AND n.id > r.id) \
-                 ORDER BY r.id LIMIT $2)",
+        // A run with a newer one of the same (connection, stream) is never the latest. One
+        // statement: the runs and their log lines go together.
+        let (done,): (i64,) = sqlx::query_as(
+            "WITH gone AS ( \
+                 DELETE FROM sync_runs WHERE id IN ( \
+                     SELECT r.id FROM sync_runs r \
+                     WHERE r.status <> 'running' AND r.finished_at < $1 \
+                       AND EXISTS (SELECT 1 FROM sync_runs n \
+                                   WHERE n.connection = r.connection AND n.stream = r.stream \
+                                     AND n.id > r.id) \
+                     ORDER BY r.id LIMIT $2) \
+                 RETURNING id), \
+             logs AS (DELETE FROM run_logs WHERE run IN (SELECT id FROM gone)) \
+             SELECT COUNT(*) FROM gone",
         )
         .bind(before)
         .bind(limit_i64(limit))
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await
         .map_err(pg_err("cannot purge sync runs"))?;
-        Ok(done.rows_affected())
+        Ok(to_u64(done))
+    }
+
+    async fn get_run(&self, run: RunId) -> Result<Option<SyncRun>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM sync_runs WHERE id = $1"
+        )))
+        .bind(run.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(pg_err("cannot read run"))?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    async fn run_stats(
+        &self,
+        connection: Option<&ConnectionId>,
+        since: i64,
+    ) -> Result<Vec<DailyRunStats>> {
+        // Per connection, one range of sync_runs_by_start (connection, started_at). Byte
+        // order of connections (COLLATE "C"), as the other stores.
+        let filter = match connection {
+            Some(c) => {
+                pg_text("connection", c.as_str())?;
+                "AND connection = $3"
+            }
+            None => "",
+        };
+        let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT connection, started_at / $2 AS day, COUNT(*), \
+                     COUNT(*) FILTER (WHERE status = 'failed'), \
+                     SUM(records_read)::BIGINT, SUM(records_applied)::BIGINT, \
+                     SUM(records_rejected)::BIGINT \
+                 FROM sync_runs WHERE started_at >= $1 {filter} \
+                 GROUP BY connection, day ORDER BY connection COLLATE \"C\", day"
+        )))
+        .bind(since)
+        .bind(DAY_MS);
+        let query = match connection {
+            Some(c) => query.bind(c.as_str()),
+            None => query,
+        };
+        let rows: Vec<(String, i64, i64, i64, i64, i64, i64)> =
+            query
+                .fetch_all(&self.pool)
+                .await
+                .map_err(pg_err("cannot read run statistics"))?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(connection, day, runs, failed, read, applied, rejected)| DailyRunStats {
+                    connection: ConnectionId::from(connection),
+                    day: day * DAY_MS,
+                    runs: to_u64(runs),
+                    failed: to_u64(failed),
+                    records_read: to_u64(read),
+                    records_applied: to_u64(applied),
+                    records_rejected: to_u64(rejected),
+                },
+            )
+            .collect())
+    }
+
+    async fn append_run_logs(&self, run: RunId, lines: &[RunLogLine]) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut at = Vec::with_capacity(lines.len());
+        let mut level = Vec::with_capacity(lines.len());
+        let mut target = Vec::with_capacity(lines.len());
+        let mut message = Vec::with_capacity(lines.len());
+        for l in lines {
+            at.push(l.at);
+            level.push(l.level.as_str());
+            target.push(lossy(&l.target).into_owned());
+            message.push(lossy(&l.message).into_owned());
+        }
+        // One statement: numbered on from the run's last line, in the order given.
+        sqlx::query(
+            "INSERT INTO run_logs (run, seq, at, level, target, message) \
+             SELECT $1, base.last + t.ord, t.at, t.level, t.target, t.message \
+             FROM (SELECT COALESCE(MAX(seq), 0) AS last FROM run_logs WHERE run = $1) base, \
+                  unnest($2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[]) \
+                      WITH ORDINALITY AS t(at, level, target, message, ord)",
+        )
+        .bind(run.0)
+        .bind(&at)
+        .bind(&level)
+        .bind(&target)
+        .bind(&message)
+        .execute(&self.pool)
+        .await
+        .map_err(pg_err("cannot append run logs"))?;
+        Ok(())
+    }
+
+    async fn run_logs(
+        &self,
+        run: RunId,
+        min_level: Option<LogLevel>,
+        limit: usize,
+    ) -> Result<Vec<RunLogLine>> {
+        let rows: Vec<(i64, String, String, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT at, level, target, message FROM run_logs \
+                 WHERE run = $1 AND {LEVEL_RANK} >= $2 ORDER BY seq LIMIT $3"
+            )))
+            .bind(run.0)
+            .bind(level_rank(min_level))
+            .bind(limit_i64(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(pg_err("cannot read run logs"))?;
+        rows.into_iter()
+            .map(|(at, level, target, message)| {
+                Ok(RunLogLine::new(at, level.parse()?, target, message))
+            })
+            .collect()
     }
 }
 

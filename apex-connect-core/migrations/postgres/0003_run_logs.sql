@@ -1,0 +1,18 @@
+-- apex-connect state schema (PostgreSQL), version 3: what an admin dashboard shows about
+-- sync runs. The same tables as SQLite's 0004_run_logs.sql.
+
+-- Per-day statistics (`RunStore::run_stats`) read the runs started since a time, per
+-- connection: one range of this index per connection.
+CREATE INDEX sync_runs_by_start ON sync_runs (connection, started_at);
+
+-- The log lines of each run, numbered from 1 in the order they were appended. Purged with
+-- their run (`RunStore::purge_runs`).
+CREATE TABLE run_logs (
+    run     BIGINT NOT NULL,
+    seq     BIGINT NOT NULL,
+    at      BIGINT NOT NULL,       -- Unix milliseconds
+    level   TEXT   NOT NULL,       -- error | warn | info | debug | trace
+    target  TEXT   NOT NULL,
+    message TEXT   NOT NULL,
+    PRIMARY KEY (run, seq)
+);
