@@ -12,6 +12,8 @@ pub mod lenient;
 pub mod model;
 pub mod oauth;
 pub mod platform;
+#[cfg(feature = "run-logs")]
+pub mod runlog;
 pub mod serde_secret;
 pub mod service_account;
 pub mod sink;
@@ -39,6 +41,8 @@ pub use model::{
 };
 pub use oauth::{OAuthClient, OAuthConfig, TokenManager};
 pub use platform::{BuildContext, ConnectionAuth, Platform, Platforms, Secrets, Settings};
+#[cfg(feature = "run-logs")]
+pub use runlog::RunLogLayer;
 pub use sink::{Ack, Batch, Sink};
 #[cfg(feature = "postgres")]
 pub use sinks::PgSink;

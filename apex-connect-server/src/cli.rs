@@ -199,12 +199,18 @@ pub fn run(platforms: Platforms) -> ExitCode {
     } else {
         "warn"
     };
-    let _ = tracing_subscriber::fmt()
+    // The filter is the fmt layer's own: the run log layer keeps the events of sync runs
+    // (INFO and up, stored with each run) whatever RUST_LOG shows on stderr.
+    use tracing_subscriber::prelude::*;
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_env_filter(
+        .with_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
+        );
+    let _ = tracing_subscriber::registry()
+        .with(stderr)
+        .with(apex_connect_core::RunLogLayer::new().filtered())
         .try_init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

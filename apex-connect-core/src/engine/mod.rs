@@ -19,6 +19,12 @@
 //!   cursor moves past them, counted in the report, and re-drivable ([`SyncEngine::redrive`]).
 //! - **No loops**: a cursor already read in this run, or a long run of pages without records,
 //!   stops the run with `InvalidResponse` ([`PageGuard`]).
+//!
+//! # Logs
+//! A run's work happens inside a `sync_run` span (fields `run_id`, `connection`, `stream`,
+//! `kind`); with a [`RunLogLayer`](crate::runlog::RunLogLayer) in the subscriber, the events
+//! logged inside it are stored as the run's log lines
+//! ([`RunStore::run_logs`](crate::store::RunStore::run_logs)) just before its outcome.
 
 use std::fmt;
 use std::future::Future;
@@ -33,6 +39,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::model::{ConnectionId, Entity, Page, RawJson, Record, Reject, RejectStage, StreamId};
 use crate::sink::{Ack, Batch, Sink};
 use crate::store::{RunId, RunKind, RunOutcome, RunStatus, StateStore, StoredReject};
+use tracing::Instrument as _;
 
 /// Where a running sync is, passed to the [`SyncOptions::progress`] callback after each page.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -335,6 +342,15 @@ impl SyncEngine {
             RunKind::Incremental
         };
         let run_id = self.store.start_run(connection, stream, kind).await?;
+        // Everything logged inside this span is the run's log (see `crate::runlog`); its
+        // name is `runlog::SPAN_NAME`.
+        let span = tracing::info_span!(
+            "sync_run",
+            run_id = run_id.0,
+            %connection,
+            %stream,
+            kind = kind.as_str()
+        );
         let mut counts = Counts::default();
         let result = self
             .drive(
@@ -346,6 +362,7 @@ impl SyncEngine {
                 run_id,
                 &mut counts,
             )
+            .instrument(span.clone())
             .await;
         let status = match &result {
             Ok(_) => RunStatus::Succeeded,
@@ -358,35 +375,44 @@ impl SyncEngine {
         if let Err(e) = &result {
             outcome = outcome.with_error(e.to_string());
         }
+        let elapsed = started.elapsed();
+        // Logged inside the span, before the lines are taken: the last line of the run's log.
+        span.in_scope(|| match &result {
+            Ok(_) => tracing::info!(
+                run = %run_id, %connection, %stream,
+                read = counts.read, applied = counts.applied, unchanged = counts.unchanged,
+                rejected = counts.rejected, pages = counts.pages, elapsed_ms = elapsed.as_millis() as u64,
+                "sync run succeeded"
+            ),
+            Err(e) => {
+                tracing::warn!(run = %run_id, %connection, %stream, error = %e, "sync run stopped")
+            }
+        });
+        #[cfg(feature = "run-logs")]
+        if let Some(lines) = crate::runlog::take(&span)
+            && !lines.is_empty()
+            && let Err(e) = self.store.append_run_logs(run_id, &lines).await
+        {
+            // Like the run record below: the sync itself is not failed by its log.
+            tracing::warn!(run = %run_id, error = %e, "could not store the log of a sync run");
+        }
         if let Err(e) = self.store.finish_run(run_id, &outcome).await {
             // The data and cursor are committed; a missing run record must not turn a good
             // sync into a failure (nor hide the original error).
             tracing::warn!(run = %run_id, error = %e, "could not record the end of a sync run");
         }
-        let elapsed = started.elapsed();
         match result {
-            Ok(cursor) => {
-                tracing::info!(
-                    run = %run_id, %connection, %stream,
-                    read = counts.read, applied = counts.applied, unchanged = counts.unchanged,
-                    rejected = counts.rejected, pages = counts.pages, elapsed_ms = elapsed.as_millis() as u64,
-                    "sync run succeeded"
-                );
-                Ok(SyncReport {
-                    run_id,
-                    records_read: counts.read,
-                    applied: counts.applied,
-                    unchanged: counts.unchanged,
-                    rejected: counts.rejected,
-                    pages: counts.pages,
-                    elapsed,
-                    cursor,
-                })
-            }
-            Err(e) => {
-                tracing::warn!(run = %run_id, %connection, %stream, error = %e, "sync run stopped");
-                Err(e.with_context("run", run_id))
-            }
+            Ok(cursor) => Ok(SyncReport {
+                run_id,
+                records_read: counts.read,
+                applied: counts.applied,
+                unchanged: counts.unchanged,
+                rejected: counts.rejected,
+                pages: counts.pages,
+                elapsed,
+                cursor,
+            }),
+            Err(e) => Err(e.with_context("run", run_id)),
         }
     }
 
