@@ -178,6 +178,46 @@ impl JobSpec {
         self
     }
 
+    /// A job from a cadence as an operator writes it: `every 15m`, `every 15m jitter 30s`
+    /// (humantime durations, at least one second) or `cron <expression>` (5 fields, minute
+    /// first, or 6-7 fields, seconds first, UTC). The stored form this gives
+    /// ([`JobSpec::spec`]) reads back with this function too.
+    ///
+    /// # Errors
+    /// `Config` for anything else, with what was expected.
+    pub fn parse(
+        connection: impl Into<ConnectionId>,
+        stream: impl Into<StreamId>,
+        text: &str,
+    ) -> Result<Self> {
+        let text = text.trim();
+        if text.len() > 200 {
+            return Err(Error::config("a schedule is at most 200 characters"));
+        }
+        if let Some(expr) = text.strip_prefix("cron ") {
+            return Self::cron(connection, stream, expr.trim());
+        }
+        let bad = || {
+            Error::config(
+                "a schedule is `every <duration> [jitter <duration>]` or `cron <expression>`",
+            )
+            .with_context("schedule", text)
+        };
+        let rest = text.strip_prefix("every ").ok_or_else(bad)?;
+        let (every, jitter) = match rest.split_once(" jitter ") {
+            Some((e, j)) => (e.trim(), Some(j.trim())),
+            None => (rest.trim(), None),
+        };
+        let duration = |s: &str| humantime::parse_duration(s).map_err(|_| bad());
+        let every = duration(every)?;
+        if every < Duration::from_secs(1) {
+            return Err(Error::config("a schedule runs at most once a second")
+                .with_context("schedule", text));
+        }
+        let jitter = jitter.map(duration).transpose()?.unwrap_or_default();
+        Ok(Self::every(connection, stream, every, jitter))
+    }
+
     /// The job as the store registers it, first due after `now_ms`.
     pub fn entry(&self, now_ms: i64) -> ScheduleEntry {
         ScheduleEntry::new(
@@ -456,7 +496,17 @@ impl Scheduler {
 
     async fn run_job(&self, row: ScheduleRow, cancel: CancellationToken) -> JobRun {
         let key = (row.connection.clone(), row.stream.clone());
-        let job = self.jobs.get(&key);
+        // The stored cadence wins: an operator may have changed it (the dashboard) since the
+        // configuration was read. A configured job whose stored text does not parse keeps its own.
+        let job = self.jobs.get(&key).map(|configured| {
+            if row.spec == configured.spec {
+                return configured.clone();
+            }
+            JobSpec::parse(row.connection.clone(), row.stream.clone(), &row.spec)
+                .map(|j| j.full(configured.full))
+                .unwrap_or_else(|_| configured.clone())
+        });
+        let job = job.as_ref();
         if let Some((label, reason)) = self.held_back(&key.0).await {
             let now = self.state.clock().now_ms();
             let next = job.map(|j| j.cadence.next(now)).unwrap_or(i64::MAX / 2);

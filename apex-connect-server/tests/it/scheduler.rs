@@ -165,6 +165,49 @@ async fn a_scheduled_job_survives_restarts_and_never_runs_twice_at_once() {
     assert_eq!(connector.max_running.load(Ordering::SeqCst), 1);
 }
 
+/// An operator changes a job's cadence in the store (the dashboard's schedule form): the
+/// scheduler runs it on the stored cadence, not the configured one; a restart with the
+/// configuration registers the configured cadence again.
+#[tokio::test]
+async fn a_cadence_changed_in_the_store_is_the_one_that_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let connector = Arc::new(Slow {
+        inner: MemoryConnector::new(["items"], 10, SECRET).with_generated("items", 5, 5),
+        running: AtomicUsize::new(0),
+        max_running: AtomicUsize::new(0),
+        failing: AtomicBool::new(false),
+    });
+    let sink = Arc::new(MemorySink::new());
+    let p = process(dir.path(), &clock, connector.clone(), sink.clone(), "a").await;
+    let store = p.state.store().clone();
+    let now = clock.clock().now_ms();
+    let changed = JobSpec::parse("acme", "items", "every 5m").unwrap();
+    assert_eq!(changed.spec, "every 300000ms jitter 0ms");
+    store
+        .upsert_schedule(&changed.entry(now), now)
+        .await
+        .unwrap();
+    let run = p.scheduler.run_due().await.unwrap();
+    assert_eq!(
+        run[0].next_due_at,
+        now + 300_000,
+        "the stored 5 minutes, not the configured hour"
+    );
+    // A cron expression too.
+    let cron = JobSpec::parse("acme", "items", "cron 0 0 * * *").unwrap();
+    assert_eq!(cron.spec, "cron 0 0 * * *");
+    for bad in ["every banana", "every 10ms", "hourly", "cron nope", ""] {
+        let e = JobSpec::parse("acme", "items", bad).unwrap_err();
+        assert_eq!(e.kind(), apex_connect_core::ErrorKind::Config, "{bad}");
+    }
+    // Restart with the configuration: its hour is registered again.
+    drop(p);
+    let p = process(dir.path(), &clock, connector, sink, "b").await;
+    let rows = p.state.store().list_schedules().await.unwrap();
+    assert_eq!(rows[0].spec, "every 3600000ms jitter 0ms");
+}
+
 #[test]
 fn cron_and_interval_cadences() {
     let job = JobSpec::cron("c", "s", "*/5 * * * *").unwrap();
