@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use apex_connect_core::store::{Clock, StateStore};
+use apex_connect_core::store::{Clock, InboxCounts, StateStore};
 use apex_connect_core::{ConnectionId, Connector, StreamId, Webhooks};
 use tokio::sync::Notify;
 
@@ -67,6 +67,9 @@ impl ConnectionHandle {
     }
 }
 
+/// How stale [`ServerState::inbox_counts`] may be.
+pub const INBOX_COUNTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Everything the router, the workers and the scheduler share. Cheap to clone.
 #[derive(Clone)]
 pub struct ServerState {
@@ -81,6 +84,8 @@ pub(crate) struct Inner {
     pub(crate) clock: Clock,
     pub(crate) body_limit: usize,
     pub(crate) wake: Arc<Notify>,
+    /// The latest inbox counts and when they were read (see [`ServerState::inbox_counts`]).
+    pub(crate) inbox_counts: tokio::sync::Mutex<Option<(std::time::Instant, InboxCounts)>>,
 }
 
 impl fmt::Debug for ServerState {
@@ -139,6 +144,33 @@ impl ServerState {
     /// Notified when events are appended (workers wait on it between polls).
     pub fn wake(&self) -> &Arc<Notify> {
         &self.inner.wake
+    }
+
+    /// The inbox's counts per state, read at most once per [`INBOX_COUNTS_MAX_AGE`] (the
+    /// pages, the admin API and `/metrics` share one reading). Counting is a scan of the
+    /// state's index: tens of milliseconds at a million kept events, too much for every
+    /// request of a page that refreshes itself every two seconds. Concurrent callers wait for
+    /// one reading instead of each counting.
+    ///
+    /// # Errors
+    /// `Storage`.
+    pub async fn inbox_counts(&self) -> apex_connect_core::Result<InboxCounts> {
+        let mut cached = self.inner.inbox_counts.lock().await;
+        if let Some((at, counts)) = *cached
+            && at.elapsed() < INBOX_COUNTS_MAX_AGE
+        {
+            return Ok(counts);
+        }
+        let counts = self.inner.store.inbox_counts().await?;
+        *cached = Some((std::time::Instant::now(), counts));
+        self.inner.metrics.set_inbox(counts);
+        Ok(counts)
+    }
+
+    /// Drops the shared inbox reading, so the next [`ServerState::inbox_counts`] counts again:
+    /// after an operator's requeue, the pages show its effect at once.
+    pub(crate) async fn forget_inbox_counts(&self) {
+        *self.inner.inbox_counts.lock().await = None;
     }
 
     /// The write gate of a group-commit appender, if any.
@@ -217,6 +249,7 @@ impl ServerStateBuilder {
                 clock: self.clock,
                 body_limit: self.body_limit,
                 wake: Arc::new(Notify::new()),
+                inbox_counts: tokio::sync::Mutex::new(None),
             }),
         }
     }
