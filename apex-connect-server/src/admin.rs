@@ -84,6 +84,21 @@ impl AdminAuth {
         self.token.is_some()
     }
 
+    /// Whether `given` is the token (constant time); `false` without a token.
+    pub(crate) fn token_matches(&self, given: &str) -> bool {
+        self.token.as_ref().is_some_and(|t| {
+            bool::from(given.trim().as_bytes().ct_eq(t.expose_secret().as_bytes()))
+        })
+    }
+
+    /// Whether the request comes from a loopback peer.
+    pub(crate) fn loopback(request: &Request) -> bool {
+        request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .is_some_and(|ConnectInfo(peer)| peer.ip().to_canonical().is_loopback())
+    }
+
     fn check(&self, request: &Request) -> std::result::Result<(), Refused> {
         match &self.token {
             Some(token) => {
@@ -104,11 +119,7 @@ impl AdminAuth {
                 }
             }
             None => {
-                let loopback = request
-                    .extensions()
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .is_some_and(|ConnectInfo(peer)| peer.ip().to_canonical().is_loopback());
-                if loopback {
+                if Self::loopback(request) {
                     Ok(())
                 } else {
                     Err(Refused::NotLoopback)
@@ -173,7 +184,8 @@ pub fn admin_router(state: ServerState, auth: AdminAuth) -> Router {
 pub struct Status {
     /// Each connection with its health and latest runs.
     pub connections: Vec<ConnectionStatusView>,
-    /// Inbox events per state.
+    /// Inbox events per state, at most [`crate::state::INBOX_COUNTS_MAX_AGE`] old
+    /// ([`ServerState::inbox_counts`]).
     pub inbox: InboxCounts,
     /// Quarantined records, all connections (each connection's count is in `connections`).
     pub rejects: u64,
@@ -297,7 +309,7 @@ pub struct DeadLetterView {
     pub failed_at: i64,
 }
 
-fn run_view(r: &apex_connect_core::store::SyncRun) -> RunView {
+pub(crate) fn run_view(r: &apex_connect_core::store::SyncRun) -> RunView {
     RunView {
         id: r.id.0,
         connection: r.connection.to_string(),
@@ -368,7 +380,7 @@ pub async fn status(state: &ServerState) -> Result<Status> {
     let schedules = store.list_schedules().await?;
     Ok(Status {
         connections,
-        inbox: store.inbox_counts().await?,
+        inbox: state.inbox_counts().await?,
         rejects: store.count_rejects(None).await?,
         dead_letters,
         schedules,
@@ -420,6 +432,7 @@ async fn rejects_handler(
 async fn retry_handler(State(state): State<ServerState>, Path(id): Path<i64>) -> Response {
     match state.store().inbox_requeue(EventId(id)).await {
         Ok(()) => {
+            state.forget_inbox_counts().await;
             state.wake().notify_one();
             StatusCode::NO_CONTENT.into_response()
         }
@@ -435,11 +448,11 @@ async fn retry_handler(State(state): State<ServerState>, Path(id): Path<i64>) ->
 
 async fn metrics_handler(State(state): State<ServerState>) -> Response {
     let metrics = state.metrics();
-    if metrics.inbox_gauges_due() {
-        match state.store().inbox_counts().await {
-            Ok(c) => metrics.set_inbox(c),
-            Err(e) => tracing::warn!(error = %e, "cannot count inbox events for /metrics"),
-        }
+    // The gauges are set by the (shared, cached) reading.
+    if metrics.inbox_gauges_due()
+        && let Err(e) = state.inbox_counts().await
+    {
+        tracing::warn!(error = %e, "cannot count inbox events for /metrics");
     }
     (
         [(

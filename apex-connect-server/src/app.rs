@@ -33,6 +33,8 @@ pub struct App {
     /// Where the admin token is read (`serve` only).
     env: Environment,
     jobs: Vec<JobSpec>,
+    /// The OAuth settings of the connections that connect through a browser.
+    oauth: std::collections::BTreeMap<ConnectionId, apex_connect_core::oauth::OAuthConfig>,
 }
 
 impl fmt::Debug for App {
@@ -110,8 +112,24 @@ impl App {
             ))
             .body_limit(config.webhooks.body_limit);
         let mut jobs = Vec::new();
+        let mut oauth = std::collections::BTreeMap::new();
         for c in &config.connections {
             let secrets = env.secrets(c);
+            // The dashboard's "Connect" button: the platform's authorization-code grant.
+            let (descriptor, settings) = crate::connections::check(platforms, c)?;
+            let browser = descriptor
+                .oauth(&settings)?
+                .is_none_or(|d| d.supports(apex_connect_core::platform::Grant::AuthorizationCode));
+            if browser
+                && let Ok(Some(o)) = apex_connect_core::platform::oauth_config(
+                    descriptor.as_ref(),
+                    &settings,
+                    &secrets,
+                )
+                && o.auth_url.is_some()
+            {
+                oauth.insert(ConnectionId::from(c.id.clone()), o);
+            }
             let connector =
                 crate::connections::build_with_secrets(platforms, c, &secrets, &store).await?;
             let streams: Vec<StreamId> = c.streams.iter().cloned().map(StreamId::from).collect();
@@ -169,6 +187,7 @@ impl App {
             sink,
             env: env.clone(),
             jobs,
+            oauth,
             config,
         })
     }
@@ -230,12 +249,26 @@ impl App {
         admin_auth(&self.config, &self.env)
     }
 
-    /// The admin listener's router: `/admin` and `/metrics` behind [`App::admin_auth`].
+    /// The admin listener's router: `/admin` and `/metrics` behind [`App::admin_auth`], and
+    /// the dashboard under `/ui` ([`App::dashboard`]).
     ///
     /// # Errors
     /// As [`App::admin_auth`].
     pub fn admin_router(&self) -> Result<Router> {
-        Ok(admin_router(self.state.clone(), self.admin_auth()?))
+        let auth = self.admin_auth()?;
+        Ok(admin_router(self.state.clone(), auth.clone()).merge(self.dashboard(auth).router()))
+    }
+
+    /// The dashboard: signs in with `auth`'s token, re-drives into the configured sink, and
+    /// connects through OAuth the connections whose platform has an authorization-code grant
+    /// and whose client settings are complete.
+    pub fn dashboard(&self, auth: AdminAuth) -> crate::Dashboard {
+        crate::Dashboard::with_oauth(
+            self.state.clone(),
+            auth,
+            self.sink.clone(),
+            self.oauth.clone(),
+        )
     }
 
     /// Serves webhooks on `listen` and the admin API on `admin_listen` (two listeners, each
@@ -254,7 +287,8 @@ impl App {
                 return Err(e);
             }
         };
-        let admin = admin_router(self.state.clone(), admin_auth.clone());
+        let admin = admin_router(self.state.clone(), admin_auth.clone())
+            .merge(self.dashboard(admin_auth.clone()).router());
         let bind = |addr| async move {
             tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                 Error::config("cannot listen")
@@ -270,7 +304,7 @@ impl App {
         tracing::info!(
             address = %local(&admin_listener),
             auth = if admin_auth.has_token() { "bearer token" } else { "none: loopback peers only" },
-            "admin API and /metrics listening"
+            "admin API, dashboard (/ui) and /metrics listening"
         );
         let limits = self.config.limits.http_limits();
         let mut tasks = tokio::task::JoinSet::new();

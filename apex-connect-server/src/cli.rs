@@ -16,7 +16,7 @@ use std::time::Duration;
 use apex_connect_core::engine::CancellationToken;
 use apex_connect_core::oauth::CallbackParams;
 use apex_connect_core::platform::{Grant, Platforms, oauth_config};
-use apex_connect_core::store::{ConnectionStatus, EncryptionKey, StateStore};
+use apex_connect_core::store::{EncryptionKey, StateStore};
 use apex_connect_core::{
     ConnectionId, Error, ErrorKind, OAuthClient, Result, StreamId, SyncEngine, SyncOptions,
 };
@@ -471,7 +471,12 @@ impl Runner {
             .exchange_code(&callback, &request.state, &request.pkce_verifier)
             .await?;
         let opened = apex_connect_core::store::open(&config.store_location(), key).await?;
-        let stored = store_tokens(opened.store(), &conn.id, &tokens).await;
+        let stored = connections::store_tokens(
+            opened.store(),
+            &ConnectionId::from(conn.id.clone()),
+            &tokens,
+        )
+        .await;
         opened.close().await;
         stored?;
         writeln!(out, "Tokens stored (encrypted) for {}.", conn.id).map_err(io)?;
@@ -664,29 +669,6 @@ async fn redrive(
             "{failed} still quarantined: `apex-connect rejects list` shows their errors"
         )
         .map_err(io)?;
-    }
-    Ok(())
-}
-
-async fn store_tokens(
-    store: &Arc<dyn StateStore>,
-    connection: &str,
-    tokens: &apex_connect_core::TokenSet,
-) -> Result<()> {
-    let id = ConnectionId::from(connection.to_string());
-    let expected = apex_connect_core::TokenStore::load(store.as_ref(), &id)
-        .await
-        .ok()
-        .flatten()
-        .map(|v| v.version);
-    store.save(&id, tokens, expected).await?;
-    // A connection that needed re-authorization is active again.
-    if let Some(c) = store.get_connection(&id).await?
-        && c.status == ConnectionStatus::NeedsReauth
-    {
-        store
-            .set_connection_status(&id, ConnectionStatus::Active, None)
-            .await?;
     }
     Ok(())
 }

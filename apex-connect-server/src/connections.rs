@@ -206,3 +206,31 @@ pub async fn mark_needs_reauth(
         )
         .await
 }
+
+/// Stores tokens from an authorization for `connection` (encrypted by the store), replacing
+/// any held; a connection that needed re-authorization is active again.
+///
+/// # Errors
+/// `Storage`; `Conflict` if another process stored tokens at the same moment.
+pub async fn store_tokens(
+    store: &Arc<dyn StateStore>,
+    connection: &ConnectionId,
+    tokens: &apex_connect_core::TokenSet,
+) -> Result<()> {
+    let id = connection.clone();
+    let expected = apex_connect_core::TokenStore::load(store.as_ref(), &id)
+        .await
+        .ok()
+        .flatten()
+        .map(|v| v.version);
+    store.save(&id, tokens, expected).await?;
+    // A connection that needed re-authorization is active again.
+    if let Some(c) = store.get_connection(&id).await?
+        && c.status == ConnectionStatus::NeedsReauth
+    {
+        store
+            .set_connection_status(&id, ConnectionStatus::Active, None)
+            .await?;
+    }
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! In-process tests of the server: ingress, workers, scheduler, admin.
 
 mod common;
+mod dashboard;
 mod ingress;
 mod lease;
 mod platform;

@@ -92,7 +92,7 @@ async fn list(State(api): State<Api>, headers: HeaderMap, Query(q): Query<ListQu
     axum::Json(json!({"results": page, "has_more": rest.len() > limit})).into_response()
 }
 
-fn note(id: &str, title: Value, updated_at: i64) -> Value {
+pub(crate) fn note(id: &str, title: Value, updated_at: i64) -> Value {
     json!({"id": id, "title": title, "body": format!("body of {id}"), "updated_at": updated_at, "tags": ["t"]})
 }
 
@@ -396,7 +396,7 @@ impl Write for Lines {
     }
 }
 
-fn cli(args: &[&str]) -> Cli {
+pub(crate) fn cli(args: &[&str]) -> Cli {
     Cli::try_parse_from(std::iter::once("apex-connect").chain(args.iter().copied())).unwrap()
 }
 
@@ -450,7 +450,7 @@ async fn sink_ids(dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-fn signed_webhook(msg_id: &str, body: &Value, secret: &str) -> (HeaderMap, Vec<u8>) {
+pub(crate) fn signed_webhook(msg_id: &str, body: &Value, secret: &str) -> (HeaderMap, Vec<u8>) {
     let body = serde_json::to_vec(body).unwrap();
     let mut h = HeaderMap::new();
     h.insert("webhook-id", HeaderValue::from_str(msg_id).unwrap());
@@ -464,27 +464,33 @@ fn signed_webhook(msg_id: &str, body: &Value, secret: &str) -> (HeaderMap, Vec<u
 
 /// The API, its authorization server, a configuration with one `notes` connection, and a
 /// runner with the `notes` platform registered.
-struct Setup {
-    oauth: OAuthServer,
+pub(crate) struct Setup {
+    pub(crate) oauth: OAuthServer,
     api: Api,
     // Keeps the API served.
     _sim: apex_connect_testkit::sim::SimHandle,
     base: String,
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
     config_path: PathBuf,
-    listen: u16,
-    admin_listen: u16,
+    pub(crate) listen: u16,
+    pub(crate) admin_listen: u16,
     strict: Arc<AtomicBool>,
-    runner: Runner,
+    pub(crate) runner: Runner,
 }
 
 impl Setup {
-    fn config(&self) -> &str {
+    pub(crate) fn config(&self) -> &str {
         self.config_path.to_str().unwrap()
     }
 }
 
 async fn setup() -> Setup {
+    setup_with(None, "").await
+}
+
+/// [`setup`] with an admin token in the environment and `extra` TOML appended to the
+/// connection (`[[connection.schedule]]` tables).
+pub(crate) async fn setup_with(admin_token: Option<&str>, extra: &str) -> Setup {
     // The API with its authorization server (rotating refresh tokens, PKCE).
     let oauth = OAuthServer::new(
         OAuthServerConfig::new("notes-client", "notes-secret").with_rotation(true),
@@ -549,6 +555,7 @@ client_id = "notes-client"
 auth_url = "{base}/oauth/authorize"
 token_url = "{base}/oauth/token"
 page_size = 2
+{extra}
 "#,
             db = dir.path().join("state.db").display(),
         ),
@@ -558,11 +565,15 @@ page_size = 2
         .to_base64()
         .expose_secret()
         .to_string();
-    let env = Environment::from_map([
+    let mut vars = vec![
         ("APEX_CONNECT_KEY", key.as_str()),
         ("NOTES_CLIENT_SECRET", "notes-secret"),
         ("NOTES_WEBHOOK_SECRET", "whsec-notes"),
-    ]);
+    ];
+    if let Some(token) = admin_token {
+        vars.push((apex_connect_server::ADMIN_TOKEN_ENV, token));
+    }
+    let env = Environment::from_map(vars);
     let strict = Arc::new(AtomicBool::new(true));
     let platforms = Platforms::new().with(Arc::new(NotesPlatform {
         strict: strict.clone(),
