@@ -1,4 +1,4 @@
-//! Integration tests of the HTTP stack against wiremock (and a raw TCP listener) on loopback.
+// Integration tests of the HTTP stack against wiremock (and a raw TCP listener) on loopback.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};

@@ -1,5 +1,5 @@
-//! The events logged inside a sync run are stored as its log lines when a `RunLogLayer` is in
-//! the subscriber: levels, the minimum level, the caps, and nothing without a layer.
+// The events logged inside a sync run are stored as its log lines when a `RunLogLayer` is in
+// the subscriber: levels, the minimum level, the caps, and nothing without a layer.
 
 use std::sync::Arc;
 
@@ -136,7 +136,7 @@ async fn a_runs_events_are_stored_as_its_log() {
     assert!(
         lines
             .iter()
-            .all(|l| l.target == "run_logs" || l.target == "apex_connect_core::engine")
+            .all(|l| l.target == "it::run_logs" || l.target == "apex_connect_core::engine")
     );
     assert!(lines.windows(2).all(|w| w[0].at <= w[1].at));
 
