@@ -17,8 +17,8 @@ use http::{HeaderMap, HeaderValue, Method, Uri};
 use serde_json::Value;
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_apex-connect");
-const SECRET_VAR: &str = "APEX_TEST_WEBHOOK_SECRET";
-const SECRET: &str = "process-test-secret";
+pub(crate) const SECRET_VAR: &str = "APEX_TEST_WEBHOOK_SECRET";
+pub(crate) const SECRET: &str = "process-test-secret";
 
 pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -60,7 +60,7 @@ env = {{ webhook_secret = "{SECRET_VAR}" }}
     path
 }
 
-fn start(config: &Path, dir: &Path) -> Child {
+pub(crate) fn start(config: &Path, dir: &Path) -> Child {
     Command::new(BIN)
         .args(["serve", "--config"])
         .arg(config)
@@ -79,7 +79,7 @@ fn rand_suffix() -> u128 {
         .as_nanos()
 }
 
-async fn status(client: &reqwest::Client, base: &str) -> Option<Value> {
+pub(crate) async fn status(client: &reqwest::Client, base: &str) -> Option<Value> {
     let r = client
         .get(format!("{base}/admin/status"))
         .send()
@@ -91,7 +91,7 @@ async fn status(client: &reqwest::Client, base: &str) -> Option<Value> {
     r.json().await.ok()
 }
 
-async fn wait_ready(client: &reqwest::Client, base: &str) {
+pub(crate) async fn wait_ready(client: &reqwest::Client, base: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if status(client, base).await.is_some() {
@@ -117,13 +117,13 @@ async fn wait_drained(client: &reqwest::Client, base: &str) -> Value {
 }
 
 #[derive(Clone)]
-struct Delivery {
-    msg_id: String,
-    item: String,
-    good: bool,
+pub(crate) struct Delivery {
+    pub(crate) msg_id: String,
+    pub(crate) item: String,
+    pub(crate) good: bool,
 }
 
-fn signed(
+pub(crate) fn signed(
     delivery: &Delivery,
     good: &MemoryConnector,
     bad: &MemoryConnector,
