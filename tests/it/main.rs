@@ -8,6 +8,15 @@ mod process;
 #[cfg(all(feature = "server", feature = "memory", feature = "sqlite"))]
 mod admin;
 
+// Three nodes on one PostgreSQL database; it reuses `process`'s helpers, hence the same gates.
+#[cfg(all(
+    feature = "postgres",
+    feature = "server",
+    feature = "memory",
+    feature = "sqlite"
+))]
+mod pg_scale;
+
 #[cfg(all(
     feature = "server",
     feature = "memory",
