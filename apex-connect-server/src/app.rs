@@ -321,6 +321,19 @@ impl App {
             shutdown.clone(),
         ));
         let workers = self.workers()?;
+        // On PostgreSQL, appends by any node wake this node's idle workers (LISTEN/NOTIFY).
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = self.store.postgres() {
+            match pg.subscribe_inbox().await {
+                Ok(wakeups) => {
+                    let (workers, shutdown) = (workers.clone(), shutdown.clone());
+                    tasks.spawn(async move { workers.wake_on(wakeups, shutdown).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for inbox notifications; workers poll")
+                }
+            }
+        }
         let w_shutdown = shutdown.clone();
         tasks.spawn(async move { workers.run(w_shutdown).await });
         let scheduler = self.scheduler().await?;

@@ -192,6 +192,31 @@ impl Workers {
         }
     }
 
+    /// Wakes these workers whenever `wakeups` fires (PostgreSQL `LISTEN/NOTIFY`: an event
+    /// appended by any process on the database), until `shutdown`. Idle workers then claim at
+    /// once instead of at their next poll; polling stays as the fallback (a notification can be
+    /// lost with its connection, and the listener reconnects by itself). Returns when the
+    /// listener stops for good (the workers go on polling) or at `shutdown`.
+    #[cfg(feature = "postgres")]
+    pub async fn wake_on(
+        &self,
+        mut wakeups: apex_connect_core::store::InboxWakeups,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                woke = wakeups.notified() => match woke {
+                    Ok(()) => self.state.wake().notify_one(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "inbox notifications stopped; workers poll");
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
     async fn worker_loop(&self, worker: &str, shutdown: CancellationToken) {
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {

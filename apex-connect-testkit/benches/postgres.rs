@@ -11,8 +11,7 @@
 //!
 //! Sizes scale with `APEX_BENCH_SCALE` (default 1.0).
 
-#[path = "../tests/support/pg.rs"]
-mod pg;
+use apex_connect_testkit::pg;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -7,6 +7,8 @@ pub mod conformance;
 pub mod hostile;
 pub mod memory;
 pub mod oauth_server;
+#[cfg(feature = "postgres")]
+pub mod pg;
 pub mod platform;
 pub mod sim;
 

@@ -1,10 +1,9 @@
 //! The sync engine under interruption: a sink that fails on its k-th write (before or after
 //! applying), cancellation at every step, a store whose k-th cursor commit fails; each time a
 //! fresh run resumes and the sink must hold exactly the connector's records, each applied once.
-//! The persistent pairs run on SQLite and on PostgreSQL (see `support/pg.rs`).
+//! The persistent pairs run on SQLite and on PostgreSQL (see `apex_connect_testkit::pg`).
 
-#[path = "support/pg.rs"]
-mod pg;
+use apex_connect_testkit::pg;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -2,8 +2,7 @@
 //! what several processes sharing one PostgreSQL database rely on (see `support/pg.rs` for how
 //! the PostgreSQL tests find a server).
 
-#[path = "support/pg.rs"]
-mod pg;
+use apex_connect_testkit::pg;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -10,19 +10,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use apex_connect_testkit::MemoryConnector;
+use apex_connect_testkit::{MemoryConnector, pg};
 use futures::StreamExt;
 use sqlx::Connection;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::PgConnection;
 
 use crate::process::{Delivery, SECRET, free_port, signed, start, wait_ready};
-
-const URL_ENV: &str = "APEX_TEST_POSTGRES_URL";
 
 /// Webhook deliveries sent in the storm (the issue asks for 20,000).
 const DELIVERIES: usize = 20_000;
@@ -35,88 +32,6 @@ const EVENTS: usize = DELIVERIES - DUPLICATES - BAD;
 /// Requests in flight at once.
 const IN_FLIGHT: usize = 64;
 const NODES: usize = 3;
-
-// ---- A database per test (the logic of apex-connect-testkit/tests/support/pg.rs) ----------
-
-/// The server's URL, or `None` (skip) when unset outside CI.
-fn base_url() -> Option<String> {
-    match std::env::var(URL_ENV) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ if std::env::var_os("CI").is_some() => panic!(
-            "{URL_ENV} is not set under CI: the PostgreSQL tests must run (.ci/run starts a server)"
-        ),
-        _ => {
-            eprintln!(
-                "skipped: {URL_ENV} is not set (see apex-connect-core/README.md, \
-                 \"Running the PostgreSQL tests locally\")"
-            );
-            None
-        }
-    }
-}
-
-/// A database made for one test.
-struct TestDb {
-    /// Its URL (no password: the nodes read `PGPASSWORD`).
-    url: String,
-    name: String,
-    admin: String,
-}
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-impl TestDb {
-    /// A new empty database, or `None` when the test is skipped.
-    async fn fresh() -> Option<TestDb> {
-        let admin = base_url()?;
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!(
-            "apex_t_{}_{}_{nanos:08x}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        );
-        let mut conn = connect(&admin).await;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .unwrap_or_else(|e| panic!("cannot create a test database on {URL_ENV}: {e}"));
-        conn.close().await.ok();
-        let mut url = url::Url::parse(&admin).expect("APEX_TEST_POSTGRES_URL is a URL");
-        url.set_path(&name);
-        Some(TestDb {
-            url: url.to_string(),
-            name,
-            admin,
-        })
-    }
-
-    async fn connect(&self) -> PgConnection {
-        connect(&self.url).await
-    }
-
-    /// Drops the database (connections still open are ended).
-    async fn drop_db(self) {
-        let mut conn = connect(&self.admin).await;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&mut conn)
-        .await
-        .expect("drop the test database");
-        conn.close().await.ok();
-    }
-}
-
-async fn connect(url: &str) -> PgConnection {
-    let options = PgConnectOptions::from_str(url).expect("APEX_TEST_POSTGRES_URL parses");
-    PgConnection::connect_with(&options)
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to {URL_ENV}: {e}"))
-}
 
 // ---- The nodes -----------------------------------------------------------------------------
 
@@ -360,7 +275,7 @@ async fn pending_rows(conn: &mut PgConnection) -> i64 {
 /// once and no badly signed one is present; every node processed inbox events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_three_nodes_storm_with_sigkill() {
-    let Some(db) = TestDb::fresh().await else {
+    let Some(db) = pg::fresh().await else {
         return;
     };
     let started = Instant::now();

@@ -4,6 +4,8 @@ mod common;
 mod dashboard;
 mod ingress;
 mod lease;
+#[cfg(feature = "postgres")]
+mod pg;
 mod platform;
 mod sched_tasks;
 mod scheduler;

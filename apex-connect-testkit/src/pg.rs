@@ -1,4 +1,4 @@
-//! PostgreSQL for the tests: a fresh database per test on the server that
+//! PostgreSQL for the tests (feature `postgres`): a fresh database per test on the server that
 //! `APEX_TEST_POSTGRES_URL` names (a role allowed to create databases; the password, if any,
 //! in `PGPASSWORD`). Without the variable a test is skipped, except under CI (`CI` set), where
 //! it fails: CI must run them (`.ci/run` starts a server and sets both).
@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 
+/// The environment variable naming the test server.
 pub const URL_ENV: &str = "APEX_TEST_POSTGRES_URL";
 
 /// The server's URL, or `None` (skip) when unset outside CI.
@@ -43,6 +44,9 @@ pub struct TestDb {
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A new empty database, or `None` when the tests are skipped.
+///
+/// # Panics
+/// When the server refuses the connection or the `CREATE DATABASE` (a test cannot go on).
 pub async fn fresh() -> Option<TestDb> {
     let admin = base_url()?;
     let name = format!(
@@ -67,7 +71,18 @@ pub async fn fresh() -> Option<TestDb> {
 }
 
 impl TestDb {
+    /// A connection to this database (for a test's own SQL).
+    ///
+    /// # Panics
+    /// When the server refuses it.
+    pub async fn connect(&self) -> PgConnection {
+        connect(&self.url).await
+    }
+
     /// Drops the database (connections still open are ended).
+    ///
+    /// # Panics
+    /// When the server refuses it.
     pub async fn drop_db(self) {
         let mut conn = connect(&self.admin).await;
         sqlx::query(sqlx::AssertSqlSafe(format!(
