@@ -246,3 +246,51 @@ async fn a_panicking_parse_is_noticed_and_the_workers_keep_going() {
     shutdown.cancel();
     run.await.unwrap();
 }
+
+/// A worker loop that panics outside a batch (here in the claim itself: the store's clock
+/// panics once, as a store bug would) is noticed (logged, counted) and restarted after a
+/// second; the event it could not claim is processed by the restarted loop.
+#[tokio::test(start_paused = true)]
+async fn a_worker_loop_that_panics_outside_a_batch_is_restarted() {
+    let clock = TokioClock::new();
+    let armed = Arc::new(AtomicBool::new(false));
+    let store_clock = {
+        let (inner, armed) = (clock.clock(), armed.clone());
+        Clock::from_fn(move || {
+            if armed.swap(false, Ordering::SeqCst) {
+                panic!("store bug: the clock went away");
+            }
+            inner.now()
+        })
+    };
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new().with_clock(store_clock));
+    let state = ServerState::builder(store)
+        .clock(clock.clock())
+        .connection(ConnectionHandle::new(
+            "acme",
+            Slow::new(Duration::ZERO, false),
+        ))
+        .build();
+    append(state.store(), &clock, "acme", "m1").await;
+    let sink = Arc::new(MemorySink::new());
+    let mut c = config();
+    c.concurrency = 1;
+    let workers = Workers::new(state.clone(), sink.clone(), c);
+    armed.store(true, Ordering::SeqCst);
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn({
+        let (w, s) = (workers.clone(), shutdown.clone());
+        async move { w.run(s).await }
+    });
+    for _ in 0..50 {
+        if sink.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(workers.panics(), 1, "the panicked loop was noticed");
+    assert_eq!(sink.len(), 1, "and restarted: the event was processed");
+    assert_eq!(state.store().inbox_counts().await.unwrap().done, 1);
+    shutdown.cancel();
+    run.await.unwrap();
+}
