@@ -264,13 +264,13 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(State(d): State<Dashboard>, request: Request) -> Response {
-    let loopback = AdminAuth::loopback(&request);
+async fn login(
+    State(d): State<Dashboard>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let loopback = peer.is_some_and(|p| p.0.0.ip().to_canonical().is_loopback());
     let has_token = d.inner.auth.has_token();
-    let bytes = axum::body::to_bytes(request.into_body(), 8 * 1024)
-        .await
-        .unwrap_or_default();
-    let form: LoginForm = serde_urlencoded_form(&bytes);
     let allowed = if has_token {
         d.inner.auth.token_matches(&form.token)
     } else {
@@ -291,15 +291,6 @@ async fn login(State(d): State<Dashboard>, request: Request) -> Response {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r
-}
-
-fn serde_urlencoded_form(bytes: &[u8]) -> LoginForm {
-    LoginForm {
-        token: url::form_urlencoded::parse(bytes)
-            .find(|(k, _)| k == "token")
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default(),
-    }
 }
 
 async fn logout(State(d): State<Dashboard>, headers: HeaderMap) -> Response {

@@ -514,3 +514,70 @@ async fn an_operator_runs_the_day_in_a_browser() {
     c.close().await.unwrap();
     s.stop().await;
 }
+
+/// Without a token the dashboard signs loopback peers in without one (and still uses a
+/// session and CSRF tokens).
+#[tokio::test]
+async fn without_a_token_loopback_signs_in_without_one() {
+    use apex_connect_core::store::MemoryStore;
+    use apex_connect_server::listener::HttpLimits;
+    use apex_connect_server::{AdminAuth, ConnectionHandle, Dashboard, ServerState};
+
+    let state = ServerState::builder(std::sync::Arc::new(MemoryStore::new()))
+        .connection(ConnectionHandle::new(
+            "acme",
+            std::sync::Arc::new(crate::common::memory()),
+        ))
+        .build();
+    let dashboard = Dashboard::new(
+        state,
+        AdminAuth::loopback_only(),
+        std::sync::Arc::new(apex_connect_core::NullSink::new()),
+    );
+    let base = crate::common::serve_router(dashboard.router(), HttpLimits::default()).await;
+    let http = no_redirects();
+    let page = http
+        .get(format!("{base}/ui/login"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("No admin token is configured") && !page.contains("id=\"token\""));
+    let r = http
+        .post(format!("{base}/ui/login"))
+        .form(&[("token", "")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let overview = http
+        .get(format!("{base}/ui"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(overview.status(), 200);
+    assert!(
+        overview
+            .text()
+            .await
+            .unwrap()
+            .contains("data-connection=\"acme\"")
+    );
+    let r = http
+        .post(format!("{base}/ui/connections/acme/disable"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "still no POST without the CSRF token");
+}
