@@ -48,7 +48,7 @@ pub use sink::{Ack, Batch, Sink};
 pub use sinks::PgSink;
 #[cfg(feature = "sqlite")]
 pub use sinks::SqliteSink;
-pub use sinks::{ChannelSink, JsonlSink, MemorySink, NullSink};
+pub use sinks::{ChannelSink, FanoutSink, JsonlSink, MemorySink, NullSink};
 #[cfg(feature = "postgres")]
 pub use store::PgStore;
 #[cfg(feature = "sqlite")]

@@ -1,5 +1,6 @@
 //! Built-in [`Sink`] implementations: SQLite table, SQLite ledger, PostgreSQL table,
-//! PostgreSQL ledger, JSONL file, channel, memory, null.
+//! PostgreSQL ledger, JSONL file, channel, memory, null, and [`FanoutSink`], which writes each
+//! batch to several of them.
 //!
 //! Every sink acknowledges a batch only once it holds it (as durably as it can), because the
 //! engine commits the cursor right after the acknowledgement. The SQLite, PostgreSQL and memory sinks
@@ -16,6 +17,7 @@ use crate::model::Record;
 use crate::sink::{Ack, Batch, Sink};
 
 mod channel;
+mod fanout;
 mod jsonl;
 #[cfg(feature = "sqlite")]
 mod ledger;
@@ -28,6 +30,7 @@ mod postgres_ledger;
 mod sqlite;
 
 pub use channel::{ChannelSink, OwnedBatch};
+pub use fanout::FanoutSink;
 pub use jsonl::JsonlSink;
 #[cfg(feature = "sqlite")]
 pub use ledger::LedgerSink;
