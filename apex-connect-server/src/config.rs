@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use apex_connect_core::store::StoreLocation;
 use apex_connect_core::{Error, Result};
 use serde::Deserialize;
 
@@ -63,6 +64,40 @@ pub struct ServerConfig {
     /// How long done inbox events and sync runs are kept (`[retention]`).
     #[serde(default)]
     pub retention: crate::retention::RetentionSettings,
+    /// Identity resolution (`[identity]`): when set, every record written also goes to an
+    /// entity graph, queried through the admin API. Off when absent.
+    #[serde(default)]
+    pub identity: Option<IdentitySettings>,
+}
+
+/// `[identity]`: resolve the records the service writes into one canonical entity per
+/// customer ([`apex_connect_identity`]).
+///
+/// ```toml
+/// [identity]
+/// # path = "identity.db"     # default: the state database, when the store is SQLite
+/// [identity.policy]          # apex_connect_identity::Policy; every key optional
+/// default_region = "US"
+/// source_priority = ["salesforce", "hubspot"]
+/// ```
+///
+/// Every record the service writes (scheduled syncs, `sync`, webhook workers, re-drives) then
+/// also goes to an `EntityGraphSink`, after the `[sink]`. The graph wants entities, so every
+/// record is mapped by its connector (CPU, even with a sink that keeps raw records only), and a
+/// record that cannot be mapped is quarantined (see `apex-connect rejects`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct IdentitySettings {
+    /// The SQLite file of the entity graph (created when missing). Default: the state
+    /// database itself when the store is SQLite (the graph's tables are prefixed `eg_`); with
+    /// a PostgreSQL or `memory:` store it must be set.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// The resolution policy (`[identity.policy]`): phone regions, source priority, external
+    /// ids, what merges what; see [`apex_connect_identity::Policy`]. Default: its defaults.
+    #[serde(default)]
+    pub policy: apex_connect_identity::Policy,
 }
 
 fn default_listen() -> SocketAddr {
@@ -408,6 +443,25 @@ impl ServerConfig {
         }
     }
 
+    /// Whether the state store is a SQLite database (the kind [`Self::store_location`] names;
+    /// `false` for a malformed location, which opening refuses).
+    pub fn store_is_sqlite(&self) -> bool {
+        matches!(
+            StoreLocation::parse(&self.store_location()),
+            Ok(StoreLocation::Sqlite(_))
+        )
+    }
+
+    /// The kind of store, for messages (never the location: it may name a host).
+    fn store_location_kind(&self) -> &'static str {
+        match StoreLocation::parse(&self.store_location()) {
+            Ok(StoreLocation::Memory) => "memory",
+            Ok(StoreLocation::Sqlite(_)) => "sqlite",
+            Ok(StoreLocation::Postgres(_)) => "postgres",
+            _ => "unknown",
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         if self.store.is_some() && self.database.is_some() {
             return Err(Error::config(
@@ -466,6 +520,16 @@ impl ServerConfig {
                 s.validate()
                     .map_err(|e| e.with_context("connection", &c.id))?;
             }
+        }
+        if let Some(identity) = &self.identity
+            && identity.path.is_none()
+            && !self.store_is_sqlite()
+        {
+            return Err(Error::config(
+                "`[identity]` keeps its graph in the state database only when the store is \
+                 SQLite: set `identity.path` to a SQLite file for the graph",
+            )
+            .with_context("store", self.store_location_kind()));
         }
         parse_duration(&self.workers.lease)?;
         parse_duration(&self.workers.backoff)?;
@@ -910,6 +974,69 @@ cron = "*/5 * * * *"
             "[limits]\nmax_concurrent_requests = 0\n",
             "[limits]\nmax_header_bytes = 10\n",
             "[limits]\nmax_body = 10\n",
+        ] {
+            assert!(ServerConfig::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn identity_section() {
+        // Off by default.
+        assert!(ServerConfig::parse("").unwrap().identity.is_none());
+        // On a SQLite store the graph defaults to the state database.
+        let c = ServerConfig::parse("database = \"state.db\"\n[identity]\n").unwrap();
+        let id = c.identity.unwrap();
+        assert_eq!(id.path, None);
+        assert_eq!(id.policy, apex_connect_identity::Policy::default());
+        assert!(ServerConfig::parse("[identity]\n").unwrap().store_is_sqlite());
+        // The policy, as apex_connect_identity::Policy reads it.
+        let c = ServerConfig::parse(
+            r#"
+store = "sqlite://state.db"
+[identity]
+path = "graph.db"
+[identity.policy]
+default_region = "US"
+regions = { acme-uk = "GB" }
+source_priority = ["salesforce", "hubspot/acme-eu", "hubspot"]
+field_priority = { "attributes.title" = ["hubspot"] }
+generic_domains = ["example-isp.net"]
+phone_guard = false
+[[identity.policy.external_ids]]
+platform = "salesforce"
+object_type = "contact"
+field = "custom_fields.HubSpot_Contact_ID__c"
+target_platform = "hubspot"
+target_object_type = "contact"
+"#,
+        )
+        .unwrap();
+        let id = c.identity.unwrap();
+        assert_eq!(id.path.as_deref(), Some(Path::new("graph.db")));
+        let p = &id.policy;
+        assert_eq!(p.region_for("acme-uk").unwrap().code(), "GB");
+        assert_eq!(p.region_for("other").unwrap().code(), "US");
+        assert_eq!(p.source_priority.len(), 3);
+        assert_eq!(p.rank("attributes.title", "hubspot", "x"), 0);
+        assert_eq!(p.external_ids.len(), 1);
+        assert!(!p.phone_guard);
+        // A PostgreSQL or memory store needs `identity.path`; with it, fine.
+        for store in ["memory:", "postgres://apex@db/apex"] {
+            let e = ServerConfig::parse(&format!("store = \"{store}\"\n[identity]\n")).unwrap_err();
+            assert_eq!(e.kind(), apex_connect_core::ErrorKind::Config);
+            assert!(e.to_string().contains("identity.path"), "{e}");
+            assert!(
+                ServerConfig::parse(&format!(
+                    "store = \"{store}\"\n[identity]\npath = \"graph.db\"\n"
+                ))
+                .is_ok()
+            );
+        }
+        // Unknown keys are refused, in the section and in the policy.
+        for bad in [
+            "[identity]\npaht = \"graph.db\"\n",
+            "[identity.policy]\ndefault_regoin = \"US\"\n",
+            "[identity.policy]\ndefault_region = \"Atlantis\"\n",
         ] {
             assert!(ServerConfig::parse(bad).is_err(), "{bad}");
         }

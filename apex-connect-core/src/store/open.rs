@@ -227,6 +227,16 @@ impl OpenedStore {
         }
     }
 
+    /// The SQLite store, when this is one: for hosts that keep more tables in the same
+    /// database file (its pool, [`super::SqliteStore::pool`]).
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite(&self) -> Option<&super::SqliteStore> {
+        match &self.backend {
+            Backend::Sqlite(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// The PostgreSQL store, when this is one: for what only PostgreSQL offers
     /// ([`super::PgStore::subscribe_inbox`], the pool for a host's own queries).
     #[cfg(feature = "postgres")]
