@@ -1,12 +1,14 @@
 //! `GET /admin/status`, `GET /admin/rejects`, `POST /admin/dead-letters/{id}/retry`,
-//! `GET /metrics`, behind [`AdminAuth`] (a bearer token, or loopback only without one).
+//! `GET /metrics`, and the identity resolution endpoints ([`identity_router`]: `/admin/entities`,
+//! `/admin/merges`), behind [`AdminAuth`] (a bearer token, or loopback only without one).
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use apex_connect_core::store::{EventId, InboxCounts, ScheduleRow, StoredReject};
-use apex_connect_core::{ConnectionId, Error, ErrorKind, Result, StreamId};
+use apex_connect_core::{ConnectionId, Error, ErrorKind, Identity, Result, StreamId};
+use apex_connect_identity::{CanonicalId, EntityGraph, SourceKey};
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::middleware::{self, Next};
@@ -462,4 +464,181 @@ async fn metrics_handler(State(state): State<ServerState>) -> Response {
         metrics.prometheus(),
     )
         .into_response()
+}
+
+/// The most events `GET /admin/merges` lists.
+pub const MAX_MERGES: u32 = 1000;
+
+/// What the identity endpoints answer when `[identity]` is not configured.
+const IDENTITY_OFF: &str =
+    "identity resolution is off: add an `[identity]` section to the configuration";
+
+/// The identity resolution endpoints, behind `auth` ([`AdminAuth`]), over `graph` (the entity
+/// graph `[identity]` configures: [`crate::App::identity`]). Merge it into
+/// [`admin_router`] (as `App::admin_router` and `App::serve` do):
+/// - `GET /admin/entities/{id}`: the canonical entity
+///   ([`apex_connect_identity::CanonicalEntity`]) as JSON; an id merged into another answers
+///   the survivor (`requested` says which was asked); `404` when there is none;
+/// - `GET /admin/entities?email=..` (or `phone=`, `domain=`, `handle=source:value`, exactly
+///   one): the canonical entities holding that identity, normalized as at ingest
+///   ([`apex_connect_identity::EntitySummary`]s); `400` without exactly one;
+/// - `GET /admin/merges?limit=`: the latest joins and merges, newest first
+///   ([`apex_connect_identity::MergeEvent`]s; limit 50 by default, at most [`MAX_MERGES`]);
+/// - `POST /admin/entities/{id}/split` with `{"sources": [SourceKey...], "note": ".."}`
+///   ([`apex_connect_identity::SourceKey`]: `connection`, `platform`, `object_type`, `id`):
+///   a user correction, the listed sources are not the others, kept across syncs until undone
+///   ([`apex_connect_identity::SplitOutcome`]; `404` for an unknown entity, `400` for sources
+///   that are not its own or that name all of them);
+/// - `POST /admin/splits/{split}/unsplit`: undoes a split (`{"unsplit": true}`, or `false`
+///   when it was no longer active; `404` for an unknown split).
+///
+/// With `graph` `None` (identity resolution off) each of them answers `404` with a text
+/// saying so.
+pub fn identity_router(graph: Option<EntityGraph>, auth: AdminAuth) -> Router {
+    let router = match graph {
+        Some(graph) => Router::new()
+            .route("/admin/entities", get(find_handler))
+            .route("/admin/entities/{id}", get(entity_handler))
+            .route("/admin/entities/{id}/split", post(split_handler))
+            .route("/admin/splits/{split}/unsplit", post(unsplit_handler))
+            .route("/admin/merges", get(merges_handler))
+            .with_state(graph),
+        None => {
+            let off = || async { (StatusCode::NOT_FOUND, IDENTITY_OFF) };
+            Router::new()
+                .route("/admin/entities", get(off))
+                .route("/admin/entities/{id}", get(off))
+                .route("/admin/entities/{id}/split", post(off))
+                .route("/admin/splits/{split}/unsplit", post(off))
+                .route("/admin/merges", get(off))
+        }
+    };
+    router.layer(middleware::from_fn_with_state(auth, authorize))
+}
+
+/// A graph error as a response: `404` for `NotFound`, `400` for `InvalidInput` (both with
+/// their message), `503` otherwise (logged, not shown).
+fn graph_error(e: Error, what: &str) -> Response {
+    match e.kind() {
+        ErrorKind::NotFound => (StatusCode::NOT_FOUND, e.to_string()).into_response(),
+        ErrorKind::InvalidInput => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        _ => {
+            tracing::warn!(error = %e, "{what} failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "entity graph unavailable").into_response()
+        }
+    }
+}
+
+async fn entity_handler(State(graph): State<EntityGraph>, Path(id): Path<i64>) -> Response {
+    match graph.canonical(CanonicalId(id)).await {
+        Ok(Some(entity)) => axum::Json(entity).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, "no such canonical entity").into_response(),
+        Err(e) => graph_error(e, "reading a canonical entity"),
+    }
+}
+
+/// The query of `GET /admin/entities`: one identity.
+#[derive(Debug, Deserialize)]
+struct FindQuery {
+    email: Option<String>,
+    phone: Option<String>,
+    domain: Option<String>,
+    handle: Option<String>,
+}
+
+impl FindQuery {
+    fn identity(self) -> std::result::Result<Identity, &'static str> {
+        let mut given = [
+            self.email.map(Identity::Email),
+            self.phone.map(Identity::Phone),
+            self.domain.map(Identity::Domain),
+            self.handle.map(|h| match h.split_once(':') {
+                Some((source, value)) => Identity::Handle {
+                    source: source.to_string(),
+                    value: value.to_string(),
+                },
+                // No source: refused below.
+                None => Identity::Handle {
+                    source: String::new(),
+                    value: h,
+                },
+            }),
+        ]
+        .into_iter()
+        .flatten();
+        let one = given
+            .next()
+            .ok_or("give one of `email`, `phone`, `domain`, `handle=source:value`")?;
+        if given.next().is_some() {
+            return Err("give only one of `email`, `phone`, `domain`, `handle`");
+        }
+        if let Identity::Handle { source, .. } = &one
+            && source.is_empty()
+        {
+            return Err("`handle` is `source:value` (e.g. `twitter:annlee`)");
+        }
+        Ok(one)
+    }
+}
+
+async fn find_handler(State(graph): State<EntityGraph>, Query(q): Query<FindQuery>) -> Response {
+    let identity = match q.identity() {
+        Ok(i) => i,
+        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+    };
+    match graph.find(&identity).await {
+        Ok(found) => axum::Json(found).into_response(),
+        Err(e) => graph_error(e, "finding canonical entities"),
+    }
+}
+
+/// The query of `GET /admin/merges`.
+#[derive(Debug, Deserialize)]
+struct MergesQuery {
+    limit: Option<u32>,
+}
+
+async fn merges_handler(
+    State(graph): State<EntityGraph>,
+    Query(q): Query<MergesQuery>,
+) -> Response {
+    let limit = q.limit.unwrap_or(50).min(MAX_MERGES);
+    match graph.recent_merges(limit).await {
+        Ok(events) => axum::Json(events).into_response(),
+        Err(e) => graph_error(e, "listing merges"),
+    }
+}
+
+/// The body of `POST /admin/entities/{id}/split`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SplitBody {
+    sources: Vec<SourceKey>,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+async fn split_handler(
+    State(graph): State<EntityGraph>,
+    Path(id): Path<i64>,
+    body: std::result::Result<axum::Json<SplitBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let axum::Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.body_text()).into_response(),
+    };
+    match graph
+        .split(CanonicalId(id), &body.sources, body.note.as_deref())
+        .await
+    {
+        Ok(outcome) => axum::Json(outcome).into_response(),
+        Err(e) => graph_error(e, "splitting a canonical entity"),
+    }
+}
+
+async fn unsplit_handler(State(graph): State<EntityGraph>, Path(split): Path<i64>) -> Response {
+    match graph.unsplit(split).await {
+        Ok(done) => axum::Json(serde_json::json!({ "unsplit": done })).into_response(),
+        Err(e) => graph_error(e, "undoing a split"),
+    }
 }

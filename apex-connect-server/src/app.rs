@@ -7,11 +7,14 @@ use std::sync::Arc;
 use apex_connect_core::engine::CancellationToken;
 use apex_connect_core::platform::Platforms;
 use apex_connect_core::store::{Connection, EncryptionKey, OpenedStore, SinkKind, StateStore};
-use apex_connect_core::{ConnectionId, Error, JsonlSink, NullSink, Result, Sink, StreamId};
+use apex_connect_core::{
+    ConnectionId, Error, FanoutSink, JsonlSink, NullSink, Result, Sink, StreamId,
+};
+use apex_connect_identity::{EntityGraph, EntityGraphSink, SqliteGraphStore};
 use axum::Router;
 
-use crate::admin::AdminAuth;
-use crate::config::{ServerConfig, SinkConfig, parse_duration};
+use crate::admin::{AdminAuth, identity_router};
+use crate::config::{IdentitySettings, ServerConfig, SinkConfig, parse_duration};
 use crate::env::Environment;
 use crate::inbox::InboxAppender;
 use crate::scheduler::{JobSpec, Scheduler, SchedulerConfig};
@@ -28,8 +31,11 @@ pub struct App {
     pub store: OpenedStore,
     /// The shared state (connections, appender, counters).
     pub state: ServerState,
-    /// The sink.
+    /// The sink: the `[sink]`'s, followed by the entity graph's when `[identity]` is set
+    /// (a [`FanoutSink`]).
     pub sink: Arc<dyn Sink>,
+    /// The entity graph (`[identity]`), when identity resolution is on.
+    identity: Option<Identity>,
     /// Where the admin token is read (`serve` only).
     env: Environment,
     jobs: Vec<JobSpec>,
@@ -42,6 +48,7 @@ impl fmt::Debug for App {
         f.debug_struct("App")
             .field("state", &self.state)
             .field("sink", &self.sink)
+            .field("identity", &self.identity.as_ref().map(|i| &i.graph))
             .field("jobs", &self.jobs.len())
             .finish()
     }
@@ -59,6 +66,51 @@ pub async fn sink_for(config: &SinkConfig, store: &OpenedStore) -> Result<Arc<dy
         SinkConfig::Jsonl { path } => Arc::new(JsonlSink::open(path).await?),
         SinkConfig::Null => Arc::new(NullSink::new()),
     })
+}
+
+/// The entity graph of `[identity]`, and its own database when it has one.
+#[derive(Clone)]
+struct Identity {
+    graph: EntityGraph,
+    /// The graph's own SQLite file (`identity.path`), closed with the store; `None` when it
+    /// lives in the state database.
+    own: Option<SqliteGraphStore>,
+}
+
+/// Opens the entity graph `[identity]` configures, with its policy: in `identity.path` when
+/// set, else in the state database (which must then be SQLite).
+///
+/// # Errors
+/// `Config` without `identity.path` on a store that is not SQLite; `Storage` when the graph's
+/// database cannot be opened or migrated.
+pub async fn identity_graph(
+    settings: &IdentitySettings,
+    store: &OpenedStore,
+) -> Result<EntityGraph> {
+    Ok(open_identity(settings, store).await?.graph)
+}
+
+async fn open_identity(settings: &IdentitySettings, store: &OpenedStore) -> Result<Identity> {
+    let (graph_store, own) = match (&settings.path, store.sqlite()) {
+        (Some(path), _) => {
+            let s = SqliteGraphStore::open(path)
+                .await
+                .map_err(|e| e.with_context("identity.path", path.display()))?;
+            (s.clone(), Some(s))
+        }
+        (None, Some(state)) => (
+            SqliteGraphStore::from_pool(state.pool().clone()).await?,
+            None,
+        ),
+        (None, None) => {
+            return Err(Error::config(
+                "`[identity]` keeps its graph in the state database only when the store is \
+                 SQLite: set `identity.path` to a SQLite file for the graph",
+            ));
+        }
+    };
+    let graph = EntityGraph::new(Arc::new(graph_store)).with_policy(settings.policy.clone());
+    Ok(Identity { graph, own })
 }
 
 impl App {
@@ -175,7 +227,16 @@ impl App {
             store.upsert_connection(&row).await?;
             builder = builder.connection(handle);
         }
-        let sink = sink_for(&config.sink, &opened).await?;
+        let mut sink = sink_for(&config.sink, &opened).await?;
+        // Identity resolution: the graph after the configured sink (which acknowledges).
+        let identity = match &config.identity {
+            Some(settings) => Some(open_identity(settings, &opened).await?),
+            None => None,
+        };
+        if let Some(identity) = &identity {
+            let graph_sink = EntityGraphSink::for_graph(identity.graph.clone());
+            sink = Arc::new(FanoutSink::new(sink).with_sink(Arc::new(graph_sink)));
+        }
         // Register the schedules now (keeping stored due times), so `status` shows them.
         let now = apex_connect_core::webhook::unix_ms(std::time::SystemTime::now());
         for job in &jobs {
@@ -185,6 +246,7 @@ impl App {
             state: builder.build(),
             store: opened,
             sink,
+            identity,
             env: env.clone(),
             jobs,
             oauth,
@@ -210,7 +272,7 @@ impl App {
             gate_sink_writes: matches!(
                 self.config.sink,
                 SinkConfig::Records { .. } | SinkConfig::Ledger
-            ),
+            ) || self.identity.as_ref().is_some_and(|i| i.own.is_none()),
             ..WorkerConfig::default()
         };
         Ok(Workers::new(self.state.clone(), self.sink.clone(), c))
@@ -249,14 +311,36 @@ impl App {
         admin_auth(&self.config, &self.env)
     }
 
-    /// The admin listener's router: `/admin` and `/metrics` behind [`App::admin_auth`], and
-    /// the dashboard under `/ui` ([`App::dashboard`]).
+    /// The entity graph, when `[identity]` is set (for queries: the admin API's
+    /// `/admin/entities` and `/admin/merges`, [`identity_router`]).
+    pub fn identity(&self) -> Option<&EntityGraph> {
+        self.identity.as_ref().map(|i| &i.graph)
+    }
+
+    /// The admin listener's router: `/admin` (with the identity endpoints,
+    /// [`identity_router`]) and `/metrics` behind [`App::admin_auth`], and the dashboard under
+    /// `/ui` ([`App::dashboard`]).
     ///
     /// # Errors
     /// As [`App::admin_auth`].
     pub fn admin_router(&self) -> Result<Router> {
         let auth = self.admin_auth()?;
-        Ok(admin_router(self.state.clone(), auth.clone()).merge(self.dashboard(auth).router()))
+        Ok(self.admin_routes(auth))
+    }
+
+    fn admin_routes(&self, auth: AdminAuth) -> Router {
+        admin_router(self.state.clone(), auth.clone())
+            .merge(identity_router(self.identity().cloned(), auth.clone()))
+            .merge(self.dashboard(auth).router())
+    }
+
+    /// Closes the store and the entity graph's own database, if it has one (call it before
+    /// the process exits; [`App::serve`] does when it returns).
+    pub async fn close(&self) {
+        self.store.close().await;
+        if let Some(own) = self.identity.as_ref().and_then(|i| i.own.as_ref()) {
+            own.close().await;
+        }
     }
 
     /// The dashboard: signs in with `auth`'s token, re-drives into the configured sink, and
@@ -283,12 +367,11 @@ impl App {
         let admin_auth = match self.admin_auth() {
             Ok(auth) => auth,
             Err(e) => {
-                self.store.close().await;
+                self.close().await;
                 return Err(e);
             }
         };
-        let admin = admin_router(self.state.clone(), admin_auth.clone())
-            .merge(self.dashboard(admin_auth.clone()).router());
+        let admin = self.admin_routes(admin_auth.clone());
         let bind = |addr| async move {
             tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                 Error::config("cannot listen")
@@ -351,7 +434,7 @@ impl App {
             }
         }
         // The HTTP servers answered every request they accepted (each after its commit).
-        self.store.close().await;
+        self.close().await;
         match failed {
             Some(task) => Err(Error::new(
                 apex_connect_core::ErrorKind::Unexpected,

@@ -285,7 +285,7 @@ impl Runner {
             Command::Status { json, config } => {
                 let app = self.open(&config).await?;
                 let status = crate::status(&app.state).await;
-                app.store.close().await;
+                app.close().await;
                 let status = status?;
                 if json {
                     let text = serde_json::to_string_pretty(&status).map_err(|e| {
@@ -399,7 +399,7 @@ impl Runner {
     ) -> Result<()> {
         let app = self.open(config).await?;
         let result = sync_app(&app, connection, stream, full, self.shutdown_token(), out).await;
-        app.store.close().await;
+        app.close().await;
         result
     }
 
@@ -610,7 +610,7 @@ impl Runner {
     ) -> Result<()> {
         let app = self.open(config).await?;
         let result = redrive(&app, connection, stream, limit, out).await;
-        app.store.close().await;
+        app.close().await;
         result
     }
 }

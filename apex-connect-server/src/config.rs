@@ -988,7 +988,11 @@ cron = "*/5 * * * *"
         let id = c.identity.unwrap();
         assert_eq!(id.path, None);
         assert_eq!(id.policy, apex_connect_identity::Policy::default());
-        assert!(ServerConfig::parse("[identity]\n").unwrap().store_is_sqlite());
+        assert!(
+            ServerConfig::parse("[identity]\n")
+                .unwrap()
+                .store_is_sqlite()
+        );
         // The policy, as apex_connect_identity::Policy reads it.
         let c = ServerConfig::parse(
             r#"

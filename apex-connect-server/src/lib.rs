@@ -20,7 +20,9 @@ pub mod state;
 pub mod tap;
 pub mod worker;
 
-pub use admin::{ADMIN_TOKEN_ENV, AdminAuth, RejectView, Status, admin_router, status};
+pub use admin::{
+    ADMIN_TOKEN_ENV, AdminAuth, RejectView, Status, admin_router, identity_router, status,
+};
 pub use app::App;
 pub use config::ServerConfig;
 pub use dashboard::Dashboard;

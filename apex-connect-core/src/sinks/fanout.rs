@@ -252,7 +252,11 @@ mod tests {
             .write(Batch::new(&c, &s, &records).with_entities(&entities))
             .await
             .unwrap();
-        assert_eq!(ack, Ack::new(0, 99), "the primary's ack, whatever it counts");
+        assert_eq!(
+            ack,
+            Ack::new(0, 99),
+            "the primary's ack, whatever it counts"
+        );
         assert_eq!(not.entities_seen.load(Ordering::SeqCst), 0);
         assert_eq!(wants.entities_seen.load(Ordering::SeqCst), 2);
     }

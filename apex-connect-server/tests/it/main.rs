@@ -2,6 +2,7 @@
 
 mod common;
 mod dashboard;
+mod identity;
 mod ingress;
 mod lease;
 #[cfg(feature = "postgres")]
