@@ -87,6 +87,22 @@ impl EntityGraph {
         Ok(Self::new(Arc::new(SqliteGraphStore::open(path).await?)))
     }
 
+    /// Connects to a PostgreSQL database for the graph (feature `postgres`): a
+    /// `postgres://user@host:port/database` URL without the password (it comes from
+    /// `PGPASSWORD` or `~/.pgpass`). The database may be the state database of
+    /// `apex_connect_core::PgStore`. Graph writes of every process sharing it are serialized
+    /// by an advisory lock (see [`PgGraphStore`](crate::PgGraphStore)).
+    ///
+    /// # Errors
+    /// `Config` for a malformed URL or one carrying a password; `Storage` when the database
+    /// cannot be reached or migrated.
+    #[cfg(feature = "postgres")]
+    pub async fn open_postgres(url: &str) -> Result<Self> {
+        Ok(Self::new(Arc::new(
+            crate::store::PgGraphStore::connect(url).await?,
+        )))
+    }
+
     /// A graph in a private in-memory SQLite database (tests, examples).
     ///
     /// # Errors

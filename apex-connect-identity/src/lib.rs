@@ -28,4 +28,6 @@ pub use query::{
 };
 pub use resolve::ApplyReport;
 pub use sink::EntityGraphSink;
+#[cfg(feature = "postgres")]
+pub use store::PgGraphStore;
 pub use store::{GraphStats, GraphStore, GraphTx, SqliteGraphStore};

@@ -1,4 +1,5 @@
-//! Where the entity graph lives: the [`GraphStore`] trait and its SQLite implementation.
+//! Where the entity graph lives: the [`GraphStore`] trait and its SQLite and PostgreSQL
+//! (feature `postgres`) implementations.
 //!
 //! The store holds rows and answers set-shaped questions; the resolution logic (union-find,
 //! splits, the field policy) lives above it, in [`crate::EntityGraph`], written once for every
@@ -12,8 +13,12 @@ use apex_connect_core::Result;
 
 use crate::key::KeyRole;
 
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
 
+#[cfg(feature = "postgres")]
+pub use postgres::{PgGraphStore, WRITE_LOCK_KEY};
 pub use sqlite::{MIGRATIONS_TABLE, SqliteGraphStore};
 
 /// A source entity's row id.
