@@ -12,6 +12,8 @@ use apex_connect_identity::{
 };
 use serde_json::json;
 
+#[cfg(feature = "postgres")]
+use crate::pg::on_postgres;
 use crate::{delete, put};
 
 fn person(platform: &'static str, object: &'static str, id: &str) -> Entity {
@@ -25,11 +27,19 @@ fn org(platform: &'static str, object: &'static str, id: &str) -> Entity {
     )
 }
 
+/// The policy of these tests: numbers without prefix are read as US numbers.
+pub(crate) fn us_policy() -> Policy {
+    Policy::default().with_default_region(Region::from_str("US").unwrap())
+}
+
+/// A graph in a private in-memory SQLite database. The store-generic tests below are written
+/// once (`<name>_on(graph)`) and run on it (`<name>`) and on PostgreSQL (`pg_<name>`, feature
+/// `postgres`).
 async fn graph() -> EntityGraph {
     EntityGraph::open_in_memory()
         .await
         .unwrap()
-        .with_policy(Policy::default().with_default_region(Region::from_str("US").unwrap()))
+        .with_policy(us_policy())
 }
 
 async fn cluster_of(g: &EntityGraph, conn: &str, platform: &str, object: &str, id: &str) -> i64 {
@@ -42,7 +52,16 @@ async fn cluster_of(g: &EntityGraph, conn: &str, platform: &str, object: &str, i
 
 #[tokio::test]
 async fn one_person_across_platforms_with_explanations() {
-    let g = graph().await;
+    one_person_across_platforms_with_explanations_on(graph().await).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn pg_one_person_across_platforms_with_explanations() {
+    on_postgres(one_person_across_platforms_with_explanations_on).await;
+}
+
+async fn one_person_across_platforms_with_explanations_on(g: EntityGraph) {
     put(
         &g,
         "front",
@@ -124,7 +143,16 @@ async fn one_person_across_platforms_with_explanations() {
 
 #[tokio::test]
 async fn clusters_merge_and_keep_the_older_id() {
-    let g = graph().await;
+    clusters_merge_and_keep_the_older_id_on(graph().await).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn pg_clusters_merge_and_keep_the_older_id() {
+    on_postgres(clusters_merge_and_keep_the_older_id_on).await;
+}
+
+async fn clusters_merge_and_keep_the_older_id_on(g: EntityGraph) {
     put(
         &g,
         "front",
@@ -175,7 +203,16 @@ async fn clusters_merge_and_keep_the_older_id() {
 
 #[tokio::test]
 async fn deletes_leave_and_split_when_evidence_is_gone() {
-    let g = graph().await;
+    deletes_leave_and_split_when_evidence_is_gone_on(graph().await).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn pg_deletes_leave_and_split_when_evidence_is_gone() {
+    on_postgres(deletes_leave_and_split_when_evidence_is_gone_on).await;
+}
+
+async fn deletes_leave_and_split_when_evidence_is_gone_on(g: EntityGraph) {
     put(
         &g,
         "front",
@@ -289,7 +326,16 @@ async fn deletes_leave_and_split_when_evidence_is_gone() {
 
 #[tokio::test]
 async fn user_splits_survive_resyncs_until_unsplit() {
-    let g = graph().await;
+    user_splits_survive_resyncs_until_unsplit_on(graph().await).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn pg_user_splits_survive_resyncs_until_unsplit() {
+    on_postgres(user_splits_survive_resyncs_until_unsplit_on).await;
+}
+
+async fn user_splits_survive_resyncs_until_unsplit_on(g: EntityGraph) {
     let ann_front = || {
         person("frontapp", "contact", "c1")
             .with_identity(Identity::email("shared@acme.com"))
@@ -394,7 +440,17 @@ async fn user_splits_survive_resyncs_until_unsplit() {
 
 #[tokio::test]
 async fn fields_resolve_by_source_priority_then_recency() {
-    let g = EntityGraph::open_in_memory().await.unwrap().with_policy(
+    fields_resolve_by_source_priority_then_recency_on(graph().await).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn pg_fields_resolve_by_source_priority_then_recency() {
+    on_postgres(fields_resolve_by_source_priority_then_recency_on).await;
+}
+
+async fn fields_resolve_by_source_priority_then_recency_on(g: EntityGraph) {
+    let g = g.with_policy(
         Policy::default()
             .with_source_priority(["salesforce", "hubspot"])
             .with_field_priority("attributes.title", ["hubspot"]),
@@ -477,7 +533,16 @@ async fn fields_resolve_by_source_priority_then_recency() {
 
 #[tokio::test]
 async fn relations_cross_platforms_in_both_directions() {
-    let g = graph().await;
+    relations_cross_platforms_in_both_directions_on(graph().await).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn pg_relations_cross_platforms_in_both_directions() {
+    on_postgres(relations_cross_platforms_in_both_directions_on).await;
+}
+
+async fn relations_cross_platforms_in_both_directions_on(g: EntityGraph) {
     // Front: a conversation with a contact.
     put(
         &g,
@@ -632,7 +697,16 @@ async fn relations_cross_platforms_in_both_directions() {
 
 #[tokio::test]
 async fn generic_domains_never_merge_organizations_or_link_people() {
-    let g = graph().await;
+    generic_domains_never_merge_organizations_or_link_people_on(graph().await).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn pg_generic_domains_never_merge_organizations_or_link_people() {
+    on_postgres(generic_domains_never_merge_organizations_or_link_people_on).await;
+}
+
+async fn generic_domains_never_merge_organizations_or_link_people_on(g: EntityGraph) {
     put(
         &g,
         "sf",
@@ -708,7 +782,16 @@ async fn futures_ids<const N: usize>(
 
 #[tokio::test]
 async fn phone_guard_keeps_colleagues_apart() {
-    let g = graph().await;
+    phone_guard_keeps_colleagues_apart_on(graph().await).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn pg_phone_guard_keeps_colleagues_apart() {
+    on_postgres(phone_guard_keeps_colleagues_apart_on).await;
+}
+
+async fn phone_guard_keeps_colleagues_apart_on(g: EntityGraph) {
     put(
         &g,
         "hs",
@@ -772,17 +855,25 @@ async fn phone_guard_keeps_colleagues_apart() {
 
 #[tokio::test]
 async fn external_ids_join_platforms() {
-    let g = graph()
-        .await
-        .with_policy(Policy::default().with_external_id(
-            apex_connect_identity::ExternalIdRule::new(
-                "salesforce",
-                Some("contact"),
-                "custom_fields.HubSpot_Contact_ID__c",
-                "hubspot",
-                "contact",
-            ),
-        ));
+    external_ids_join_platforms_on(graph().await).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn pg_external_ids_join_platforms() {
+    on_postgres(external_ids_join_platforms_on).await;
+}
+
+async fn external_ids_join_platforms_on(g: EntityGraph) {
+    let g = g.with_policy(Policy::default().with_external_id(
+        apex_connect_identity::ExternalIdRule::new(
+            "salesforce",
+            Some("contact"),
+            "custom_fields.HubSpot_Contact_ID__c",
+            "hubspot",
+            "contact",
+        ),
+    ));
     let id15 = "003d000000AbCdE";
     let id18 = apex_connect_identity::normalize::salesforce_id18(id15).unwrap();
     let mut hs = person("hubspot", "contact", "77");
@@ -835,7 +926,16 @@ async fn external_ids_join_platforms() {
 
 #[tokio::test]
 async fn a_source_that_changes_kind_leaves_its_entity() {
-    let g = graph().await;
+    a_source_that_changes_kind_leaves_its_entity_on(graph().await).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn pg_a_source_that_changes_kind_leaves_its_entity() {
+    on_postgres(a_source_that_changes_kind_leaves_its_entity_on).await;
+}
+
+async fn a_source_that_changes_kind_leaves_its_entity_on(g: EntityGraph) {
     put(
         &g,
         "hs",
@@ -880,7 +980,16 @@ async fn a_source_that_changes_kind_leaves_its_entity() {
 
 #[tokio::test]
 async fn replays_and_hostile_entities_change_nothing() {
-    let g = graph().await;
+    replays_and_hostile_entities_change_nothing_on(graph().await).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn pg_replays_and_hostile_entities_change_nothing() {
+    on_postgres(replays_and_hostile_entities_change_nothing_on).await;
+}
+
+async fn replays_and_hostile_entities_change_nothing_on(g: EntityGraph) {
     let e = || {
         person("hubspot", "contact", "1")
             .with_identity(Identity::email("a@b.com"))

@@ -2,6 +2,8 @@
 
 mod graph;
 mod groundtruth;
+#[cfg(feature = "postgres")]
+mod pg;
 mod props;
 
 use apex_connect_core::{Batch, ConnectionId, Entity, Record, StreamId};
