@@ -335,12 +335,18 @@ async fn wait_ready(client: &reqwest::Client, server: &Server) -> Result<()> {
     Ok(())
 }
 
-async fn wait_drained(client: &reqwest::Client, base: &str) {
+/// Waits until the inbox holds nothing pending or in flight and at least `finished` events are
+/// done or dead. The admin status's counts may be up to two seconds old (the server shares one
+/// reading), so a zero backlog alone could be a reading from before the phase: the finished
+/// count, which only grows, tells a fresh reading from a stale one.
+async fn wait_drained(client: &reqwest::Client, base: &str, finished: u64) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
         if let Some(s) = admin_status(client, base).await
             && s["inbox"]["pending"] == 0
             && s["inbox"]["in_flight"] == 0
+            && s["inbox"]["done"].as_u64().unwrap_or(0) + s["inbox"]["dead"].as_u64().unwrap_or(0)
+                >= finished
         {
             return;
         }
@@ -600,8 +606,10 @@ async fn drive(
 
     // Warm-up: connections, statement caches, pages.
     let warm = requests(&signer, "warm-", 2000);
-    let _ = fixed_rate(client, &urls, warm, 2000).await;
-    wait_drained(client, admin).await;
+    let (warm_ok, _, _) = fixed_rate(client, &urls, warm, 2000).await;
+    // Events accepted so far: each phase waits until all of them are finished.
+    let mut accepted = warm_ok.len() as u64;
+    wait_drained(client, admin, accepted).await;
 
     let load_before = load_average();
     let mut phases = Vec::new();
@@ -619,7 +627,8 @@ async fn drive(
             pct(&lat, 0.99),
             lat.last().copied().unwrap_or(f64::NAN)
         );
-        wait_drained(client, admin).await;
+        accepted += lat.len() as u64;
+        wait_drained(client, admin, accepted).await;
         let after = cpu_snap(&pids, postgres);
         phases.push(Phase {
             name: format!("{rate}/s"),
@@ -659,7 +668,8 @@ async fn drive(
         a.saturation,
         ok as f64 / secs
     );
-    wait_drained(client, admin).await;
+    accepted += ok as u64;
+    wait_drained(client, admin, accepted).await;
     let after = cpu_snap(&pids, postgres);
     phases.push(Phase {
         name: "saturation".into(),

@@ -91,26 +91,39 @@ pub async fn identity_graph(
 }
 
 async fn open_identity(settings: &IdentitySettings, store: &OpenedStore) -> Result<Identity> {
-    let (graph_store, own) = match (&settings.path, store.sqlite()) {
-        (Some(path), _) => {
-            let s = SqliteGraphStore::open(path)
-                .await
-                .map_err(|e| e.with_context("identity.path", path.display()))?;
-            (s.clone(), Some(s))
-        }
-        (None, Some(state)) => (
-            SqliteGraphStore::from_pool(state.pool().clone()).await?,
-            None,
-        ),
-        (None, None) => {
-            return Err(Error::config(
-                "`[identity]` keeps its graph in the state database only when the store is \
-                 SQLite: set `identity.path` to a SQLite file for the graph",
-            ));
-        }
-    };
-    let graph = EntityGraph::new(Arc::new(graph_store)).with_policy(settings.policy.clone());
+    let (graph_store, own): (Arc<dyn apex_connect_identity::GraphStore>, _) =
+        match (&settings.path, store.sqlite()) {
+            (Some(path), _) => {
+                let s = SqliteGraphStore::open(path)
+                    .await
+                    .map_err(|e| e.with_context("identity.path", path.display()))?;
+                (Arc::new(s.clone()), Some(s))
+            }
+            (None, Some(state)) => (
+                Arc::new(SqliteGraphStore::from_pool(state.pool().clone()).await?),
+                None,
+            ),
+            (None, None) => (state_graph_elsewhere(store).await?, None),
+        };
+    let graph = EntityGraph::new(graph_store).with_policy(settings.policy.clone());
     Ok(Identity { graph, own })
+}
+
+/// The graph in a state database that is not SQLite: PostgreSQL's (feature `postgres`: every
+/// node of a scale-out shares it; its writes are serialized by an advisory lock).
+async fn state_graph_elsewhere(
+    store: &OpenedStore,
+) -> Result<Arc<dyn apex_connect_identity::GraphStore>> {
+    #[cfg(feature = "postgres")]
+    if let Some(pg) = store.postgres() {
+        let graph = apex_connect_identity::PgGraphStore::from_pool(pg.pool().clone()).await?;
+        return Ok(Arc::new(graph));
+    }
+    let _ = store;
+    Err(Error::config(
+        "`[identity]` keeps its graph in the state database only when the store is SQLite or \
+         PostgreSQL: set `identity.path` to a SQLite file for the graph",
+    ))
 }
 
 impl App {

@@ -75,7 +75,7 @@ pub struct ServerConfig {
 ///
 /// ```toml
 /// [identity]
-/// # path = "identity.db"     # default: the state database, when the store is SQLite
+/// # path = "identity.db"     # default: the state database (SQLite, or PostgreSQL: shared by every node)
 /// [identity.policy]          # apex_connect_identity::Policy; every key optional
 /// default_region = "US"
 /// source_priority = ["salesforce", "hubspot"]
@@ -90,8 +90,9 @@ pub struct ServerConfig {
 #[non_exhaustive]
 pub struct IdentitySettings {
     /// The SQLite file of the entity graph (created when missing). Default: the state
-    /// database itself when the store is SQLite (the graph's tables are prefixed `eg_`); with
-    /// a PostgreSQL or `memory:` store it must be set.
+    /// database itself when the store is SQLite or PostgreSQL (the graph's tables are prefixed
+    /// `eg_`; on PostgreSQL every node shares the graph, its writes serialized by an advisory
+    /// lock); with a `memory:` store it must be set.
     #[serde(default)]
     pub path: Option<PathBuf>,
     /// The resolution policy (`[identity.policy]`): phone regions, source priority, external
@@ -523,11 +524,14 @@ impl ServerConfig {
         }
         if let Some(identity) = &self.identity
             && identity.path.is_none()
-            && !self.store_is_sqlite()
+            && matches!(
+                StoreLocation::parse(&self.store_location()),
+                Ok(StoreLocation::Memory)
+            )
         {
             return Err(Error::config(
                 "`[identity]` keeps its graph in the state database only when the store is \
-                 SQLite: set `identity.path` to a SQLite file for the graph",
+                 SQLite or PostgreSQL: set `identity.path` to a SQLite file for the graph",
             )
             .with_context("store", self.store_location_kind()));
         }
@@ -1024,8 +1028,10 @@ target_object_type = "contact"
         assert_eq!(p.rank("attributes.title", "hubspot", "x"), 0);
         assert_eq!(p.external_ids.len(), 1);
         assert!(!p.phone_guard);
-        // A PostgreSQL or memory store needs `identity.path`; with it, fine.
-        for store in ["memory:", "postgres://apex@db/apex"] {
+        // A PostgreSQL store keeps the graph in its database (every node shares it); a
+        // memory store needs `identity.path`; with it, fine.
+        assert!(ServerConfig::parse("store = \"postgres://apex@db/apex\"\n[identity]\n").is_ok());
+        for store in ["memory:"] {
             let e = ServerConfig::parse(&format!("store = \"{store}\"\n[identity]\n")).unwrap_err();
             assert_eq!(e.kind(), apex_connect_core::ErrorKind::Config);
             assert!(e.to_string().contains("identity.path"), "{e}");

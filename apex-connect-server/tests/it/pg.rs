@@ -348,3 +348,71 @@ async fn pg_a_node_dying_mid_sync_is_taken_over_from_the_committed_cursor() {
     b.store.close().await;
     db.drop_db().await;
 }
+
+/// `[identity]` without a path on a PostgreSQL store: every node resolves into one graph in the
+/// state database; what one node resolves, another finds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_the_entity_graph_lives_in_the_shared_state_database() {
+    use apex_connect_core::{Batch, Entity, EntityKind, Identity, Record, Sink, SourceRef};
+    use apex_connect_identity::EntityGraphSink;
+    use apex_connect_server::app::identity_graph;
+    use apex_connect_server::config::IdentitySettings;
+
+    let Some(db) = pg::fresh().await else { return };
+    let settings = IdentitySettings::default();
+    let a_store = apex_connect_core::store::open(&db.url, key())
+        .await
+        .unwrap();
+    let b_store = apex_connect_core::store::open(&db.url, key())
+        .await
+        .unwrap();
+    let (a, b) = tokio::join!(
+        identity_graph(&settings, &a_store),
+        identity_graph(&settings, &b_store)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let ann = |platform: &'static str, id: &str, email: &str| {
+        Entity::new(EntityKind::Person, SourceRef::new(platform, "contact", id))
+            .with_name("Ann Lee")
+            .with_identity(Identity::Email(email.into()))
+    };
+    let write = |graph: apex_connect_identity::EntityGraph, conn: &'static str, e: Entity| async move {
+        let (c, s) = (ConnectionId::from(conn), StreamId::from("contacts"));
+        let id = e.source.id.clone();
+        let records = [Record::upsert(
+            s.clone(),
+            id.as_str(),
+            serde_json::json!({ "id": id }),
+        )];
+        let entities = [Some(e)];
+        EntityGraphSink::for_graph(graph)
+            .write(Batch::new(&c, &s, &records).with_entities(&entities))
+            .await
+            .unwrap();
+    };
+    tokio::join!(
+        write(
+            a.clone(),
+            "acme-hubspot",
+            ann("hubspot", "h1", "ann@acme.com")
+        ),
+        write(
+            b.clone(),
+            "acme-front",
+            ann("frontapp", "f1", "  ANN@acme.com ")
+        )
+    );
+    for graph in [&a, &b] {
+        let found = graph.find(&Identity::email("ann@acme.com")).await.unwrap();
+        assert_eq!(
+            found.len(),
+            1,
+            "one canonical Ann seen from both nodes: {found:?}"
+        );
+        let entity = graph.canonical(found[0].id).await.unwrap().unwrap();
+        assert_eq!(entity.sources.len(), 2, "{entity:?}");
+    }
+    a_store.close().await;
+    b_store.close().await;
+    db.drop_db().await;
+}
