@@ -1031,7 +1031,8 @@ target_object_type = "contact"
         // A PostgreSQL store keeps the graph in its database (every node shares it); a
         // memory store needs `identity.path`; with it, fine.
         assert!(ServerConfig::parse("store = \"postgres://apex@db/apex\"\n[identity]\n").is_ok());
-        for store in ["memory:"] {
+        {
+            let store = "memory:";
             let e = ServerConfig::parse(&format!("store = \"{store}\"\n[identity]\n")).unwrap_err();
             assert_eq!(e.kind(), apex_connect_core::ErrorKind::Config);
             assert!(e.to_string().contains("identity.path"), "{e}");
