@@ -2179,7 +2179,8 @@ async fn three_token_managers_over_three_postgres_stores_refresh_once_per_expiry
     for _ in 0..rounds {
         offset.fetch_add(3_601_000, Ordering::SeqCst);
         let mut tasks = Vec::new();
-        for i in 0..60 {
+        // Three nodes x 100 callers across each expiry.
+        for i in 0..300 {
             let m = managers[i % 3].clone();
             tasks.push(tokio::spawn(async move { m.authorization().await }));
         }
