@@ -366,6 +366,7 @@ impl App {
             self.sink.clone(),
             self.oauth.clone(),
         )
+        .with_identity(self.identity().cloned())
     }
 
     /// Serves webhooks on `listen` and the admin API on `admin_listen` (two listeners, each

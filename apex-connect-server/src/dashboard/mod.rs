@@ -63,6 +63,7 @@ struct Inner {
     auth: AdminAuth,
     sink: Arc<dyn Sink>,
     oauth: BTreeMap<ConnectionId, OAuthConfig>,
+    identity: Option<apex_connect_identity::EntityGraph>,
     sessions: Sessions,
     pending: Mutex<HashMap<String, Pending>>,
 }
@@ -105,10 +106,36 @@ impl Dashboard {
                 auth,
                 sink,
                 oauth,
+                identity: None,
                 sessions: Sessions::default(),
                 pending: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Adds the entity pages (`/ui/entities`: find a customer by any identity, a canonical
+    /// entity with its sources, fields, identities, relations and history) over `graph`, the
+    /// entity graph of `[identity]`.
+    ///
+    /// Call it while building: on a dashboard already cloned, the result is a new dashboard
+    /// (same state, settings and OAuth connections) with no sessions yet.
+    pub fn with_identity(mut self, graph: Option<apex_connect_identity::EntityGraph>) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.identity = graph,
+            None => {
+                let shared = &self.inner;
+                self.inner = Arc::new(Inner {
+                    state: shared.state.clone(),
+                    auth: shared.auth.clone(),
+                    sink: shared.sink.clone(),
+                    oauth: shared.oauth.clone(),
+                    identity: graph,
+                    sessions: Sessions::default(),
+                    pending: Mutex::new(HashMap::new()),
+                });
+            }
+        }
+        self
     }
 
     /// The routes under `/ui`, to merge into the admin listener's router.
@@ -135,6 +162,8 @@ impl Dashboard {
             .route("/ui/dead-letters/retry-all", post(retry_all_dead_letters))
             .route("/ui/rejects", get(rejects_page))
             .route("/ui/rejects/retry", post(redrive))
+            .route("/ui/entities", get(entities_page))
+            .route("/ui/entities/{id}", get(entity_page))
             .route("/ui/logout", post(logout))
             .layer(middleware::from_fn_with_state(self.clone(), guard));
         open.merge(guarded).with_state(self.clone())
@@ -853,4 +882,92 @@ async fn redrive(State(d): State<Dashboard>, Form(f): Form<RedriveForm>) -> Resp
         ),
         None => "/ui/rejects".to_string(),
     })
+}
+
+#[derive(Deserialize)]
+struct EntitySearch {
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    q: Option<String>,
+}
+
+/// Find by identity (`kind` = email, phone, domain or handle `source:value`) and the latest
+/// merges.
+async fn entities_page(
+    State(d): State<Dashboard>,
+    Query(q): Query<EntitySearch>,
+    axum::Extension(Authed(s)): axum::Extension<Authed>,
+) -> Response {
+    let Some(graph) = &d.inner.identity else {
+        return identity_off(&s);
+    };
+    let text = q.q.as_deref().map(str::trim).filter(|t| !t.is_empty());
+    let kind = q.kind.as_deref().unwrap_or("email");
+    let identity = text.map(|t| match kind {
+        "phone" => Ok(apex_connect_core::Identity::Phone(t.to_string())),
+        "domain" => Ok(apex_connect_core::Identity::Domain(t.to_string())),
+        "handle" => match t.split_once(':') {
+            Some((source, value)) => Ok(apex_connect_core::Identity::Handle {
+                source: source.to_string(),
+                value: value.to_string(),
+            }),
+            None => Err("a handle is source:value (twitter:annlee)"),
+        },
+        _ => Ok(apex_connect_core::Identity::Email(t.to_string())),
+    });
+    let result = async {
+        let found = match &identity {
+            Some(Ok(i)) => Some(graph.find(i).await?),
+            _ => None,
+        };
+        Ok::<_, apex_connect_core::Error>((found, graph.recent_merges(30).await?))
+    }
+    .await;
+    let error = match &identity {
+        Some(Err(e)) => Some(*e),
+        _ => None,
+    };
+    match result {
+        Ok((found, merges)) => page(views::entities(
+            &s,
+            kind,
+            text.unwrap_or(""),
+            found.as_deref(),
+            error,
+            &merges,
+            d.now(),
+        )),
+        Err(e) => unavailable(&e),
+    }
+}
+
+async fn entity_page(
+    State(d): State<Dashboard>,
+    Path(id): Path<i64>,
+    axum::Extension(Authed(s)): axum::Extension<Authed>,
+) -> Response {
+    let Some(graph) = &d.inner.identity else {
+        return identity_off(&s);
+    };
+    let id = apex_connect_identity::CanonicalId(id);
+    let result = async {
+        let Some(entity) = graph.canonical(id).await? else {
+            return Ok(None);
+        };
+        let history = graph.history(entity.id, 50).await?;
+        Ok::<_, apex_connect_core::Error>(Some((entity, history)))
+    }
+    .await;
+    match result {
+        Ok(Some((entity, history))) => page(views::entity(&s, &entity, &history)),
+        Ok(None) => not_found("entity"),
+        Err(e) => unavailable(&e),
+    }
+}
+
+fn identity_off(s: &Session) -> Response {
+    let mut r = page(views::identity_off(s));
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r
 }

@@ -85,6 +85,7 @@ fn layout(title: &str, session: Option<&Session>, body: Markup) -> Markup {
                             a href="/ui" { "Overview" }
                             a href="/ui/inbox" { "Inbox" }
                             a href="/ui/rejects" { "Quarantine" }
+                            a href="/ui/entities" { "Entities" }
                             form.inline method="post" action="/ui/logout" {
                                 input type="hidden" name="csrf" value=(s.csrf);
                                 button.link #logout type="submit" { "Sign out" }
@@ -722,6 +723,185 @@ pub(crate) fn rejects(
                         }
                     }
                     @if rows.is_empty() { tr { td colspan="8" { span.muted { "Nothing in quarantine." } } } }
+                }
+            }
+        },
+    )
+}
+
+fn source_key(k: &apex_connect_identity::SourceKey) -> String {
+    format!("{}/{} {} {}", k.platform, k.connection, k.object_type, k.id)
+}
+
+fn entity_link(id: apex_connect_identity::CanonicalId) -> Markup {
+    html! { a href=(format!("/ui/entities/{}", id.0)) { "#" (id.0) } }
+}
+
+/// The entity pages without `[identity]`.
+pub(crate) fn identity_off(s: &Session) -> Markup {
+    layout(
+        "Entities",
+        Some(s),
+        html! {
+            h1 { "Entities" }
+            p #identity-off { "Identity resolution is off. Add an " code { "[identity]" } " section to the configuration to resolve the records of every platform into one entity per customer (see the server README)." }
+        },
+    )
+}
+
+/// Find a canonical entity by identity; the latest merges.
+pub(crate) fn entities(
+    s: &Session,
+    kind: &str,
+    q: &str,
+    found: Option<&[apex_connect_identity::EntitySummary]>,
+    error: Option<&str>,
+    merges: &[apex_connect_identity::MergeEvent],
+    now: i64,
+) -> Markup {
+    layout(
+        "Entities",
+        Some(s),
+        html! {
+            h1 { "Entities" }
+            p.muted { "One customer, one entity: find anyone by an email, a phone number, a web domain or a handle, normalized as at ingest." }
+            form #find method="get" action="/ui/entities" {
+                select name="kind" {
+                    @for k in ["email", "phone", "domain", "handle"] {
+                        option value=(k) selected[k == kind] { (k) }
+                    }
+                }
+                " "
+                input #q type="text" name="q" size="40" value=(q) placeholder="ann@acme.com | +1 415 555 2671 | acme.com | twitter:annlee";
+                " "
+                button type="submit" { "Find" }
+            }
+            @if let Some(e) = error { p.error { (e) } }
+            @if let Some(found) = found {
+                h2 { "Found" }
+                table #found {
+                    thead { tr { th { "Entity" } th { "Kind" } th { "Name" } th { "Holding it" } } }
+                    tbody {
+                        @for f in found {
+                            tr data-entity=(f.id.0) {
+                                td { (entity_link(f.id)) }
+                                td { (f.kind) }
+                                td { (f.name.as_deref().unwrap_or("—")) }
+                                td.small { @for k in &f.matched { div { (source_key(k)) } } }
+                            }
+                        }
+                        @if found.is_empty() { tr { td colspan="4" { span.muted { "Nobody holds it." } } } }
+                    }
+                }
+            }
+            h2 { "Latest merges" }
+            table #merges {
+                thead { tr { th { "When" } th { "Event" } th { "Entity" } th { "Joined by" } th { "Trigger" } } }
+                tbody {
+                    @for m in merges {
+                        tr {
+                            td { (ago(m.at, now)) }
+                            td { (format!("{:?}", m.kind).to_lowercase()) }
+                            td { (entity_link(m.current.unwrap_or(m.cluster))) @if let Some(o) = m.other { " ← " (entity_link(o)) } }
+                            td.mono.small { @for k in &m.keys { div { (k) } } }
+                            td.small { @if let Some(t) = &m.trigger { (source_key(t)) } }
+                        }
+                    }
+                    @if merges.is_empty() { tr { td colspan="5" { span.muted { "No merges yet." } } } }
+                }
+            }
+        },
+    )
+}
+
+/// A canonical entity: its fields with each source's value, sources, identities, relations
+/// and history.
+pub(crate) fn entity(
+    s: &Session,
+    e: &apex_connect_identity::CanonicalEntity,
+    history: &[apex_connect_identity::MergeEvent],
+) -> Markup {
+    let value = |v: &serde_json::Value| match v {
+        serde_json::Value::String(t) => t.clone(),
+        other => other.to_string(),
+    };
+    layout(
+        &format!("Entity {}", e.id.0),
+        Some(s),
+        html! {
+            h1 { (e.name.as_deref().unwrap_or("(no name)")) " " span.muted { (e.kind) " #" (e.id.0) } }
+            @if e.requested != e.id { p.muted { "#" (e.requested.0) " was merged into this entity." } }
+            @if e.truncated { p.muted { "Long lists are cut." } }
+            h2 { "Sources" }
+            table #sources {
+                thead { tr { th { "Source" } th { "Name" } th { "Version" } th { "Synced" } } }
+                tbody {
+                    @for src in &e.sources {
+                        tr {
+                            td { (source_key(&src.provenance.source)) }
+                            td { (src.name.as_deref().unwrap_or("—")) }
+                            td { @if let Some(v) = src.provenance.version { (v) } }
+                            td { (time(src.provenance.synced_at)) " UTC" }
+                        }
+                    }
+                }
+            }
+            h2 { "Fields" }
+            table #fields {
+                thead { tr { th { "Field" } th { "Value" } th { "From" } th { "Other sources" } } }
+                tbody {
+                    @for (path, f) in &e.fields {
+                        tr {
+                            td.mono.small { (path) }
+                            td { (truncate(&value(&f.value), 200)) @if f.conflict { " " span.badge.warn { "conflict" } } }
+                            td.small { (source_key(&f.provenance.source)) }
+                            td.small { @for c in &f.candidates { @if c.provenance.source != f.provenance.source {
+                                div { (truncate(&value(&c.value), 80)) span.muted { " · " (c.provenance.source.platform) } }
+                            } } }
+                        }
+                    }
+                }
+            }
+            h2 { "Identities" }
+            table #identities {
+                thead { tr { th { "Key" } th { "Role" } th { "Asserted by" } } }
+                tbody {
+                    @for i in &e.identities {
+                        tr {
+                            td.mono.small { (i.key) }
+                            td.small { (format!("{:?}", i.role).to_lowercase()) }
+                            td.small { @for ev in &i.asserted_by { div { (source_key(&ev.source)) span.muted { " “" (truncate(&ev.raw, 60)) "”" } } } }
+                        }
+                    }
+                }
+            }
+            h2 { "Relations" }
+            table #relations {
+                thead { tr { th { "Relation" } th { "Direction" } th { "Other" } th { "Links" } } }
+                tbody {
+                    @for r in &e.relations {
+                        tr {
+                            td { (r.kind) @if r.inferred { span.muted { " (inferred)" } } }
+                            td { (format!("{:?}", r.direction).to_lowercase()) }
+                            td { @match r.other { Some(o) => { (entity_link(o)) " " span.muted { (r.other_kind.as_deref().unwrap_or("")) } }, None => { span.muted { "not resolved yet" } } } }
+                            td.num { (r.count) }
+                        }
+                    }
+                    @if e.relations.is_empty() { tr { td colspan="4" { span.muted { "None." } } } }
+                }
+            }
+            h2 { "History" }
+            table #history {
+                thead { tr { th { "When" } th { "Event" } th { "Keys" } th { "Trigger" } } }
+                tbody {
+                    @for m in history {
+                        tr {
+                            td { (time(m.at)) " UTC" }
+                            td { (format!("{:?}", m.kind).to_lowercase()) @if let Some(o) = m.other { " " (entity_link(o)) } }
+                            td.mono.small { @for k in &m.keys { div { (k) } } }
+                            td.small { @if let Some(t) = &m.trigger { (source_key(t)) } }
+                        }
+                    }
                 }
             }
         },

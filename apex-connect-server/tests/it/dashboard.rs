@@ -155,6 +155,21 @@ async fn sessions_and_csrf_guard_every_page_and_action() {
     );
     assert!(!body.contains(TOKEN), "the token is never in a page");
 
+    // Without `[identity]` the entity pages say how to turn it on.
+    let r = http
+        .get(format!("{base}/ui/entities"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("Identity resolution is off")
+    );
+
     // A POST without the CSRF token, with a wrong one, or from another origin: refused.
     let post = |form: Vec<(&'static str, String)>, origin: Option<&'static str>| {
         let mut r = http.post(&disable).header("cookie", &cookie).form(&form);

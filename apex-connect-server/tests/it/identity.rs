@@ -258,6 +258,51 @@ async fn identity_sync_resolves_one_customer_and_the_admin_api_shows_it() {
         "{entity}"
     );
 
+    // The dashboard's entity pages show the same (signed in from loopback: no token here).
+    {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let login = http
+            .post(format!("{base}/ui/login"))
+            .form(&[("token", "")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(login.status(), 303);
+        let cookie = login.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let get = |path: String| {
+            let r = http
+                .get(format!("{base}{path}"))
+                .header("cookie", &cookie)
+                .send();
+            async move {
+                let r = r.await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            }
+        };
+        let (status, page) = get("/ui/entities?kind=email&q=ANN.lee%40acme.com".into()).await;
+        assert_eq!(status, 200, "{page}");
+        assert!(page.contains(&format!("data-entity=\"{ann}\"")), "{page}");
+        assert!(page.contains("id=\"merges\""), "{page}");
+        let (status, page) = get(format!("/ui/entities/{ann}")).await;
+        assert_eq!(status, 200, "{page}");
+        assert!(
+            page.contains("Ann Lee") && page.contains("crm-a") && page.contains("crm-b"),
+            "{page}"
+        );
+        assert!(page.contains("ann.lee@acme.com"), "{page}");
+        let (status, _) = get("/ui/entities/999999".into()).await;
+        assert_eq!(status, 404);
+    }
+
     // The merge is listed, with the email that did it.
     let (status, merges) = get_json(&client, &format!("{base}/admin/merges?limit=5000")).await;
     assert_eq!(status, 200, "{merges}");
