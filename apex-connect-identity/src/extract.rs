@@ -335,7 +335,9 @@ pub(crate) fn node_write(
                         KeyKind::External,
                         format!(
                             "{}/{}:{}",
-                            rule.target_platform, rule.target_object_type, id
+                            rule.target_platform,
+                            rule.target_object_type.to_ascii_lowercase(),
+                            id
                         ),
                     ),
                     role_for(KeyKind::External),
@@ -350,7 +352,12 @@ pub(crate) fn node_write(
         keys.add(
             IdentityKey::new(
                 KeyKind::External,
-                format!("{}/{}:{}", src.platform, src.object_type, id),
+                format!(
+                    "{}/{}:{}",
+                    src.platform,
+                    src.object_type.to_ascii_lowercase(),
+                    id
+                ),
             ),
             role_for(KeyKind::External),
             &src.id,
@@ -536,6 +543,43 @@ mod tests {
                 ),
                 ("phone:+14155552671".into(), KeyRole::Weak),
             ]
+        );
+    }
+
+    /// The Salesforce connector names object types by their API names (`Contact`,
+    /// `Account`); the external-id rules name them in lower case (`contact`). Both must meet
+    /// on one key, or a HubSpot contact's `salesforcecontactid` never joins the Salesforce
+    /// contact it names.
+    #[test]
+    fn external_ids_match_object_types_case_insensitively() {
+        let p = compiled();
+        let sf = Entity::new(
+            EntityKind::Person,
+            SourceRef::new("salesforce", "Contact", "003d000000AbCdE"),
+        );
+        let w = node_write(&p, "sf", "Contact", "x", None, None, &sf).unwrap();
+        assert_eq!(
+            keys(&w),
+            vec![(
+                "ext:salesforce/contact:003d000000AbCdE".into(),
+                KeyRole::Merge
+            )]
+        );
+        let rule = Policy::default().with_external_id(crate::policy::ExternalIdRule::new(
+            "salesforce",
+            Some("contact"),
+            "custom_fields.HubSpot_Contact_ID__c",
+            "hubspot",
+            "Contact",
+        ));
+        let mut e = sf;
+        e.custom_fields
+            .insert("HubSpot_Contact_ID__c".into(), Value::String("51".into()));
+        let w = node_write(&rule.compile(), "sf", "Contact", "x", None, None, &e).unwrap();
+        assert!(
+            keys(&w).contains(&("ext:hubspot/contact:51".into(), KeyRole::Merge)),
+            "{:?}",
+            keys(&w)
         );
     }
 

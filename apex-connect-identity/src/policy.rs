@@ -165,10 +165,9 @@ impl Compiled {
     /// Whether records of (platform, object type) are pointed at by an external-id rule: they
     /// then carry their own id as a key.
     pub(crate) fn is_target(&self, platform: &str, object_type: &str) -> bool {
-        self.policy
-            .external_ids
-            .iter()
-            .any(|r| r.target_platform == platform && r.target_object_type == object_type)
+        self.policy.external_ids.iter().any(|r| {
+            r.target_platform == platform && r.target_object_type.eq_ignore_ascii_case(object_type)
+        })
     }
 }
 
@@ -291,7 +290,11 @@ impl ExternalIdRule {
     }
 
     pub(crate) fn applies_to(&self, platform: &str, object_type: &str) -> bool {
-        self.platform == platform && self.object_type.as_deref().is_none_or(|t| t == object_type)
+        self.platform == platform
+            && self
+                .object_type
+                .as_deref()
+                .is_none_or(|t| t.eq_ignore_ascii_case(object_type))
     }
 }
 
