@@ -629,33 +629,36 @@ impl Store {
     /// from its durable cursor (`full=True`: from the start). Returns the `SyncResult`.
     /// `sink="null"` reads and commits the cursor but writes the records nowhere (core's
     /// `NullSink`: the Rust-only cost of a sync, the baseline of the iterator benchmark).
-    #[pyo3(signature = (connection, stream, *, full=false, sink="records"))]
+    /// `sink=graph` (an `EntityGraph`) resolves the records' entities into that graph
+    /// (`EntityGraphSink`, what `[identity]` adds to `apex-connect serve`) instead.
+    #[pyo3(signature = (connection, stream, *, full=false, sink=SinkArg::Name("records".to_string())))]
     fn sync<'py>(
         &self,
         py: Python<'py>,
         connection: &str,
         stream: String,
         full: bool,
-        sink: &str,
+        sink: SinkArg,
     ) -> PyRes<Bound<'py, PyAny>> {
         let c = self.inner.conn(connection)?;
         let inner = self.inner.clone();
-        let null = match sink {
-            "records" => false,
-            "null" => true,
-            other => {
-                return Err(invalid_input(format!(
-                    "unknown sink {other:?}: \"records\" or \"null\""
-                )));
-            }
+        let sink: Option<Arc<dyn apex_connect::Sink>> = match sink {
+            SinkArg::Graph(g) => Some(Arc::new(apex_connect_identity::EntityGraphSink::for_graph(
+                g.get().graph.clone(),
+            ))),
+            SinkArg::Name(name) => match name.as_str() {
+                "records" => None,
+                "null" => Some(Arc::new(apex_connect::NullSink::new())),
+                other => {
+                    return Err(invalid_input(format!(
+                        "unknown sink {other:?}: \"records\", \"null\" or an EntityGraph"
+                    )));
+                }
+            },
         };
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let engine = apex_connect::SyncEngine::new(inner.opened.store().clone());
-            let sink: Arc<dyn apex_connect::Sink> = if null {
-                Arc::new(apex_connect::NullSink::new())
-            } else {
-                inner.opened.sink(SinkKind::Records)
-            };
+            let sink = sink.unwrap_or_else(|| inner.opened.sink(SinkKind::Records));
             let report = rt(engine
                 .run(
                     c.connector.as_ref(),
@@ -889,6 +892,13 @@ impl Store {
     }
 }
 
+/// `Store.sync`'s `sink`: a name, or an entity graph.
+#[derive(FromPyObject)]
+enum SinkArg {
+    Graph(Py<EntityGraph>),
+    Name(String),
+}
+
 /// An awaitable that resolves to `obj` (what `async with` binds for `__aenter__`).
 fn awaitable_of(obj: Bound<'_, PyAny>) -> PyRes<Bound<'_, PyAny>> {
     let py = obj.py();
@@ -980,6 +990,204 @@ async fn build_connection(
         connector: built.connector,
         tokens: built.tokens,
     })
+}
+
+// ---------------------------------------------------------------------------------------
+// The entity graph (identity resolution): queries, and a sink for `Store.sync`.
+// ---------------------------------------------------------------------------------------
+
+/// The graph's database, kept to close it (the graph holds it as a `dyn GraphStore`).
+#[derive(Clone)]
+enum GraphDb {
+    Sqlite(apex_connect_identity::SqliteGraphStore),
+    #[cfg(feature = "postgres")]
+    Postgres(apex_connect_identity::PgGraphStore),
+}
+
+impl GraphDb {
+    async fn close(&self) {
+        match self {
+            GraphDb::Sqlite(s) => s.close().await,
+            #[cfg(feature = "postgres")]
+            GraphDb::Postgres(s) => s.close().await,
+        }
+    }
+}
+
+/// Opens the graph at `location`, read as `Store.open` reads store locations: `memory:`, a
+/// `sqlite:` URL (its file created when missing unless it says `mode=`), a `postgres://` URL,
+/// or else a SQLite file path.
+async fn open_graph(
+    location: &str,
+) -> apex_connect::Result<(apex_connect_identity::EntityGraph, GraphDb)> {
+    use apex_connect::store::StoreLocation;
+    use apex_connect_identity::{EntityGraph as Graph, SqliteGraphStore};
+
+    let db = match StoreLocation::parse(location)? {
+        StoreLocation::Memory => {
+            GraphDb::Sqlite(SqliteGraphStore::connect("sqlite::memory:").await?)
+        }
+        StoreLocation::Sqlite(target) if target.to_ascii_lowercase().starts_with("sqlite:") => {
+            let url = if target.contains(":memory:") || target.contains("mode=") {
+                target
+            } else if target.contains('?') {
+                format!("{target}&mode=rwc")
+            } else {
+                format!("{target}?mode=rwc")
+            };
+            GraphDb::Sqlite(SqliteGraphStore::connect(&url).await?)
+        }
+        StoreLocation::Sqlite(path) => GraphDb::Sqlite(SqliteGraphStore::open(path).await?),
+        #[cfg(feature = "postgres")]
+        StoreLocation::Postgres(url) => {
+            GraphDb::Postgres(apex_connect_identity::PgGraphStore::connect(&url).await?)
+        }
+        #[cfg(not(feature = "postgres"))]
+        StoreLocation::Postgres(_) => {
+            return Err(apex_connect::Error::config(
+                "PostgreSQL entity graphs need the `postgres` feature of apex-connect-py",
+            ));
+        }
+        _ => {
+            return Err(apex_connect::Error::config(
+                "unsupported entity graph location",
+            ));
+        }
+    };
+    let store: Arc<dyn apex_connect_identity::GraphStore> = match &db {
+        GraphDb::Sqlite(s) => Arc::new(s.clone()),
+        #[cfg(feature = "postgres")]
+        GraphDb::Postgres(s) => Arc::new(s.clone()),
+    };
+    Ok((Graph::new(store), db))
+}
+
+/// A serializable Rust value as plain Python objects (dicts, lists, str, int, float, bool,
+/// None), through its JSON.
+fn py_of<T: serde::Serialize>(py: Python<'_>, value: &T) -> PyRes<Py<PyAny>> {
+    let text = serde_json::to_string(value).map_err(|e| unexpected(e.to_string()))?;
+    Ok(py.import("json")?.call_method1("loads", (text,))?.unbind())
+}
+
+/// The entity graph of identity resolution (`apex_connect_identity::EntityGraph`): the
+/// canonical entities resolved from every platform's records, queried as plain dicts.
+///
+/// Open it with `await EntityGraph.open(location)`; use it as an async context manager to
+/// close it at the end.
+#[pyclass(frozen, module = "apex_connect")]
+struct EntityGraph {
+    graph: apex_connect_identity::EntityGraph,
+    db: GraphDb,
+    location: String,
+}
+
+#[pymethods]
+impl EntityGraph {
+    /// Opens (creating and migrating when needed) the graph at `location`: a SQLite file path
+    /// (it may be the state database), a `sqlite:` URL, `memory:`, or a
+    /// `postgres://user@host/db` URL (password from `PGPASSWORD` / `~/.pgpass`).
+    #[staticmethod]
+    fn open(py: Python<'_>, location: String) -> PyRes<Bound<'_, PyAny>> {
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let (graph, db) = rt(open_graph(&location).await)?;
+            Ok(EntityGraph {
+                graph,
+                db,
+                location: apex_connect::error::redact_url(&location),
+            })
+        })
+    }
+
+    /// The canonical entity `id` as a dict (`CanonicalEntity`: `id`, `requested`, `kind`,
+    /// `name`, `fields` with provenance, `sources`, `identities`, `relations`, ...), following
+    /// merges; `None` for an unknown id or a dissolved entity.
+    fn entity<'py>(&self, py: Python<'py>, id: i64) -> PyRes<Bound<'py, PyAny>> {
+        let graph = self.graph.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let entity = rt(graph
+                .canonical(apex_connect_identity::CanonicalId(id))
+                .await)?;
+            Python::attach(|py| match entity {
+                Some(e) => py_of(py, &e),
+                None => Ok(py.None()),
+            })
+        })
+    }
+
+    /// The canonical entities holding one identity (exactly one of `email`, `phone`, `domain`,
+    /// `handle=(source, value)`), normalized as ingest normalizes it: a list of dicts
+    /// (`EntitySummary`: `id`, `kind`, `name`, `matched`).
+    #[pyo3(signature = (*, email=None, phone=None, domain=None, handle=None))]
+    fn find<'py>(
+        &self,
+        py: Python<'py>,
+        email: Option<String>,
+        phone: Option<String>,
+        domain: Option<String>,
+        handle: Option<(String, String)>,
+    ) -> PyRes<Bound<'py, PyAny>> {
+        let given = [
+            email.is_some(),
+            phone.is_some(),
+            domain.is_some(),
+            handle.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() != 1 {
+            return Err(invalid_input(
+                "find takes exactly one of email=, phone=, domain=, handle=(source, value)",
+            ));
+        }
+        let identity = match (email, phone, domain, handle) {
+            (Some(v), ..) => apex_connect::Identity::email(&v),
+            (_, Some(v), ..) => apex_connect::Identity::phone(&v),
+            (_, _, Some(v), _) => apex_connect::Identity::domain(&v),
+            (.., Some((source, value))) => apex_connect::Identity::Handle { source, value },
+            _ => unreachable!("exactly one is set"),
+        };
+        let graph = self.graph.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let found = rt(graph.find(&identity).await)?;
+            Python::attach(|py| py_of(py, &found))
+        })
+    }
+
+    /// The most recent joins and merges, newest first (at most `limit`): a list of dicts
+    /// (`MergeEvent`: `id`, `at`, `kind`, `cluster`, `other`, `current`, `trigger`, `keys`,
+    /// `detail`).
+    #[pyo3(signature = (limit=50))]
+    fn merges<'py>(&self, py: Python<'py>, limit: u32) -> PyRes<Bound<'py, PyAny>> {
+        let graph = self.graph.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let events = rt(graph.recent_merges(limit).await)?;
+            Python::attach(|py| py_of(py, &events))
+        })
+    }
+
+    /// Closes the database.
+    fn close<'py>(&self, py: Python<'py>) -> PyRes<Bound<'py, PyAny>> {
+        let db = self.db.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            db.close().await;
+            Ok(())
+        })
+    }
+
+    fn __aenter__<'py>(slf: Bound<'py, Self>) -> PyRes<Bound<'py, PyAny>> {
+        awaitable_of(slf.into_any())
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __aexit__<'py>(
+        &self,
+        py: Python<'py>,
+        _args: &Bound<'py, pyo3::types::PyTuple>,
+    ) -> PyRes<Bound<'py, PyAny>> {
+        self.close(py)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("EntityGraph(location={:?})", self.location)
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1405,6 +1613,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<InboxCounts>()?;
     m.add_class::<Verified>()?;
     m.add_class::<Background>()?;
+    m.add_class::<EntityGraph>()?;
     m.add_class::<FrontSimulator>()?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(platforms, m)?)?;

@@ -137,6 +137,30 @@ class Background:
     def __aenter__(self) -> Awaitable[Self]: ...
     def __aexit__(self, *args: object) -> Awaitable[None]: ...
 
+class EntityGraph:
+    """The entity graph of identity resolution: canonical entities across platforms.
+
+    Results are plain JSON-like values: ``entity`` a ``CanonicalEntity`` dict, ``find`` a list
+    of ``EntitySummary`` dicts, ``merges`` a list of ``MergeEvent`` dicts (the Rust types of
+    ``apex_connect_identity::query``, serialized).
+    """
+
+    @staticmethod
+    def open(location: str) -> Awaitable[EntityGraph]: ...
+    def entity(self, id: int) -> Awaitable[Optional[dict[str, Any]]]: ...
+    def find(
+        self,
+        *,
+        email: Optional[str] = None,
+        phone: Optional[str] = None,
+        domain: Optional[str] = None,
+        handle: Optional[tuple[str, str]] = None,
+    ) -> Awaitable[list[dict[str, Any]]]: ...
+    def merges(self, limit: int = 50) -> Awaitable[list[dict[str, Any]]]: ...
+    def close(self) -> Awaitable[None]: ...
+    def __aenter__(self) -> Awaitable[Self]: ...
+    def __aexit__(self, *args: object) -> Awaitable[None]: ...
+
 class Store:
     """A state store (SQLite or PostgreSQL) with the connections configured on it."""
 
@@ -168,7 +192,7 @@ class Store:
         stream: str,
         *,
         full: bool = False,
-        sink: Literal["records", "null"] = "records",
+        sink: Union[Literal["records", "null"], EntityGraph] = "records",
     ) -> Awaitable[SyncResult]: ...
     def records(
         self, connection: str, stream: str, *, full: bool = False, buffer: int = 2
