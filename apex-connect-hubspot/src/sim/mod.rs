@@ -745,6 +745,36 @@ impl HubSpotSim {
         Ok(ids)
     }
 
+    /// Adds objects to `stream` exactly as given (JSON objects in the documented
+    /// `SimplePublicObject` shape; anything else is skipped), for data sets the generator
+    /// never makes: seeded ground truth with chosen properties and `associations`. Each gets
+    /// a fresh `id` (after the seeded ones); `createdAt`, `updatedAt` and `archived` are set
+    /// when absent. Like [`inject_hostile`](Self::inject_hostile)'s objects, the list
+    /// endpoint serves them verbatim (not search or batch reads). Returns their ids, in order.
+    ///
+    /// # Errors
+    /// `NotFound` for a stream that is not an object stream.
+    pub fn add_raw(&self, stream: &str, objects: Vec<Value>) -> Result<Vec<String>> {
+        let t = type_index(stream)?;
+        let mut ov = self.shared.overlay();
+        let mut ids = Vec::with_capacity(objects.len());
+        for mut v in objects {
+            let Some(obj) = v.as_object_mut() else {
+                continue;
+            };
+            let id = ov.next_id[t];
+            ov.next_id[t] += 1;
+            let ts = format_time_ms(self.shared.next_ts(&mut ov));
+            obj.insert("id".into(), json!(id.to_string()));
+            obj.entry("createdAt").or_insert_with(|| json!(ts));
+            obj.entry("updatedAt").or_insert_with(|| json!(ts));
+            obj.entry("archived").or_insert(json!(false));
+            ov.raw[t].insert(id, v);
+            ids.push(id.to_string());
+        }
+        Ok(ids)
+    }
+
     /// A verifier with the simulator's client secret, signing as `version`.
     pub fn webhook_verifier(&self, version: SignatureVersion) -> HubSpotWebhookVerifier {
         HubSpotWebhookVerifier::new(WebhookSecrets::single(

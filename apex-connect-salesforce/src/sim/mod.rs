@@ -629,6 +629,34 @@ impl SalesforceSim {
         Ok(ids)
     }
 
+    /// Creates a record of `object` with `fields` (a JSON object of field API names), as an
+    /// sObject Collections create does: every other field of the object's describe is
+    /// `null`, and `Id`, `CreatedDate`, `CreatedById` and the change stamps are set (now).
+    /// For seeding chosen data (ground truth); no required-field or type checks. Returns
+    /// the new id.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown object.
+    pub fn insert(&self, object: &str, fields: Value) -> Result<String> {
+        let o = self.obj(object)?;
+        let st = &self.state;
+        let id = st.new_id(o);
+        let mut all: Map<String, Value> = st.specs[o]
+            .fields
+            .iter()
+            .filter(|f| f.sf_type != "address")
+            .map(|f| (f.name.clone(), Value::Null))
+            .collect();
+        if let Value::Object(m) = fields {
+            all.extend(m);
+        }
+        all.insert("Id".into(), json!(id));
+        all.insert("CreatedDate".into(), json!(sf_datetime(st.now_ms())));
+        all.insert("CreatedById".into(), json!(st.api_user()));
+        st.store(o, id.clone(), all, false);
+        Ok(id)
+    }
+
     /// Adds hostile variants ([`apex_connect_testkit::hostile`]) of a documented record of
     /// `object`: valid `Id` and `SystemModstamp`, everything else absent, `null`, of the wrong
     /// type, or unknown. Returns their ids.
