@@ -1,5 +1,6 @@
 //! Integration tests of apex-connect-identity (one binary).
 
+mod connectors;
 mod graph;
 mod groundtruth;
 #[cfg(feature = "postgres")]
