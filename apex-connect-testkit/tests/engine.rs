@@ -311,6 +311,9 @@ impl InboxStore for FaultyStore {
     async fn inbox_counts(&self) -> Result<InboxCounts> {
         self.inner.inbox_counts().await
     }
+    async fn inbox_backlog(&self) -> Result<Vec<apex_connect_core::store::ConnectionBacklog>> {
+        self.inner.inbox_backlog().await
+    }
 }
 
 #[async_trait]

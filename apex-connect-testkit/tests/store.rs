@@ -255,6 +255,20 @@ async fn semantics(store: Arc<dyn StateStore>, clock: ManualClock) {
         panic!("insert")
     };
     assert_eq!(counts(store.inbox_counts().await.unwrap()), (3, 0, 0, 0));
+    // The backlog per connection (pending, in flight, dead).
+    let backlog = || async {
+        store
+            .inbox_backlog()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|b| (b.connection.to_string(), (b.pending, b.in_flight, b.dead)))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        backlog().await,
+        [(c1.to_string(), (2, 0, 0)), (c2.to_string(), (1, 0, 0))]
+    );
 
     let lease = Duration::from_secs(30);
     let claimed = store.inbox_claim("w1", lease, 2).await.unwrap();
@@ -273,6 +287,10 @@ async fn semantics(store: Arc<dyn StateStore>, clock: ManualClock) {
     assert_eq!(w2.iter().map(|c| c.id).collect::<Vec<_>>(), [e2]);
     assert!(store.inbox_claim("w3", lease, 10).await.unwrap().is_empty());
     assert_eq!(counts(store.inbox_counts().await.unwrap()), (0, 3, 0, 0));
+    assert_eq!(
+        backlog().await,
+        [(c1.to_string(), (0, 2, 0)), (c2.to_string(), (0, 1, 0))]
+    );
 
     // complete by the holder; not by someone else
     let e = store.inbox_complete(e1, "w2").await.unwrap_err();
@@ -324,6 +342,11 @@ async fn semantics(store: Arc<dyn StateStore>, clock: ManualClock) {
     assert_eq!(dead[0].last_error.as_deref(), Some("gave up"));
     assert_eq!(dead[0].failed_at, clock.now());
     assert_eq!(counts(store.inbox_counts().await.unwrap()), (0, 0, 2, 1));
+    assert_eq!(
+        backlog().await,
+        [(c1.to_string(), (0, 0, 1))],
+        "done is not backlog"
+    );
     assert!(store.inbox_claim("w5", lease, 10).await.unwrap().is_empty());
     let e = store.inbox_requeue(e1).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "only dead letters requeue");
@@ -334,6 +357,7 @@ async fn semantics(store: Arc<dyn StateStore>, clock: ManualClock) {
     store.inbox_complete(e2, "w5").await.unwrap();
     assert_eq!(store.inbox_counts().await.unwrap().done, 3);
     assert!(store.inbox_dead_letters(10).await.unwrap().is_empty());
+    assert!(backlog().await.is_empty());
 
     // ---- delete a connection: tokens and cursors go, history stays ----
     store.delete_connection(&c1).await.unwrap();

@@ -8,12 +8,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    AppendOutcome, ClaimedEvent, Clock, Connection, ConnectionStatus, ConnectionStore, CursorStore,
-    DAY_MS, DailyRunStats, DeadLetter, EventId, FailAction, InboxCounts, InboxEvent, InboxStore,
-    LogLevel, RejectId, RejectStore, RunId, RunKind, RunLogLine, RunOutcome, RunStatus, RunStore,
-    ScheduleEntry, ScheduleOutcome, ScheduleRow, ScheduleStore, StoredReject, SyncRun,
-    cursor_conflict, lease_lost, lease_ms, not_found, reject_key, run_finished, validate_outcome,
-    validate_schedule_outcome,
+    AppendOutcome, ClaimedEvent, Clock, Connection, ConnectionBacklog, ConnectionStatus,
+    ConnectionStore, CursorStore, DAY_MS, DailyRunStats, DeadLetter, EventId, FailAction,
+    InboxCounts, InboxEvent, InboxStore, LogLevel, RejectId, RejectStore, RunId, RunKind,
+    RunLogLine, RunOutcome, RunStatus, RunStore, ScheduleEntry, ScheduleOutcome, ScheduleRow,
+    ScheduleStore, StoredReject, SyncRun, cursor_conflict, lease_lost, lease_ms, not_found,
+    reject_key, run_finished, validate_outcome, validate_schedule_outcome,
 };
 use crate::cursor::CursorToken;
 use crate::error::{Error, Result};
@@ -688,6 +688,32 @@ impl InboxStore for MemoryStore {
             }
         }
         Ok(c)
+    }
+
+    async fn inbox_backlog(&self) -> Result<Vec<ConnectionBacklog>> {
+        let now = self.clock.now_ms();
+        let inner = self.lock()?;
+        let mut by: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
+        for e in inner.inbox.values() {
+            let slot = || (0, 0, 0);
+            match e.state {
+                State::Pending if e.leased(now) => {
+                    by.entry(e.event.connection.as_str()).or_insert_with(slot).1 += 1
+                }
+                State::Pending => by.entry(e.event.connection.as_str()).or_insert_with(slot).0 += 1,
+                State::Dead => by.entry(e.event.connection.as_str()).or_insert_with(slot).2 += 1,
+                State::Done => {}
+            }
+        }
+        Ok(by
+            .into_iter()
+            .map(|(c, (pending, in_flight, dead))| ConnectionBacklog {
+                connection: ConnectionId::from(c.to_string()),
+                pending,
+                in_flight,
+                dead,
+            })
+            .collect())
     }
 }
 

@@ -879,6 +879,25 @@ pub trait InboxStore: Send + Sync + fmt::Debug {
 
     /// Counts of events per state.
     async fn inbox_counts(&self) -> Result<InboxCounts>;
+
+    /// The backlog per connection (pending, in flight, dead-lettered; processed events are not
+    /// counted, so it costs the backlog, not the history), ordered by connection; connections
+    /// with no backlog are absent.
+    async fn inbox_backlog(&self) -> Result<Vec<ConnectionBacklog>>;
+}
+
+/// One connection's inbox backlog ([`InboxStore::inbox_backlog`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ConnectionBacklog {
+    /// The connection.
+    pub connection: ConnectionId,
+    /// Waiting to be claimed (now or at their retry time).
+    pub pending: u64,
+    /// Claimed under a lease that has not expired.
+    pub in_flight: u64,
+    /// Dead-lettered.
+    pub dead: u64,
 }
 
 /// The id of a stored reject.

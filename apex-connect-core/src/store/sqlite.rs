@@ -13,12 +13,12 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    AppendOutcome, ClaimedEvent, Clock, Connection, ConnectionStatus, ConnectionStore, CursorStore,
-    DAY_MS, DailyRunStats, DeadLetter, EncryptionKey, EventId, FailAction, InboxCounts, InboxEvent,
-    InboxStore, LEVEL_RANK, LogLevel, RejectId, RejectStore, RunId, RunKind, RunLogLine,
-    RunOutcome, RunStatus, RunStore, ScheduleEntry, ScheduleOutcome, ScheduleRow, ScheduleStore,
-    StoredReject, SyncRun, cursor_conflict, lease_lost, lease_ms, level_rank, not_found,
-    run_finished, validate_outcome, validate_schedule_outcome,
+    AppendOutcome, ClaimedEvent, Clock, Connection, ConnectionBacklog, ConnectionStatus,
+    ConnectionStore, CursorStore, DAY_MS, DailyRunStats, DeadLetter, EncryptionKey, EventId,
+    FailAction, InboxCounts, InboxEvent, InboxStore, LEVEL_RANK, LogLevel, RejectId, RejectStore,
+    RunId, RunKind, RunLogLine, RunOutcome, RunStatus, RunStore, ScheduleEntry, ScheduleOutcome,
+    ScheduleRow, ScheduleStore, StoredReject, SyncRun, cursor_conflict, lease_lost, lease_ms,
+    level_rank, not_found, run_finished, validate_outcome, validate_schedule_outcome,
 };
 use crate::cursor::CursorToken;
 use crate::error::{Error, Result};
@@ -1124,6 +1124,31 @@ impl InboxStore for SqliteStore {
             done: get(2)?,
             dead: get(3)?,
         })
+    }
+
+    async fn inbox_backlog(&self) -> Result<Vec<ConnectionBacklog>> {
+        // The backlog's rows only (the status index), never the processed history.
+        let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT connection, \
+               SUM(CASE WHEN status = 'pending' AND (lease_until IS NULL OR lease_until <= ?1) THEN 1 ELSE 0 END), \
+               SUM(CASE WHEN status = 'pending' AND lease_until > ?1 THEN 1 ELSE 0 END), \
+               SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END) \
+             FROM inbox WHERE status IN ('pending', 'dead') \
+             GROUP BY connection ORDER BY connection",
+        )
+        .bind(self.clock.now_ms())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("cannot count the inbox backlog"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(connection, pending, in_flight, dead)| ConnectionBacklog {
+                connection: ConnectionId::from(connection),
+                pending: to_u64(pending),
+                in_flight: to_u64(in_flight),
+                dead: to_u64(dead),
+            })
+            .collect())
     }
 }
 

@@ -138,6 +138,8 @@ pub(crate) struct Row {
     pub(crate) runs_today: u64,
     pub(crate) failed_today: u64,
     pub(crate) rejects: u64,
+    /// Inbox events of this connection waiting or in flight, and dead-lettered.
+    pub(crate) inbox: (u64, u64),
 }
 
 /// The overview's data.
@@ -174,7 +176,8 @@ fn health(
 }
 
 impl Overview {
-    /// Reads it: the connections, the schedules, today's run statistics,
+    /// Reads it: the connections, the schedules, each connection's inbox backlog, today's run
+    /// statistics,
     /// each connection's latest run and quarantine count, and the inbox counts.
     pub(crate) async fn load(state: &ServerState, now: i64) -> Result<Overview> {
         let store = state.store();
@@ -185,6 +188,13 @@ impl Overview {
             .map(|c| (c.id.clone(), c))
             .collect();
         let schedules = store.list_schedules().await?;
+        // The backlog's rows only (pending, in flight, dead), one query for all connections.
+        let backlog: BTreeMap<ConnectionId, (u64, u64)> = store
+            .inbox_backlog()
+            .await?
+            .into_iter()
+            .map(|b| (b.connection, (b.pending + b.in_flight, b.dead)))
+            .collect();
         let today = now - now.rem_euclid(DAY_MS);
         let mut rows = Vec::new();
         for h in state.connections() {
@@ -204,6 +214,7 @@ impl Overview {
                 runs_today: today.iter().map(|s| s.runs).sum(),
                 failed_today: today.iter().map(|s| s.failed).sum(),
                 rejects: store.count_rejects(Some(&h.id)).await?,
+                inbox: backlog.get(&h.id).copied().unwrap_or_default(),
                 last_run,
             });
         }
@@ -266,7 +277,7 @@ pub(crate) fn overview_table(_s: &Session, o: &Overview) -> Markup {
                 thead { tr {
                     th { "Connection" } th { "Platform" } th { "Status" } th { "Last run" }
                     th { "Next run" } th.num { "Records today" } th.num { "Error rate today" }
-                    th.num { "Quarantined" }
+                    th.num { "Quarantined" } th.num { "Inbox" } th.num { "Dead letters" }
                 } }
                 tbody {
                     @for r in &o.rows {
@@ -285,6 +296,8 @@ pub(crate) fn overview_table(_s: &Session, o: &Overview) -> Markup {
                                 span.muted.small { " of " (r.runs_today) " runs" }
                             } }
                             td.num { @if r.rejects > 0 { a href=(format!("/ui/rejects?connection={}", r.id)) { (r.rejects) } } @else { "0" } }
+                            td.num.inbox { (r.inbox.0) }
+                            td.num.dead { @if r.inbox.1 > 0 { a href="/ui/inbox" { (r.inbox.1) } } @else { "0" } }
                         }
                     }
                 }

@@ -518,6 +518,12 @@ async fn an_operator_runs_the_day_in_a_browser() {
 
     c.goto(&format!("{base}/ui")).await.unwrap();
     wait_for(&c, ">healthy<", "the overview after a good run").await;
+    wait_for(
+        &c,
+        "class=\"num dead\"><a href=\"/ui/inbox\">1</a>",
+        "the connection's dead letter on the overview",
+    )
+    .await;
     shot(&c, "overview-after").await;
 
     // Sign out: back to the sign-in, and the pages are closed again.
