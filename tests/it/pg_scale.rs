@@ -49,34 +49,7 @@ impl Node {
         let dir = root.join(format!("node{i}"));
         std::fs::create_dir(&dir).unwrap();
         let (port, admin_port) = (free_port(), free_port());
-        let config = dir.join("apex-connect.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-store = "{store}"
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin_port}"
-
-[sink]
-kind = "ledger"
-
-[workers]
-concurrency = 2
-batch = 128
-lease = "5s"
-poll = "50ms"
-
-[[connection]]
-id = "acme"
-platform = "memory"
-streams = ["items"]
-env = {{ webhook_secret = "{secret_var}" }}
-"#,
-                secret_var = crate::process::SECRET_VAR,
-            ),
-        )
-        .unwrap();
+        let config = crate::process::write_config_for(&dir, store, port, admin_port);
         Node {
             dir,
             config,

@@ -29,12 +29,19 @@ pub(crate) fn free_port() -> u16 {
 }
 
 fn write_config(dir: &Path, port: u16, admin_port: u16) -> PathBuf {
+    let db = dir.join("state.db");
+    write_config_for(dir, &db.display().to_string(), port, admin_port)
+}
+
+/// `apex-connect.toml` in `dir`: the memory platform with a ledger sink on `store` (a SQLite
+/// file or a `postgres://` URL), listening on `port` and `admin_port`.
+pub(crate) fn write_config_for(dir: &Path, store: &str, port: u16, admin_port: u16) -> PathBuf {
     let path = dir.join("apex-connect.toml");
     std::fs::write(
         &path,
         format!(
             r#"
-database = "{db}"
+store = "{store}"
 listen = "127.0.0.1:{port}"
 admin_listen = "127.0.0.1:{admin_port}"
 
@@ -52,8 +59,7 @@ id = "acme"
 platform = "memory"
 streams = ["items"]
 env = {{ webhook_secret = "{SECRET_VAR}" }}
-"#,
-            db = dir.join("state.db").display()
+"#
         ),
     )
     .unwrap();

@@ -66,7 +66,7 @@ impl Served {
     }
 }
 
-fn no_redirects() -> reqwest::Client {
+pub(crate) fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -75,9 +75,19 @@ fn no_redirects() -> reqwest::Client {
 
 /// Signs in over HTTP; returns the cookie header and the session's CSRF token.
 async fn sign_in(http: &reqwest::Client, base: &str) -> (String, String) {
+    sign_in_as(http, base, TOKEN).await
+}
+
+/// Signs in with `token` (empty: a tokenless, loopback-only dashboard); checks the cookie's
+/// flags; returns the cookie header and the session's CSRF token.
+pub(crate) async fn sign_in_as(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+) -> (String, String) {
     let r = http
         .post(format!("{base}/ui/login"))
-        .form(&[("token", TOKEN)])
+        .form(&[("token", token)])
         .send()
         .await
         .unwrap();
@@ -566,20 +576,7 @@ async fn without_a_token_loopback_signs_in_without_one() {
         .await
         .unwrap();
     assert!(page.contains("No admin token is configured") && !page.contains("id=\"token\""));
-    let r = http
-        .post(format!("{base}/ui/login"))
-        .form(&[("token", "")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 303);
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let (cookie, _) = sign_in_as(&http, &base, "").await;
     let overview = http
         .get(format!("{base}/ui"))
         .header("cookie", &cookie)

@@ -260,24 +260,8 @@ async fn identity_sync_resolves_one_customer_and_the_admin_api_shows_it() {
 
     // The dashboard's entity pages show the same (signed in from loopback: no token here).
     {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        let login = http
-            .post(format!("{base}/ui/login"))
-            .form(&[("token", "")])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(login.status(), 303);
-        let cookie = login.headers()["set-cookie"]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_string();
+        let http = crate::dashboard::no_redirects();
+        let (cookie, _) = crate::dashboard::sign_in_as(&http, &base, "").await;
         let get = |path: String| {
             let r = http
                 .get(format!("{base}{path}"))
