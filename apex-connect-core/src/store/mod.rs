@@ -65,7 +65,7 @@ pub mod prelude {
 }
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
-pub use postgres::{InboxWakeups, PgStore, PgStoreOptions};
+pub use postgres::{InboxWakeups, PgStore, PgStoreOptions, pg_err};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, append_inbox_row};
 

@@ -12,7 +12,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
 use apex_connect_core::store::PgStoreOptions;
-use apex_connect_core::{Error, ErrorKind, Result};
+// Errors mapped as the state store maps them (class 22 `InvalidInput`, else `Storage`).
+use apex_connect_core::store::pg_err as db_err;
+use apex_connect_core::{Error, Result};
 
 use super::{
     ClusterId, ClusterRow, EventInsert, EventRow, GraphStats, GraphStore, GraphTx, Holder,
@@ -33,22 +35,6 @@ fn migrator() -> sqlx::migrate::Migrator {
     let mut m = sqlx::migrate!("./migrations/postgres");
     m.dangerous_set_table_name(MIGRATIONS_TABLE);
     m
-}
-
-/// Maps a database error: data the database refuses (SQLSTATE class 22) is `InvalidInput`;
-/// anything else a temporary `Storage` error.
-fn db_err(what: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
-    move |e| {
-        let data_error = e
-            .as_database_error()
-            .and_then(|d| d.code())
-            .is_some_and(|c| c.starts_with("22"));
-        if data_error {
-            Error::new(ErrorKind::InvalidInput, what).set_source(e)
-        } else {
-            Error::storage(what).set_source(e)
-        }
-    }
 }
 
 fn decode(e: sqlx::Error) -> Error {

@@ -70,9 +70,11 @@ impl fmt::Debug for PgStore {
     }
 }
 
-/// Maps a database error: data the database refuses (SQLSTATE class 22, e.g. a character it
-/// cannot store) is the caller's `InvalidInput`; anything else a temporary `Storage` error.
-pub(crate) fn pg_err(what: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+/// Maps a PostgreSQL error the way the state store does: data the database refuses (SQLSTATE
+/// class 22, e.g. a character it cannot store) is the caller's `InvalidInput`; anything else a
+/// temporary `Storage` error. For crates keeping tables of their own beside the state store
+/// (the entity graph), so their errors read the same.
+pub fn pg_err(what: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
     move |e| {
         let data_error = e
             .as_database_error()
