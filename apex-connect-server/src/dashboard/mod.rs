@@ -63,16 +63,16 @@ struct Inner {
     auth: AdminAuth,
     sink: Arc<dyn Sink>,
     oauth: BTreeMap<ConnectionId, OAuthConfig>,
-    identity: Option<apex_connect_identity::EntityGraph>,
     sessions: Sessions,
     pending: Mutex<HashMap<String, Pending>>,
 }
 
-/// The dashboard's state: the server's, who may sign in, the sink re-drives write to, and
-/// the OAuth settings of the connections that connect through a browser.
+/// The dashboard's state: the server's, who may sign in, the sink re-drives write to, the
+/// OAuth settings of the connections that connect through a browser, and the entity graph.
 #[derive(Clone)]
 pub struct Dashboard {
     inner: Arc<Inner>,
+    identity: Option<apex_connect_identity::EntityGraph>,
 }
 
 impl std::fmt::Debug for Dashboard {
@@ -81,6 +81,7 @@ impl std::fmt::Debug for Dashboard {
             .field("auth", &self.inner.auth)
             .field("sessions", &self.inner.sessions)
             .field("oauth", &self.inner.oauth.keys().collect::<Vec<_>>())
+            .field("identity", &self.identity.is_some())
             .finish()
     }
 }
@@ -106,35 +107,18 @@ impl Dashboard {
                 auth,
                 sink,
                 oauth,
-                identity: None,
                 sessions: Sessions::default(),
                 pending: Mutex::new(HashMap::new()),
             }),
+            identity: None,
         }
     }
 
     /// Adds the entity pages (`/ui/entities`: find a customer by any identity, a canonical
     /// entity with its sources, fields, identities, relations and history) over `graph`, the
     /// entity graph of `[identity]`.
-    ///
-    /// Call it while building: on a dashboard already cloned, the result is a new dashboard
-    /// (same state, settings and OAuth connections) with no sessions yet.
     pub fn with_identity(mut self, graph: Option<apex_connect_identity::EntityGraph>) -> Self {
-        match Arc::get_mut(&mut self.inner) {
-            Some(inner) => inner.identity = graph,
-            None => {
-                let shared = &self.inner;
-                self.inner = Arc::new(Inner {
-                    state: shared.state.clone(),
-                    auth: shared.auth.clone(),
-                    sink: shared.sink.clone(),
-                    oauth: shared.oauth.clone(),
-                    identity: graph,
-                    sessions: Sessions::default(),
-                    pending: Mutex::new(HashMap::new()),
-                });
-            }
-        }
+        self.identity = graph;
         self
     }
 
@@ -899,7 +883,7 @@ async fn entities_page(
     Query(q): Query<EntitySearch>,
     axum::Extension(Authed(s)): axum::Extension<Authed>,
 ) -> Response {
-    let Some(graph) = &d.inner.identity else {
+    let Some(graph) = &d.identity else {
         return identity_off(&s);
     };
     let text = q.q.as_deref().map(str::trim).filter(|t| !t.is_empty());
@@ -947,7 +931,7 @@ async fn entity_page(
     Path(id): Path<i64>,
     axum::Extension(Authed(s)): axum::Extension<Authed>,
 ) -> Response {
-    let Some(graph) = &d.inner.identity else {
+    let Some(graph) = &d.identity else {
         return identity_off(&s);
     };
     let id = apex_connect_identity::CanonicalId(id);
