@@ -522,6 +522,10 @@ pub fn registrable_domain(input: &str) -> Option<String> {
 /// Numbers shorter than 7 or longer than 15 digits in all are refused.
 pub fn phone(input: &str, region: Option<Region>) -> Option<String> {
     let out = phone_once(input, region)?;
+    // Already written as its key (E.164 from a CRM, or a key read back): a fixpoint as it is.
+    if out == input.trim() {
+        return Some(out);
+    }
     // The key must be a fixpoint: normalizing it again (in any region, it is international)
     // gives itself. libphonenumber does not guarantee that for odd input: "500e0#0" read in
     // Switzerland gives "+4150030;ext=0", which it then refuses. A key that does not survive
