@@ -100,7 +100,11 @@ async fn open_identity(settings: &IdentitySettings, store: &OpenedStore) -> Resu
                 (Arc::new(s.clone()), Some(s))
             }
             (None, Some(state)) => (
-                Arc::new(SqliteGraphStore::from_pool(state.pool().clone()).await?),
+                Arc::new(
+                    SqliteGraphStore::from_pool(state.pool().clone())
+                        .await?
+                        .with_write_gate(state.write_gate().clone()),
+                ),
                 None,
             ),
             (None, None) => (state_graph_elsewhere(store).await?, None),
@@ -281,11 +285,6 @@ impl App {
             backoff: parse_duration(&w.backoff)?,
             max_backoff: parse_duration(&w.max_backoff)?,
             poll: parse_duration(&w.poll)?,
-            // These sinks write to the state database: serialize with the inbox writer.
-            gate_sink_writes: matches!(
-                self.config.sink,
-                SinkConfig::Records { .. } | SinkConfig::Ledger
-            ) || self.identity.as_ref().is_some_and(|i| i.own.is_none()),
             ..WorkerConfig::default()
         };
         Ok(Workers::new(self.state.clone(), self.sink.clone(), c))

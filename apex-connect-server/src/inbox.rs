@@ -37,18 +37,8 @@ pub struct InboxAppender {
 #[derive(Clone)]
 enum Mode {
     Direct(Arc<dyn StateStore>),
-    Batched(mpsc::Sender<Job>, WriteGate),
+    Batched(mpsc::Sender<Job>),
 }
-
-/// Serializes this process's write transactions on the state database.
-///
-/// SQLite has one writer; a writer that finds the database locked sleeps in SQLite's busy
-/// handler (1, 2, 5, 10, ... ms), which is what made the tail of the webhook answers. The
-/// group-commit writer and the workers' claims, completions and (same-database) sink writes
-/// take this FIFO async lock around their store calls instead, so the inbox writer waits at
-/// most for one transaction in progress and is woken the moment it ends. Other processes on
-/// the same database still meet through the database's own locking.
-pub type WriteGate = Arc<tokio::sync::Mutex<()>>;
 
 struct Job {
     events: Vec<InboxEvent>,
@@ -74,23 +64,14 @@ impl InboxAppender {
 
     /// Group commit into `store`: spawns the writer task (on the current Tokio runtime),
     /// which ends when every clone of the appender is dropped. `max_batch` bounds the events
-    /// of one `append_many` call (a request's events are never split). The writer takes the
-    /// appender's [`WriteGate`] around each call.
+    /// of one `append_many` call (a request's events are never split). On SQLite the call
+    /// takes its turn at the store's
+    /// [`WriteGate`](apex_connect_core::store::WriteGate) like every other writer.
     pub fn group_commit(store: Arc<dyn StateStore>, max_batch: usize) -> Self {
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
-        let gate = WriteGate::default();
-        tokio::spawn(writer(store, gate.clone(), rx, max_batch.max(1)));
+        tokio::spawn(writer(store, rx, max_batch.max(1)));
         InboxAppender {
-            mode: Mode::Batched(tx, gate),
-        }
-    }
-
-    /// The [`WriteGate`] of a group-commit appender: hold it around write transactions on the
-    /// same database (the workers do).
-    pub fn write_gate(&self) -> Option<&WriteGate> {
-        match &self.mode {
-            Mode::Batched(_, gate) => Some(gate),
-            Mode::Direct(_) => None,
+            mode: Mode::Batched(tx),
         }
     }
 
@@ -102,7 +83,7 @@ impl InboxAppender {
     pub async fn append(&self, events: Vec<InboxEvent>) -> Result<Vec<AppendOutcome>> {
         match &self.mode {
             Mode::Direct(store) => store.append_many(&events).await,
-            Mode::Batched(tx, _) => {
+            Mode::Batched(tx) => {
                 let (reply, rx) = oneshot::channel();
                 tx.send(Job { events, reply })
                     .await
@@ -114,12 +95,7 @@ impl InboxAppender {
     }
 }
 
-async fn writer(
-    store: Arc<dyn StateStore>,
-    gate: WriteGate,
-    mut rx: mpsc::Receiver<Job>,
-    max_batch: usize,
-) {
+async fn writer(store: Arc<dyn StateStore>, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
     let mut replies: Vec<(usize, oneshot::Sender<Result<Vec<AppendOutcome>>>)> = Vec::new();
     let mut events: Vec<InboxEvent> = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -134,10 +110,7 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        let result = {
-            let _turn = gate.lock().await;
-            store.append_many(&events).await
-        };
+        let result = store.append_many(&events).await;
         events.clear();
         match result {
             Ok(outcomes) => {

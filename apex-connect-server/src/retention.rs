@@ -10,9 +10,9 @@
 //!   (days; the default is 7 days).
 //! - **Runs**: finished runs (succeeded, failed, cancelled) that finished more than `runs` ago
 //!   are deleted, except the latest run of each (connection, stream), which `status` shows.
-//! - **Batches**: each statement deletes at most `batch` rows (default 500) under the inbox
-//!   write gate when there is one, and the purge yields between statements, so webhook
-//!   ingress never waits for more than one short delete.
+//! - **Batches**: each statement deletes at most `batch` rows (default 500), taking its turn
+//!   at the SQLite store's write gate like every writer, and the purge yields between
+//!   statements, so webhook ingress never waits for more than one short delete.
 //!
 //! The scheduler runs [`purge`] every `every` (see
 //! [`SchedulerConfig::retention`](crate::SchedulerConfig::retention)).
@@ -155,8 +155,8 @@ fn cutoff(now_ms: i64, age: Duration) -> i64 {
     now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Deletes what `retention` allows, `retention.batch` rows per statement (each under the
-/// state's write gate, yielding in between), until nothing older is left or `stop` is
+/// Deletes what `retention` allows, `retention.batch` rows per statement (each one write
+/// transaction of the store, yielding in between), until nothing older is left or `stop` is
 /// cancelled.
 ///
 /// # Errors
@@ -169,19 +169,10 @@ pub async fn purge(
     let mut purged = Purged::default();
     let now = state.clock().now_ms();
     let batch = retention.batch.max(1);
-    let turn = || async {
-        match state.write_gate() {
-            Some(gate) => Some(gate.lock().await),
-            None => None,
-        }
-    };
     if let Some(age) = retention.inbox {
         let before = cutoff(now, age);
         while !stop.is_cancelled() {
-            let n = {
-                let _turn = turn().await;
-                state.store().purge_inbox_done(before, batch).await?
-            };
+            let n = state.store().purge_inbox_done(before, batch).await?;
             purged.inbox += n;
             if n < batch as u64 {
                 break;
@@ -192,10 +183,7 @@ pub async fn purge(
     if let Some(age) = retention.runs {
         let before = cutoff(now, age);
         while !stop.is_cancelled() {
-            let n = {
-                let _turn = turn().await;
-                state.store().purge_runs(before, batch).await?
-            };
+            let n = state.store().purge_runs(before, batch).await?;
             purged.runs += n;
             if n < batch as u64 {
                 break;

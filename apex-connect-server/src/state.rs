@@ -172,11 +172,6 @@ impl ServerState {
     pub(crate) async fn forget_inbox_counts(&self) {
         *self.inner.inbox_counts.lock().await = None;
     }
-
-    /// The write gate of a group-commit appender, if any.
-    pub(crate) fn write_gate(&self) -> Option<&crate::inbox::WriteGate> {
-        self.inner.appender.write_gate()
-    }
 }
 
 /// Builds a [`ServerState`].

@@ -63,13 +63,6 @@ pub struct WorkerConfig {
     /// How many connections' events of a claimed batch are parsed at once (each connection's
     /// events go to its connector in one `parse_batch` call; thin events fetch objects).
     pub parse_concurrency: usize,
-    /// Hold the group-commit appender's [`WriteGate`](crate::inbox::WriteGate) around sink
-    /// writes too (default `false`). Set it when the sink writes to the state database (the
-    /// store's `records` and `ledger` sinks; `App` does), so the inbox writer never sleeps in
-    /// SQLite's busy handler behind a sink transaction; leave it off for sinks elsewhere (a slow
-    /// remote sink would hold up webhook answers). Claims, completions and quarantines always
-    /// take the gate.
-    pub gate_sink_writes: bool,
 }
 
 impl Default for WorkerConfig {
@@ -84,7 +77,6 @@ impl Default for WorkerConfig {
             poll: Duration::from_millis(200),
             shutdown_grace: Duration::from_secs(10),
             parse_concurrency: 8,
-            gate_sink_writes: false,
         }
     }
 }
@@ -254,12 +246,9 @@ impl Workers {
 
     async fn run_once_until(&self, worker: &str, shutdown: &CancellationToken) -> Result<usize> {
         let store = self.state.store();
-        let claims = {
-            let _turn = self.write_turn(true).await;
-            store
-                .inbox_claim(worker, self.config.lease, self.config.batch.max(1))
-                .await?
-        };
+        let claims = store
+            .inbox_claim(worker, self.config.lease, self.config.batch.max(1))
+            .await?;
         if claims.is_empty() {
             return Ok(0);
         }
@@ -278,10 +267,7 @@ impl Workers {
             never = renew => match never {},
             _ = stopped => {
                 let ids: Vec<EventId> = claims.iter().map(|c| c.id).collect();
-                let released = {
-                    let _turn = self.write_turn(true).await;
-                    store.inbox_release(&ids, worker).await
-                };
+                let released = store.inbox_release(&ids, worker).await;
                 match released {
                     Ok(r) => self.state.metrics().work(WorkOutcome::Released, r.len() as u64),
                     Err(e) => tracing::warn!(error = %e, "cannot release inbox events at shutdown; their leases will expire"),
@@ -330,7 +316,6 @@ impl Workers {
         let done = if ok.is_empty() {
             Ok(Vec::new())
         } else {
-            let _turn = self.write_turn(true).await;
             store.inbox_complete_many(&ok, worker).await
         };
         match done {
@@ -378,13 +363,11 @@ impl Workers {
             if held.is_empty() {
                 continue;
             }
-            let renewed = {
-                let _turn = self.write_turn(true).await;
-                self.state
-                    .store()
-                    .inbox_renew(&held, worker, self.config.lease)
-                    .await
-            };
+            let renewed = self
+                .state
+                .store()
+                .inbox_renew(&held, worker, self.config.lease)
+                .await;
             match renewed {
                 Ok(renewed) => {
                     let gone: Vec<EventId> = held
@@ -405,14 +388,6 @@ impl Workers {
                 // Keep trying: the leases may still be held at the next renewal.
                 Err(e) => tracing::warn!(worker, error = %e, "cannot renew inbox leases"),
             }
-        }
-    }
-
-    /// The write gate of a group-commit appender, when `wanted`.
-    async fn write_turn(&self, wanted: bool) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match self.state.write_gate() {
-            Some(gate) if wanted => Some(gate.lock().await),
-            _ => None,
         }
     }
 
@@ -545,10 +520,7 @@ impl Workers {
             if !rejects.is_empty() {
                 let reject_owners: Vec<usize> = rejects.iter().map(|(c, _)| *c).collect();
                 let rejects: Vec<Reject> = rejects.into_iter().map(|(_, r)| r).collect();
-                let stored = {
-                    let _turn = self.write_turn(true).await;
-                    self.state.store().put_rejects(&connection, &rejects).await
-                };
+                let stored = self.state.store().put_rejects(&connection, &rejects).await;
                 match stored {
                     Ok(()) => {
                         tracing::warn!(%connection, %stream, rejected = rejects.len(),
@@ -587,12 +559,10 @@ impl Workers {
             if records.is_empty() {
                 continue;
             }
-            let written = {
-                let _turn = self.write_turn(self.config.gate_sink_writes).await;
-                self.sink
-                    .write(Batch::new(&connection, &stream, &records).with_entities(&entities))
-                    .await
-            };
+            let written = self
+                .sink
+                .write(Batch::new(&connection, &stream, &records).with_entities(&entities))
+                .await;
             match written {
                 Ok(_) => self.state.metrics().records(records.len() as u64),
                 Err(e) => fail(&mut results, &owners, "sink write failed", &e),

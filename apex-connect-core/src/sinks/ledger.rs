@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::model::{ConnectionId, StreamId};
 use crate::sink::{Ack, Batch, Sink};
 use crate::sinks::LedgerEntry;
-use crate::store::SqliteStore;
+use crate::store::{SqliteStore, WriteGate};
 use crate::webhook::unix_ms;
 
 /// A SQLite sink that counts, per (connection, stream, record id), how many times it actually
@@ -28,6 +28,7 @@ use crate::webhook::unix_ms;
 #[derive(Clone)]
 pub struct LedgerSink {
     pool: SqlitePool,
+    gate: WriteGate,
 }
 
 impl fmt::Debug for LedgerSink {
@@ -37,10 +38,12 @@ impl fmt::Debug for LedgerSink {
 }
 
 impl LedgerSink {
-    /// A ledger in the database of `store` (its migrations create the table).
+    /// A ledger in the database of `store` (its migrations create the table), sharing the
+    /// store's [`WriteGate`].
     pub fn for_store(store: &SqliteStore) -> Self {
         LedgerSink {
             pool: store.pool().clone(),
+            gate: store.write_gate().clone(),
         }
     }
 
@@ -84,6 +87,7 @@ impl Sink for LedgerSink {
     async fn write(&self, batch: Batch<'_>) -> Result<Ack> {
         let err = |what: &'static str| move |e: sqlx::Error| Error::storage(what).set_source(e);
         let now = unix_ms(std::time::SystemTime::now());
+        let _turn = self.gate.turn().await;
         let mut tx = self
             .pool
             .begin()

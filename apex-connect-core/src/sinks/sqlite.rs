@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use crate::model::{ConnectionId, Entity, RawJson, Record, StreamId};
 use crate::sink::{Ack, Batch, Sink};
-use crate::store::SqliteStore;
+use crate::store::{SqliteStore, WriteGate};
 use crate::webhook::unix_ms;
 
 /// Rows per INSERT statement: 9 parameters each, well under SQLite's 32,766 limit.
@@ -39,6 +39,7 @@ pub struct SqliteSink {
     pool: SqlitePool,
     full_sql: Arc<str>,
     entities: bool,
+    gate: Option<WriteGate>,
 }
 
 impl fmt::Debug for SqliteSink {
@@ -73,12 +74,22 @@ fn upsert_sql(rows: usize) -> String {
 
 impl SqliteSink {
     /// A sink writing through `pool` (whose database has the store's migrations applied).
+    /// When a [`SqliteStore`] of this process writes to the same database, build the sink with
+    /// [`for_store`](Self::for_store) (or give it the store's gate,
+    /// [`with_write_gate`](Self::with_write_gate)), so its transactions queue with the store's.
     pub fn new(pool: SqlitePool) -> Self {
         SqliteSink {
             pool,
             full_sql: Arc::from(upsert_sql(ROWS_PER_STATEMENT)),
             entities: true,
+            gate: None,
         }
+    }
+
+    /// Takes a turn at `gate` around each batch's transaction (see [`WriteGate`]).
+    pub fn with_write_gate(mut self, gate: WriteGate) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// Keeps raw records only: asks for no entities, so no mapping runs before writes.
@@ -112,9 +123,9 @@ impl SqliteSink {
             .map_err(|e| Error::storage("stored entity is not valid JSON").set_source(e))
     }
 
-    /// A sink into the same database as `store`.
+    /// A sink into the same database as `store`, sharing its [`WriteGate`].
     pub fn for_store(store: &SqliteStore) -> Self {
-        Self::new(store.pool().clone())
+        Self::new(store.pool().clone()).with_write_gate(store.write_gate().clone())
     }
 
     /// The pool written through.
@@ -188,6 +199,10 @@ impl Sink for SqliteSink {
                     .with_context("stream", batch.stream)
                     .set_source(e)
             }
+        };
+        let _turn = match &self.gate {
+            Some(gate) => Some(gate.turn().await),
+            None => None,
         };
         let mut tx = self
             .pool

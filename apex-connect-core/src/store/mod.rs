@@ -67,7 +67,7 @@ pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{InboxWakeups, PgStore, PgStoreOptions, pg_err};
 #[cfg(feature = "sqlite")]
-pub use sqlite::{SqliteStore, append_inbox_row};
+pub use sqlite::{SqliteStore, WriteGate, WriteTurn, append_inbox_row};
 
 /// A source of the current time, injectable for tests (lease expiry, retry times).
 #[derive(Clone)]

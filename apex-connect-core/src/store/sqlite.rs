@@ -44,6 +44,56 @@ pub struct SqliteStore {
     pool: SqlitePool,
     key: EncryptionKey,
     clock: Clock,
+    gate: WriteGate,
+}
+
+/// Serializes one process's write transactions on a SQLite database, first come, first
+/// served.
+///
+/// SQLite has one writer at a time. A connection that finds the database locked sleeps in
+/// SQLite's busy handler (1, 2, 5, 10, ... ms) and retries, so under load a short write (a
+/// webhook's inbox append) can wait many milliseconds behind a write that ended long before.
+/// Every write of a [`SqliteStore`] (its trait methods, and the sinks and stores that share
+/// its pool: [`SqliteSink::for_store`](crate::sinks::SqliteSink::for_store),
+/// [`LedgerSink::for_store`](crate::sinks::LedgerSink::for_store), anything given
+/// [`SqliteStore::write_gate`]) takes a turn at this async lock instead: a writer waits at
+/// most for the transactions queued before it and is woken the moment the last one ends.
+/// Clones share the gate. Other processes on the same file still meet through SQLite's own
+/// locking (the busy timeout).
+#[derive(Clone, Default)]
+pub struct WriteGate(std::sync::Arc<tokio::sync::Mutex<()>>);
+
+impl fmt::Debug for WriteGate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WriteGate")
+    }
+}
+
+/// A turn at a [`WriteGate`]: the holder may write; the turn ends when it is dropped.
+#[must_use = "the turn ends when this is dropped"]
+pub struct WriteTurn(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>);
+
+impl fmt::Debug for WriteTurn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WriteTurn")
+    }
+}
+
+impl WriteGate {
+    /// A new gate (a store makes its own: share that one, [`SqliteStore::write_gate`]).
+    pub fn new() -> Self {
+        WriteGate::default()
+    }
+
+    /// Waits for this writer's turn (after every turn asked for before it).
+    pub async fn turn(&self) -> WriteTurn {
+        WriteTurn(self.0.clone().lock_owned().await)
+    }
+
+    /// Whether a turn is held now (for tests and diagnostics).
+    pub fn is_held(&self) -> bool {
+        self.0.try_lock().is_err()
+    }
 }
 
 impl fmt::Debug for SqliteStore {
@@ -133,6 +183,7 @@ impl SqliteStore {
             pool,
             key,
             clock: Clock::system(),
+            gate: WriteGate::new(),
         })
     }
 
@@ -142,9 +193,16 @@ impl SqliteStore {
         self
     }
 
-    /// The connection pool (for the SQLite sink, the server's admin queries).
+    /// The connection pool (for the SQLite sink, the server's admin queries). Whoever writes
+    /// through it takes a turn at [`write_gate`](Self::write_gate) around each transaction.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// The gate every write of this store (and of its clones) takes; give it to other writers
+    /// of the same database in this process (the sinks built with `for_store` take it).
+    pub fn write_gate(&self) -> &WriteGate {
+        &self.gate
     }
 
     /// Closes the pool, waiting for connections to finish (checkpointing the WAL).
@@ -296,6 +354,7 @@ impl TokenStore for SqliteStore {
         expected: Option<u64>,
     ) -> Result<u64> {
         let sealed = self.key.seal(connection, tokens)?;
+        let _turn = self.gate.turn().await;
         let now = self.clock.now_ms();
         let row = match expected {
             None => {
@@ -342,6 +401,7 @@ impl TokenStore for SqliteStore {
     }
 
     async fn delete(&self, connection: &ConnectionId) -> Result<()> {
+        let _turn = self.gate.turn().await;
         sqlx::query(
             "UPDATE tokens SET ciphertext = NULL, version = version + 1, updated_at = ?2 \
              WHERE connection = ?1 AND ciphertext IS NOT NULL",
@@ -358,6 +418,7 @@ impl TokenStore for SqliteStore {
 #[async_trait]
 impl ConnectionStore for SqliteStore {
     async fn upsert_connection(&self, connection: &Connection) -> Result<Connection> {
+        let _turn = self.gate.turn().await;
         let now = self.clock.now_ms();
         let config = serde_json::to_string(&connection.config).map_err(|e| {
             Error::invalid_input("connection config cannot be serialized").set_source(e)
@@ -405,6 +466,7 @@ impl ConnectionStore for SqliteStore {
         status: ConnectionStatus,
         detail: Option<&str>,
     ) -> Result<()> {
+        let _turn = self.gate.turn().await;
         let done = sqlx::query(
             "UPDATE connections SET status = ?2, status_detail = ?3, updated_at = ?4 WHERE id = ?1",
         )
@@ -422,6 +484,7 @@ impl ConnectionStore for SqliteStore {
     }
 
     async fn delete_connection(&self, id: &ConnectionId) -> Result<()> {
+        let _turn = self.gate.turn().await;
         let now = self.clock.now_ms();
         let err = db_err("cannot delete connection");
         let mut tx = self
@@ -491,6 +554,7 @@ impl CursorStore for SqliteStore {
         cursor: &CursorToken,
         expected: Option<u64>,
     ) -> Result<u64> {
+        let _turn = self.gate.turn().await;
         let now = self.clock.now_ms();
         let row = match expected {
             None => {
@@ -540,6 +604,7 @@ impl CursorStore for SqliteStore {
     }
 
     async fn reset_cursor(&self, connection: &ConnectionId, stream: &StreamId) -> Result<()> {
+        let _turn = self.gate.turn().await;
         sqlx::query(
             "UPDATE cursors SET token = NULL, version = version + 1, updated_at = ?3 \
              WHERE connection = ?1 AND stream = ?2 AND token IS NOT NULL",
@@ -562,6 +627,7 @@ impl RunStore for SqliteStore {
         stream: &StreamId,
         kind: RunKind,
     ) -> Result<RunId> {
+        let _turn = self.gate.turn().await;
         let row = sqlx::query(
             "INSERT INTO sync_runs (connection, stream, kind, status, started_at) \
              VALUES (?1, ?2, ?3, 'running', ?4) RETURNING id",
@@ -579,6 +645,7 @@ impl RunStore for SqliteStore {
     }
 
     async fn finish_run(&self, run: RunId, outcome: &RunOutcome) -> Result<()> {
+        let _turn = self.gate.turn().await;
         validate_outcome(outcome)?;
         let done = sqlx::query(
             "UPDATE sync_runs SET status = ?2, finished_at = ?3, records_read = ?4, \
@@ -651,6 +718,7 @@ impl RunStore for SqliteStore {
     }
 
     async fn purge_runs(&self, before: i64, limit: usize) -> Result<u64> {
+        let _turn = self.gate.turn().await;
         if limit == 0 {
             return Ok(0);
         }
@@ -749,6 +817,7 @@ impl RunStore for SqliteStore {
     }
 
     async fn append_run_logs(&self, run: RunId, lines: &[RunLogLine]) -> Result<()> {
+        let _turn = self.gate.turn().await;
         if lines.is_empty() {
             return Ok(());
         }
@@ -822,6 +891,7 @@ impl InboxStore for SqliteStore {
         let headers = serde_json::to_string(&event.headers_json).map_err(|e| {
             Error::invalid_input("webhook headers cannot be serialized").set_source(e)
         })?;
+        let _turn = self.gate.turn().await;
         let mut conn = self
             .pool
             .acquire()
@@ -841,6 +911,7 @@ impl InboxStore for SqliteStore {
             .map_err(|e| {
                 Error::invalid_input("webhook headers cannot be serialized").set_source(e)
             })?;
+        let _turn = self.gate.turn().await;
         let mut conn = self
             .pool
             .acquire()
@@ -868,6 +939,7 @@ impl InboxStore for SqliteStore {
         lease: Duration,
         limit: usize,
     ) -> Result<Vec<ClaimedEvent>> {
+        let _turn = self.gate.turn().await;
         let now = self.clock.now_ms();
         let until = now.saturating_add(lease_ms(lease));
         // One statement: the selection and the lease are atomic (on PostgreSQL add
@@ -910,6 +982,7 @@ impl InboxStore for SqliteStore {
     }
 
     async fn inbox_complete(&self, id: EventId, worker: &str) -> Result<()> {
+        let _turn = self.gate.turn().await;
         let now = self.clock.now_ms();
         let done = sqlx::query(
             "UPDATE inbox SET status = 'done', lease_owner = NULL, lease_until = NULL, \
@@ -929,6 +1002,7 @@ impl InboxStore for SqliteStore {
     }
 
     async fn inbox_complete_many(&self, ids: &[EventId], worker: &str) -> Result<Vec<EventId>> {
+        let _turn = self.gate.turn().await;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -960,6 +1034,7 @@ impl InboxStore for SqliteStore {
         error: &str,
         action: FailAction,
     ) -> Result<()> {
+        let _turn = self.gate.turn().await;
         let now = self.clock.now_ms();
         let (status, next, finished) = match action {
             FailAction::RetryAt(at) => ("pending", Some(at), None),
@@ -992,6 +1067,7 @@ impl InboxStore for SqliteStore {
         worker: &str,
         lease: Duration,
     ) -> Result<Vec<EventId>> {
+        let _turn = self.gate.turn().await;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -1017,6 +1093,7 @@ impl InboxStore for SqliteStore {
     }
 
     async fn inbox_release(&self, ids: &[EventId], worker: &str) -> Result<Vec<EventId>> {
+        let _turn = self.gate.turn().await;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -1040,6 +1117,7 @@ impl InboxStore for SqliteStore {
     }
 
     async fn purge_inbox_done(&self, before: i64, limit: usize) -> Result<u64> {
+        let _turn = self.gate.turn().await;
         if limit == 0 {
             return Ok(0);
         }
@@ -1082,6 +1160,7 @@ impl InboxStore for SqliteStore {
     }
 
     async fn inbox_requeue(&self, id: EventId) -> Result<()> {
+        let _turn = self.gate.turn().await;
         let done = sqlx::query(
             "UPDATE inbox SET status = 'pending', attempts = 0, next_attempt_at = ?2, \
                  finished_at = NULL \
@@ -1255,6 +1334,7 @@ const REJECT_COLUMNS: &str = "id, connection, stream, stage, record_id, parent, 
 #[async_trait]
 impl RejectStore for SqliteStore {
     async fn put_rejects(&self, connection: &ConnectionId, rejects: &[Reject]) -> Result<()> {
+        let _turn = self.gate.turn().await;
         if rejects.is_empty() {
             return Ok(());
         }
@@ -1327,6 +1407,7 @@ impl RejectStore for SqliteStore {
     }
 
     async fn delete_reject(&self, id: RejectId) -> Result<()> {
+        let _turn = self.gate.turn().await;
         let done = sqlx::query("DELETE FROM rejects WHERE id = ?1")
             .bind(id.0)
             .execute(&self.pool)
@@ -1339,6 +1420,7 @@ impl RejectStore for SqliteStore {
     }
 
     async fn reject_failed(&self, id: RejectId, error: &str) -> Result<()> {
+        let _turn = self.gate.turn().await;
         let done = sqlx::query(
             "UPDATE rejects SET error = ?2, attempts = attempts + 1, last_seen_at = ?3 WHERE id = ?1",
         )
@@ -1402,6 +1484,7 @@ fn schedule_from_row(r: &SqliteRow) -> Result<ScheduleRow> {
 #[async_trait]
 impl ScheduleStore for SqliteStore {
     async fn upsert_schedule(&self, entry: &ScheduleEntry, now: i64) -> Result<()> {
+        let _turn = self.gate.turn().await;
         sqlx::query(
             "INSERT INTO schedules (connection, stream, spec, full_sync, next_due_at, updated_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
@@ -1430,6 +1513,7 @@ impl ScheduleStore for SqliteStore {
         now: i64,
         limit: usize,
     ) -> Result<Vec<ScheduleRow>> {
+        let _turn = self.gate.turn().await;
         let until = now.saturating_add(lease_ms(lease));
         // One statement: the selection and the lease are atomic (on PostgreSQL add
         // `FOR UPDATE SKIP LOCKED` to the sub-select).
@@ -1472,6 +1556,7 @@ impl ScheduleStore for SqliteStore {
         until: i64,
         now: i64,
     ) -> Result<bool> {
+        let _turn = self.gate.turn().await;
         let done = sqlx::query(
             "UPDATE schedules SET lease_until = ?4 \
              WHERE connection = ?1 AND stream = ?2 AND lease_owner = ?3 AND lease_until > ?5",
@@ -1495,6 +1580,7 @@ impl ScheduleStore for SqliteStore {
         outcome: &ScheduleOutcome,
         now: i64,
     ) -> Result<bool> {
+        let _turn = self.gate.turn().await;
         validate_schedule_outcome(outcome)?;
         let done = sqlx::query(
             "UPDATE schedules SET lease_owner = NULL, lease_until = NULL, next_due_at = ?4, \
@@ -1524,6 +1610,7 @@ impl ScheduleStore for SqliteStore {
         stream: &StreamId,
         now: i64,
     ) -> Result<()> {
+        let _turn = self.gate.turn().await;
         sqlx::query(
             "UPDATE schedules SET next_due_at = MIN(next_due_at, ?3) \
              WHERE connection = ?1 AND stream = ?2",

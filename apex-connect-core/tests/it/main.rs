@@ -4,3 +4,5 @@
 mod http;
 #[cfg(feature = "run-logs")]
 mod run_logs;
+#[cfg(feature = "sqlite")]
+mod write_gate;

@@ -12,6 +12,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 
+use apex_connect_core::store::{WriteGate, WriteTurn};
 use apex_connect_core::{Error, Result};
 
 use super::{
@@ -106,6 +107,7 @@ fn db_err(what: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
 #[derive(Clone)]
 pub struct SqliteGraphStore {
     pool: SqlitePool,
+    gate: Option<WriteGate>,
 }
 
 impl fmt::Debug for SqliteGraphStore {
@@ -183,7 +185,16 @@ impl SqliteGraphStore {
             .run(&pool)
             .await
             .map_err(|e| Error::storage("cannot migrate the entity graph").set_source(e))?;
-        Ok(SqliteGraphStore { pool })
+        Ok(SqliteGraphStore { pool, gate: None })
+    }
+
+    /// Takes a turn at `gate` around each write transaction: give it the state store's
+    /// ([`SqliteStore::write_gate`](apex_connect_core::store::SqliteStore::write_gate)) when
+    /// the graph lives in the state database, so the graph's writes queue with the store's
+    /// instead of meeting them in SQLite's busy handler.
+    pub fn with_write_gate(mut self, gate: WriteGate) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// The pool.
@@ -200,18 +211,24 @@ impl SqliteGraphStore {
 #[async_trait]
 impl GraphStore for SqliteGraphStore {
     async fn begin(&self, write: bool) -> Result<Box<dyn GraphTx>> {
+        let turn = match (&self.gate, write) {
+            (Some(gate), true) => Some(gate.turn().await),
+            _ => None,
+        };
         let tx = if write {
             self.pool.begin_with("BEGIN IMMEDIATE").await
         } else {
             self.pool.begin().await
         }
         .map_err(db_err("cannot begin a transaction"))?;
-        Ok(Box::new(SqliteGraphTx { tx }))
+        Ok(Box::new(SqliteGraphTx { tx, _turn: turn }))
     }
 }
 
 struct SqliteGraphTx {
     tx: Transaction<'static, Sqlite>,
+    /// Held until the transaction is over (fields drop in order: the transaction first).
+    _turn: Option<WriteTurn>,
 }
 
 fn ids_json(ids: &[i64]) -> String {
@@ -1041,5 +1058,34 @@ mod tests {
             values_sql("INSERT INTO t (a, b)", 2, 2, "").0,
             "INSERT INTO t (a, b) VALUES (?,?),(?,?) "
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn write_transactions_take_a_turn_at_the_shared_gate() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = apex_connect_core::SqliteStore::open(
+            dir.path().join("state.db"),
+            apex_connect_core::store::EncryptionKey::generate(),
+        )
+        .await
+        .unwrap();
+        let graph = SqliteGraphStore::from_pool(state.pool().clone())
+            .await
+            .unwrap()
+            .with_write_gate(state.write_gate().clone());
+        let turn = state.write_gate().turn().await;
+        // A read transaction does not wait for the gate.
+        let read = graph.begin(false).await.unwrap();
+        drop(read);
+        let g = graph.clone();
+        let write = tokio::spawn(async move { g.begin(true).await.map(drop) });
+        // Real time (SQLite's threads): without the gate this is done in well under 300 ms.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !write.is_finished(),
+            "a graph write began during another writer's turn"
+        );
+        drop(turn);
+        write.await.unwrap().unwrap();
     }
 }
