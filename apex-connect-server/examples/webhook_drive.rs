@@ -6,7 +6,7 @@
 //! cargo build --release -p apex-connect-server --example webhook_drive
 //! target/release/examples/webhook_drive [--rates 2000,5000] [--seconds 5] [--saturation 20000]
 //!     [--concurrency 2] [--batch 64] [--max-batch 512] [--gen-threads 1] [--bin PATH] [--keep]
-//!     [--store postgres://user@host:port/db [--store-as-is]] [--nodes 1]
+//!     [--store postgres://user@host:port/db [--store-as-is]] [--nodes 1] [--sync N]
 //! ```
 //!
 //! It writes a configuration (memory platform, ledger sink, `[workers]` and `[webhooks]` from
@@ -25,6 +25,11 @@
 //!    processes (`/proc/<pid>/stat` user+sys), of the processes named `postgres` (on this
 //!    machine; PostgreSQL runs only), and of the whole machine (`/proc/stat`, generator
 //!    included); plus the load average before and after.
+//!
+//! `--sync N` adds a second connection (`bulk`, memory platform, `N` generated records in pages
+//! of 500) with a full resync scheduled every second: the scheduler's runs write their pages to
+//! the same database (run records, cursors, the ledger sink) while the webhooks arrive, as a
+//! service with scheduled syncs does.
 //!
 //! By default the state is a SQLite file in the temporary directory. PostgreSQL (the example
 //! and the binary built with the `postgres` feature:
@@ -73,6 +78,8 @@ struct Args {
     /// Use `store`'s database itself instead of a fresh one on its server.
     store_as_is: bool,
     nodes: usize,
+    /// Records of the scheduled full resync of a second connection (0: none).
+    sync: u64,
 }
 
 fn parse_args() -> Result<Args> {
@@ -93,6 +100,7 @@ fn parse_args() -> Result<Args> {
         store: None,
         store_as_is: false,
         nodes: 1,
+        sync: 0,
     };
     let mut it = std::env::args().skip(1);
     let bad = |flag: &str| Error::config("bad or missing value").with_context("flag", flag);
@@ -120,6 +128,7 @@ fn parse_args() -> Result<Args> {
             "--store" => a.store = Some(value()?),
             "--store-as-is" => a.store_as_is = true,
             "--nodes" => a.nodes = value()?.parse().map_err(|_| bad("--nodes"))?,
+            "--sync" => a.sync = value()?.parse().map_err(|_| bad("--sync"))?,
             other => {
                 return Err(Error::config("unknown flag (see the example's docs)")
                     .with_context("flag", other));
@@ -248,6 +257,27 @@ struct Server {
     admin: String,
 }
 
+/// The `--sync` connection: generated records resynced in full every second.
+fn bulk_connection(records: u64) -> String {
+    if records == 0 {
+        return String::new();
+    }
+    format!(
+        r#"
+[[connection]]
+id = "bulk"
+platform = "memory"
+streams = ["bulk"]
+settings = {{ page_size = 500, generated = {{ bulk = {records} }} }}
+env = {{ webhook_secret = "{SECRET_VAR}" }}
+
+[[connection.schedule]]
+every = "1s"
+full = true
+"#
+    )
+}
+
 fn start_server(a: &Args, store: &Store, dir: &Path, i: usize) -> Result<Server> {
     let port = free_port()?;
     let admin_port = free_port()?;
@@ -276,8 +306,9 @@ id = "acme"
 platform = "memory"
 streams = ["items"]
 env = {{ webhook_secret = "{SECRET_VAR}" }}
-"#,
+{bulk}"#,
             store = store.toml(),
+            bulk = bulk_connection(a.sync),
             max_batch = a.max_batch,
             concurrency = a.concurrency,
             batch = a.batch,
@@ -595,13 +626,18 @@ async fn drive(
     let pids: Vec<u32> = servers.iter().map(|s| s.child.id()).collect();
     let signer = MemoryConnector::new(["items"], 100, SECRET.as_bytes());
     println!(
-        "servers: {} separate process(es) (release) on {}, workers concurrency {} batch {}, group commit max_batch {}; generator: {} thread(s), round-robin over the nodes",
+        "servers: {} separate process(es) (release) on {}, workers concurrency {} batch {}, group commit max_batch {}; generator: {} thread(s), round-robin over the nodes{}",
         a.nodes,
         if postgres { "PostgreSQL" } else { "SQLite" },
         a.concurrency,
         a.batch,
         a.max_batch,
-        a.gen_threads
+        a.gen_threads,
+        if a.sync > 0 {
+            format!("; a full resync of {} records every second", a.sync)
+        } else {
+            String::new()
+        }
     );
 
     // Warm-up: connections, statement caches, pages.
