@@ -133,27 +133,15 @@ async fn every_store_and_sink_write_waits_for_the_write_gate() {
         .purge_inbox_done(i64::MAX, 10)
         .await
         .map(drop));
-    {
-        let (sink, conn, stream) = (records_sink.clone(), conn.clone(), stream.clone());
-        writes.push(spawn("records sink", async move {
-            let records = [Record::upsert(
-                stream.clone(),
-                "r1",
-                RawJson::to_raw(&serde_json::json!({"id": "r1"}))?,
-            )];
-            sink.write(Batch::new(&conn, &stream, &records))
-                .await
-                .map(drop)
-        }));
-    }
-    {
-        let (sink, conn, stream) = (ledger_sink.clone(), conn.clone(), stream.clone());
-        writes.push(spawn("ledger sink", async move {
-            let records = [Record::upsert(
-                stream.clone(),
-                "r1",
-                RawJson::to_raw(&serde_json::json!({"id": "r1"}))?,
-            )];
+    let sinks: [(&'static str, Arc<dyn Sink>); 2] = [
+        ("records sink", Arc::new(records_sink.clone())),
+        ("ledger sink", Arc::new(ledger_sink)),
+    ];
+    for (name, sink) in sinks {
+        let (conn, stream) = (conn.clone(), stream.clone());
+        writes.push(spawn(name, async move {
+            let raw = RawJson::to_raw(&serde_json::json!({"id": "r1"}))?;
+            let records = [Record::upsert(stream.clone(), "r1", raw)];
             sink.write(Batch::new(&conn, &stream, &records))
                 .await
                 .map(drop)
