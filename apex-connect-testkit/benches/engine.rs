@@ -3,7 +3,8 @@
 //! A generated `MemoryConnector` stream (records of about 200 bytes of JSON, pages of 1,000)
 //! is synced into a `SqliteSink` on a temporary file (1,000,000 records, peak RSS sampled at
 //! each quarter) and into a `NullSink`. The SQLite run goes first so that the peak RSS
-//! (VmHWM) it reports is its own. `APEX_BENCH_ONLY=null` runs the `NullSink` part alone (to
+//! (VmHWM) it reports is its own. `APEX_BENCH_SINK=raw` stores raw records only (no entity
+//! mapped or stored: what the benchmark measured before issue 8). `APEX_BENCH_ONLY=null` runs the `NullSink` part alone (to
 //! profile the engine without SQLite: `perf record` on the bench binary).
 
 use std::sync::{Arc, Mutex};
@@ -57,7 +58,14 @@ async fn run() {
     let store = SqliteStore::open(dir.path().join("bench.db"), EncryptionKey::generate())
         .await
         .expect("open sqlite");
-    let sink = SqliteSink::for_store(&store);
+    // `APEX_BENCH_SINK=raw`: raw records only (no entity mapped or stored), the workload of
+    // the benchmark before entities were mapped on demand.
+    let raw_only = std::env::var("APEX_BENCH_SINK").as_deref() == Ok("raw");
+    let sink = if raw_only {
+        SqliteSink::for_store(&store).raw_only()
+    } else {
+        SqliteSink::for_store(&store)
+    };
     let engine = SyncEngine::new(Arc::new(store.clone()));
     let source = MemoryConnector::new([stream.clone()], PAGE_SIZE, b"bench").with_generated(
         stream.clone(),
@@ -114,7 +122,11 @@ async fn run() {
     );
     println!(
         "{:<28} {:>12} {:>10.2} {:>10.0}",
-        "SqliteSink (SqliteStore)",
+        if raw_only {
+            "SqliteSink raw_only"
+        } else {
+            "SqliteSink (SqliteStore)"
+        },
         SQLITE_RECORDS,
         sqlite_secs,
         SQLITE_RECORDS as f64 / sqlite_secs
