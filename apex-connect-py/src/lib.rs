@@ -675,17 +675,22 @@ impl Store {
     /// The records of one stream as an async iterator, read from the durable cursor: the
     /// sync runs into a bounded channel of `buffer` pages, so it reads no faster than the loop
     /// consumes, and a page's cursor is committed once the loop has taken all its records.
-    #[pyo3(signature = (connection, stream, *, full=false, buffer=2))]
+    /// With `entities=True` each record also carries its normalized entity (the connector's
+    /// mapping, as the entity sinks store it); a record that cannot be mapped is quarantined
+    /// (the store's rejects) instead of being yielded.
+    #[pyo3(signature = (connection, stream, *, full=false, buffer=2, entities=false))]
     fn records(
         &self,
         connection: &str,
         stream: String,
         full: bool,
         buffer: usize,
+        entities: bool,
     ) -> PyRes<RecordStream> {
         let c = self.inner.conn(connection)?;
         let inner = self.inner.clone();
         let (sink, rx) = ChannelSink::acknowledged(buffer.max(1));
+        let sink = if entities { sink.with_entities() } else { sink };
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let runtime = pyo3_async_runtimes::tokio::get_runtime();
         runtime.spawn(async move {
@@ -1205,14 +1210,12 @@ struct StreamState {
 impl StreamState {
     /// The next record, acknowledging each page once all its records were taken; `None` at
     /// the end (after the run's result was read).
-    async fn next(&mut self) -> apex_connect::Result<Option<Record>> {
+    async fn next(&mut self) -> apex_connect::Result<Option<SyncRecord>> {
         loop {
+            if let Some(r) = self.ready() {
+                return Ok(Some(r));
+            }
             if let Some(batch) = &mut self.current {
-                if self.pos < batch.records.len() {
-                    let r = batch.records[self.pos].clone();
-                    self.pos += 1;
-                    return Ok(Some(r));
-                }
                 let n = batch.records.len() as u64;
                 batch.ack(apex_connect::Ack::new(n, 0));
                 self.current = None;
@@ -1236,11 +1239,12 @@ impl StreamState {
     }
 
     /// The next record without waiting, when the current page has one.
-    fn ready(&mut self) -> Option<Record> {
+    fn ready(&mut self) -> Option<SyncRecord> {
         let batch = self.current.as_ref()?;
-        let r = batch.records.get(self.pos)?.clone();
+        let r = batch.records.get(self.pos)?;
+        let entity = batch.entities.get(self.pos).and_then(Option::as_ref);
         self.pos += 1;
-        Some(r)
+        Some(SyncRecord::new(r, entity))
     }
 }
 
@@ -1255,6 +1259,9 @@ struct SyncRecord {
     parent: Option<String>,
     /// The object exactly as the platform returned it (JSON text).
     raw: String,
+    /// The normalized entity as JSON text, when the stream was read with `entities=True`
+    /// (`None` otherwise, and for deletes).
+    entity_json: Option<String>,
 }
 
 #[pymethods]
@@ -1262,6 +1269,14 @@ impl SyncRecord {
     /// The raw JSON parsed (`json.loads(self.raw)`).
     fn json<'py>(&self, py: Python<'py>) -> PyRes<Bound<'py, PyAny>> {
         py.import("json")?.call_method1("loads", (&self.raw,))
+    }
+
+    /// The normalized entity parsed (`json.loads(self.entity_json)`), or `None`.
+    fn entity<'py>(&self, py: Python<'py>) -> PyRes<Option<Bound<'py, PyAny>>> {
+        self.entity_json
+            .as_ref()
+            .map(|e| py.import("json")?.call_method1("loads", (e,)))
+            .transpose()
     }
 
     fn __repr__(&self) -> String {
@@ -1272,16 +1287,17 @@ impl SyncRecord {
     }
 }
 
-impl From<Record> for SyncRecord {
-    fn from(r: Record) -> Self {
+impl SyncRecord {
+    fn new(r: &Record, entity: Option<&apex_connect::Entity>) -> Self {
         SyncRecord {
             stream: r.stream.to_string(),
-            id: r.id,
+            id: r.id.clone(),
             op: format!("{:?}", r.op).to_lowercase(),
             version: r.version,
             updated_at: r.updated_at,
-            parent: r.parent,
+            parent: r.parent.clone(),
             raw: r.raw.as_str().to_string(),
+            entity_json: entity.and_then(|e| serde_json::to_string(e).ok()),
         }
     }
 }
@@ -1325,7 +1341,7 @@ impl RecordStream {
         if let Ok(mut s) = self.state.try_lock()
             && let Some(r) = s.ready()
         {
-            let obj = Bound::new(py, SyncRecord::from(r))?.into_any().unbind();
+            let obj = Bound::new(py, r)?.into_any().unbind();
             return Ok(Bound::new(py, Ready { value: Some(obj) })?.into_any());
         }
         let state = self.state.clone();
@@ -1333,7 +1349,7 @@ impl RecordStream {
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let mut s = state.lock().await;
             match rt(s.next().await)? {
-                Some(r) => Ok(SyncRecord::from(r)),
+                Some(r) => Ok(r),
                 None => {
                     *report.lock().unwrap_or_else(|p| p.into_inner()) = s.report.clone();
                     Err(PyStopAsyncIteration::new_err(()))

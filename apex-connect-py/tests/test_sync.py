@@ -125,3 +125,25 @@ def test_sync_into_the_null_sink_reads_and_keeps_the_cursor(tmp_path: Path) -> N
     with sqlite3.connect(db) as con:
         n = con.execute("select count(*) from records").fetchone()[0]
     assert n == 0, "the null sink writes nothing"
+
+
+def test_async_iterator_of_entities(tmp_path: Path) -> None:
+    async def scenario() -> tuple[list[SyncRecord], list[SyncRecord]]:
+        sim = await FrontSimulator.start(conversations=10, messages_per_conversation=1)
+        store = await Store.open(str(tmp_path / "entities.db"))
+        await store.configure("front", "frontapp", base_url=sim.base_url,
+                              secrets={"api_token": sim.api_token()})
+        mapped = [r async for r in store.records("front", "contacts", entities=True)]
+        plain = [r async for r in store.records("front", "contacts", full=True)]
+        await sim.shutdown()
+        return mapped, plain
+
+    mapped, plain = run(scenario())
+    assert mapped and len(mapped) == len(plain)
+    for record in mapped:
+        entity = record.entity()
+        assert entity is not None and record.entity_json is not None
+        # The entity points back at the record it was mapped from.
+        assert record.id in record.entity_json
+        assert isinstance(entity, dict)
+    assert all(r.entity() is None and r.entity_json is None for r in plain)

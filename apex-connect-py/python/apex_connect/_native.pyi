@@ -76,7 +76,10 @@ class SyncRecord:
     def parent(self) -> Optional[str]: ...
     @property
     def raw(self) -> str: ...
+    @property
+    def entity_json(self) -> Optional[str]: ...
     def json(self) -> Any: ...
+    def entity(self) -> Optional[dict[str, Any]]: ...
 
 class RecordStream:
     """An async iterator of records; ``report`` once it ended."""
@@ -195,7 +198,13 @@ class Store:
         sink: Union[Literal["records", "null"], EntityGraph] = "records",
     ) -> Awaitable[SyncResult]: ...
     def records(
-        self, connection: str, stream: str, *, full: bool = False, buffer: int = 2
+        self,
+        connection: str,
+        stream: str,
+        *,
+        full: bool = False,
+        buffer: int = 2,
+        entities: bool = False,
     ) -> RecordStream: ...
     def receive_webhook(
         self, method: str, url: str, headers: Mapping[str, str], body: bytes
