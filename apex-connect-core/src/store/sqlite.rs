@@ -418,11 +418,11 @@ impl TokenStore for SqliteStore {
 #[async_trait]
 impl ConnectionStore for SqliteStore {
     async fn upsert_connection(&self, connection: &Connection) -> Result<Connection> {
-        let _turn = self.gate.turn().await;
         let now = self.clock.now_ms();
         let config = serde_json::to_string(&connection.config).map_err(|e| {
             Error::invalid_input("connection config cannot be serialized").set_source(e)
         })?;
+        let _turn = self.gate.turn().await;
         let row = sqlx::query(
             "INSERT INTO connections (id, platform, config, status, status_detail, created_at, updated_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) \
@@ -645,8 +645,8 @@ impl RunStore for SqliteStore {
     }
 
     async fn finish_run(&self, run: RunId, outcome: &RunOutcome) -> Result<()> {
-        let _turn = self.gate.turn().await;
         validate_outcome(outcome)?;
+        let _turn = self.gate.turn().await;
         let done = sqlx::query(
             "UPDATE sync_runs SET status = ?2, finished_at = ?3, records_read = ?4, \
                  records_applied = ?5, records_unchanged = ?6, pages = ?7, error = ?8, \
@@ -718,10 +718,10 @@ impl RunStore for SqliteStore {
     }
 
     async fn purge_runs(&self, before: i64, limit: usize) -> Result<u64> {
-        let _turn = self.gate.turn().await;
         if limit == 0 {
             return Ok(0);
         }
+        let _turn = self.gate.turn().await;
         let err = || db_err("cannot purge sync runs");
         let mut conn = self.pool.acquire().await.map_err(err())?;
         // The write lock from the start: no other writer between the two deletes, so both
@@ -817,10 +817,10 @@ impl RunStore for SqliteStore {
     }
 
     async fn append_run_logs(&self, run: RunId, lines: &[RunLogLine]) -> Result<()> {
-        let _turn = self.gate.turn().await;
         if lines.is_empty() {
             return Ok(());
         }
+        let _turn = self.gate.turn().await;
         let err = || db_err("cannot append run logs");
         let mut conn = self.pool.acquire().await.map_err(err())?;
         let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE")
@@ -1002,10 +1002,10 @@ impl InboxStore for SqliteStore {
     }
 
     async fn inbox_complete_many(&self, ids: &[EventId], worker: &str) -> Result<Vec<EventId>> {
-        let _turn = self.gate.turn().await;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        let _turn = self.gate.turn().await;
         let now = self.clock.now_ms();
         let list = id_list(ids)?;
         // One statement for the batch (PostgreSQL: `id = ANY($1)`).
@@ -1067,10 +1067,10 @@ impl InboxStore for SqliteStore {
         worker: &str,
         lease: Duration,
     ) -> Result<Vec<EventId>> {
-        let _turn = self.gate.turn().await;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        let _turn = self.gate.turn().await;
         let now = self.clock.now_ms();
         let until = now.saturating_add(lease_ms(lease));
         let list = id_list(ids)?;
@@ -1093,10 +1093,10 @@ impl InboxStore for SqliteStore {
     }
 
     async fn inbox_release(&self, ids: &[EventId], worker: &str) -> Result<Vec<EventId>> {
-        let _turn = self.gate.turn().await;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        let _turn = self.gate.turn().await;
         let now = self.clock.now_ms();
         let list = id_list(ids)?;
         let rows: Vec<(i64,)> = sqlx::query_as(
@@ -1117,10 +1117,10 @@ impl InboxStore for SqliteStore {
     }
 
     async fn purge_inbox_done(&self, before: i64, limit: usize) -> Result<u64> {
-        let _turn = self.gate.turn().await;
         if limit == 0 {
             return Ok(0);
         }
+        let _turn = self.gate.turn().await;
         let done = sqlx::query(
             "DELETE FROM inbox WHERE id IN ( \
                  SELECT id FROM inbox WHERE status = 'done' AND finished_at < ?1 \
@@ -1334,10 +1334,10 @@ const REJECT_COLUMNS: &str = "id, connection, stream, stage, record_id, parent, 
 #[async_trait]
 impl RejectStore for SqliteStore {
     async fn put_rejects(&self, connection: &ConnectionId, rejects: &[Reject]) -> Result<()> {
-        let _turn = self.gate.turn().await;
         if rejects.is_empty() {
             return Ok(());
         }
+        let _turn = self.gate.turn().await;
         let now = self.clock.now_ms();
         let mut tx = self
             .pool
@@ -1580,8 +1580,8 @@ impl ScheduleStore for SqliteStore {
         outcome: &ScheduleOutcome,
         now: i64,
     ) -> Result<bool> {
-        let _turn = self.gate.turn().await;
         validate_schedule_outcome(outcome)?;
+        let _turn = self.gate.turn().await;
         let done = sqlx::query(
             "UPDATE schedules SET lease_owner = NULL, lease_until = NULL, next_due_at = ?4, \
                  last_finished_at = ?5, last_status = ?6, last_error = ?7, \
